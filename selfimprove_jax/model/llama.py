@@ -1,0 +1,248 @@
+"""Flax Linen decoder for the Llama family (Llama 2/3, SmolLM2, Qwen2).
+
+RMSNorm, RoPE (with optional Llama-3 frequency scaling), grouped-query attention,
+SwiGLU MLP, tied or untied embeddings, optional q/k/v bias. The Linen module only
+declares the parameters (stacked over layers, each with logical axis names); the
+math is plain functions over those arrays, so a layer can be run under `lax.scan`
+(one compiled block) or unrolled (fastest decode) without changing the params.
+
+Shape letters are documented in `model/config.py`.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from selfimprove_jax.model.config import ModelConfig
+
+Params = dict
+Cache = dict  # {"k": [L, B, S, K, H], "v": [L, B, S, K, H]} in the compute dtype
+
+# Large finite negative instead of -inf: a fully masked (padding) query row then
+# gives a uniform softmax rather than NaN.
+_MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
+
+
+def compute_dtype(config: ModelConfig):
+  return jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
+
+
+# ----------------------------------------------------------------------------- params
+
+
+def _p(module: nn.Module, name: str, init, shape, names):
+  return module.param(name, nn.with_logical_partitioning(init, names), shape, jnp.float32)
+
+
+class Layers(nn.Module):
+  """Declares the per-layer parameters, stacked on a leading `layers` axis."""
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self) -> dict:
+    c = self.config
+    L, D, N, K, H, F = (c.num_layers, c.embed_dim, c.num_heads, c.num_kv_heads,
+                        c.head_dim, c.mlp_dim)
+    w = nn.initializers.normal(0.02)
+    ones, zeros = nn.initializers.ones, nn.initializers.zeros
+    p = {
+        "attn_norm": _p(self, "attn_norm", ones, (L, D), ("layers", "norm")),
+        "q": _p(self, "q", w, (L, D, N, H), ("layers", "embed", "heads", "head_dim")),
+        "k": _p(self, "k", w, (L, D, K, H), ("layers", "embed", "kv_heads", "head_dim")),
+        "v": _p(self, "v", w, (L, D, K, H), ("layers", "embed", "kv_heads", "head_dim")),
+        "o": _p(self, "o", w, (L, N, H, D), ("layers", "heads", "head_dim", "embed")),
+        "mlp_norm": _p(self, "mlp_norm", ones, (L, D), ("layers", "norm")),
+        "gate": _p(self, "gate", w, (L, D, F), ("layers", "embed", "mlp")),
+        "up": _p(self, "up", w, (L, D, F), ("layers", "embed", "mlp")),
+        "down": _p(self, "down", w, (L, F, D), ("layers", "mlp", "embed")),
+    }
+    if c.qkv_bias:
+      p["q_bias"] = _p(self, "q_bias", zeros, (L, N, H), ("layers", "heads", "head_dim"))
+      p["k_bias"] = _p(self, "k_bias", zeros, (L, K, H), ("layers", "kv_heads", "head_dim"))
+      p["v_bias"] = _p(self, "v_bias", zeros, (L, K, H), ("layers", "kv_heads", "head_dim"))
+    return p
+
+
+# ----------------------------------------------------------------------------- math
+
+
+def rms_norm(x, weight, eps):
+  """HF LlamaRMSNorm: normalise in fp32, scale, return in the input dtype."""
+  x32 = x.astype(jnp.float32)
+  x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+  return (weight.astype(jnp.float32) * x32).astype(x.dtype)
+
+
+def rope_inv_freq(config: ModelConfig) -> np.ndarray:
+  """Inverse frequencies [H/2], with Llama-3 scaling when the config has it."""
+  H = config.head_dim
+  inv_freq = 1.0 / (config.rope_theta ** (np.arange(0, H, 2, dtype=np.float64) / H))
+  s = config.rope_scaling
+  if s is not None:
+    low_wavelen = s.original_max_position_embeddings / s.low_freq_factor
+    high_wavelen = s.original_max_position_embeddings / s.high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    scaled = np.where(wavelen > low_wavelen, inv_freq / s.factor, inv_freq)
+    smooth = ((s.original_max_position_embeddings / wavelen - s.low_freq_factor)
+              / (s.high_freq_factor - s.low_freq_factor))
+    smoothed = (1 - smooth) * scaled / s.factor + smooth * scaled
+    medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+    inv_freq = np.where(medium, smoothed, scaled)
+  return inv_freq.astype(np.float32)
+
+
+def rope_tables(positions, config: ModelConfig):
+  """cos, sin of shape [B, T, H/2] (fp32) for integer positions [B, T]."""
+  angles = positions.astype(jnp.float32)[..., None] * jnp.asarray(rope_inv_freq(config))
+  return jnp.cos(angles), jnp.sin(angles)
+
+
+def apply_rope(x, cos, sin):
+  """Rotate-half RoPE (HF layout) on x [B, T, heads, H]."""
+  half = x.shape[-1] // 2
+  x1, x2 = x[..., :half].astype(jnp.float32), x[..., half:].astype(jnp.float32)
+  c, s = cos[:, :, None, :], sin[:, :, None, :]
+  return jnp.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1).astype(x.dtype)
+
+
+def attention(q, k, v, mask):
+  """Grouped-query attention. q [B,T,N,H], k/v [B,S,K,H], mask [B,T,S] -> [B,T,N,H]."""
+  B, T, N, H = q.shape
+  K = k.shape[2]
+  q = q.reshape(B, T, K, N // K, H)
+  scores = jnp.einsum("btkgh,bskh->bkgts", q, k, preferred_element_type=jnp.float32)
+  scores = scores * (H ** -0.5)
+  scores = jnp.where(mask[:, None, None, :, :], scores, _MASK_VALUE)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  out = jnp.einsum("bkgts,bskh->btkgh", probs, v)
+  return out.reshape(B, T, N, H)
+
+
+def block(p, x, cos, sin, mask, config: ModelConfig, kv=None, cache_index=None):
+  """One decoder layer. x [B,T,D]; kv: optional (k_cache, v_cache) [B,S,K,H] into
+  which this call's keys/values are written at `cache_index` (same for all rows).
+  Returns (x, (k_cache, v_cache) or None)."""
+  dt = x.dtype
+  h = rms_norm(x, p["attn_norm"], config.norm_eps)
+  q = jnp.einsum("btd,dnh->btnh", h, p["q"].astype(dt))
+  k = jnp.einsum("btd,dkh->btkh", h, p["k"].astype(dt))
+  v = jnp.einsum("btd,dkh->btkh", h, p["v"].astype(dt))
+  if config.qkv_bias:
+    q, k, v = q + p["q_bias"].astype(dt), k + p["k_bias"].astype(dt), v + p["v_bias"].astype(dt)
+  q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+  if kv is not None:
+    k_cache, v_cache = kv
+    k_cache = jax.lax.dynamic_update_slice_in_dim(k_cache, k.astype(k_cache.dtype), cache_index, 1)
+    v_cache = jax.lax.dynamic_update_slice_in_dim(v_cache, v.astype(v_cache.dtype), cache_index, 1)
+    kv = (k_cache, v_cache)
+    k, v = k_cache.astype(dt), v_cache.astype(dt)
+  a = attention(q, k, v, mask)
+  x = x + jnp.einsum("btnh,nhd->btd", a, p["o"].astype(dt))
+  h = rms_norm(x, p["mlp_norm"], config.norm_eps)
+  g = jnp.einsum("btd,df->btf", h, p["gate"].astype(dt))
+  u = jnp.einsum("btd,df->btf", h, p["up"].astype(dt))
+  x = x + jnp.einsum("btf,fd->btd", jax.nn.silu(g) * u, p["down"].astype(dt))
+  return x, kv
+
+
+def causal_mask(input_mask):
+  """[B,T] validity mask -> [B,T,T] causal attention mask that also hides padding keys."""
+  T = input_mask.shape[-1]
+  causal = jnp.tril(jnp.ones((T, T), dtype=bool))
+  return causal[None] & input_mask[:, None, :].astype(bool)
+
+
+# ----------------------------------------------------------------------------- module
+
+
+class Transformer(nn.Module):
+  """Llama-family decoder. Call with tokens [B,T], positions [B,T], mask [B,T,S];
+  returns (logits [B,T,V] fp32, or final hidden [B,T,D] when return_hidden, new cache)."""
+  config: ModelConfig
+
+  def setup(self):
+    c = self.config
+    self.embedding = _p(self, "embedding", nn.initializers.normal(0.02),
+                        (c.vocab_size, c.embed_dim), ("vocab", "embed"))
+    self.layers = Layers(c, name="layers")
+    self.final_norm = _p(self, "final_norm", nn.initializers.ones, (c.embed_dim,), ("norm",))
+    if not c.tie_embeddings:
+      self.lm_head = _p(self, "lm_head", nn.initializers.normal(0.02),
+                        (c.embed_dim, c.vocab_size), ("embed", "vocab"))
+
+  def __call__(self, tokens, positions, mask, cache: Optional[Cache] = None,
+               cache_index=None, return_hidden: bool = False):
+    c = self.config
+    dt = compute_dtype(c)
+    x = jnp.take(self.embedding, tokens, axis=0).astype(dt)
+    cos, sin = rope_tables(positions, c)
+    layer_params = self.layers()
+    fn = functools.partial(block, config=c, cache_index=cache_index)
+    if c.remat:
+      fn = jax.checkpoint(fn, policy=jax.checkpoint_policies.nothing_saveable)
+
+    if c.scan_layers:
+      def step(x, xs):
+        p, kv = xs
+        x, kv = fn(p, x, cos, sin, mask, kv=kv)
+        return x, kv
+      xs = (layer_params, None if cache is None else (cache["k"], cache["v"]))
+      x, new_kv = jax.lax.scan(step, x, xs)
+      new_cache = None if cache is None else {"k": new_kv[0], "v": new_kv[1]}
+    else:
+      new_cache = None if cache is None else dict(cache)
+      for i in range(c.num_layers):
+        p = jax.tree.map(lambda a: a[i], layer_params)
+        kv = None if cache is None else (new_cache["k"][i], new_cache["v"][i])
+        x, kv = fn(p, x, cos, sin, mask, kv=kv)
+        if cache is not None:
+          new_cache["k"] = new_cache["k"].at[i].set(kv[0])
+          new_cache["v"] = new_cache["v"].at[i].set(kv[1])
+
+    x = rms_norm(x, self.final_norm, c.norm_eps)
+    if return_hidden:
+      return x, new_cache
+    return self.logits(x), new_cache
+
+  def logits(self, hidden):
+    """Final projection of normed hidden states [..., D] -> fp32 logits [..., V]."""
+    dt = hidden.dtype
+    if self.config.tie_embeddings:
+      return jnp.einsum("...d,vd->...v", hidden, self.embedding.astype(dt),
+                        preferred_element_type=jnp.float32)
+    return jnp.einsum("...d,dv->...v", hidden, self.lm_head.astype(dt),
+                      preferred_element_type=jnp.float32)
+
+
+def init_cache(config: ModelConfig, batch: int, length: int, dtype=None) -> Cache:
+  """Zeroed static KV cache [L, B, S, K, H] for `batch` rows and `length` positions."""
+  shape = (config.num_layers, batch, length, config.num_kv_heads, config.head_dim)
+  dtype = dtype or compute_dtype(config)
+  return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+
+
+def forward(params: Params, config: ModelConfig, tokens, input_mask=None,
+            return_hidden: bool = False):
+  """Full-sequence forward without a cache (training / scoring).
+
+  tokens [B,T]; input_mask [B,T] (1 = real token; right padding assumed, positions
+  count from 0). Returns logits [B,T,V] fp32 (or hidden [B,T,D])."""
+  if input_mask is None:
+    input_mask = jnp.ones(tokens.shape, bool)
+  input_mask = input_mask.astype(bool)
+  positions = jnp.maximum(jnp.cumsum(input_mask, axis=-1) - 1, 0)
+  out, _ = Transformer(config).apply({"params": params}, tokens, positions,
+                                     causal_mask(input_mask), return_hidden=return_hidden)
+  return out
+
+
+def project_logits(params: Params, config: ModelConfig, hidden):
+  """fp32 logits for hidden states [..., D] (used to chunk the vocabulary projection)."""
+  return Transformer(config).apply({"params": params}, hidden, method=Transformer.logits)
