@@ -10,6 +10,8 @@ import argparse
 import os
 import sys
 
+from selfimprove_jax.errors import UserError
+
 
 def _add_generate(sub):
   p = sub.add_parser("generate", help="sample completions from a model")
@@ -33,17 +35,13 @@ def build_parser() -> argparse.ArgumentParser:
   return parser
 
 
-class UserError(Exception):
-  """A mistake in the user's input: printed as one line, exit status 2."""
-
-
 def main(argv=None) -> int:
   os.environ.setdefault("HF_HUB_OFFLINE", "1")
   os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
   args = build_parser().parse_args(argv)
   try:
     return int(args.fn(args) or 0)
-  except (UserError, FileNotFoundError, ValueError) as e:
+  except UserError as e:
     print(f"selfimprove-jax {args.command}: error: {e}", file=sys.stderr)
     return 2
 
