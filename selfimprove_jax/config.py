@@ -1,0 +1,168 @@
+"""Experiment configs: every key of a run and its default, loading and overrides.
+
+`base_config()` is the one place where each key has its default; files in
+`configs/` start from it, change what their experiment needs and return it locked.
+`load_config(path, overrides)` runs such a file's `get_config()` and applies
+command-line overrides `--config.a.b=value` (typed by the existing default).
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import json
+import os
+
+import ml_collections
+
+from selfimprove_jax import select
+from selfimprove_jax.errors import UserError
+from selfimprove_jax.optimize.config import check_optim_config, default_optim_config
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every key of an experiment, with its default."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  # Model spec: preset name, HF directory, .gguf file, 'smollm2-135m-instruct',
+  # or a workdir (its last accepted checkpoint) / 'DIR@K'.
+  c.model = "smollm2-135m-instruct"
+  c.dtype = "float32"                 # compute dtype: 'float32' | 'bfloat16'
+  c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+
+  c.task = ml_collections.ConfigDict()
+  c.task.name = "arithmetic"           # arithmetic | countdown | reasoning_gym:<n> | jsonl:<path>
+  c.task.difficulty = 1                # starting difficulty level (tasks with a knob)
+  c.task.heldout_size = 100
+
+  c.loop = ml_collections.ConfigDict()
+  c.loop.iterations = 3                # rounds after the baseline evaluation (iteration 0)
+  c.loop.algorithm = "sft"             # 'sft' (expert iteration) | 'dpo' | 'grpo'
+  c.loop.prompts_per_iteration = 64
+  c.loop.samples_per_prompt = 8        # G
+  c.loop.restart_from_base = False     # ReST-EM: fine-tune the base weights each round
+  c.loop.rl_steps = 4                  # grpo: acquire -> update steps per iteration
+
+  c.sampling = ml_collections.ConfigDict()
+  c.sampling.temperature = 1.0
+  c.sampling.top_k = 0
+  c.sampling.top_p = 1.0
+  c.sampling.max_new_tokens = 48
+  c.sampling.max_batch = 256           # rows per compiled sampler call
+
+  c.select = ml_collections.ConfigDict()
+  c.select.filters = "correct,dedup,max_length"
+  c.select.reward_threshold = 1.0
+  c.select.min_pass_rate = 0.0
+  c.select.max_pass_rate = 1.0
+  c.select.dedup_ngram = 3
+  c.select.dedup_threshold = 0.9
+  c.select.max_completion_tokens = 256
+
+  c.train = ml_collections.ConfigDict()
+  c.train.epochs = 2
+  c.train.batch_size = 16
+  c.train.max_seq_len = 160            # prompt + completion, right-padded
+  c.optim = default_optim_config()
+
+  c.evaluate = ml_collections.ConfigDict()
+  c.evaluate.maj_k = 4                 # samples per held-out prompt for maj@k / pass@k
+  c.evaluate.max_regression = 0.02     # accept unless held-out pass@1 drops more than this
+  c.evaluate.patience = 2              # stop after this many iterations without improvement
+  c.evaluate.max_new_tokens = 48
+
+  c.log = ml_collections.ConfigDict()
+  c.log.tensorboard = True
+  c.log.plot = True
+  c.log.progress = True
+  return c
+
+
+# Keys that do not change a run's results: a resumed run may change them freely.
+NON_RESULT_KEYS = ("loop.iterations", "log.tensorboard", "log.plot", "log.progress",
+                   "sampling.max_batch")
+
+
+def load_config(path: str, overrides=()) -> ml_collections.ConfigDict:
+  """Loads `configs/<name>.py`'s get_config() and applies `a.b=value` overrides."""
+  if not os.path.isfile(path):
+    raise UserError(f"config file {path} does not exist")
+  spec = importlib.util.spec_from_file_location(
+      "_sij_config_" + os.path.basename(path)[:-3], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise UserError(f"config file {path} has no get_config()")
+  config = module.get_config()
+  config = apply_overrides(config, overrides)
+  validate(config)
+  return config
+
+
+def _parse_value(text: str, current):
+  if isinstance(current, bool):
+    if text.lower() in ("1", "true", "yes"):
+      return True
+    if text.lower() in ("0", "false", "no"):
+      return False
+    raise UserError(f"expected true/false, got {text!r}")
+  if isinstance(current, int):
+    return int(text)
+  if isinstance(current, float):
+    return float(text)
+  if isinstance(current, (tuple, list)):
+    return tuple(ast.literal_eval(text))
+  return text
+
+
+def apply_overrides(config, overrides) -> ml_collections.ConfigDict:
+  """Applies 'a.b=value' strings; an unknown key or badly typed value is a UserError."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  for item in overrides:
+    key, sep, value = item.partition("=")
+    key = key.removeprefix("--config.").removeprefix("config.")
+    if not sep:
+      raise UserError(f"override {item!r} is not of the form --config.key=value")
+    node = config
+    parts = key.split(".")
+    for p in parts[:-1]:
+      if p not in node or not isinstance(node[p], ml_collections.ConfigDict):
+        raise UserError(f"unknown config key {key!r}")
+      node = node[p]
+    if parts[-1] not in node:
+      raise UserError(f"unknown config key {key!r}")
+    try:
+      node[parts[-1]] = _parse_value(value, node[parts[-1]])
+    except (ValueError, SyntaxError) as e:
+      raise UserError(f"bad value for {key}: {value!r} ({e})") from None
+  config.lock()
+  return config
+
+
+def validate(config) -> None:
+  """One-line UserErrors for values the loop would otherwise trip over later."""
+  check_optim_config(config.optim)
+  select.parse_filters(config.select.filters)
+  if config.loop.algorithm not in ("sft", "dpo", "grpo"):
+    raise UserError(f"loop.algorithm={config.loop.algorithm!r} is not one of sft, dpo, grpo")
+  if config.dtype not in ("float32", "bfloat16"):
+    raise UserError(f"dtype={config.dtype!r} is not one of float32, bfloat16")
+
+
+def to_json(config) -> str:
+  return json.dumps(config.to_dict(), sort_keys=True, default=str)
+
+
+def result_differences(saved: dict, current: dict) -> list[str]:
+  """Keys (dotted) whose values differ between two config dicts and change results."""
+  def flat(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+      if isinstance(v, dict):
+        out.update(flat(v, f"{prefix}{k}."))
+      else:
+        out[f"{prefix}{k}"] = v
+    return out
+  a, b = flat(saved), flat(json.loads(json.dumps(current, default=str)))
+  keys = sorted(set(a) | set(b))
+  return [k for k in keys if k not in NON_RESULT_KEYS and a.get(k) != b.get(k)]

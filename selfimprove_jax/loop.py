@@ -1,0 +1,374 @@
+"""The closed loop: `run(config, workdir)` — acquire, select, optimize, evaluate,
+checkpoint, for each iteration, resumable from any interruption.
+
+Iteration 0 evaluates the starting model (the baseline). Each later iteration:
+  1. acquire  — G samples per training prompt from the current model, scored by the
+                task's verifier (records/iter_K/acquire.jsonl);
+  2. select   — the configured filters; the difficulty ledger is updated
+                (records/iter_K/select.jsonl);
+  3. optimize — sft (expert iteration), dpo on (right, wrong) pairs, or grpo (several
+                acquire -> update steps);
+  4. evaluate — held-out pass@1 / maj@k / pass@k, then decide: accept, roll back to the
+                last accepted weights (held-out drop or a non-finite loss), or stop on
+                a plateau;
+  5. checkpoint — Orbax checkpoint of the train state and loop state; manifest with
+                content hashes of the checkpoint and of the stage records.
+Every random choice is derived from (config.seed, iteration, stage), so re-running an
+interrupted iteration reproduces it exactly; finished stages' records are reused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import signal
+import time
+from typing import Any, Optional
+
+import grain
+import jax
+import ml_collections
+import numpy as np
+
+from selfimprove_jax import config as config_lib
+from selfimprove_jax import select as select_lib
+from selfimprove_jax import sharding as sharding_lib
+from selfimprove_jax import stages
+from selfimprove_jax.checkpoint import Checkpointer, hash_path, read_json, write_json_atomic
+from selfimprove_jax.errors import UserError
+from selfimprove_jax.optimize import (create_train_state, make_logprob_fn, make_train_step,
+                                      state_shardings)
+from selfimprove_jax.reporting import Reporter
+from selfimprove_jax.sampling import Sampler, SamplingParams
+from selfimprove_jax.tasks import get_task
+from selfimprove_jax.tasks.problem import derive_seed
+
+
+class Preempted(Exception):
+  """SIGTERM arrived: the finished stages are on disk, the run exits cleanly."""
+
+
+@dataclasses.dataclass
+class LoopState:
+  """What a checkpoint holds besides the arrays (JSON)."""
+  iteration: int = -1            # last finished iteration (0 = baseline evaluated)
+  accepted_iteration: int = -1   # iteration whose weights are current
+  best_pass1: float = -1.0
+  no_improve: int = 0
+  stopped: Optional[str] = None
+  difficulty: Optional[int] = None
+  data_state: Optional[dict] = None   # Grain iterator state of the training stream
+  ledger: dict = dataclasses.field(default_factory=dict)
+  history: list = dataclasses.field(default_factory=list)
+
+
+def _seed(config, iteration: int, stage: str, step: int = 0) -> int:
+  return derive_seed(config.seed, iteration, stage, step) % (2**31 - 1)
+
+
+def _optim_config(config, total_steps: int, loss: str):
+  cfg = ml_collections.ConfigDict(config.optim.to_dict())
+  cfg.total_steps = max(1, total_steps)
+  cfg.loss = loss
+  return cfg
+
+
+class _Signals:
+  """Turns SIGTERM into a flag checked between stages (preemption-safe exit)."""
+
+  def __init__(self):
+    self.stop = False
+    self._old = None
+
+  def __enter__(self):
+    try:
+      self._old = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:   # not the main thread: leave signals alone
+      self._old = None
+    return self
+
+  def _handle(self, *_):
+    self.stop = True
+
+  def check(self):
+    if self.stop:
+      raise Preempted()
+
+  def __exit__(self, *exc):
+    if self._old is not None:
+      signal.signal(signal.SIGTERM, self._old)
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def run(config, workdir: str, override_config: bool = False, log=print) -> dict:
+  """Runs (or resumes) the loop in `workdir`; returns the final loop state as a dict."""
+  from selfimprove_jax.weights import load   # heavy import (transformers) kept local
+  os.makedirs(workdir, exist_ok=True)
+  config_lib.validate(config)
+
+  # --- set up: mesh, model, task, sampler, checkpoints
+  mesh = sharding_lib.make_mesh(dict(config.mesh))
+  base = load(config.model, mesh=mesh, dtype=config.dtype)
+  mc = base.config
+  if base.tokenizer is None:
+    raise UserError(f"model {config.model!r} has no tokenizer; the loop needs one")
+  task = get_task(config.task.name)
+  heldout = task.heldout(config.task.heldout_size)
+  heldout_ids = {p.id for p in heldout}
+  sampler = Sampler(mc, mesh=mesh, tokenizer=base.tokenizer,
+                    max_batch=config.sampling.max_batch)
+  ckpt = Checkpointer(workdir, is_primary=jax.process_index() == 0)
+  reporter = Reporter(workdir, config, log=log)
+  train_cfg = _optim_config(config, 1, _loss_name(config))
+  abstract = _abstract_state(mc, train_cfg, base.params, mesh)
+
+  # --- restore, or start from the base model
+  state = LoopState(difficulty=config.task.difficulty)
+  train_state = create_train_state(mc, train_cfg, base.params, mesh)
+  latest = ckpt.latest_good(log=log)
+  if latest is not None:
+    train_state, meta = ckpt.restore(latest, abstract)
+    _check_compatible(meta["config"], config, workdir, override_config)
+    state = LoopState(**meta["loop"])
+    log(f"resuming {workdir} after iteration {state.iteration}")
+  data = grain.MapDataset.range(0, 1 << 31)
+  if jax.process_count() > 1:
+    data = data[jax.process_index()::jax.process_count()]
+
+  with _Signals() as signals:
+    try:
+      # --- iteration 0: the baseline
+      if state.iteration < 0:
+        metrics = _evaluate(sampler, train_state.params, base.tokenizer, task, heldout,
+                            config, 0, reporter)
+        state.best_pass1 = metrics["pass@1"]
+        state.accepted_iteration = state.iteration = 0
+        state.history.append(dict(iteration=0, **metrics, kept=0, accepted=True,
+                                  reason="baseline", difficulty=state.difficulty))
+        _save(ckpt, 0, train_state, state, config, True, {})
+        reporter.iteration(state.history[-1], state.history)
+
+      # --- iterations 1..N
+      while state.iteration < config.loop.iterations and not state.stopped:
+        k = state.iteration + 1
+        signals.check()
+        it = iter(data.to_iter_dataset())
+        if state.data_state:
+          it.set_state(state.data_state)
+        start_params = base.params if config.loop.restart_from_base else train_state.params
+        new_state, info, records_hashes = _iteration(
+            k, config, task, heldout_ids, sampler, base, start_params, train_state, it,
+            state, mesh, workdir, reporter, signals)
+        signals.check()
+        metrics = _evaluate(sampler, new_state.params, base.tokenizer, task, heldout,
+                            config, k, reporter)
+        accepted, reason = _decide(state, metrics, info, config)
+        if accepted:
+          train_state = new_state
+          state.accepted_iteration = k
+        state.iteration = k
+        state.data_state = it.get_state()
+        state.ledger = info.pop("ledger")
+        state.history.append(dict(iteration=k, **metrics, **info, accepted=accepted,
+                                  reason=reason, difficulty=state.difficulty))
+        _save(ckpt, k, train_state, state, config, accepted, records_hashes)
+        ckpt.prune(set(ckpt.accepted()) | {k})
+        reporter.iteration(state.history[-1], state.history)
+    except Preempted:
+      log(f"SIGTERM: stopping after the last finished stage; re-run the same command "
+          f"to continue from iteration {state.iteration + 1}")
+      ckpt.close()
+      return dataclasses.asdict(state)
+
+  reporter.finish(state.history, state.stopped)
+  ckpt.close()
+  return dataclasses.asdict(state)
+
+
+def _loss_name(config) -> str:
+  return {"sft": "sft", "dpo": "dpo", "grpo": config.optim.loss
+          if config.optim.loss in ("grpo", "rloo", "dr_grpo") else "grpo"}[config.loop.algorithm]
+
+
+def _abstract_state(mc, cfg, params, mesh):
+  shapes = jax.eval_shape(lambda p: create_train_state(mc, cfg, p, mesh), params)
+  shardings = state_shardings(mc, cfg, mesh)
+  return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                      shapes, shardings)
+
+
+def _save(ckpt, k, train_state, state, config, accepted, records_hashes):
+  meta = {"loop": dataclasses.asdict(state), "config": config.to_dict()}
+  meta = json.loads(json.dumps(meta, default=str))
+  ckpt.save(k, train_state, meta, accepted, records_hashes)
+
+
+def _check_compatible(saved: dict, config, workdir: str, override: bool) -> None:
+  diffs = config_lib.result_differences(saved, config.to_dict())
+  if diffs and not override:
+    raise UserError(f"workdir {workdir} was written with a different config "
+                    f"({', '.join(diffs[:5])}{'...' if len(diffs) > 5 else ''} differ); "
+                    f"use a new workdir or pass --override_config")
+
+
+# ----------------------------------------------------------------------------- one iteration
+
+
+def _next_problems(task, config, it, difficulty):
+  idx = [next(it) for _ in range(config.loop.prompts_per_iteration)]
+  return [task.problem(config.seed, i, difficulty) for i in idx]
+
+
+def _acquire_cached(path_dir, name, fn):
+  """Runs a stage unless its records are on disk with the hash recorded for them."""
+  path = os.path.join(path_dir, f"{name}.jsonl")
+  index_path = os.path.join(path_dir, "stages.json")
+  index = read_json(index_path, {})
+  if name in index and os.path.exists(path):
+    if hash_path(path) == index[name]:
+      return stages.read_records(path), index[name], True
+  records = fn()
+  digest = stages.write_records(path, records)
+  index[name] = digest
+  if jax.process_index() == 0:
+    write_json_atomic(index_path, index)
+  return records, digest, False
+
+
+def _iteration(k, config, task, heldout_ids, sampler, base, start_params, train_state, it,
+               state, mesh, workdir, reporter, signals):
+  """Acquire -> select -> optimize for iteration k; returns (new train state, info,
+  record hashes)."""
+  mc, tok = base.config, base.tokenizer
+  rec_dir = os.path.join(workdir, "records", f"iter_{k:04d}")
+  sp = SamplingParams(temperature=config.sampling.temperature, top_k=config.sampling.top_k,
+                      top_p=config.sampling.top_p,
+                      max_new_tokens=config.sampling.max_new_tokens)
+  G = config.loop.samples_per_prompt
+  algo = config.loop.algorithm
+  steps = config.loop.rl_steps if algo == "grpo" else 1
+  hashes, all_acquired, all_selected = {}, [], []
+  t0 = time.time()
+
+  # --- acquire + select (grpo: one batch per RL step, all sampled up front from the
+  # current policy would be off-policy, so each RL step samples after the update)
+  params = start_params
+  loss = "sft" if algo == "sft" else ("dpo" if algo == "dpo" else _loss_name(config))
+  n_batches = _planned_steps(config, steps)
+  cfg = _optim_config(config, n_batches, loss)
+  ts = create_train_state(mc, cfg, params, mesh)
+  train_step = make_train_step(mc, cfg, mesh)
+  ref_fn = make_logprob_fn(mc, mesh, config.optim.logprob_chunk)
+  losses, nonfinite = [], None
+  ledger = state.ledger
+  for s in range(steps):
+    problems = _next_problems(task, config, it, state.difficulty)
+    name = "acquire" if steps == 1 else f"acquire_{s}"
+    acquired, h, cached = _acquire_cached(
+        rec_dir, name, lambda: stages.acquire(
+            sampler, ts.params if algo == "grpo" else train_state.params, tok, task, problems,
+            sp, G, _seed(config, k, "acquire", s), k, config.log.progress))
+    hashes[name] = h
+    reporter.stage(k, name, f"{len(acquired)} samples, train pass rate "
+                   f"{select_lib.pass_rate(acquired, config.select.reward_threshold):.2f}"
+                   + (" (from disk)" if cached else ""))
+    signals.check()
+    ledger = select_lib.update_ledger(ledger, acquired, k, config.select.reward_threshold)
+    selected, counts = select_lib.apply_filters(acquired, config.select)
+    leaked = [r for r in selected if r["problem_id"] in heldout_ids or task.is_heldout(r["problem_id"])]
+    if leaked:   # never train on held-out prompts, whatever a filter let through
+      selected = [r for r in selected if r not in leaked]
+    sname = "select" if steps == 1 else f"select_{s}"
+    hashes[sname] = stages.write_records(os.path.join(rec_dir, f"{sname}.jsonl"), selected)
+    all_acquired += acquired
+    all_selected += selected
+    reporter.stage(k, sname, ", ".join(f"{n} {c}" for n, c in counts.items()))
+
+    # --- optimize
+    if algo == "sft":
+      batches = stages.sft_batches(selected, config.train.batch_size, config.train.max_seq_len,
+                                   config.train.epochs, _seed(config, k, "batches"))
+    elif algo == "dpo":
+      pairs = stages.dpo_pairs(acquired, config.select.reward_threshold, _seed(config, k, "pairs"))
+      batches = stages.dpo_batches(pairs, config.train.batch_size, config.train.max_seq_len,
+                                   config.train.epochs, _seed(config, k, "batches"))
+    else:
+      rows = config.loop.prompts_per_iteration * G
+      batches = [stages.rl_batch(selected, rows, config.train.max_seq_len)] if selected else []
+    needs_ref = algo == "dpo" or (algo == "grpo" and config.optim.kl_coef > 0)
+    for b in reporter.progress(batches, f"iter {k} optimize"):
+      if needs_ref:
+        b["ref_logprobs"] = np.asarray(ref_fn(start_params, b["tokens"], b["input_mask"]))
+      ts, m = train_step(ts, _pad_to_shards(b, mesh, 2 if algo == "dpo" else 1))
+      m = jax.device_get(m)
+      if not (math.isfinite(m["loss"]) and math.isfinite(m["grad_norm"])):
+        nonfinite = f"non-finite loss/gradient at optimizer step {int(ts.step)}"
+        break
+      losses.append(float(m["loss"]))
+    if nonfinite:
+      break
+    signals.check()
+
+  info = {"kept": len(all_selected), "acquired": len(all_acquired),
+          "train_pass_rate": select_lib.pass_rate(all_acquired, config.select.reward_threshold),
+          "train_loss": float(np.mean(losses[-max(1, len(losses) // max(1, config.train.epochs)):]))
+          if losses else float("nan"),
+          "optimizer_steps": len(losses), "nonfinite": nonfinite, "ledger": ledger,
+          "seconds": round(time.time() - t0, 1)}
+  return ts, info, hashes
+
+
+def _planned_steps(config, rl_steps: int) -> int:
+  if config.loop.algorithm == "grpo":
+    return rl_steps
+  rows = config.loop.prompts_per_iteration * config.loop.samples_per_prompt
+  return max(1, math.ceil(rows / config.train.batch_size) * config.train.epochs)
+
+
+def _pad_to_shards(batch: dict, mesh, unit: int) -> dict:
+  """Pads rows with empty ones (loss_mask 0) so the batch splits over data x fsdp."""
+  n = mesh.shape["data"] * mesh.shape["fsdp"] * unit
+  B = batch["tokens"].shape[0]
+  extra = (-B) % n
+  if not extra:
+    return batch
+  out = {}
+  for key, x in batch.items():
+    pad = np.zeros((extra,) + x.shape[1:], x.dtype)
+    if key == "group_ids":
+      pad = np.arange(extra, dtype=x.dtype) + x.max() + 1
+    out[key] = np.concatenate([x, pad])
+  return out
+
+
+# ----------------------------------------------------------------------------- evaluate
+
+
+def _evaluate(sampler, params, tok, task, heldout, config, k, reporter) -> dict:
+  metrics = stages.evaluate_heldout(sampler, params, tok, task, heldout, config,
+                                    _seed(config, k, "evaluate"), config.log.progress)
+  reporter.stage(k, "evaluate", ", ".join(f"{n} {v:.3f}" for n, v in metrics.items()))
+  return metrics
+
+
+def _decide(state: LoopState, metrics: dict, info: dict, config) -> tuple[bool, str]:
+  """Accept, roll back, and stop on plateau (updates `state` in place)."""
+  p1 = metrics["pass@1"]
+  if info["nonfinite"]:
+    accepted, reason = False, f"rolled back: {info['nonfinite']}"
+  elif p1 < state.best_pass1 - config.evaluate.max_regression:
+    accepted, reason = False, (f"rolled back: held-out pass@1 fell from {state.best_pass1:.3f} "
+                               f"to {p1:.3f}")
+  else:
+    accepted, reason = True, "accepted"
+  if accepted and p1 > state.best_pass1:
+    state.best_pass1, state.no_improve = p1, 0
+  else:
+    state.no_improve += 1
+  if state.no_improve >= config.evaluate.patience:
+    state.stopped = f"no held-out improvement for {state.no_improve} iterations"
+  return accepted, reason

@@ -1,0 +1,129 @@
+"""What a run shows and writes: stage lines, progress bars, metrics as JSONL and
+TensorBoard events, a PNG plot of held-out scores, and the final summary table.
+Only process 0 writes."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import jax
+from tqdm.auto import tqdm
+
+from selfimprove_jax.checkpoint import write_json_atomic
+
+COLUMNS = ("iteration", "pass@1", "maj@k", "kept", "train_pass_rate", "decision")
+
+
+class Reporter:
+  """Logging and metric files for one run directory."""
+
+  def __init__(self, workdir: str, config, log=print):
+    self.workdir = workdir
+    self.config = config
+    self.primary = jax.process_index() == 0
+    self._log = log
+    self._tb = None
+
+  def log(self, msg: str) -> None:
+    if self.primary:
+      self._log(msg)
+
+  def stage(self, iteration: int, name: str, summary: str) -> None:
+    self.log(f"[iter {iteration}] {name}: {summary}")
+
+  def progress(self, items, desc: str):
+    if not (self.primary and self.config.log.progress):
+      return items
+    return tqdm(items, desc=desc, leave=False)
+
+  # ------------------------------------------------------------------ per iteration
+
+  def iteration(self, row: dict, history: list) -> None:
+    if not self.primary:
+      return
+    # metrics.jsonl is rewritten from the loop state's history, so a resumed run
+    # never duplicates or loses a line.
+    path = os.path.join(self.workdir, "metrics.jsonl")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+      for r in history:
+        f.write(json.dumps(r, default=str) + "\n")
+    os.replace(tmp, path)
+    self._tensorboard(row)
+    if self.config.log.plot:
+      plot(history, os.path.join(self.workdir, "heldout.png"))
+    decision = "accepted" if row["accepted"] else row["reason"]
+    self.log(f"[iter {row['iteration']}] held-out pass@1 {row['pass@1']:.3f} -> {decision}")
+
+  def _tensorboard(self, row: dict) -> None:
+    if not self.config.log.tensorboard:
+      return
+    if self._tb is None:
+      from tensorboardX import SummaryWriter
+      self._tb = SummaryWriter(os.path.join(self.workdir, "tensorboard"))
+    for key, value in row.items():
+      if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        self._tb.add_scalar(key.replace("@", "_at_"), value, row["iteration"])
+    self._tb.flush()
+
+  # ------------------------------------------------------------------ end of run
+
+  def finish(self, history: list, stopped) -> None:
+    if not self.primary:
+      return
+    self.log(summary_table(history))
+    if stopped:
+      self.log(f"stopped early: {stopped}")
+    write_json_atomic(os.path.join(self.workdir, "summary.json"),
+                      {"history": history, "stopped": stopped})
+    if self._tb is not None:
+      self._tb.close()
+
+
+def _maj_key(row: dict):
+  return next((k for k in row if k.startswith("maj@")), None)
+
+
+def summary_table(history: list) -> str:
+  """Plain-text table: iteration, held-out pass@1, maj@k, samples kept, decision."""
+  mk = _maj_key(history[0]) if history else None
+  head = ["iter", "pass@1", mk or "maj@k", "kept", "train pass", "decision"]
+  lines = [head]
+  for r in history:
+    lines.append([str(r["iteration"]), f"{r['pass@1']:.3f}",
+                  f"{r[mk]:.3f}" if mk and mk in r else "-", str(r.get("kept", 0)),
+                  f"{r['train_pass_rate']:.3f}" if "train_pass_rate" in r else "-",
+                  "baseline" if r["iteration"] == 0 else
+                  ("accepted" if r["accepted"] else r["reason"])])
+  widths = [max(len(row[i]) for row in lines) for i in range(len(head))]
+  fmt = lambda row: "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip()
+  return "\n".join([fmt(lines[0]), fmt(["-" * w for w in widths])] + [fmt(l) for l in lines[1:]])
+
+
+def plot(history: list, path: str) -> None:
+  """PNG of held-out pass@1 (and maj@k) per iteration; rolled-back iterations marked."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  its = [r["iteration"] for r in history]
+  fig, ax = plt.subplots(figsize=(6, 3.5))
+  ax.plot(its, [r["pass@1"] for r in history], "o-", label="held-out pass@1 (greedy)")
+  mk = _maj_key(history[0]) if history else None
+  if mk:
+    ax.plot(its, [r.get(mk, float("nan")) for r in history], "s--", label=f"held-out {mk}")
+  bad = [r for r in history if not r["accepted"]]
+  if bad:
+    ax.plot([r["iteration"] for r in bad], [r["pass@1"] for r in bad], "rx", ms=10,
+            label="rolled back")
+  ax.set_xlabel("iteration")
+  ax.set_ylabel("score")
+  ax.set_ylim(0, 1)
+  ax.grid(alpha=0.3)
+  ax.legend(loc="best", fontsize=8)
+  fig.tight_layout()
+  tmp = path + ".tmp.png"
+  fig.savefig(tmp, dpi=100)
+  plt.close(fig)
+  os.replace(tmp, path)
