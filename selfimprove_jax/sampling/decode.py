@@ -1,0 +1,273 @@
+"""The jitted heart of the sampler: prefill, token choice, and the decode loop.
+
+Everything here is a pure function of arrays; `sampler.py` owns batching, buckets and
+compilation. The model math is `model/llama.py`'s (`Transformer` for the prefill,
+`block` for each decode step); this file only arranges it for incremental decoding:
+
+* The KV cache is one (k, v) pair of [B, S, K, H] arrays per layer rather than the
+  stacked [L, B, S, K, H] the Linen module uses, and the decode step unrolls the
+  layers. Each layer's cache is then its own loop-carried buffer that the
+  `dynamic_update_slice` in `block` writes in place; a `lax.scan` over a stacked
+  cache would read and write the whole cache as scan inputs/outputs every step.
+* Params are cast to the compute dtype once per call, before the loop, so the loop
+  body never converts fp32 weights (norm weights stay fp32: `rms_norm` computes in
+  fp32 from them, so the result is bit-identical to the model's own forward).
+* All rows are left-padded to one bucket length Tb, so every row writes its t-th new
+  token at the same cache slot Tb + t and `block`'s single `cache_index` suffices;
+  positions come from the count of real prompt tokens.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding
+
+from selfimprove_jax import sharding as sharding_lib
+from selfimprove_jax.model.config import ModelConfig
+from selfimprove_jax.model.llama import (Transformer, block, causal_mask, compute_dtype,
+                                         init_cache, project_logits, rms_norm, rope_tables)
+
+# Finish codes inside the loop (0 = still running); names in params.FINISH_REASONS.
+RUNNING, EOS, STOP, LENGTH = 0, 1, 2, 3
+_NORMS = ("attn_norm", "mlp_norm", "final_norm")
+
+
+class DecodeState(NamedTuple):
+  """Loop carry of the decode `while_loop` (B rows, S = Tb + max_new cache slots,
+  M = max_new, W = longest stop sequence or 1)."""
+  cache: tuple             # L pairs (k [B,S,K,H], v [B,S,K,H]) in the compute dtype
+  logits: jax.Array        # [B,V] fp32 logits for the next token
+  step: jax.Array          # [] int32 tokens generated so far
+  positions: jax.Array     # [B] int32 position of the next token
+  prompt_mask: jax.Array   # [B,Tb] bool, real (non-pad) prompt slots
+  row_keys: jax.Array      # [B] PRNG keys, one per (prompt, sample) pair
+  tokens: jax.Array        # [B,M] int32
+  logprobs: jax.Array      # [B,M] fp32, raw model distribution
+  sample_logprobs: jax.Array  # [B,M] fp32, sampling distribution
+  recent: jax.Array        # [B,W] int32 last W tokens (-1 before any)
+  done: jax.Array          # [B] bool
+  finish: jax.Array        # [B] int32 finish code
+  length: jax.Array        # [B] int32 tokens kept
+  stop_len: jax.Array      # [B] int32 trailing tokens that are EOS / stop sequence
+
+
+class Choice(NamedTuple):
+  """Static description of how tokens are chosen (one compilation per distinct value;
+  temperature and top_p are traced, so changing them does not recompile)."""
+  name: str          # key of CHOOSERS
+  top_k: int = 0     # candidates kept by "truncated" (V when only top_p is on)
+  use_top_p: bool = False
+
+
+# ----------------------------------------------------------------------------- choosers
+# Each takes fp32 logits [B,V], per-row keys [B], temperature and top_p scalars and
+# returns (token [B] int32, log-prob of it under the sampling distribution [B]).
+
+
+def _choose_greedy(logits, keys, temperature, top_p, choice):
+  del keys, temperature, top_p, choice
+  tok = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  return tok, jnp.zeros(tok.shape, jnp.float32)
+
+
+def _choose_temperature(logits, keys, temperature, top_p, choice):
+  """Plain softmax(logits / T) sampling: no sort over the vocabulary."""
+  del top_p, choice
+  scaled = logits / temperature
+  tok = jax.vmap(jax.random.categorical)(keys, scaled).astype(jnp.int32)
+  chosen = jnp.take_along_axis(scaled, tok[:, None], axis=-1)[:, 0]
+  return tok, chosen - jax.nn.logsumexp(scaled, axis=-1)
+
+
+def _choose_truncated(logits, keys, temperature, top_p, choice):
+  """Top-k then top-p over the k largest scaled logits (`lax.top_k` returns them
+  sorted, so top-p is a cumulative sum over k candidates, not over V)."""
+  scaled = logits / temperature
+  vals, idx = jax.lax.top_k(scaled, choice.top_k)               # [B,k] descending
+  if choice.use_top_p:
+    probs = jax.nn.softmax(vals, axis=-1)
+    before = jnp.cumsum(probs, axis=-1) - probs                  # mass strictly above
+    vals = jnp.where(before < top_p, vals, -jnp.inf)             # keeps at least one
+  j = jax.vmap(jax.random.categorical)(keys, vals)
+  tok = jnp.take_along_axis(idx, j[:, None], axis=-1)[:, 0].astype(jnp.int32)
+  chosen = jnp.take_along_axis(vals, j[:, None], axis=-1)[:, 0]
+  return tok, chosen - jax.nn.logsumexp(vals, axis=-1)
+
+
+CHOOSERS = {"greedy": _choose_greedy, "temperature": _choose_temperature,
+            "truncated": _choose_truncated}
+
+
+def make_choice(greedy: bool, top_k: int, top_p: float, vocab_size: int) -> Choice:
+  """The static chooser for these controls; the sort-based path only when needed."""
+  if greedy:
+    return Choice("greedy")
+  if top_k <= 0 and top_p >= 1.0:
+    return Choice("temperature")
+  k = min(top_k, vocab_size) if top_k > 0 else vocab_size
+  return Choice("truncated", top_k=k, use_top_p=top_p < 1.0)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _constrain(x, logical, mesh: Optional[Mesh]):
+  if mesh is None:
+    return x
+  spec = sharding_lib.spec_for(logical, x.shape, mesh)
+  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+
+
+_CACHE_AXES = ("batch", "length", "kv_heads", "head_dim")
+
+
+def cast_params(params, config: ModelConfig):
+  """(top-level params, [per-layer params]) with matrices in the compute dtype and
+  norm weights in fp32; slicing the layers here keeps it out of the loop body."""
+  dt = compute_dtype(config)
+  cast = lambda name, a: a.astype(jnp.float32 if name in _NORMS else dt)
+  top = {k: cast(k, v) for k, v in params.items() if k != "layers"}
+  layers = [{k: cast(k, v[i]) for k, v in params["layers"].items()}
+            for i in range(config.num_layers)]
+  return top, layers
+
+
+def _logits(top, config: ModelConfig, hidden):
+  return project_logits(top, config, hidden)
+
+
+def forward_step(top, layers, config: ModelConfig, cache, tok, positions, key_mask,
+                 cache_index, mesh=None):
+  """One decode step for every row: tok [B] at `positions` [B], written to cache slot
+  `cache_index`; attends where key_mask [B,S]. Returns (fp32 logits [B,V], cache)."""
+  dt = compute_dtype(config)
+  x = jnp.take(top["embedding"], tok[:, None], axis=0).astype(dt)        # [B,1,D]
+  cos, sin = rope_tables(positions[:, None], config)                     # [B,1,H/2]
+  mask = key_mask[:, None, :]                                            # [B,1,S]
+  new_cache = []
+  for p, kv in zip(layers, cache):
+    x, (k, v) = block(p, x, cos, sin, mask, config, kv=kv, cache_index=cache_index)
+    new_cache.append((_constrain(k, _CACHE_AXES, mesh), _constrain(v, _CACHE_AXES, mesh)))
+  x = rms_norm(x[:, 0], top["final_norm"], config.norm_eps)
+  return _logits(top, config, x), tuple(new_cache)
+
+
+# ----------------------------------------------------------------------------- prefill
+
+
+def prefill(params, tokens, prompt_mask, row_prompt, row_sample, row_real, seed, *,
+            config: ModelConfig, group: int, max_new: int, stop_width: int,
+            mesh: Optional[Mesh] = None) -> DecodeState:
+  """Runs the U left-padded prompts tokens [U,Tb] once and broadcasts each prompt's
+  KV cache and next-token logits to its `group` rows (B = U * group).
+
+  row_prompt/row_sample [B] name each row's (prompt, sample) pair; its PRNG key is
+  derived from them and `seed` only, so a row's sample does not depend on how the
+  request was chunked, sorted or sharded. Padding rows (row_real False) start done."""
+  U, Tb = tokens.shape
+  B, S = U * group, Tb + max_new
+  prompt_mask = prompt_mask.astype(bool)
+  positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=-1) - 1, 0)
+  model = Transformer(config)
+  hidden, cache = model.apply({"params": params}, tokens, positions, causal_mask(prompt_mask),
+                              cache=init_cache(config, U, Tb), cache_index=0,
+                              return_hidden=True)
+  logits = project_logits(params, config, hidden[:, -1])                # [U,V]
+
+  def widen(c):  # [L,U,Tb,K,H] -> L x [B,S,K,H]: repeat per sample, room for new tokens
+    c = jnp.repeat(c, group, axis=1)
+    c = jnp.pad(c, ((0, 0), (0, 0), (0, max_new), (0, 0), (0, 0)))
+    return [_constrain(c[i], _CACHE_AXES, mesh) for i in range(config.num_layers)]
+
+  cache = tuple(zip(widen(cache["k"]), widen(cache["v"])))
+  base = jax.random.key(seed)
+  row_keys = jax.vmap(lambda p, s: jax.random.fold_in(jax.random.fold_in(base, p), s))(
+      row_prompt, row_sample)
+  batch = lambda x: _constrain(x, ("batch",) + (None,) * (x.ndim - 1), mesh)
+  zeros_f = jnp.zeros((B, max_new), jnp.float32)
+  return DecodeState(
+      cache=cache,
+      logits=batch(jnp.repeat(logits, group, axis=0)),
+      step=jnp.zeros((), jnp.int32),
+      positions=batch(jnp.repeat(prompt_mask.sum(-1).astype(jnp.int32), group, axis=0)),
+      prompt_mask=batch(jnp.repeat(prompt_mask, group, axis=0)),
+      row_keys=row_keys,
+      tokens=batch(jnp.zeros((B, max_new), jnp.int32)),
+      logprobs=batch(zeros_f), sample_logprobs=batch(zeros_f),
+      recent=batch(jnp.full((B, stop_width), -1, jnp.int32)),
+      done=batch(~row_real.astype(bool)),
+      finish=batch(jnp.zeros((B,), jnp.int32)),
+      length=batch(jnp.zeros((B,), jnp.int32)),
+      stop_len=batch(jnp.zeros((B,), jnp.int32)))
+
+
+# ----------------------------------------------------------------------------- decode
+
+
+def _stop_hits(recent, stop_table, stop_valid):
+  """recent [B,W], stop_table/stop_valid [NS,W] (right-aligned) -> (hit [B],
+  matched length [B]). A sequence matches when the last tokens equal it."""
+  eq = (recent[:, None, :] == stop_table[None]) | ~stop_valid[None]     # [B,NS,W]
+  hit = jnp.all(eq, axis=-1)                                           # [B,NS]
+  lens = stop_valid.sum(-1).astype(jnp.int32)                          # [NS]
+  return hit.any(-1), jnp.max(jnp.where(hit, lens[None], 0), axis=-1)
+
+
+def decode(params, state: DecodeState, eos_ids, stop_table, stop_valid, temperature,
+           top_p, *, config: ModelConfig, choice: Choice,
+           mesh: Optional[Mesh] = None) -> DecodeState:
+  """Generates up to M tokens for every row inside one `lax.while_loop`, which ends
+  early once every row has finished. eos_ids [E] int32; stop_table/stop_valid [NS,W]
+  (NS may be 0). Returns the final state: the whole state is returned (not just the
+  outputs) so that every donated input buffer, the KV cache above all, is aliased to
+  an output and the loop runs in place instead of on a copy."""
+  top, layers = cast_params(params, config)
+  choose = functools.partial(CHOOSERS[choice.name], choice=choice)
+  B, M = state.tokens.shape
+  Tb = state.prompt_mask.shape[1]
+  gen_slots = jnp.arange(M, dtype=jnp.int32)
+
+  def cond(s: DecodeState):
+    return (s.step < M) & ~jnp.all(s.done)
+
+  def body(s: DecodeState) -> DecodeState:
+    t = s.step
+    keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(s.row_keys, t)
+    tok, sample_lp = choose(s.logits, keys, temperature, top_p)
+    chosen = jnp.take_along_axis(s.logits, tok[:, None], axis=-1)[:, 0]
+    raw_lp = chosen - jax.nn.logsumexp(s.logits, axis=-1)
+
+    active = ~s.done
+    write = lambda buf, val: jax.lax.dynamic_update_slice_in_dim(
+        buf, jnp.where(active, val, jnp.zeros_like(val))[:, None], t, axis=1)
+    recent = jnp.concatenate([s.recent[:, 1:], tok[:, None]], axis=1)
+    is_eos = jnp.any(tok[:, None] == eos_ids[None, :], axis=-1)
+    if stop_table.shape[0]:
+      is_stop, stop_len = _stop_hits(recent, stop_table, stop_valid)
+      is_stop &= ~is_eos
+    else:
+      is_stop, stop_len = jnp.zeros_like(is_eos), jnp.zeros_like(s.stop_len)
+    at_limit = t + 1 >= M
+    code = jnp.where(is_eos, EOS, jnp.where(is_stop, STOP, jnp.where(at_limit, LENGTH,
+                                                                     RUNNING)))
+    code = jnp.where(active, code, s.finish)
+    trailing = jnp.where(is_eos, 1, jnp.where(is_stop, stop_len, 0))
+
+    # Attend to the real prompt slots and to the generated slots up to this one.
+    key_mask = jnp.concatenate(
+        [s.prompt_mask, jnp.broadcast_to(gen_slots[None] <= t, (B, M))], axis=1)
+    logits, cache = forward_step(top, layers, config, s.cache, tok, s.positions, key_mask,
+                                 Tb + t, mesh)
+    return s._replace(
+        cache=cache, logits=logits, step=t + 1, positions=s.positions + 1,
+        tokens=write(s.tokens, tok), logprobs=write(s.logprobs, raw_lp),
+        sample_logprobs=write(s.sample_logprobs, sample_lp), recent=recent,
+        done=s.done | (active & (code != RUNNING)), finish=code,
+        length=jnp.where(active, t + 1, s.length),
+        stop_len=jnp.where(active, trailing, s.stop_len))
+
+  return jax.lax.while_loop(cond, body, state)
