@@ -1,0 +1,68 @@
+"""The optimisation config: every key and its default in one place.
+
+`default_optim_config()` is what experiment configs embed (as `config.optim`) and
+override; `check_optim_config` turns a bad value into one `UserError` line.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from selfimprove_jax.errors import UserError
+
+LOSS_NAMES = ("sft", "dpo", "grpo", "rloo", "dr_grpo")
+POLICY_GRADIENT_LOSSES = ("grpo", "rloo", "dr_grpo")
+SCHEDULES = ("cosine", "linear", "constant")
+AGGREGATIONS = ("token", "sequence")
+
+
+def default_optim_config() -> ml_collections.ConfigDict:
+  """Defaults for the optimizer, the schedule, accumulation and the losses."""
+  c = ml_collections.ConfigDict()
+  # AdamW + schedule. b2=0.95 (Llama/DeepSeek fine-tuning practice) recovers from
+  # loss spikes faster than 0.999 on the short, noisy RL phases of the loop.
+  c.learning_rate = 1e-5
+  c.warmup_steps = 0             # linear warmup from 0 to learning_rate
+  c.total_steps = 1000           # end of the decay (cosine/linear); constant ignores it
+  c.schedule = "cosine"          # 'cosine' | 'linear' | 'constant'
+  c.min_lr_ratio = 0.0           # decay ends at learning_rate * min_lr_ratio
+  c.weight_decay = 0.0           # decoupled; never on norms, biases, embeddings
+  c.b1 = 0.9
+  c.b2 = 0.95
+  c.eps = 1e-8
+  c.grad_clip_norm = 1.0         # global-norm clipping; 0 disables
+  # Gradient accumulation inside one jitted step (lax.scan over micro-batches).
+  # micro_batch_size > 0 wins: accumulation steps = batch // micro_batch_size.
+  c.grad_accum_steps = 1
+  c.micro_batch_size = 0
+  # Params are always fp32 master weights; the compute dtype is ModelConfig.dtype
+  # (bf16 casts the weights inside the model) and ModelConfig.remat saves memory.
+  c.logprob_chunk = 256          # time positions per vocab-projection chunk; 0 = whole
+  c.seed = 0                     # TrainState.rng
+  # Loss, chosen by name from losses.LOSSES.
+  c.loss = "sft"                 # 'sft' | 'dpo' | 'grpo' | 'rloo' | 'dr_grpo'
+  c.aggregation = "token"        # 'token' (DAPO) | 'sequence' (GRPO paper); dr_grpo: constant
+  c.dpo_beta = 0.1
+  c.dpo_label_smoothing = 0.0    # conservative DPO (cDPO) when > 0
+  c.kl_coef = 0.04               # k3 KL to the reference (GRPO paper value); 0 = off
+  c.clip_eps = 0.2               # PPO ratio clip, lower side
+  c.clip_eps_high = 0.2          # upper side; 0.28 = DAPO clip-higher
+  c.adv_eps = 1e-4               # std floor of GRPO's group normalisation
+  return c
+
+
+def check_optim_config(c) -> None:
+  """Raises UserError naming the first bad value."""
+  choices = {"loss": LOSS_NAMES, "schedule": SCHEDULES, "aggregation": AGGREGATIONS}
+  for key, allowed in choices.items():
+    if c[key] not in allowed:
+      raise UserError(f"optim.{key}={c[key]!r} is not one of {', '.join(allowed)}")
+  for key in ("learning_rate", "warmup_steps", "total_steps", "weight_decay",
+              "grad_clip_norm", "micro_batch_size", "logprob_chunk", "kl_coef",
+              "clip_eps", "clip_eps_high", "dpo_beta"):
+    if c[key] < 0:
+      raise UserError(f"optim.{key}={c[key]!r} must be >= 0")
+  if c.grad_accum_steps < 1:
+    raise UserError(f"optim.grad_accum_steps={c.grad_accum_steps!r} must be >= 1")
+  if not 0.0 <= c.dpo_label_smoothing < 0.5:
+    raise UserError(f"optim.dpo_label_smoothing={c.dpo_label_smoothing!r} must be in [0, 0.5)")

@@ -1,0 +1,115 @@
+"""Train state (one pytree) and the optimizer built from the optim config.
+
+AdamW (decoupled weight decay) after global-norm clipping, on a warmup + cosine /
+linear / constant learning-rate schedule. Params are fp32 master weights; the model
+casts them to its compute dtype inside, so gradients and Adam moments stay fp32.
+The state is created directly in its sharded layout: the optimizer moments take the
+sharding of the parameter they belong to.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from selfimprove_jax.model.config import ModelConfig
+from selfimprove_jax.model.params import abstract_params, param_shardings
+from selfimprove_jax.optimize.config import check_optim_config
+
+# Weight decay applies to the matmul weights only. Norm gains and biases: decaying
+# them pulls the scales toward 0 for no regularisation benefit (standard practice
+# since GPT-2/BERT). Embeddings: decoupled decay shrinks every row each step, while
+# a fine-tuning set only ever sends gradient to the rows of tokens it contains, so
+# the rare-token rows of a pretrained model would slowly erode; with tied
+# embeddings the same matrix is the output head, so it is excluded as a whole.
+DECAYED = frozenset({"q", "k", "v", "o", "gate", "up", "down", "lm_head"})
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a step reads and writes: params, opt_state, step, rng."""
+  params: Any
+  opt_state: Any
+  step: jax.Array   # int32 scalar: optimizer steps taken
+  rng: jax.Array    # uint32 [2] raw key (plain array: checkpoints without key types)
+
+
+def learning_rate_schedule(cfg) -> optax.Schedule:
+  """Linear warmup from 0 over warmup_steps, then cosine / linear decay to
+  learning_rate * min_lr_ratio at total_steps, or constant."""
+  lr, warmup = cfg.learning_rate, cfg.warmup_steps
+  end = lr * cfg.min_lr_ratio
+  decay_steps = max(cfg.total_steps - warmup, 1)
+  if cfg.schedule == "cosine":
+    after = optax.cosine_decay_schedule(lr, decay_steps, alpha=cfg.min_lr_ratio)
+  elif cfg.schedule == "linear":
+    after = optax.linear_schedule(lr, end, decay_steps)
+  else:
+    after = optax.constant_schedule(lr)
+  if warmup == 0:
+    return after
+  return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), after], [warmup])
+
+
+def decay_mask(params):
+  """Pytree of bools like `params`: True where weight decay applies (see DECAYED)."""
+  return {k: decay_mask(v) if isinstance(v, dict) else k in DECAYED
+          for k, v in params.items()}
+
+
+def make_optimizer(cfg) -> optax.GradientTransformation:
+  """clip_by_global_norm -> AdamW(schedule) with the decay mask."""
+  check_optim_config(cfg)
+  parts = []
+  if cfg.grad_clip_norm > 0:
+    parts.append(optax.clip_by_global_norm(cfg.grad_clip_norm))
+  parts.append(optax.adamw(learning_rate_schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
+                           weight_decay=cfg.weight_decay, mask=decay_mask))
+  return optax.chain(*parts)
+
+
+def _param_path(path) -> tuple:
+  return tuple(k.key for k in path if isinstance(k, jax.tree_util.DictKey))
+
+
+def state_shardings(model_config: ModelConfig, cfg, mesh: Mesh) -> TrainState:
+  """NamedShardings of the whole TrainState: params by the rule table, each Adam
+  moment like its parameter, scalars (counts, step, rng) replicated."""
+  p_shard = param_shardings(model_config, mesh)
+  by_path = {_param_path(path): s
+             for path, s in jax.tree_util.tree_flatten_with_path(p_shard)[0]}
+  shapes = nn.unbox(abstract_params(model_config))
+  shape_by_path = {_param_path(path): x.shape
+                   for path, x in jax.tree_util.tree_flatten_with_path(shapes)[0]}
+  opt_shapes = jax.eval_shape(make_optimizer(cfg).init, shapes)
+  replicated = NamedSharding(mesh, P())
+
+  def pick(path, leaf):
+    key = _param_path(path)
+    if key in by_path and shape_by_path[key] == leaf.shape:
+      return by_path[key]
+    return replicated
+  opt_shard = jax.tree_util.tree_map_with_path(pick, opt_shapes)
+  return TrainState(params=p_shard, opt_state=opt_shard, step=replicated, rng=replicated)
+
+
+def create_train_state(model_config: ModelConfig, cfg, params, mesh: Mesh) -> TrainState:
+  """A TrainState laid out on `mesh`, created by one jit with out_shardings (the
+  optimizer state is never whole on one device). The state gets its own copy of
+  `params`, so donating it to the step never invalidates the caller's arrays (the
+  loop keeps the start weights as the DPO / KL reference)."""
+  tx = make_optimizer(cfg)
+  shardings = state_shardings(model_config, cfg, mesh)
+
+  def init(params):
+    params = jax.tree.map(lambda x: jnp.copy(x).astype(jnp.float32), params)
+    return TrainState(params=params, opt_state=tx.init(params),
+                      step=jnp.zeros((), jnp.int32),
+                      rng=jax.random.key_data(jax.random.key(cfg.seed)))
+  return jax.jit(init, out_shardings=shardings)(params)

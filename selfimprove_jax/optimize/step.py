@@ -1,0 +1,120 @@
+"""The jitted, sharded train step: micro-batch gradient accumulation, clipping,
+AdamW update, per-step metrics. The state is donated (updated in place).
+
+The batch (format: see losses.py) is split over the data x fsdp mesh axes; params
+and optimizer state follow the rule table (see state.state_shardings). Gradients
+of the micro-batches are summed inside one jit by `lax.scan`, so accumulation costs
+no extra host round trips and only one micro-batch of activations is live.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from selfimprove_jax.errors import UserError
+from selfimprove_jax.model.config import ModelConfig
+from selfimprove_jax.optimize.config import POLICY_GRADIENT_LOSSES, check_optim_config
+from selfimprove_jax.optimize.logprobs import token_logprobs
+from selfimprove_jax.optimize.losses import LOSSES, prepare_batch
+from selfimprove_jax.optimize.state import (TrainState, learning_rate_schedule,
+                                            make_optimizer, state_shardings)
+
+BATCH_AXES = ("data", "fsdp")
+
+
+def accumulation_steps(cfg, batch_size: int) -> int:
+  """Micro-batches per step: batch // micro_batch_size if set, else grad_accum_steps."""
+  A = batch_size // cfg.micro_batch_size if cfg.micro_batch_size > 0 else cfg.grad_accum_steps
+  unit = 2 if cfg.loss == "dpo" else 1
+  if A < 1 or batch_size % (A * unit):
+    raise UserError(f"batch of {batch_size} rows does not split into {A} micro-batches"
+                    + (" of whole DPO pairs" if unit == 2 else ""))
+  return A
+
+
+def split_micro_batches(batch: dict, A: int, unit: int = 1) -> dict:
+  """[B, ...] -> [A, B/A, ...]. Micro-batch a takes every A-th block of `unit` rows
+  (unit=2 keeps DPO pairs together), so each micro-batch draws evenly from every
+  device's contiguous slice of the batch and the split moves no data."""
+  def one(x):
+    B = x.shape[0]
+    x = x.reshape((B // (A * unit), A, unit) + x.shape[1:]).swapaxes(0, 1)
+    return x.reshape((A, B // A) + x.shape[3:])
+  return jax.tree.map(one, batch)
+
+
+def _check_batch(batch: dict, cfg) -> None:
+  needed = ["tokens", "input_mask", "loss_mask"]
+  if cfg.loss == "dpo":
+    needed.append("ref_logprobs")
+  if cfg.loss in POLICY_GRADIENT_LOSSES:
+    needed += ["rewards", "group_ids"] + (["ref_logprobs"] if cfg.kl_coef > 0 else [])
+  missing = [k for k in needed if k not in batch]
+  if missing:
+    raise UserError(f"optim.loss={cfg.loss!r} needs batch keys {missing}")
+
+
+def make_train_step(model_config: ModelConfig, cfg, mesh: Mesh):
+  """`step(state, batch) -> (state, metrics)`, jitted with explicit shardings and
+  the state donated. Metrics are replicated fp32 scalars: loss, grad_norm (before
+  clipping), learning_rate (of this update), tokens (real input tokens; divide by
+  the step's wall time for tokens/s), loss_tokens, plus the loss's own."""
+  check_optim_config(cfg)
+  tx = make_optimizer(cfg)
+  schedule = learning_rate_schedule(cfg)
+  loss_fn = LOSSES[cfg.loss]
+  want_entropy = cfg.loss in POLICY_GRADIENT_LOSSES
+  shardings = state_shardings(model_config, cfg, mesh)
+  n_batch_shards = math.prod(mesh.shape[a] for a in BATCH_AXES)
+  micro_sharding = NamedSharding(mesh, P(None, BATCH_AXES))
+
+  def micro_loss(params, mb):
+    out = token_logprobs(params, model_config, mb["tokens"], mb["input_mask"],
+                         cfg.logprob_chunk, return_entropy=want_entropy)
+    logp, entropy = out if want_entropy else (out, None)
+    return loss_fn(logp, entropy, mb, cfg)
+
+  grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
+
+  def step(state: TrainState, batch: dict):
+    _check_batch(batch, cfg)
+    B = batch["tokens"].shape[0]
+    A = accumulation_steps(cfg, B)
+    if (B // A) % n_batch_shards:
+      raise UserError(f"micro-batch of {B // A} rows does not split over the "
+                      f"{n_batch_shards} data x fsdp shards of the mesh")
+    full = prepare_batch(batch, cfg)
+    if A == 1:
+      (loss, metrics), grads = grad_fn(state.params, full)
+    else:
+      mbs = split_micro_batches(full, A, 2 if cfg.loss == "dpo" else 1)
+      mbs = jax.lax.with_sharding_constraint(mbs, micro_sharding)
+      _, aux_shape = jax.eval_shape(micro_loss, state.params, jax.tree.map(lambda x: x[0], mbs))
+      zeros = lambda t: jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), t)
+      grads0 = jax.lax.with_sharding_constraint(zeros(state.params), shardings.params)
+
+      def body(carry, mb):
+        (l, m), g = grad_fn(state.params, mb)
+        return jax.tree.map(jnp.add, carry, (l, m, g)), None
+      (loss, metrics, grads), _ = jax.lax.scan(
+          body, (jnp.zeros((), jnp.float32), zeros(aux_shape), grads0), mbs)
+
+    grad_norm = optax.global_norm(grads)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    rng = jax.random.key_data(jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step))
+    new_state = TrainState(params=params, opt_state=opt_state, step=state.step + 1, rng=rng)
+    metrics = dict(metrics, loss=loss, grad_norm=grad_norm,
+                   learning_rate=schedule(state.step),
+                   tokens=jnp.sum(jnp.asarray(batch["input_mask"], jnp.float32)),
+                   loss_tokens=jnp.sum(full["loss_mask"]))
+    return new_state, jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), metrics)
+
+  batch_sharding = NamedSharding(mesh, P(BATCH_AXES))   # prefix for every batch key
+  return jax.jit(step, in_shardings=(shardings, batch_sharding),
+                 out_shardings=(shardings, NamedSharding(mesh, P())), donate_argnums=(0,))
