@@ -1,0 +1,60 @@
+"""Tasks with verifiers: where prompts come from and how completions are scored.
+
+`get_task(spec, **options)` builds one by name:
+  arithmetic                  add/sub/mul of n-digit integers, difficulty levels 1-8
+  countdown                   reach a target from numbers with + - * /, levels 1-5
+  reasoning_gym:<generator>   any reasoning-gym generator, scored by its score_answer
+  jsonl:<path>                a user's {"prompt", "answer"} lines, exact or numeric match
+Every task follows the `Task` protocol of `problem.py` (deterministic training streams,
+a disjoint fixed held-out split, a declared answer extraction, `score` in [0, 1]).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from selfimprove_jax.errors import UserError
+from selfimprove_jax.tasks.arithmetic import ArithmeticTask
+from selfimprove_jax.tasks.countdown import CountdownTask
+from selfimprove_jax.tasks.jsonl_task import JsonlTask
+from selfimprove_jax.tasks.problem import Problem, Task, make_problem, problem_id
+from selfimprove_jax.tasks.reasoning_gym_task import ReasoningGymTask
+
+# Plain task names -> constructors; prefixed specs ("family:argument") -> constructors
+# taking the argument first.
+TASKS: dict[str, Callable[..., Task]] = {
+    "arithmetic": ArithmeticTask,
+    "countdown": CountdownTask,
+}
+TASK_FAMILIES: dict[str, Callable[..., Task]] = {
+    "reasoning_gym": ReasoningGymTask,
+    "jsonl": JsonlTask,
+}
+
+
+def task_specs() -> list[str]:
+  """The accepted spec forms, for help texts and error messages."""
+  return sorted(TASKS) + [f"{k}:<{'generator' if k == 'reasoning_gym' else 'path'}>"
+                          for k in sorted(TASK_FAMILIES)]
+
+
+def get_task(spec: str, **options: Any) -> Task:
+  """The task named by `spec`, built with `options` (e.g. difficulty=2, operators="+-").
+
+  Raises UserError for an unknown spec or option, listing what exists."""
+  family, sep, argument = str(spec).partition(":")
+  if not sep and family in TASKS:
+    factory, args = TASKS[family], ()
+  elif sep and family in TASK_FAMILIES and argument:
+    factory, args = TASK_FAMILIES[family], (argument,)
+  else:
+    raise UserError(f"unknown task {spec!r}; available: {', '.join(task_specs())}")
+  try:
+    return factory(*args, **options)
+  except TypeError as e:
+    raise UserError(f"task {spec}: bad options {sorted(options)}: {e}") from None
+
+
+__all__ = ["Problem", "Task", "get_task", "make_problem", "problem_id", "task_specs",
+           "TASKS", "TASK_FAMILIES", "ArithmeticTask", "CountdownTask", "JsonlTask",
+           "ReasoningGymTask"]

@@ -1,0 +1,111 @@
+"""Answer extraction and matching shared by every task.
+
+The extraction policy, in order of preference (the first that finds something wins):
+  1. the declared marker: the text after the last `####` (up to the end of that line);
+  2. the last `<answer>...</answer>` block (reasoning-gym's own convention);
+  3. the last `\\boxed{...}` (the common math convention);
+  4. numeric tasks only: the last number anywhere in the text.
+Small instruct models often answer "23 + 45 = 68" without any marker, so the
+last-number fallback turns a right answer in the wrong format into reward instead of
+noise; it cannot be gamed by listing numbers because only the last one counts.
+
+Numbers are read tolerantly: thousands commas ("1,234"), surrounding whitespace, a
+leading "+" or "$", a trailing "." and the Unicode minus are accepted; "3/4" is a
+fraction. Numeric comparison is exact on rationals (floats with a 1e-9 relative slack).
+"""
+
+from __future__ import annotations
+
+import fractions
+import re
+from typing import Optional
+
+_MARKER = re.compile(r"####[ \t]*([^\n]*)")
+_ANSWER_TAG = re.compile(r"<answer>\s?(.*?)\s?</answer>", re.DOTALL)
+# A minus is a sign only when not preceded by a digit or ")" ("23-5" is a subtraction).
+_NUMBER = re.compile(r"(?<![\d)])-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?")
+_NUMBER_FULL = re.compile(r"[+-]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:e[+-]?\d+)?"
+                          r"|[+-]?\.\d+")
+
+
+def _last_boxed(text: str) -> Optional[str]:
+  """Content of the last \\boxed{...}, with nested braces balanced."""
+  start = text.rfind("\\boxed{")
+  if start < 0:
+    return None
+  i, depth = start + len("\\boxed{"), 1
+  for j in range(i, len(text)):
+    if text[j] == "{":
+      depth += 1
+    elif text[j] == "}":
+      depth -= 1
+      if depth == 0:
+        return text[i:j].strip()
+  return None
+
+
+def extract_marked(text: str) -> Optional[str]:
+  """Steps 1-3 of the policy: the answer after a marker, or None when none is present."""
+  if not isinstance(text, str):
+    return None
+  marks = _MARKER.findall(text)
+  if marks and marks[-1].strip():
+    return marks[-1].strip()
+  tags = _ANSWER_TAG.findall(text)
+  if tags and tags[-1].strip():
+    return tags[-1].strip()
+  return _last_boxed(text) or None
+
+
+def last_number(text: str) -> Optional[str]:
+  """The last number written in the text (commas removed), or None."""
+  if not isinstance(text, str):
+    return None
+  found = _NUMBER.findall(text.replace("\u2212", "-"))
+  return found[-1].replace(",", "") if found else None
+
+
+def extract_numeric(text: str) -> Optional[str]:
+  """The whole policy for numeric answers: a marked answer if any (reduced to its last
+  number when it is not a number itself, e.g. "#### x = 5"), else the last number."""
+  marked = extract_marked(text)
+  if marked is not None:
+    if parse_number(marked) is not None:
+      return marked
+    return last_number(marked)
+  return last_number(text)
+
+
+def parse_number(text: Optional[str]) -> Optional[fractions.Fraction]:
+  """A number written alone (tolerant of commas, $, +, trailing '.', a/b), or None."""
+  if text is None:
+    return None
+  s = str(text).strip().replace("\u2212", "-").replace("$", "").replace(" ", "")
+  s = s.rstrip(".")
+  if s.startswith("\\(") and s.endswith("\\)"):
+    s = s[2:-2]
+  m = re.fullmatch(r"([+-]?\d+)/(\d+)", s)
+  try:
+    if m:
+      return fractions.Fraction(int(m.group(1)), int(m.group(2)))
+    if _NUMBER_FULL.fullmatch(s):
+      return fractions.Fraction(s.replace(",", ""))
+  except (ValueError, ZeroDivisionError):
+    return None
+  return None
+
+
+def numbers_equal(a: Optional[str], b: Optional[str]) -> bool:
+  """True when both parse as numbers and are equal (1e-9 relative slack for decimals)."""
+  x, y = parse_number(a), parse_number(b)
+  if x is None or y is None:
+    return False
+  if x == y:
+    return True
+  return abs(x - y) <= abs(y) * fractions.Fraction(1, 10**9)
+
+
+def normalize_text(text: str) -> str:
+  """Lower case, collapsed whitespace, surrounding quotes and trailing punctuation dropped."""
+  s = " ".join(str(text).split()).lower()
+  return s.strip(" \"'`").rstrip(".!;:,").strip()

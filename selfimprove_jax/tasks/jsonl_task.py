@@ -1,0 +1,130 @@
+"""`jsonl:<path>`: a user's prompts with reference answers.
+
+File format: one JSON object per line, `{"prompt": "...", "answer": "..."}` ("reference"
+is accepted instead of "answer"); blank lines are skipped, a repeated prompt keeps its
+first answer. The prompt is used as written, followed by the `instruction` option when
+one is given (e.g. "Give your final answer after '####'.").
+
+Extraction and match: when the reference is a number, the numeric policy of
+`answers.py` (marker, else the last number) and numeric equality; otherwise the marked
+answer (or, without a marker, the whole reply) must equal the reference after
+normalisation (case, whitespace, quotes, trailing punctuation).
+
+Held-out: the ceil(heldout_fraction * n) prompts with the smallest id hash. It is fixed by
+the file's content (not by any seed), never empty for two or more prompts, and the
+training stream is the rest, reshuffled every epoch from the run's seed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+from typing import Optional
+
+from selfimprove_jax.errors import UserError
+from selfimprove_jax.tasks import answers
+from selfimprove_jax.tasks import problem as problem_lib
+from selfimprove_jax.tasks.problem import Problem
+
+
+def read_jsonl(path: str, instruction: str = "") -> list[Problem]:
+  """Problems of a JSONL file in file order; UserError naming the file and line."""
+  if not os.path.isfile(path):
+    raise UserError(f"{path}: no such file (task jsonl:{path})")
+  out, seen = [], set()
+  with open(path, encoding="utf-8") as f:
+    for lineno, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+      if not isinstance(row, dict):
+        raise UserError(f"{path}:{lineno}: expected a JSON object with 'prompt' and 'answer'")
+      answer = row.get("answer", row.get("reference"))
+      prompt = row.get("prompt")
+      if not isinstance(prompt, str) or not prompt.strip() or answer is None:
+        raise UserError(f"{path}:{lineno}: needs a non-empty string 'prompt' and an 'answer' "
+                        f"(or 'reference')")
+      if isinstance(answer, (dict, list)):
+        raise UserError(f"{path}:{lineno}: 'answer' must be a string or a number")
+      text = f"{prompt.rstrip()}\n\n{instruction}" if instruction else prompt
+      p = problem_lib.make_problem(text, answer, 0, {"line": lineno})
+      if p.id not in seen:
+        seen.add(p.id)
+        out.append(p)
+  if not out:
+    raise UserError(f"{path}: no problems in the file")
+  return out
+
+
+class JsonlTask:
+  """Problems read from a JSONL file (no difficulty knob, not procedural)."""
+
+  procedural = False
+  difficulty_range = None
+  default_difficulty = 0
+  answer_format = ("numeric references: the marked answer or the last number; others: the "
+                   "marked answer ('####', <answer>, \\boxed{}) or the whole reply")
+
+  def __init__(self, path: str, heldout_fraction: float = problem_lib.DEFAULT_HELDOUT_FRACTION,
+               instruction: str = ""):
+    self.name = f"jsonl:{path}"
+    self.path = path
+    self.heldout_fraction = problem_lib.check_fraction(heldout_fraction, self.name)
+    problems = read_jsonl(path, instruction)
+    if len(problems) < 2:
+      raise UserError(f"{path}: needs at least 2 distinct prompts (one is held out)")
+    n_heldout = min(math.ceil(self.heldout_fraction * len(problems)), len(problems) - 1)
+    ranked = sorted(problems, key=lambda p: (problem_lib.id_fraction(p.id), p.id))
+    self._heldout_ids = {p.id for p in ranked[:n_heldout]}
+    self._heldout = [p for p in problems if p.id in self._heldout_ids]
+    self._train = [p for p in problems if p.id not in self._heldout_ids]
+
+  def problem(self, seed: int, index: int, difficulty: Optional[int] = None) -> Problem:
+    """Training problem `index`: epoch `index // n` is a fresh shuffle of the training lines."""
+    epoch, pos = divmod(index, len(self._train))
+    order = list(range(len(self._train)))
+    random.Random(problem_lib.derive_seed(seed, "jsonl", epoch)).shuffle(order)
+    return self._train[order[pos]]
+
+  def train_problems(self, seed: int, count: int, difficulty: Optional[int] = None,
+                     start: int = 0) -> list[Problem]:
+    """Training problems `start .. start+count-1` of stream `seed`."""
+    return [self.problem(seed, i) for i in range(start, start + count)]
+
+  def heldout(self, count: Optional[int] = None,
+              difficulty: Optional[int] = None) -> list[Problem]:
+    """The held-out problems in file order: all of them, or at most `count`."""
+    return list(self._heldout if count is None else self._heldout[:count])
+
+  def is_heldout(self, pid: str) -> bool:
+    """True when the id is one of the file's held-out prompts."""
+    return pid in self._heldout_ids
+
+  def extract_answer(self, completion: str, reference: Optional[str] = None) -> Optional[str]:
+    """Numeric policy when the reference is a number, else the marked answer or the reply."""
+    if not isinstance(completion, str):
+      return None
+    if reference is not None and answers.parse_number(reference) is not None:
+      return answers.extract_numeric(completion)
+    marked = answers.extract_marked(completion)
+    if marked is not None:
+      return marked
+    return completion.strip() or None
+
+  def score(self, problem: Problem, completion: str) -> float:
+    """1.0 on a numeric or normalised exact match with the reference, else 0.0."""
+    answer = self.extract_answer(completion, problem.reference)
+    if answer is None:
+      return 0.0
+    if answers.numbers_equal(answer, problem.reference):
+      return 1.0
+    return float(answers.normalize_text(answer) == answers.normalize_text(problem.reference))
+
+  def can_solve(self, prompt: str) -> Optional[str]:
+    """A file of prompts cannot solve new ones: always None (`procedural` is False)."""
+    return None

@@ -1,0 +1,164 @@
+"""The task protocol: a `Problem` record, the `Task` interface, and the held-out partition.
+
+Every task, whatever its source, hands the loop `Problem`s and scores completions. Two
+properties the loop relies on are built here once for all tasks:
+
+* Streams are random-access and deterministic: training problem `index` under `seed`
+  is a pure function of (task options, seed, index, difficulty), so a resumed run (or a
+  Grain `MapDataset` over indices) regenerates exactly the same stream.
+* Train and held-out are disjoint by construction: a problem's id is a hash of its
+  prompt, a fixed hash partition of ids is the held-out side (`in_heldout_partition`),
+  held-out sets draw only ids inside it and training streams skip every id inside it.
+  A problem can therefore never be both, whatever the seeds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import random
+from typing import Any, Callable, Optional, Protocol, runtime_checkable
+
+from selfimprove_jax.errors import UserError
+
+# Fixed seed of every held-out split: the held-out set never depends on the run's seed.
+HELDOUT_SEED = 20240917
+DEFAULT_HELDOUT_FRACTION = 0.1
+# How many candidates a stream may reject (held-out ids, duplicates) before it gives up:
+# with the default fraction a training draw needs 1.1 candidates on average.
+MAX_ATTEMPTS = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+  """One prompt with its reference answer.
+
+  `id` is `problem_id(prompt)`: stable across runs and machines, used as the key of the
+  difficulty ledger and for held-out leak checks. `prompt` is the complete user message,
+  including the instruction about the answer format. `metadata` holds what the task's
+  verifier needs (e.g. countdown's numbers and target) and is not part of equality."""
+  id: str
+  prompt: str
+  reference: str
+  difficulty: int = 0
+  metadata: dict = dataclasses.field(default_factory=dict, compare=False, hash=False)
+
+  def to_json(self) -> dict:
+    """A JSON-ready dict (metadata is copied as is; tasks keep it JSON-serialisable)."""
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_json(cls, d: dict) -> "Problem":
+    """Inverse of `to_json`."""
+    return cls(id=d["id"], prompt=d["prompt"], reference=str(d["reference"]),
+               difficulty=int(d.get("difficulty", 0)), metadata=dict(d.get("metadata") or {}))
+
+
+def problem_id(prompt: str) -> str:
+  """Stable id of a prompt: the first 16 hex digits of its SHA-256."""
+  return hashlib.sha256(prompt.encode("utf-8")).hexdigest()[:16]
+
+
+def make_problem(prompt: str, reference: Any, difficulty: int = 0,
+                 metadata: Optional[dict] = None) -> Problem:
+  """A `Problem` with its id computed from the prompt."""
+  return Problem(id=problem_id(prompt), prompt=prompt, reference=str(reference),
+                 difficulty=int(difficulty), metadata=dict(metadata or {}))
+
+
+def id_fraction(pid: str) -> float:
+  """Where an id falls in [0, 1): uniform over prompts, used by the held-out partition."""
+  return int(pid[:8], 16) / 2.0**32
+
+
+def in_heldout_partition(pid: str, fraction: float) -> bool:
+  """True when the id belongs to the held-out side of the fixed hash partition."""
+  return id_fraction(pid) < fraction
+
+
+def derive_seed(*parts: Any) -> int:
+  """A 63-bit seed from any parts (seed, split, index, attempt...), stable across runs.
+  Hashing instead of `seed + index` keeps nearby seeds from sharing streams."""
+  text = "/".join(str(p) for p in parts)
+  return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "little") >> 1
+
+
+def check_fraction(fraction: float, name: str) -> float:
+  """Validate a held-out fraction option."""
+  fraction = float(fraction)
+  if not 0.0 < fraction < 1.0:
+    raise UserError(f"task {name}: heldout_fraction must be in (0, 1), got {fraction}")
+  return fraction
+
+
+def draw_train(generate: Callable[[random.Random], Problem], fraction: float, name: str,
+               seed: int, index: int, difficulty: int) -> Problem:
+  """Training problem `index`: the first candidate outside the held-out partition among
+  candidates generated from `derive_seed(seed, 'train', difficulty, index, attempt)`."""
+  for attempt in range(MAX_ATTEMPTS):
+    p = generate(random.Random(derive_seed(seed, "train", difficulty, index, attempt)))
+    if not in_heldout_partition(p.id, fraction):
+      return p
+  raise UserError(f"task {name}: difficulty {difficulty} has (almost) no problems outside "
+                  f"the held-out partition; use another difficulty")
+
+
+def draw_heldout(generate: Callable[[random.Random], Problem], fraction: float, name: str,
+                 count: int, difficulty: int) -> list[Problem]:
+  """`count` distinct problems inside the held-out partition, from the fixed seed."""
+  out, seen = [], set()
+  budget = int(count / fraction * 8) + 1000
+  for k in range(budget):
+    p = generate(random.Random(derive_seed(HELDOUT_SEED, "heldout", difficulty, k)))
+    if p.id in seen or not in_heldout_partition(p.id, fraction):
+      continue
+    seen.add(p.id)
+    out.append(p)
+    if len(out) == count:
+      return out
+  raise UserError(f"task {name}: difficulty {difficulty} yields only {len(out)} distinct "
+                  f"held-out problems, fewer than the {count} asked for; ask for fewer or "
+                  f"raise the difficulty")
+
+
+@runtime_checkable
+class Task(Protocol):
+  """What the loop needs from a task. Implementations are small classes wrapping one
+  problem source; shared behaviour lives in functions of this module, not a base class.
+
+  Attributes:
+    name: the spec it was built from (`arithmetic`, `reasoning_gym:leg_counting`, ...).
+    answer_format: one sentence stating the declared answer convention.
+    difficulty_range: (min, max) levels of the difficulty knob, or None without one.
+    default_difficulty: level used when `difficulty=None` (0 for tasks without a knob).
+    procedural: True when `can_solve` can parse and solve prompts in the task's format.
+  """
+  name: str
+  answer_format: str
+  difficulty_range: Optional[tuple[int, int]]
+  default_difficulty: int
+  procedural: bool
+
+  def problem(self, seed: int, index: int, difficulty: Optional[int] = None) -> Problem:
+    """Training problem `index` of the stream `seed` (deterministic, never held-out)."""
+
+  def train_problems(self, seed: int, count: int, difficulty: Optional[int] = None,
+                     start: int = 0) -> list[Problem]:
+    """Training problems `start .. start+count-1` of the stream `seed`."""
+
+  def heldout(self, count: Optional[int] = None,
+              difficulty: Optional[int] = None) -> list[Problem]:
+    """The fixed held-out split (distinct problems, disjoint from every training stream)."""
+
+  def is_heldout(self, pid: str) -> bool:
+    """True when a problem id belongs to the held-out side (for leak checks)."""
+
+  def extract_answer(self, completion: str) -> Optional[str]:
+    """The answer the declared extraction finds in a completion, or None."""
+
+  def score(self, problem: Problem, completion: str) -> float:
+    """Reward in [0, 1] of a completion for a problem; never raises on model output."""
+
+  def can_solve(self, prompt: str) -> Optional[str]:
+    """Reference answer of a prompt written in the task's format, or None when the
+    prompt does not parse, has no solution, or the task cannot solve prompts."""

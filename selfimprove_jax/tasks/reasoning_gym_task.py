@@ -1,0 +1,160 @@
+"""`reasoning_gym:<name>`: any generator of the `reasoning-gym` package, scored by its own
+`score_answer`.
+
+reasoning-gym is an optional extra (`pip install 'selfimprove_jax[reasoning]'`): it pins
+about twenty packages (matplotlib, sympy, pycosat, ...), and only this task needs them.
+
+Prompt: the generator's question followed by "Give your final answer after '####'."
+The extraction follows `answers.py` (`####`, then `<answer>` tags, which are
+reasoning-gym's own convention, then `\\boxed{}`); without a marker, the last number when
+the reference is a number, else the last non-empty line.
+
+Streams: reasoning-gym item `idx` of a dataset built with `seed` is drawn from
+`Random(seed + idx)`, so datasets with nearby seeds share items. We therefore build
+datasets in chunks of `CHUNK` items with seeds hashed from (our seed, split, chunk,
+attempt), and keep train and held-out disjoint by the same id partition as every task
+(training skips held-out ids, the held-out split takes only them, from a fixed seed).
+Extra options are passed to the generator's config (e.g. `min_terms=2`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from selfimprove_jax.errors import UserError
+from selfimprove_jax.tasks import answers
+from selfimprove_jax.tasks import problem as problem_lib
+from selfimprove_jax.tasks.problem import Problem
+
+# Some generators precompute per-item state for `size` items, so datasets stay small.
+CHUNK = 256
+INSTRUCTION = "Give your final answer after '####'."
+
+
+def _import_reasoning_gym():
+  try:
+    import reasoning_gym  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    raise UserError("task reasoning_gym: the reasoning-gym package is not installed; "
+                    "run: pip install 'selfimprove_jax[reasoning]'") from None
+  return reasoning_gym
+
+
+def available() -> list[str]:
+  """Names of the installed reasoning-gym generators (empty when not installed)."""
+  try:
+    from reasoning_gym.factory import DATASETS  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    return []
+  return sorted(DATASETS)
+
+
+class ReasoningGymTask:
+  """One reasoning-gym generator behind the task protocol (no difficulty knob)."""
+
+  procedural = False
+  difficulty_range = None
+  default_difficulty = 0
+  answer_format = ("the answer after '####' (<answer> tags or \\boxed{} also count); else the "
+                   "last number for numeric references, else the last line")
+
+  def __init__(self, generator: str,
+               heldout_fraction: float = problem_lib.DEFAULT_HELDOUT_FRACTION,
+               **config: Any):
+    rg = _import_reasoning_gym()
+    from reasoning_gym.factory import DATASETS  # pylint: disable=import-outside-toplevel
+    if generator not in DATASETS:
+      raise UserError(f"task reasoning_gym:{generator}: no such generator; available: "
+                      f"{', '.join(sorted(DATASETS))}")
+    self.name = f"reasoning_gym:{generator}"
+    self.generator = generator
+    self.config = dict(config)
+    self.heldout_fraction = problem_lib.check_fraction(heldout_fraction, self.name)
+    self._datasets: dict = {}
+    try:  # validate the options once, so a typo fails here and not mid-run
+      self._scorer = rg.create_dataset(generator, seed=0, size=1, **self.config)
+    except (TypeError, ValueError, AssertionError) as e:
+      raise UserError(f"task {self.name}: bad generator options {self.config}: {e}") from None
+
+  def _dataset(self, seed: int):
+    if seed not in self._datasets:
+      if len(self._datasets) >= 32:  # a stream touches one or two chunks at a time
+        self._datasets.pop(next(iter(self._datasets)))
+      self._datasets[seed] = _import_reasoning_gym().create_dataset(
+          self.generator, seed=seed, size=CHUNK, **self.config)
+    return self._datasets[seed]
+
+  def _item(self, split: str, seed: int, chunk: int, attempt: int, pos: int) -> Problem:
+    entry = self._dataset(problem_lib.derive_seed(self.generator, seed, split, chunk,
+                                                  attempt))[pos]
+    prompt = f"{entry['question'].strip()}\n\n{INSTRUCTION}"
+    return problem_lib.make_problem(
+        prompt, entry["answer"], 0,
+        {"question": entry["question"], "rg_metadata": entry.get("metadata", {})})
+
+  def problem(self, seed: int, index: int, difficulty: Optional[int] = None) -> Problem:
+    """Training problem `index` of stream `seed` (never in the held-out partition)."""
+    chunk, pos = divmod(index, CHUNK)
+    for attempt in range(problem_lib.MAX_ATTEMPTS):
+      p = self._item("train", seed, chunk, attempt, pos)
+      if not self.is_heldout(p.id):
+        return p
+    raise UserError(f"task {self.name}: the generator repeats problems of the held-out "
+                    f"split only; it has too few distinct problems")
+
+  def train_problems(self, seed: int, count: int, difficulty: Optional[int] = None,
+                     start: int = 0) -> list[Problem]:
+    """Training problems `start .. start+count-1` of stream `seed`."""
+    return [self.problem(seed, i) for i in range(start, start + count)]
+
+  def heldout(self, count: Optional[int] = None,
+              difficulty: Optional[int] = None) -> list[Problem]:
+    """`count` (default 200) distinct held-out problems from the fixed seed."""
+    count = 200 if count is None else count
+    out, seen = [], set()
+    budget = int(count / self.heldout_fraction * 8) + CHUNK
+    for k in range(budget):
+      chunk, pos = divmod(k, CHUNK)
+      p = self._item("heldout", problem_lib.HELDOUT_SEED, chunk, 0, pos)
+      if p.id in seen or not self.is_heldout(p.id):
+        continue
+      seen.add(p.id)
+      out.append(p)
+      if len(out) == count:
+        return out
+    raise UserError(f"task {self.name}: only {len(out)} distinct held-out problems found, "
+                    f"fewer than the {count} asked for")
+
+  def is_heldout(self, pid: str) -> bool:
+    """True when the id is on the held-out side of the partition."""
+    return problem_lib.in_heldout_partition(pid, self.heldout_fraction)
+
+  def extract_answer(self, completion: str, reference: Optional[str] = None) -> Optional[str]:
+    """Marked answer; else the last number (numeric reference) or the last line."""
+    if not isinstance(completion, str):
+      return None
+    marked = answers.extract_marked(completion)
+    if marked is not None:
+      return marked
+    if reference is not None and answers.parse_number(reference) is not None:
+      return answers.last_number(completion)
+    lines = [ln.strip() for ln in completion.splitlines() if ln.strip()]
+    return lines[-1] if lines else None
+
+  def score(self, problem: Problem, completion: str) -> float:
+    """The generator's own `score_answer` on the extracted answer, clipped to [0, 1]."""
+    answer = self.extract_answer(completion, problem.reference)
+    if answer is None:
+      return 0.0
+    entry = {"question": problem.metadata.get("question", problem.prompt),
+             "answer": problem.reference, "metadata": problem.metadata.get("rg_metadata", {})}
+    try:
+      reward = float(self._scorer.score_answer(answer, entry))
+    except Exception:  # pylint: disable=broad-except
+      # A generator's scorer may choke on malformed model output; that output is wrong.
+      return 0.0
+    return min(max(reward, 0.0), 1.0) if reward == reward else 0.0
+
+  def can_solve(self, prompt: str) -> Optional[str]:
+    """Generators cannot parse free-form prompts: always None (`procedural` is False)."""
+    return None
