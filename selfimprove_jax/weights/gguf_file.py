@@ -1,0 +1,167 @@
+"""GGUF files (llama.cpp): metadata -> ModelConfig, tensors -> HF-named fp32 arrays.
+
+Tensors are dequantised with the `gguf` package. llama.cpp's converter permutes the
+rows of q/k projections of `llama` models (from HF rotate-half RoPE to its
+interleaved layout, convert_hf_to_gguf.py `LlamaModel.permute`); reading undoes it so
+the weights match HF and our rotate-half `apply_rope`. Qwen2 is stored unpermuted.
+Llama-3 RoPE scaling is stored as a `rope_freqs` tensor of per-frequency divisors; we
+recover the RopeScaling it was computed from and check that it reproduces them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import numpy as np
+
+from selfimprove_jax.errors import UserError
+from selfimprove_jax.model.config import ModelConfig, RopeScaling
+from selfimprove_jax.model.llama import rope_inv_freq
+
+# GGUF general.architecture -> HF architecture
+ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+
+_GLOBAL = {"token_embd.weight": "model.embed_tokens.weight",
+           "output_norm.weight": "model.norm.weight", "output.weight": "lm_head.weight"}
+_LAYER = {"attn_norm.weight": "input_layernorm.weight",
+          "attn_q.weight": "self_attn.q_proj.weight", "attn_k.weight": "self_attn.k_proj.weight",
+          "attn_v.weight": "self_attn.v_proj.weight",
+          "attn_output.weight": "self_attn.o_proj.weight",
+          "attn_q.bias": "self_attn.q_proj.bias", "attn_k.bias": "self_attn.k_proj.bias",
+          "attn_v.bias": "self_attn.v_proj.bias",
+          "ffn_norm.weight": "post_attention_layernorm.weight",
+          "ffn_gate.weight": "mlp.gate_proj.weight", "ffn_up.weight": "mlp.up_proj.weight",
+          "ffn_down.weight": "mlp.down_proj.weight"}
+_BLOCK = re.compile(r"blk\.(\d+)\.(.+)")
+
+
+def open_reader(path: str):
+  """gguf.GGUFReader for `path`; a truncated or malformed file is a UserError."""
+  import gguf
+  try:
+    reader = gguf.GGUFReader(path)
+  except Exception as e:  # the reader raises ValueError/IndexError/... on bad bytes
+    raise UserError(f"{path}: not a valid GGUF file (truncated or malformed: {e})") from None
+  size = os.path.getsize(path)
+  for t in reader.tensors:
+    if t.data_offset + t.n_bytes > size:
+      raise UserError(f"{path}: tensor {t.name!r} runs past the end of the file (truncated)")
+  return reader
+
+
+def _field(reader, key, default=None):
+  f = reader.fields.get(key)
+  if f is None:
+    return default
+  return f.contents()
+
+
+def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
+  """Inverse of llama.cpp's `permute` (which views rows as (head, 2, H/2) and swaps
+  the last two): view them as (head, H/2, 2) and swap back."""
+  return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2) \
+      .reshape(w.shape)
+
+
+class GGUFTensors:
+  """The tensors of a GGUF file under HF names, dequantised to fp32 on `get`."""
+
+  def __init__(self, path: str, reader, arch: str, num_heads: int, num_kv_heads: int):
+    self.path = path
+    self._arch, self._n, self._k = arch, num_heads, num_kv_heads
+    self.has_tokenizer = _field(reader, "tokenizer.ggml.model") is not None
+    self.data_offset = int(reader.data_offset)  # header + metadata (tokenizer) bytes
+    self._tensors = {}
+    for t in reader.tensors:
+      hf = _GLOBAL.get(t.name)
+      m = _BLOCK.fullmatch(t.name)
+      if m and m.group(2) in _LAYER:
+        hf = f"model.layers.{m.group(1)}.{_LAYER[m.group(2)]}"
+      self._tensors[hf or t.name] = t
+
+  @property
+  def names(self):
+    return self._tensors.keys()
+
+  def origin(self, name: str) -> str:
+    return self.path
+
+  def shape(self, name: str) -> tuple[int, ...]:
+    # GGUF lists dims fastest-first (ggml `ne`); numpy/HF order is the reverse.
+    return tuple(int(d) for d in reversed(self._tensors[name].shape))
+
+  def get(self, name: str) -> np.ndarray:
+    import gguf
+    t = self._tensors[name]
+    try:
+      w = gguf.quants.dequantize(t.data, t.tensor_type)
+    except NotImplementedError:
+      raise UserError(f"{self.path}: tensor {t.name!r} uses quantisation {t.tensor_type.name}, "
+                      f"which the gguf package cannot dequantise") from None
+    w = np.asarray(w, np.float32).reshape(self.shape(name))
+    if self._arch == "llama" and name.endswith(("q_proj.weight", "q_proj.bias")):
+      w = _unpermute(w, self._n)
+    elif self._arch == "llama" and name.endswith(("k_proj.weight", "k_proj.bias")):
+      w = _unpermute(w, self._k)
+    return w
+
+
+def _llama3_scaling(path: str, factors: np.ndarray, config: ModelConfig) -> RopeScaling | None:
+  """RopeScaling that reproduces llama.cpp's rope_freqs divisors. The converter only
+  stores the resulting divisors, so try Llama 3.x's published parameters (factor =
+  the largest divisor) and accept them only if they match."""
+  factors = np.asarray(factors, np.float64).reshape(-1)
+  if np.allclose(factors, 1.0):
+    return None
+  base = rope_inv_freq(config.replace(rope_scaling=None)).astype(np.float64)
+  for low, high, orig in ((1.0, 4.0, 8192), (1.0, 4.0, 2048), (1.0, 4.0, 4096)):
+    s = RopeScaling(factor=float(factors.max()), low_freq_factor=low, high_freq_factor=high,
+                    original_max_position_embeddings=orig)
+    if np.allclose(base / factors, rope_inv_freq(config.replace(rope_scaling=s)), rtol=1e-5):
+      return s
+  raise UserError(f"{path}: rope_freqs does not match Llama-3 RoPE scaling; unsupported")
+
+
+def read_gguf(path: str) -> tuple[ModelConfig, GGUFTensors]:
+  """ModelConfig and HF-named tensors of a GGUF file."""
+  reader = open_reader(path)
+  arch = _field(reader, "general.architecture")
+  if arch not in ARCHITECTURES:
+    raise UserError(f"{path}: unsupported GGUF architecture {arch!r} "
+                    f"(supported: {', '.join(ARCHITECTURES)})")
+
+  def meta(key, default=None, required=True):
+    v = _field(reader, f"{arch}.{key}", default)
+    if v is None and required:
+      raise UserError(f"{path}: GGUF metadata lacks {arch}.{key}")
+    return v
+
+  scaling_type = meta("rope.scaling.type", "none", required=False)
+  if scaling_type not in ("none", None):
+    raise UserError(f"{path}: unsupported RoPE scaling {scaling_type!r} in GGUF metadata")
+  D, N = int(meta("embedding_length")), int(meta("attention.head_count"))
+  K = int(meta("attention.head_count_kv", N))
+  names = {t.name: t for t in reader.tensors}
+  if "token_embd.weight" not in names:
+    raise UserError(f"{path}: GGUF file has no token_embd.weight tensor")
+  V = int(names["token_embd.weight"].shape[-1])
+  eos = _field(reader, "tokenizer.ggml.eos_token_id")
+  config = ModelConfig(
+      vocab_size=V, num_layers=int(meta("block_count")), embed_dim=D, num_heads=N,
+      num_kv_heads=K, head_dim=int(meta("rope.dimension_count", D // N)),
+      mlp_dim=int(meta("feed_forward_length")),
+      rope_theta=float(meta("rope.freq_base", 10000.0)),
+      norm_eps=float(meta("attention.layer_norm_rms_epsilon", 1e-5)),
+      tie_embeddings="output.weight" not in names,
+      qkv_bias=arch == "qwen2",
+      max_position_embeddings=int(meta("context_length", 2048)),
+      bos_token_id=_field(reader, "tokenizer.ggml.bos_token_id"),
+      eos_token_id=None if eos is None else int(eos),
+      architecture=ARCHITECTURES[arch])
+  if "rope_freqs.weight" in names:
+    import gguf
+    t = names["rope_freqs.weight"]
+    factors = gguf.quants.dequantize(t.data, t.tensor_type)
+    config = config.replace(rope_scaling=_llama3_scaling(path, factors, config))
+  return config, GGUFTensors(path, reader, arch, N, K)

@@ -1,0 +1,296 @@
+"""HF checkpoints: config.json <-> ModelConfig, HF tensor names <-> our params layout,
+and reading/writing `*.safetensors` (single file or the sharded-index form).
+
+HF stores every projection as `[out, in]` (torch Linear); our params are einsum
+operands named by shape letters (see model/config.py), e.g. q_proj.weight [N*H, D]
+is our q [D, N, H]. The GGUF reader maps its tensors to the HF names below so both
+formats share one conversion.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Callable, Iterable
+
+import ml_dtypes
+import numpy as np
+
+from selfimprove_jax.errors import UserError
+from selfimprove_jax.model.config import ModelConfig, RopeScaling
+
+ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM")
+_MODEL_TYPES = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2"}
+
+# ----------------------------------------------------------------------------- config
+
+
+def _rope(cfg: dict, path: str) -> tuple[float, RopeScaling | None]:
+  """rope_theta and Llama-3 scaling from either the transformers<5 keys (rope_theta,
+  rope_scaling) or the transformers>=5 `rope_parameters` dict."""
+  params = dict(cfg.get("rope_parameters") or {})
+  scaling = dict(cfg.get("rope_scaling") or {})
+  theta = cfg.get("rope_theta", params.get("rope_theta", 10000.0))
+  spec = scaling or params
+  kind = spec.get("rope_type", spec.get("type", "default"))
+  if kind in (None, "default"):
+    return float(theta), None
+  if kind != "llama3":
+    raise UserError(f"{path}: unsupported rope scaling type {kind!r} (supported: llama3)")
+  try:
+    return float(theta), RopeScaling(
+        factor=float(spec["factor"]), low_freq_factor=float(spec["low_freq_factor"]),
+        high_freq_factor=float(spec["high_freq_factor"]),
+        original_max_position_embeddings=int(spec["original_max_position_embeddings"]))
+  except KeyError as e:
+    raise UserError(f"{path}: llama3 rope scaling lacks {e.args[0]!r}") from None
+
+
+def config_from_hf(cfg: dict, path: str) -> ModelConfig:
+  """ModelConfig from a parsed config.json; `path` is named in errors."""
+  archs = cfg.get("architectures") or []
+  arch = next((a for a in archs if a in ARCHITECTURES), None)
+  if arch is None:
+    raise UserError(f"{path}: unsupported architecture {archs or cfg.get('model_type')!r} "
+                    f"(supported: {', '.join(ARCHITECTURES)})")
+  if cfg.get("hidden_act", "silu") != "silu":
+    raise UserError(f"{path}: unsupported hidden_act {cfg['hidden_act']!r} (supported: silu)")
+  if arch == "LlamaForCausalLM" and (cfg.get("attention_bias") or cfg.get("mlp_bias")):
+    raise UserError(f"{path}: Llama attention_bias/mlp_bias are not supported")
+  if cfg.get("use_sliding_window"):
+    raise UserError(f"{path}: sliding-window attention is not supported")
+  try:
+    D, N = int(cfg["hidden_size"]), int(cfg["num_attention_heads"])
+    theta, scaling = _rope(cfg, path)
+    return ModelConfig(
+        vocab_size=int(cfg["vocab_size"]), num_layers=int(cfg["num_hidden_layers"]),
+        embed_dim=D, num_heads=N, num_kv_heads=int(cfg.get("num_key_value_heads") or N),
+        head_dim=int(cfg.get("head_dim") or D // N), mlp_dim=int(cfg["intermediate_size"]),
+        rope_theta=theta, rope_scaling=scaling, norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+        tie_embeddings=bool(cfg.get("tie_word_embeddings", arch == "LlamaForCausalLM")),
+        qkv_bias=arch == "Qwen2ForCausalLM",
+        max_position_embeddings=int(cfg.get("max_position_embeddings", 2048)),
+        bos_token_id=cfg.get("bos_token_id"), eos_token_id=_ids(cfg.get("eos_token_id")),
+        architecture=arch)
+  except KeyError as e:
+    raise UserError(f"{path}: config.json lacks {e.args[0]!r}") from None
+  except (TypeError, ValueError) as e:
+    raise UserError(f"{path}: invalid config.json ({e})") from None
+
+
+def _ids(x):
+  return tuple(x) if isinstance(x, list) else x
+
+
+def config_to_hf(config: ModelConfig) -> dict:
+  """config.json contents for `config`, written through the installed transformers'
+  own config class so the file matches what that version expects."""
+  import transformers  # heavy import, only when exporting
+  kw = dict(
+      vocab_size=config.vocab_size, hidden_size=config.embed_dim,
+      intermediate_size=config.mlp_dim, num_hidden_layers=config.num_layers,
+      num_attention_heads=config.num_heads, num_key_value_heads=config.num_kv_heads,
+      max_position_embeddings=config.max_position_embeddings, rms_norm_eps=config.norm_eps,
+      rope_theta=config.rope_theta, tie_word_embeddings=config.tie_embeddings,
+      bos_token_id=config.bos_token_id,
+      eos_token_id=(list(config.eos_token_id) if isinstance(config.eos_token_id, tuple)
+                    else config.eos_token_id),
+      hidden_act="silu")
+  if config.rope_scaling is not None:
+    s = config.rope_scaling
+    kw["rope_scaling"] = dict(rope_type="llama3", factor=s.factor,
+                              low_freq_factor=s.low_freq_factor,
+                              high_freq_factor=s.high_freq_factor,
+                              original_max_position_embeddings=s.original_max_position_embeddings)
+  if config.architecture == "LlamaForCausalLM":
+    hf = transformers.LlamaConfig(head_dim=config.head_dim, **kw)
+  elif config.architecture == "Qwen2ForCausalLM":
+    if config.head_dim * config.num_heads != config.embed_dim:
+      raise UserError(f"Qwen2 needs head_dim*num_heads == embed_dim, got {config.head_dim}"
+                      f"*{config.num_heads} != {config.embed_dim}")
+    hf = transformers.Qwen2Config(use_sliding_window=False, **kw)
+  else:
+    raise UserError(f"cannot export architecture {config.architecture!r} "
+                    f"(supported: {', '.join(ARCHITECTURES)})")
+  hf.architectures = [config.architecture]
+  out = hf.to_dict()
+  out["torch_dtype" if "torch_dtype" in out else "dtype"] = "float32"
+  return out
+
+
+# ----------------------------------------------------------------------------- names
+
+# our params key -> HF name ({i} = layer); per-layer keys are stacked on axis 0.
+GLOBAL_NAMES = {"embedding": "model.embed_tokens.weight", "final_norm": "model.norm.weight",
+                "lm_head": "lm_head.weight"}
+LAYER_NAMES = {
+    "attn_norm": "model.layers.{i}.input_layernorm.weight",
+    "q": "model.layers.{i}.self_attn.q_proj.weight",
+    "k": "model.layers.{i}.self_attn.k_proj.weight",
+    "v": "model.layers.{i}.self_attn.v_proj.weight",
+    "o": "model.layers.{i}.self_attn.o_proj.weight",
+    "q_bias": "model.layers.{i}.self_attn.q_proj.bias",
+    "k_bias": "model.layers.{i}.self_attn.k_proj.bias",
+    "v_bias": "model.layers.{i}.self_attn.v_proj.bias",
+    "mlp_norm": "model.layers.{i}.post_attention_layernorm.weight",
+    "gate": "model.layers.{i}.mlp.gate_proj.weight",
+    "up": "model.layers.{i}.mlp.up_proj.weight",
+    "down": "model.layers.{i}.mlp.down_proj.weight",
+}
+
+
+def hf_shape(key: str, c: ModelConfig) -> tuple[int, ...]:
+  """Shape of one HF tensor (one layer's slice for per-layer keys)."""
+  V, D, N, K, H, F = (c.vocab_size, c.embed_dim, c.num_heads, c.num_kv_heads, c.head_dim,
+                      c.mlp_dim)
+  return {"embedding": (V, D), "final_norm": (D,), "lm_head": (V, D), "attn_norm": (D,),
+          "mlp_norm": (D,), "q": (N * H, D), "k": (K * H, D), "v": (K * H, D),
+          "o": (D, N * H), "q_bias": (N * H,), "k_bias": (K * H,), "v_bias": (K * H,),
+          "gate": (F, D), "up": (F, D), "down": (D, F)}[key]
+
+
+def to_ours(key: str, w: np.ndarray, c: ModelConfig) -> np.ndarray:
+  """One HF tensor (already shape-checked) -> our layout for `key`."""
+  N, K, H = c.num_heads, c.num_kv_heads, c.head_dim
+  fn: dict[str, Callable] = {
+      "lm_head": lambda w: w.T, "gate": lambda w: w.T, "up": lambda w: w.T,
+      "down": lambda w: w.T,
+      "q": lambda w: w.T.reshape(-1, N, H), "k": lambda w: w.T.reshape(-1, K, H),
+      "v": lambda w: w.T.reshape(-1, K, H), "o": lambda w: w.T.reshape(N, H, -1),
+      "q_bias": lambda w: w.reshape(N, H), "k_bias": lambda w: w.reshape(K, H),
+      "v_bias": lambda w: w.reshape(K, H)}
+  return fn.get(key, lambda w: w)(w)
+
+
+def to_hf(key: str, w: np.ndarray) -> np.ndarray:
+  """Our layout for `key` (one layer's slice) -> the HF [out, in] tensor."""
+  if key in ("lm_head", "gate", "up", "down"):
+    return w.T
+  if key in ("q", "k", "v"):       # [D, N, H] -> [N*H, D]
+    return w.reshape(w.shape[0], -1).T
+  if key == "o":                   # [N, H, D] -> [D, N*H]
+    return w.reshape(-1, w.shape[-1]).T
+  return w.reshape(-1) if key.endswith("_bias") else w
+
+
+def param_keys(c: ModelConfig) -> tuple[list[str], list[str]]:
+  """(global keys, per-layer keys) present for this config."""
+  glob = ["embedding", "final_norm"] + ([] if c.tie_embeddings else ["lm_head"])
+  layer = [k for k in LAYER_NAMES if c.qkv_bias or not k.endswith("_bias")]
+  return glob, layer
+
+
+# ----------------------------------------------------------------------------- safetensors
+
+_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16,
+           "BF16": ml_dtypes.bfloat16, "I64": np.int64, "I32": np.int32, "I16": np.int16,
+           "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
+
+
+class SafetensorsFile:
+  """Minimal memory-mapped safetensors reader. The `safetensors` package's numpy
+  reader cannot return bfloat16 (most HF checkpoints), so the format (8-byte header
+  length, JSON header, raw little-endian data) is parsed here, with checks that name
+  the file when it is truncated or malformed."""
+
+  def __init__(self, path: str):
+    self.path = path
+    size = os.path.getsize(path)
+    try:
+      with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        if size < 8 or 8 + n > size:
+          raise ValueError(f"header of {n} bytes does not fit in {size} bytes")
+        header = json.loads(f.read(n))
+    except (ValueError, UnicodeDecodeError) as e:
+      raise UserError(f"{path}: not a valid safetensors file (truncated or malformed: {e})") \
+          from None
+    header.pop("__metadata__", None)
+    self._data = np.memmap(path, np.uint8, "r", offset=8 + n) if size > 8 + n else None
+    self.entries = {}
+    for name, e in header.items():
+      try:
+        dtype, shape, (start, end) = _DTYPES[e["dtype"]], tuple(e["shape"]), e["data_offsets"]
+      except (KeyError, TypeError, ValueError):
+        raise UserError(f"{path}: malformed safetensors entry for {name!r}: {e}") from None
+      nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+      if end - start != nbytes or 8 + n + end > size:
+        raise UserError(f"{path}: tensor {name!r} runs past the end of the file "
+                        f"(truncated or malformed safetensors)")
+      self.entries[name] = (dtype, shape, start, end)
+
+  def shape(self, name: str) -> tuple[int, ...]:
+    return self.entries[name][1]
+
+  def get(self, name: str) -> np.ndarray:
+    dtype, shape, start, end = self.entries[name]
+    if start == end:
+      return np.zeros(shape, np.float32)
+    return self._data[start:end].view(dtype).reshape(shape).astype(np.float32)
+
+
+class SafetensorsDir:
+  """HF-named tensors of a directory: `model.safetensors`, the sharded
+  `model.safetensors.index.json` form, or any single `*.safetensors` file."""
+
+  def __init__(self, directory: str):
+    self.directory = directory
+    index = os.path.join(directory, "model.safetensors.index.json")
+    if os.path.exists(index):
+      try:
+        with open(index) as f:
+          weight_map = json.load(f)["weight_map"]
+      except (ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{index}: malformed safetensors index ({e})") from None
+      files = sorted(set(weight_map.values()))
+    else:
+      files = sorted(f for f in os.listdir(directory) if f.endswith(".safetensors"))
+      if "model.safetensors" in files:
+        files = ["model.safetensors"]
+    if not files:
+      raise UserError(f"{directory}: no model.safetensors or model.safetensors.index.json")
+    self.files: dict[str, SafetensorsFile] = {}
+    self.where: dict[str, SafetensorsFile] = {}
+    for name in files:
+      path = os.path.join(directory, name)
+      if not os.path.exists(path):
+        raise UserError(f"{path}: listed in the safetensors index but missing")
+      st = SafetensorsFile(path)
+      self.files[name] = st
+      for tensor in st.entries:
+        self.where[tensor] = st
+
+  @property
+  def names(self) -> Iterable[str]:
+    return self.where.keys()
+
+  def origin(self, name: str) -> str:
+    return self.where[name].path if name in self.where else self.directory
+
+  def shape(self, name: str) -> tuple[int, ...]:
+    return self.where[name].shape(name)
+
+  def get(self, name: str) -> np.ndarray:
+    return self.where[name].get(name)
+
+
+def write_safetensors(tensors: dict[str, np.ndarray], path: str) -> None:
+  """Writes fp32 tensors with the metadata transformers checks for ("format": "pt")."""
+  from safetensors.numpy import save_file
+  save_file({k: np.ascontiguousarray(v, np.float32) for k, v in tensors.items()}, path,
+            metadata={"format": "pt"})
+
+
+def read_config_json(directory: str) -> ModelConfig:
+  """ModelConfig of an HF directory (errors name the file)."""
+  path = os.path.join(directory, "config.json")
+  if not os.path.exists(path):
+    raise UserError(f"{directory}: directory has no config.json (not an HF model directory)")
+  try:
+    with open(path) as f:
+      cfg = json.load(f)
+  except ValueError as e:
+    raise UserError(f"{path}: malformed JSON ({e})") from None
+  if not isinstance(cfg, dict):
+    raise UserError(f"{path}: malformed config.json (not a JSON object)")
+  return config_from_hf(cfg, path)

