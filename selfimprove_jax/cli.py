@@ -14,16 +14,121 @@ from selfimprove_jax.errors import UserError
 
 
 def _add_generate(sub):
-  p = sub.add_parser("generate", help="sample completions from a model")
+  p = sub.add_parser("generate", help="sample completions from a model",
+                     description="Chat-templated prompts in, completions out: plain text, "
+                     "or one JSON object per completion with --json.")
   p.add_argument("--model", default="smollm2-135m-instruct",
                  help="preset name, HF directory, .gguf file or smollm2-135m-instruct")
   p.add_argument("--prompt", action="append", default=None, help="prompt text (repeatable)")
+  p.add_argument("--prompts_file", default=None,
+                 help='JSONL file, one {"prompt": ...} per line (before any --prompt)')
+  p.add_argument("--n", type=int, default=1, help="completions per prompt")
+  p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+  p.add_argument("--top_p", type=float, default=1.0)
+  p.add_argument("--top_k", type=int, default=0, help="0 = off")
   p.add_argument("--max_new_tokens", type=int, default=128)
+  p.add_argument("--stop", action="append", default=None,
+                 help="stop sequence (repeatable; matched on its token ids)")
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--max_batch", type=int, default=256, help="rows per device call")
+  p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
+                 help="compute dtype (default: the model's)")
+  p.add_argument("--json", action="store_true",
+                 help="one JSON object per completion: prompt_index, sample_index, text, "
+                 "num_tokens, sum_logprob, finish_reason")
   p.set_defaults(fn=_cmd_generate)
 
 
 def _cmd_generate(args) -> int:
-  raise NotImplementedError("generate is provided by the sampler")
+  import json
+  from selfimprove_jax import sampling, weights
+  prompts = sampling.read_prompts(args.prompt, args.prompts_file)
+  if args.n < 1:
+    raise UserError(f"--n must be >= 1, got {args.n}")
+  sp = sampling.SamplingParams(
+      temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+      greedy=args.temperature == 0, max_new_tokens=args.max_new_tokens,
+      stop_sequences=tuple(args.stop or ()))
+  loaded = weights.load(args.model, dtype=args.dtype, seed=args.seed)
+  sampler = sampling.make_sampler(loaded, max_batch=args.max_batch)
+  completions = sampling.generate_text(loaded, prompts, sp, n=args.n, seed=args.seed,
+                                       sampler=sampler,
+                                       progress=len(prompts) * args.n > args.max_batch)
+  for c in completions:
+    if args.json:
+      print(json.dumps(c.to_json()))
+    elif len(completions) == 1:
+      print(c.text)
+    else:
+      print(f"--- prompt {c.prompt_index}, sample {c.sample_index} "
+            f"({c.finish_reason}, {c.num_tokens} tokens)\n{c.text}")
+  return 0
+
+
+def _add_run(sub):
+  p = sub.add_parser("run", help="run (or resume) the self-improvement loop",
+                     description="Runs the loop of a config file in a workdir; re-running "
+                     "the same command resumes. Override any config key with "
+                     "--config.a.b=value.")
+  p.add_argument("--config", required=True, help="configs/<name>.py")
+  p.add_argument("--workdir", required=True, help="run directory (created; resumed if present)")
+  p.add_argument("--override_config", action="store_true",
+                 help="resume a workdir even though result-changing config keys differ")
+  p.set_defaults(fn=_cmd_run, accepts_overrides=True)
+
+
+def _cmd_run(args) -> int:
+  from selfimprove_jax import config as config_lib
+  from selfimprove_jax import loop
+  config = config_lib.load_config(args.config, args.overrides)
+  loop.run(config, args.workdir, override_config=args.override_config)
+  return 0
+
+
+def _add_eval(sub):
+  p = sub.add_parser("eval", help="held-out metrics of a model on a task")
+  p.add_argument("--model", default="smollm2-135m-instruct",
+                 help="preset, HF directory, .gguf, smollm2-135m-instruct, workdir or DIR@K")
+  p.add_argument("--task", default="arithmetic", help="arithmetic | countdown | "
+                 "reasoning_gym:<name> | jsonl:<path>")
+  p.add_argument("--n", type=int, default=100, help="held-out problems")
+  p.add_argument("--k", type=int, default=4, help="samples per problem for maj@k / pass@k")
+  p.add_argument("--max_new_tokens", type=int, default=48)
+  p.add_argument("--temperature", type=float, default=1.0)
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--json", action="store_true", help="print one JSON object")
+  p.set_defaults(fn=_cmd_eval)
+
+
+def _cmd_eval(args) -> int:
+  import json
+  from selfimprove_jax import evaluation
+  metrics = evaluation.evaluate_model(args.model, args.task, n=args.n, k=args.k,
+                                      max_new_tokens=args.max_new_tokens,
+                                      temperature=args.temperature, seed=args.seed)
+  if args.json:
+    print(json.dumps(metrics))
+  else:
+    for name, value in metrics.items():
+      print(f"{name:>12}: {value:.3f}" if isinstance(value, float) else f"{name:>12}: {value}")
+  return 0
+
+
+def _add_export(sub):
+  p = sub.add_parser("export", help="write a model as an HF directory that transformers loads")
+  p.add_argument("--model", required=True,
+                 help="preset name, HF directory, .gguf file or smollm2-135m-instruct")
+  p.add_argument("--out", required=True, help="output directory (must be empty)")
+  p.add_argument("--force", action="store_true", help="overwrite a non-empty --out")
+  p.set_defaults(fn=_cmd_export)
+
+
+def _cmd_export(args) -> int:
+  from selfimprove_jax import weights
+  weights.ensure_out_dir(args.out, force=args.force)  # fail before the slow load
+  out = weights.export(weights.load(args.model), out_dir=args.out, force=args.force)
+  print(f"wrote {out}")
+  return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,15 +136,42 @@ def build_parser() -> argparse.ArgumentParser:
       prog="selfimprove-jax",
       description="A language model that improves itself in a closed loop (JAX/Flax).")
   sub = parser.add_subparsers(dest="command", required=True)
+  _add_run(sub)
   _add_generate(sub)
+  _add_export(sub)
+  _add_eval(sub)
   return parser
+
+
+def _config_overrides(extra: list[str]) -> list[str]:
+  """['--config.a.b=1', '--config.c', '2'] -> ['a.b=1', 'c=2']."""
+  out, i = [], 0
+  while i < len(extra):
+    arg = extra[i]
+    if not arg.startswith("--config."):
+      raise UserError(f"unrecognized argument {arg!r} (config overrides look like "
+                      f"--config.loop.iterations=5)")
+    if "=" in arg:
+      out.append(arg[len("--config."):])
+    elif i + 1 < len(extra):
+      out.append(f"{arg[len('--config.'):]}={extra[i + 1]}")
+      i += 1
+    else:
+      raise UserError(f"{arg} needs a value")
+    i += 1
+  return out
 
 
 def main(argv=None) -> int:
   os.environ.setdefault("HF_HUB_OFFLINE", "1")
   os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-  args = build_parser().parse_args(argv)
+  parser = build_parser()
+  args, extra = parser.parse_known_args(argv)
+  accepts = getattr(args, "accepts_overrides", False)
+  if extra and not accepts:
+    parser.error(f"unrecognized arguments: {' '.join(extra)}")
   try:
+    args.overrides = _config_overrides(extra) if accepts else []
     return int(args.fn(args) or 0)
   except UserError as e:
     print(f"selfimprove-jax {args.command}: error: {e}", file=sys.stderr)

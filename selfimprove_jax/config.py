@@ -32,8 +32,9 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.task = ml_collections.ConfigDict()
   c.task.name = "arithmetic"           # arithmetic | countdown | reasoning_gym:<n> | jsonl:<path>
-  c.task.difficulty = 1                # starting difficulty level (tasks with a knob)
+  c.task.difficulty = 2                # starting difficulty level (tasks with a knob)
   c.task.heldout_size = 100
+  c.task.options = ml_collections.ConfigDict()  # keyword options of the task (e.g. operators)
 
   c.loop = ml_collections.ConfigDict()
   c.loop.iterations = 3                # rounds after the baseline evaluation (iteration 0)

@@ -41,7 +41,7 @@ from selfimprove_jax.errors import UserError
 from selfimprove_jax.optimize import (create_train_state, make_logprob_fn, make_train_step,
                                       state_shardings)
 from selfimprove_jax.reporting import Reporter
-from selfimprove_jax.sampling import Sampler, SamplingParams
+from selfimprove_jax.sampling import SamplingParams, make_sampler
 from selfimprove_jax.tasks import get_task
 from selfimprove_jax.tasks.problem import derive_seed
 
@@ -116,11 +116,10 @@ def run(config, workdir: str, override_config: bool = False, log=print) -> dict:
   mc = base.config
   if base.tokenizer is None:
     raise UserError(f"model {config.model!r} has no tokenizer; the loop needs one")
-  task = get_task(config.task.name)
-  heldout = task.heldout(config.task.heldout_size)
+  task = get_task(config.task.name, **config.task.options.to_dict())
+  heldout = task.heldout(config.task.heldout_size, config.task.difficulty)
   heldout_ids = {p.id for p in heldout}
-  sampler = Sampler(mc, mesh=mesh, tokenizer=base.tokenizer,
-                    max_batch=config.sampling.max_batch)
+  sampler = make_sampler(base, mesh=mesh, max_batch=config.sampling.max_batch)
   ckpt = Checkpointer(workdir, is_primary=jax.process_index() == 0)
   reporter = Reporter(workdir, config, log=log)
   train_cfg = _optim_config(config, 1, _loss_name(config))
@@ -349,8 +348,12 @@ def _pad_to_shards(batch: dict, mesh, unit: int) -> dict:
 
 
 def _evaluate(sampler, params, tok, task, heldout, config, k, reporter) -> dict:
-  metrics = stages.evaluate_heldout(sampler, params, tok, task, heldout, config,
-                                    _seed(config, k, "evaluate"), config.log.progress)
+  sample = SamplingParams(temperature=config.sampling.temperature, top_k=config.sampling.top_k,
+                          top_p=config.sampling.top_p,
+                          max_new_tokens=config.evaluate.max_new_tokens)
+  metrics = stages.evaluate_heldout(sampler, params, tok, task, heldout, k=config.evaluate.maj_k,
+                                    sample=sample, seed=_seed(config, k, "evaluate"),
+                                    progress=config.log.progress)
   reporter.stage(k, "evaluate", ", ".join(f"{n} {v:.3f}" for n, v in metrics.items()))
   return metrics
 

@@ -18,18 +18,9 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 
 from selfimprove_jax.checkpoint import hash_path
-from selfimprove_jax.sampling.params import SamplingParams
+from selfimprove_jax.sampling import SamplingParams, encode_prompts
 
 Record = dict
-
-
-def chat_tokens(tokenizer, prompt: str) -> list[int]:
-  """Token ids of `prompt` as a user turn under the tokenizer's chat template."""
-  ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
-                                      add_generation_prompt=True, tokenize=True)
-  if isinstance(ids, dict) or hasattr(ids, "input_ids"):
-    ids = ids["input_ids"]
-  return [int(t) for t in ids]
 
 
 # ----------------------------------------------------------------------------- acquire
@@ -38,13 +29,13 @@ def chat_tokens(tokenizer, prompt: str) -> list[int]:
 def acquire(sampler, params, tokenizer, task, problems: Sequence, sp: SamplingParams,
             n: int, seed: int, iteration: int, progress: bool = False) -> list[Record]:
   """G = n sampled completions per problem, decoded and scored by the task verifier."""
-  prompt_tokens = [chat_tokens(tokenizer, p.prompt) for p in problems]
+  prompt_tokens = encode_prompts(tokenizer, [p.prompt for p in problems])
   completions = sampler.generate(params, prompt_tokens, sp, n=n, seed=seed,
                                  progress=progress)
   records = []
   for c in completions:
     problem = problems[c.prompt_index]
-    text = tokenizer.decode(c.tokens, skip_special_tokens=True)
+    text = tokenizer.decode(c.content_tokens.tolist(), skip_special_tokens=True)
     records.append({
         "problem_id": problem.id,
         "prompt": problem.prompt,
@@ -189,19 +180,16 @@ def majority(answers: Sequence[Optional[str]], scores: Optional[Sequence[float]]
   return best, counts[best] / len(answers)
 
 
-def evaluate_heldout(sampler, params, tokenizer, task, problems, cfg, seed: int,
-                     progress: bool = False) -> dict:
-  """Held-out greedy pass@1, and maj@k / pass@k from k samples at the sampling
-  temperature. Never trains on anything: it only reads `problems`."""
-  greedy = SamplingParams(greedy=True, max_new_tokens=cfg.evaluate.max_new_tokens)
+def evaluate_heldout(sampler, params, tokenizer, task, problems, *, k: int,
+                     sample: SamplingParams, seed: int, progress: bool = False) -> dict:
+  """Held-out greedy pass@1, and maj@k / pass@k from k samples drawn with `sample`.
+  Never trains on anything: it only reads `problems`."""
+  greedy = SamplingParams(greedy=True, max_new_tokens=sample.max_new_tokens)
   g = acquire(sampler, params, tokenizer, task, problems, greedy, 1, seed, -1, progress)
   metrics = {"pass@1": float(np.mean([r["reward"] >= 1.0 for r in g])),
              "mean_reward": float(np.mean([r["reward"] for r in g]))}
-  k = cfg.evaluate.maj_k
   if k > 1:
-    sp = SamplingParams(temperature=cfg.sampling.temperature, top_k=cfg.sampling.top_k,
-                        top_p=cfg.sampling.top_p, max_new_tokens=cfg.evaluate.max_new_tokens)
-    s = acquire(sampler, params, tokenizer, task, problems, sp, k, seed + 1, -1, progress)
+    s = acquire(sampler, params, tokenizer, task, problems, sample, k, seed + 1, -1, progress)
     by_id = collections.defaultdict(list)
     for r in s:
       by_id[r["problem_id"]].append(r)

@@ -1,0 +1,25 @@
+"""Evaluating a model outside the loop: `selfimprove-jax eval`."""
+
+from __future__ import annotations
+
+from selfimprove_jax import stages
+from selfimprove_jax.errors import UserError
+from selfimprove_jax.sampling import SamplingParams, make_sampler
+from selfimprove_jax.tasks import get_task
+
+
+def evaluate_model(spec: str, task_name: str, *, n: int = 100, k: int = 4,
+                   max_new_tokens: int = 48, temperature: float = 1.0, seed: int = 0,
+                   progress: bool = True) -> dict:
+  """Held-out pass@1 (greedy), maj@k and pass@k of model `spec` on `task_name`."""
+  from selfimprove_jax.weights import load
+  model = load(spec)
+  if model.tokenizer is None:
+    raise UserError(f"model {spec!r} has no tokenizer to build prompts with")
+  task = get_task(task_name)
+  problems = task.heldout(n)
+  sampler = make_sampler(model)
+  sample = SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens)
+  metrics = stages.evaluate_heldout(sampler, model.params, model.tokenizer, task, problems,
+                                    k=k, sample=sample, seed=seed, progress=progress)
+  return {"model": spec, "task": task_name, "heldout": len(problems), **metrics}
