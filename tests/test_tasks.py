@@ -96,6 +96,7 @@ def _arith(reference, expression="a + b"):
     ("23 + 45 = 68", "68", 1.0),
     ("The answer is 68.", "68", 1.0),
     ("#### 68\nand then 12", "68", 1.0),          # the marker wins over the last number
+    ("#### x = 68", "68", 1.0),
     ("I think 68... no, 67", "68", 0.0),          # the last number is the answer
     ("\\boxed{1,234}", "1234", 1.0),
     ("The total is 1,234,567", "1234567", 1.0),
@@ -211,6 +212,15 @@ def test_reasoning_gym_wraps_generator_and_its_scorer():
   assert task.can_solve(p.prompt) is None
 
 
+def test_reasoning_gym_multiline_answers():
+  _reasoning_gym_installed()
+  task = get_task("reasoning_gym:sudoku")
+  p = task.problem(0, 0)
+  assert len(p.reference.splitlines()) == 9
+  assert task.score(p, f"Here is the grid.\n#### {p.reference}\nHope it helps!") == 1.0
+  assert task.score(p, "#### " + p.reference.splitlines()[0]) < 1.0
+
+
 def test_reasoning_gym_errors(monkeypatch):
   _reasoning_gym_installed()
   with pytest.raises(UserError, match="no such generator.*leg_counting"):
@@ -241,6 +251,7 @@ def test_jsonl_split_and_scoring(jsonl_file):
   assert task.score(paris, "  paris. ") == 1.0
   assert task.score(paris, "#### PARIS") == 1.0
   assert task.score(paris, "The capital is Lyon") == 0.0
+  assert task.score(paris, "#### Paris\nIt is a lovely city.") == 1.0
   assert task.score(paris, "") == 0.0
   half = get_task(f"jsonl:{jsonl_file}", heldout_fraction=0.5)
   assert {p.id for p in heldout} <= {p.id for p in half.heldout()}  # same hash order
@@ -286,3 +297,15 @@ def test_number_parsing():
   assert not answers.numbers_equal("0.33", "1/3")
   assert answers.last_number("from 3, 4 and 5") == "5"
   assert answers.extract_numeric("no digits") is None
+
+
+def test_marked_extraction_round_trips(jsonl_file):
+  # Majority voting re-scores an extracted answer as "#### <answer>": that must give the
+  # same reward as the completion it came from.
+  for task in _tasks(jsonl_file):
+    for p in task.train_problems(0, 5) + task.heldout(2):
+      for c in [p.reference, f"so the answer is {p.reference}.", f"#### {p.reference}",
+                "no idea", "", f"{p.reference} or maybe 17"]:
+        answer = task.extract_answer(c, p)
+        again = 0.0 if answer is None else task.score(p, f"#### {answer}")
+        assert again == task.score(p, c), (task.name, p.prompt, c, answer)

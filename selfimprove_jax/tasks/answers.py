@@ -1,7 +1,8 @@
 """Answer extraction and matching shared by every task.
 
 The extraction policy, in order of preference (the first that finds something wins):
-  1. the declared marker: the text after the last `####` (up to the end of that line);
+  1. the declared marker: the text after the last `####` (to the end of the reply; tasks
+     with one-line answers keep its first line, see `first_lines`);
   2. the last `<answer>...</answer>` block (reasoning-gym's own convention);
   3. the last `\\boxed{...}` (the common math convention);
   4. numeric tasks only: the last number anywhere in the text.
@@ -20,7 +21,6 @@ import fractions
 import re
 from typing import Optional
 
-_MARKER = re.compile(r"####[ \t]*([^\n]*)")
 _ANSWER_TAG = re.compile(r"<answer>\s?(.*?)\s?</answer>", re.DOTALL)
 # A minus is a sign only when not preceded by a digit or ")" ("23-5" is a subtraction).
 _NUMBER = re.compile(r"(?<![\d)])-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?")
@@ -48,9 +48,10 @@ def extract_marked(text: str) -> Optional[str]:
   """Steps 1-3 of the policy: the answer after a marker, or None when none is present."""
   if not isinstance(text, str):
     return None
-  marks = _MARKER.findall(text)
-  if marks and marks[-1].strip():
-    return marks[-1].strip()
+  if "####" in text:
+    marked = text[text.rfind("####") + 4:].strip()
+    if marked:
+      return marked
   tags = _ANSWER_TAG.findall(text)
   if tags and tags[-1].strip():
     return tags[-1].strip()
@@ -65,10 +66,20 @@ def last_number(text: str) -> Optional[str]:
   return found[-1].replace(",", "") if found else None
 
 
+def first_lines(text: Optional[str], n: int = 1) -> Optional[str]:
+  """The first n non-empty lines of a marked answer: an answer as long as the reference,
+  so chatter after "#### 68" does not spoil it. None when there is nothing."""
+  if text is None:
+    return None
+  lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+  return "\n".join(lines[:max(n, 1)]) or None
+
+
 def extract_numeric(text: str) -> Optional[str]:
-  """The whole policy for numeric answers: a marked answer if any (reduced to its last
-  number when it is not a number itself, e.g. "#### x = 5"), else the last number."""
-  marked = extract_marked(text)
+  """The whole policy for numeric answers: the first line of a marked answer if any
+  (reduced to its last number when it is not a number itself, e.g. "#### x = 5"), else
+  the last number of the reply."""
+  marked = first_lines(extract_marked(text))
   if marked is not None:
     if parse_number(marked) is not None:
       return marked

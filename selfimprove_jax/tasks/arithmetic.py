@@ -111,7 +111,8 @@ class ArithmeticTask:
     """True when the id is on the held-out side of the partition."""
     return problem_lib.in_heldout_partition(pid, self.heldout_fraction)
 
-  def extract_answer(self, completion: str) -> Optional[str]:
+  def extract_answer(self, completion: str,
+                     problem: Optional[Problem] = None) -> Optional[str]:
     """Marked answer, else the last number in the completion."""
     return answers.extract_numeric(completion)
 

@@ -1,10 +1,10 @@
 """`countdown`: reach a target from given numbers with + - * / (the TinyZero RL task).
 
 Prompt: "Using the numbers [12, 3, 7], create an expression that equals 29. ..." and
-the declared answer is the expression after `####` (an `<answer>` or `\\boxed{}`
-block is also accepted). Without any marker the last non-empty line is used. Within the
-chosen text, "=" splits candidates ("12 * 3 - 7 = 29" -> "12 * 3 - 7") and the valid
-candidate with the most numbers wins.
+the declared answer is the expression on the line after `####` (an `<answer>` or
+`\\boxed{}` block is also accepted). Without any marker the last non-empty line is
+used. Within the chosen text, "=" splits candidates ("12 * 3 - 7 = 29" -> "12 * 3 - 7")
+and the valid candidate with the most numbers wins.
 
 The verifier never evaluates code: the expression goes through the `ast` whitelist of
 `expressions.py`, every number it uses must come from the given list (each at most as
@@ -179,11 +179,12 @@ class CountdownTask:
     """True when the id is on the held-out side of the partition."""
     return problem_lib.in_heldout_partition(pid, self.heldout_fraction)
 
-  def extract_answer(self, completion: str) -> Optional[str]:
+  def extract_answer(self, completion: str,
+                     problem: Optional[Problem] = None) -> Optional[str]:
     """The expression the completion gives (see the module docstring), or None."""
     if not isinstance(completion, str):
       return None
-    text = answers.extract_marked(completion)
+    text = answers.first_lines(answers.extract_marked(completion))
     if text is None:
       lines = [ln for ln in completion.splitlines() if ln.strip()]
       if not lines:

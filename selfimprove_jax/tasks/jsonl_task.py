@@ -7,8 +7,9 @@ one is given (e.g. "Give your final answer after '####'.").
 
 Extraction and match: when the reference is a number, the numeric policy of
 `answers.py` (marker, else the last number) and numeric equality; otherwise the marked
-answer (or, without a marker, the whole reply) must equal the reference after
-normalisation (case, whitespace, quotes, trailing punctuation).
+answer (as many of its lines as the reference has) or, without a marker, the whole reply
+must equal the reference after normalisation (case, whitespace, quotes, trailing
+punctuation).
 
 Held-out: the ceil(heldout_fraction * n) prompts with the smallest id hash. It is fixed by
 the file's content (not by any seed), never empty for two or more prompts, and the
@@ -105,20 +106,23 @@ class JsonlTask:
     """True when the id is one of the file's held-out prompts."""
     return pid in self._heldout_ids
 
-  def extract_answer(self, completion: str, reference: Optional[str] = None) -> Optional[str]:
+  def extract_answer(self, completion: str,
+                     problem: Optional[Problem] = None) -> Optional[str]:
     """Numeric policy when the reference is a number, else the marked answer or the reply."""
     if not isinstance(completion, str):
       return None
-    if reference is not None and answers.parse_number(reference) is not None:
+    if problem is not None and answers.parse_number(problem.reference) is not None:
       return answers.extract_numeric(completion)
     marked = answers.extract_marked(completion)
+    if marked is not None and problem is not None:
+      return answers.first_lines(marked, len(problem.reference.splitlines()))
     if marked is not None:
       return marked
     return completion.strip() or None
 
   def score(self, problem: Problem, completion: str) -> float:
     """1.0 on a numeric or normalised exact match with the reference, else 0.0."""
-    answer = self.extract_answer(completion, problem.reference)
+    answer = self.extract_answer(completion, problem)
     if answer is None:
       return 0.0
     if answers.numbers_equal(answer, problem.reference):

@@ -153,8 +153,11 @@ class Task(Protocol):
   def is_heldout(self, pid: str) -> bool:
     """True when a problem id belongs to the held-out side (for leak checks)."""
 
-  def extract_answer(self, completion: str) -> Optional[str]:
-    """The answer the declared extraction finds in a completion, or None."""
+  def extract_answer(self, completion: str,
+                     problem: Optional[Problem] = None) -> Optional[str]:
+    """The answer the declared extraction finds in a completion, or None. Pass the
+    problem when there is one: jsonl and reasoning-gym read numeric references' answers
+    as numbers (the fallback `score` uses), which makes majority votes agree with it."""
 
   def score(self, problem: Problem, completion: str) -> float:
     """Reward in [0, 1] of a completion for a problem; never raises on model output."""

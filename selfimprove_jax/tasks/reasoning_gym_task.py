@@ -6,8 +6,11 @@ about twenty packages (matplotlib, sympy, pycosat, ...), and only this task need
 
 Prompt: the generator's question followed by "Give your final answer after '####'."
 The extraction follows `answers.py` (`####`, then `<answer>` tags, which are
-reasoning-gym's own convention, then `\\boxed{}`); without a marker, the last number when
-the reference is a number, else the last non-empty line.
+reasoning-gym's own convention, then `\\boxed{}`), keeping as many lines of the marked
+text as the reference has (a sudoku grid is nine lines, most answers one); without a
+marker, the last number when the reference is a number, else the last non-empty line.
+Generators without a single oracle answer (e.g. propositional_logic) have reference ""
+and are judged by `score_answer` alone.
 
 Streams: reasoning-gym item `idx` of a dataset built with `seed` is drawn from
 `Random(seed + idx)`, so datasets with nearby seeds share items. We therefore build
@@ -88,8 +91,9 @@ class ReasoningGymTask:
     entry = self._dataset(problem_lib.derive_seed(self.generator, seed, split, chunk,
                                                   attempt))[pos]
     prompt = f"{entry['question'].strip()}\n\n{INSTRUCTION}"
+    answer = "" if entry.get("answer") is None else entry["answer"]
     return problem_lib.make_problem(
-        prompt, entry["answer"], 0,
+        prompt, answer, 0,
         {"question": entry["question"], "rg_metadata": entry.get("metadata", {})})
 
   def problem(self, seed: int, index: int, difficulty: Optional[int] = None) -> Problem:
@@ -129,21 +133,24 @@ class ReasoningGymTask:
     """True when the id is on the held-out side of the partition."""
     return problem_lib.in_heldout_partition(pid, self.heldout_fraction)
 
-  def extract_answer(self, completion: str, reference: Optional[str] = None) -> Optional[str]:
+  def extract_answer(self, completion: str,
+                     problem: Optional[Problem] = None) -> Optional[str]:
     """Marked answer; else the last number (numeric reference) or the last line."""
     if not isinstance(completion, str):
       return None
     marked = answers.extract_marked(completion)
+    if marked is not None and problem is not None:
+      return answers.first_lines(marked, len(problem.reference.splitlines()))
     if marked is not None:
       return marked
-    if reference is not None and answers.parse_number(reference) is not None:
+    if problem is not None and answers.parse_number(problem.reference) is not None:
       return answers.last_number(completion)
     lines = [ln.strip() for ln in completion.splitlines() if ln.strip()]
     return lines[-1] if lines else None
 
   def score(self, problem: Problem, completion: str) -> float:
     """The generator's own `score_answer` on the extracted answer, clipped to [0, 1]."""
-    answer = self.extract_answer(completion, problem.reference)
+    answer = self.extract_answer(completion, problem)
     if answer is None:
       return 0.0
     entry = {"question": problem.metadata.get("question", problem.prompt),
