@@ -20,6 +20,16 @@ from typing import Any, Optional
 import orbax.checkpoint as ocp
 
 MANIFEST = "manifest.json"
+FAULT_ENV = "SELFIMPROVE_JAX_FAULT"
+
+
+def fault_point(name: str) -> None:
+  """Crash-test hook: when the environment variable SELFIMPROVE_JAX_FAULT equals
+  `name`, the process kills itself with SIGKILL right here (the resumption tests use
+  it to interrupt a run at a chosen moment). A no-op otherwise."""
+  if os.environ.get(FAULT_ENV) == name:
+    import signal
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def hash_path(path: str) -> str:
@@ -94,6 +104,7 @@ class Checkpointer:
     self._manager.save(iteration, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
     self._manager.wait_until_finished()
+    fault_point("checkpoint")
     digest = hash_path(self.step_dir(iteration))
     self._update_manifest(iteration, {"sha256": digest, "accepted": bool(accepted),
                                       "records": records or {}})
@@ -121,6 +132,12 @@ class Checkpointer:
     out = self._manager.restore(iteration, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
     return out["state"], out["meta"]
+
+  def restore_arrays(self, iteration: int) -> Any:
+    """The saved state as host numpy arrays, without a target (tools and tests)."""
+    out = self._manager.restore(iteration, args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(), meta=ocp.args.JsonRestore()))
+    return out["state"]
 
   def restore_meta(self, iteration: int) -> dict:
     with open(os.path.join(self.step_dir(iteration), "meta", "metadata")) as f:

@@ -36,7 +36,8 @@ from selfimprove_jax import config as config_lib
 from selfimprove_jax import select as select_lib
 from selfimprove_jax import sharding as sharding_lib
 from selfimprove_jax import stages
-from selfimprove_jax.checkpoint import Checkpointer, hash_path, read_json, write_json_atomic
+from selfimprove_jax.checkpoint import (Checkpointer, fault_point, hash_path, read_json,
+                                       write_json_atomic)
 from selfimprove_jax.errors import UserError
 from selfimprove_jax.optimize import (create_train_state, make_logprob_fn, make_train_step,
                                       state_shardings)
@@ -231,6 +232,7 @@ def _acquire_cached(path_dir, name, fn):
     if hash_path(path) == index[name]:
       return stages.read_records(path), index[name], True
   records = fn()
+  fault_point(name)   # crash tests: killed after sampling, before the records land
   digest = stages.write_records(path, records)
   index[name] = digest
   if jax.process_index() == 0:
@@ -308,6 +310,7 @@ def _iteration(k, config, task, heldout_ids, sampler, base, start_params, train_
         nonfinite = f"non-finite loss/gradient at optimizer step {int(ts.step)}"
         break
       losses.append(float(m["loss"]))
+      fault_point("optimize")
     if nonfinite:
       break
     signals.check()
