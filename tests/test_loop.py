@@ -179,3 +179,19 @@ def test_every_config_file_loads():
     assert config.loop.iterations >= 1
     doc = open(os.path.join(ROOT, "configs", name)).read()
     assert "Command:" in doc and "Runtime:" in doc and "Hardware:" in doc, name
+
+
+@pytest.mark.parametrize("name", ["grpo_countdown.py", "star_reasoning_gym.py"])
+def test_config_runs_one_tiny_iteration(name, tmp_path):
+  """Each experiment config completes one iteration with its model swapped for tiny."""
+  from selfimprove_jax import loop
+  from selfimprove_jax.config import load_config
+  config = load_config(os.path.join(ROOT, "configs", name), [
+      "model=tiny", "loop.iterations=1", "loop.prompts_per_iteration=4",
+      "loop.samples_per_prompt=2", "loop.rl_steps=1", "task.heldout_size=4",
+      "sampling.max_new_tokens=8", "evaluate.max_new_tokens=8", "evaluate.maj_k=2",
+      "train.max_seq_len=128", "train.batch_size=8", "select.filters=dedup",
+      "log.progress=false", "log.plot=false"])
+  state = loop.run(config, str(tmp_path), log=lambda *_: None)
+  assert state["iteration"] == 1
+  assert len(state["history"]) == 2

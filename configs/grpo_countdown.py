@@ -1,0 +1,40 @@
+"""GRPO on countdown: SmolLM2-135M-Instruct learns to reach a target number from given
+numbers with + - * /, by online RL with verifiable rewards (group-normalised
+advantages, clipped ratio, k3 KL to the iteration's starting weights).
+
+Command:   selfimprove-jax run --config configs/grpo_countdown.py --workdir runs/grpo_countdown
+Hardware:  one GPU recommended (a CPU works, slowly).
+Runtime:   not yet measured on a GPU; each iteration is rl_steps x (16 prompts x 8
+           samples + one update).
+Result:    not yet measured. Prompts whose 8 samples are all right or all wrong are
+           dropped (pass_rate_band): they carry no GRPO signal.
+"""
+
+from selfimprove_jax.config import base_config
+
+
+def get_config():
+  config = base_config()
+  config.model = "smollm2-135m-instruct"
+  config.task.name = "countdown"
+  config.task.difficulty = 1                 # two numbers
+  config.task.heldout_size = 100
+  config.loop.algorithm = "grpo"
+  config.loop.iterations = 10
+  config.loop.rl_steps = 8
+  config.loop.prompts_per_iteration = 16
+  config.loop.samples_per_prompt = 8
+  config.sampling.temperature = 1.0
+  config.sampling.max_new_tokens = 64
+  config.select.filters = "pass_rate_band,max_length"
+  config.select.max_completion_tokens = 64
+  config.train.max_seq_len = 192
+  config.optim.loss = "grpo"
+  config.optim.learning_rate = 1e-6
+  config.optim.schedule = "constant"
+  config.optim.kl_coef = 0.04
+  config.evaluate.maj_k = 4
+  config.evaluate.max_new_tokens = 64
+  config.evaluate.patience = 4
+  config.lock()
+  return config
