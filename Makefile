@@ -20,9 +20,9 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# The default self-improvement run; re-running resumes (or reports the finished run).
 run: $(STAMP)
-	$(VENV)/bin/selfimprove-jax generate --model smollm2-135m-instruct \
-	  --prompt "What is 12 + 35? Answer with the number." --max_new_tokens 48
+	$(VENV)/bin/selfimprove-jax run --config configs/quickstart.py --workdir runs/quickstart
 
 test: $(STAMP)
 	$(PY) -m pytest -q

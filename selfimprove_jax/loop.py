@@ -39,8 +39,7 @@ from selfimprove_jax import stages
 from selfimprove_jax.checkpoint import (Checkpointer, fault_point, hash_path, read_json,
                                        write_json_atomic)
 from selfimprove_jax.errors import UserError
-from selfimprove_jax.optimize import (create_train_state, make_logprob_fn, make_train_step,
-                                      state_shardings)
+from selfimprove_jax.optimize import create_train_state, make_logprob_fn, make_train_step
 from selfimprove_jax.reporting import Reporter
 from selfimprove_jax.sampling import SamplingParams, make_sampler
 from selfimprove_jax.tasks import get_task
@@ -107,7 +106,9 @@ class _Signals:
 
 def run(config, workdir: str, override_config: bool = False, log=print) -> dict:
   """Runs (or resumes) the loop in `workdir`; returns the final loop state as a dict."""
-  from selfimprove_jax.weights import load   # heavy import (transformers) kept local
+  # heavy imports (transformers) kept local to the run
+  from selfimprove_jax.weights import load
+  from selfimprove_jax.weights.run_dir import abstract_train_state
   os.makedirs(workdir, exist_ok=True)
   config_lib.validate(config)
 
@@ -124,7 +125,7 @@ def run(config, workdir: str, override_config: bool = False, log=print) -> dict:
   ckpt = Checkpointer(workdir, is_primary=jax.process_index() == 0)
   reporter = Reporter(workdir, config, log=log)
   train_cfg = _optim_config(config, 1, _loss_name(config))
-  abstract = _abstract_state(mc, train_cfg, base.params, mesh)
+  abstract = abstract_train_state(mc, train_cfg, base.params, mesh)
 
   # --- restore, or start from the base model
   state = LoopState(difficulty=config.task.difficulty)
@@ -192,13 +193,6 @@ def run(config, workdir: str, override_config: bool = False, log=print) -> dict:
 def _loss_name(config) -> str:
   return {"sft": "sft", "dpo": "dpo", "grpo": config.optim.loss
           if config.optim.loss in ("grpo", "rloo", "dr_grpo") else "grpo"}[config.loop.algorithm]
-
-
-def _abstract_state(mc, cfg, params, mesh):
-  shapes = jax.eval_shape(lambda p: create_train_state(mc, cfg, p, mesh), params)
-  shardings = state_shardings(mc, cfg, mesh)
-  return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                      shapes, shardings)
 
 
 def _save(ckpt, k, train_state, state, config, accepted, records_hashes):

@@ -1,0 +1,63 @@
+"""A run's workdir as a model: `DIR` (its last accepted, verified checkpoint) or `DIR@K`
+(iteration K). The base model named in the run's saved config supplies the
+architecture and tokenizer; the checkpoint supplies the weights."""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Optional
+
+import jax
+import ml_collections
+
+from selfimprove_jax.checkpoint import MANIFEST, Checkpointer
+from selfimprove_jax.errors import UserError
+from selfimprove_jax.optimize.state import create_train_state, state_shardings
+
+_AT = re.compile(r"^(?P<dir>.+)@(?P<it>\d+)$")
+
+
+def parse_run_spec(spec: str) -> Optional[tuple[str, Optional[int]]]:
+  """(workdir, iteration or None) when `spec` names a run's workdir, else None."""
+  m = _AT.match(spec)
+  workdir, it = (m["dir"], int(m["it"])) if m else (spec, None)
+  if os.path.isfile(os.path.join(workdir, MANIFEST)):
+    return workdir, it
+  if m:
+    raise UserError(f"{workdir} is not a run directory (no {MANIFEST}); 'DIR@K' names "
+                    f"iteration K of a run")
+  return None
+
+
+def abstract_train_state(model_config, optim_config, params, mesh):
+  """ShapeDtypeStructs (with shardings) of a TrainState, as checkpoints hold it."""
+  shapes = jax.eval_shape(lambda p: create_train_state(model_config, optim_config, p, mesh),
+                          params)
+  shardings = state_shardings(model_config, optim_config, mesh)
+  return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                      shapes, shardings)
+
+
+def load_run(workdir: str, iteration: Optional[int], load_base, mesh, dtype=None):
+  """LoadedModel-like tuple (params, config, tokenizer, source) from a run checkpoint."""
+  ckpt = Checkpointer(workdir)
+  try:
+    if iteration is None:
+      good = [it for it in ckpt.accepted() if ckpt.verify(it) is None]
+      if not good:
+        raise UserError(f"run {workdir} has no verified accepted checkpoint")
+      iteration = good[-1]
+    elif iteration not in ckpt.steps():
+      raise UserError(f"run {workdir} has no checkpoint for iteration {iteration} "
+                      f"(have {ckpt.steps()})")
+    elif (problem := ckpt.verify(iteration)) is not None:
+      raise UserError(f"checkpoint {ckpt.step_dir(iteration)}: {problem}")
+    saved = ckpt.restore_meta(iteration)["config"]
+    base = load_base(saved["model"], mesh=mesh, dtype=dtype or saved["dtype"])
+    optim = ml_collections.ConfigDict(saved["optim"])
+    abstract = abstract_train_state(base.config, optim, base.params, mesh)
+    state, _ = ckpt.restore(iteration, abstract)
+  finally:
+    ckpt.close()
+  return state.params, base.config, base.tokenizer, f"{workdir}@{iteration}"
