@@ -104,7 +104,7 @@ def make_train_step(model_config: ModelConfig, cfg, mesh: Mesh):
       (loss, metrics, grads), _ = jax.lax.scan(
           body, (jnp.zeros((), jnp.float32), zeros(aux_shape), grads0), mbs)
 
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     rng = jax.random.key_data(jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step))
