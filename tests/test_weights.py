@@ -193,7 +193,8 @@ def test_gguf_like_llama_cpp_matches_transformers(tmp_path, case):
   kw = dict(CASES["qwen2_bias" if arch == "qwen2" else "llama_untied"][1])
   freqs = None
   if case == "llama3_8k":  # llama.cpp stores only divisors; the loader must recover these
-    kw.update(rope_theta=500000.0, rope_scaling=dict(_LLAMA3, original_max_position_embeddings=8192))
+    kw.update(rope_theta=500000.0,
+              rope_scaling=dict(_LLAMA3, original_max_position_embeddings=8192))
     freqs = _llama_cpp_rope_freqs(500000.0, 16, 8.0, 1.0, 4.0, 8192)
   model = _hf_model(arch, kw)
   path = str(tmp_path / "m.gguf")
