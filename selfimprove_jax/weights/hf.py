@@ -279,6 +279,7 @@ def write_safetensors(tensors: dict[str, np.ndarray], path: str) -> None:
   from safetensors.numpy import save_file
   save_file({k: np.ascontiguousarray(v, np.float32) for k, v in tensors.items()}, path,
             metadata={"format": "pt"})
+  os.chmod(path, 0o644)  # save_file creates it owner-only (0600), unlike the other files
 
 
 def read_config_json(directory: str) -> ModelConfig:
