@@ -195,3 +195,16 @@ def test_config_runs_one_tiny_iteration(name, tmp_path):
   state = loop.run(config, str(tmp_path), log=lambda *_: None)
   assert state["iteration"] == 1
   assert len(state["history"]) == 2
+
+
+def test_workdir_loads_as_a_model(reference):
+  from selfimprove_jax.weights import load
+  workdir, _ = reference
+  last, state = final_state(workdir)
+  model = load(str(workdir))
+  assert model.source.endswith(f"@{last}")
+  for x, y in zip(jax.tree.leaves(model.params), jax.tree.leaves(state["params"])):
+    np.testing.assert_array_equal(np.asarray(x), y)
+  assert load(f"{workdir}@0").source.endswith("@0")
+  with pytest.raises(ValueError, match="no checkpoint for iteration 9"):
+    load(f"{workdir}@9")

@@ -20,7 +20,7 @@ from selfimprove_jax import sharding as sharding_lib
 from selfimprove_jax.errors import UserError
 from selfimprove_jax.model.config import PRESETS, ModelConfig, get_preset
 from selfimprove_jax.model.params import init_params, param_shardings
-from selfimprove_jax.weights import gguf_file, hf, tokenizer as tokenizer_lib
+from selfimprove_jax.weights import gguf_file, hf, run_dir, tokenizer as tokenizer_lib
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
@@ -80,10 +80,15 @@ def params_from_tensors(tensors, config: ModelConfig, mesh: Mesh):
 def load(spec: str, *, mesh: Optional[Mesh] = None, dtype: Optional[str] = None,
          seed: int = 0) -> LoadedModel:
   """Loads a model from `spec`: a preset name (random init with `seed`), an HF
-  directory (config.json + safetensors), a .gguf file, or "smollm2-135m-instruct".
+  directory (config.json + safetensors), a .gguf file, "smollm2-135m-instruct", or a
+  run's workdir ("DIR": its last accepted checkpoint; "DIR@K": iteration K).
   `dtype` ("float32"/"bfloat16") overrides the compute dtype; params stay fp32.
   Params are sharded on `mesh` (default: one device) by the rule table."""
   mesh = mesh or sharding_lib.single_device_mesh()
+  run = run_dir.parse_run_spec(spec)
+  if run is not None:
+    params, config, tok, source = run_dir.load_run(run[0], run[1], load, mesh, dtype)
+    return LoadedModel(params=params, config=config, tokenizer=tok, source=source)
   kind, where = resolve(spec)
   if kind == "preset":
     config, tensors = get_preset(where), None
