@@ -15,4 +15,4 @@ from selfimprove_jax.sampling.decode import CHOOSERS, Choice, DecodeState, make_
 from selfimprove_jax.sampling.params import FINISH_REASONS, Completion, SamplingParams
 from selfimprove_jax.sampling.sampler import Sampler, bucket_length
 from selfimprove_jax.sampling.text import (encode_prompts, eos_ids_for, generate_text,
-                                           make_sampler)
+                                           make_sampler, read_prompts)

@@ -59,7 +59,8 @@ class Sampler:
   default one device. eos_ids: tokens that end a completion (default the config's).
   tokenizer: only needed to encode text stop sequences. max_batch: rows per device
   call; larger requests are chunked and the last chunk padded. `num_compilations`
-  counts traces of the prefill and decode functions (each one compiles once)."""
+  counts traces of the prefill and decode functions (each one compiles once);
+  `traces` lists (function, array shapes) per trace, for diagnostics and tests."""
 
   def __init__(self, config: ModelConfig, mesh: Optional[Mesh] = None,
                eos_ids: Optional[Sequence[int]] = None, tokenizer=None,
@@ -78,6 +79,7 @@ class Sampler:
     self.min_bucket = int(min_bucket)
     self.pad_id = int(pad_id)
     self.num_compilations = 0
+    self.traces: list[tuple[str, tuple]] = []
     self._param_shardings = param_shardings(config, self.mesh)
     self._prefill = jax.jit(
         self._counted(decode_lib.prefill),
@@ -91,6 +93,8 @@ class Sampler:
     @functools.wraps(fn)
     def traced(*args, **kwargs):
       self.num_compilations += 1  # runs only when jit traces, i.e. compiles
+      shapes = tuple(tuple(x.shape) for x in jax.tree.leaves(args[1:]) if hasattr(x, "shape"))
+      self.traces.append((fn.__name__, shapes))
       return fn(*args, **kwargs)
     return traced
 
@@ -156,8 +160,8 @@ class Sampler:
     prompts = self._check_prompts(prompts)
     if not prompts:
       return []
-    params = jax.device_put(params, self._param_shardings)
     table, valid = self._stop_table(sp)
+    params = jax.device_put(params, self._param_shardings)  # no-op when already placed
     choice = decode_lib.make_choice(sp.is_greedy, sp.top_k, sp.top_p, self.config.vocab_size)
     consts = (jnp.asarray(self.eos_ids or (-1,), jnp.int32), jnp.asarray(table),
               jnp.asarray(valid), jnp.float32(sp.temperature or 1.0), jnp.float32(sp.top_p))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from typing import Optional, Sequence
 
+from selfimprove_jax.errors import UserError
 from selfimprove_jax.sampling.params import Completion, SamplingParams
 from selfimprove_jax.sampling.sampler import Sampler
 
@@ -56,3 +58,29 @@ def generate_text(loaded, prompts: Sequence[str], sp: SamplingParams, n: int = 1
   for c in completions:
     c.text = tokenizer.decode(c.content_tokens.tolist(), skip_special_tokens=True)
   return completions
+
+
+def read_prompts(prompts: Optional[Sequence[str]] = None,
+                 prompts_file: Optional[str] = None) -> list[str]:
+  """Prompt strings from a JSONL file (one {"prompt": ...} per line, blank lines
+  skipped) followed by the given ones; a malformed line is a UserError naming it."""
+  out: list[str] = []
+  if prompts_file:
+    try:
+      lines = open(prompts_file, encoding="utf-8").read().splitlines()
+    except OSError as e:
+      raise UserError(f"{prompts_file}: cannot read prompts file ({e.strerror})") from None
+    for i, line in enumerate(lines, 1):
+      if not line.strip():
+        continue
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise UserError(f"{prompts_file}:{i}: not valid JSON ({e.msg})") from None
+      if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
+        raise UserError(f'{prompts_file}:{i}: expected an object with a string "prompt"')
+      out.append(row["prompt"])
+  out += list(prompts or [])
+  if not out:
+    raise UserError("no prompts: pass --prompt TEXT or --prompts_file FILE.jsonl")
+  return out
