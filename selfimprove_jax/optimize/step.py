@@ -5,6 +5,10 @@ The batch (format: see losses.py) is split over the data x fsdp mesh axes; param
 and optimizer state follow the rule table (see state.state_shardings). Gradients
 of the micro-batches are summed inside one jit by `lax.scan`, so accumulation costs
 no extra host round trips and only one micro-batch of activations is live.
+
+The step accepts host numpy batches on one process; with several processes, place
+each key with `sharding.put_from_host(x, NamedSharding(mesh, P(("data", "fsdp"))))`.
+The batch rows must split evenly over data x fsdp (per micro-batch).
 """
 
 from __future__ import annotations
