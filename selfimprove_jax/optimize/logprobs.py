@@ -14,7 +14,8 @@ Cost and savings of the chunking (chunk = c time positions, B rows, vocab V):
     0.8 GB per 256-position chunk.
   * compute: each chunk's logits are rematerialised in the backward pass instead of
     stored, i.e. one extra [B*T, D] x [D, V] matmul (2*B*T*D*V FLOPs: 57 MFLOP of the
-    1.02 GFLOP per token of a SmolLM2-135M training step at T=1024, about 6%), and the T/c chunks run one after another.
+    1.02 GFLOP per token of a SmolLM2-135M training step at T=1024, about
+    6%), and the T/c chunks run one after another.
 """
 
 from __future__ import annotations
