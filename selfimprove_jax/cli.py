@@ -36,6 +36,14 @@ def _add_generate(sub):
   p.add_argument("--json", action="store_true",
                  help="one JSON object per completion: prompt_index, sample_index, text, "
                  "num_tokens, sum_logprob, finish_reason")
+  p.add_argument("--strategy", default=None, help="refinement strategy: best_of_n | "
+                 "self_consistency | self_refine | greedy (one answer per prompt; --json "
+                 "adds candidates, votes, rounds)")
+  p.add_argument("--strategy_n", type=int, default=8,
+                 help="best_of_n candidates / self_consistency samples")
+  p.add_argument("--refine_rounds", type=int, default=2, help="self_refine rounds at most")
+  p.add_argument("--scorer", default="auto",
+                 help="best_of_n scorer: auto (the model judges) | judge | logprob")
   p.set_defaults(fn=_cmd_generate)
 
 
@@ -49,8 +57,21 @@ def _cmd_generate(args) -> int:
       temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
       greedy=args.temperature == 0, max_new_tokens=args.max_new_tokens,
       stop_sequences=tuple(args.stop or ()))
+  if args.strategy:
+    from selfimprove_jax import refine
+    refine.parse_strategies([args.strategy])   # before the slow load
   loaded = weights.load(args.model, dtype=args.dtype, seed=args.seed)
   sampler = sampling.make_sampler(loaded, max_batch=args.max_batch)
+  if args.strategy:
+    results = refine.refine_texts(loaded, prompts, args.strategy, sample=sp, n=args.strategy_n,
+                                  rounds=args.refine_rounds, scorer=args.scorer,
+                                  seed=args.seed, sampler=sampler)
+    for i, r in enumerate(results):
+      if args.json:
+        print(json.dumps(refine.to_json(r, i, args.strategy)))
+      else:
+        print(r.text if len(results) == 1 else f"--- prompt {i} ({args.strategy})\n{r.text}")
+    return 0
   completions = sampling.generate_text(loaded, prompts, sp, n=args.n, seed=args.seed,
                                        sampler=sampler,
                                        progress=len(prompts) * args.n > args.max_batch)
@@ -97,6 +118,11 @@ def _add_eval(sub):
   p.add_argument("--temperature", type=float, default=1.0)
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--json", action="store_true", help="print one JSON object")
+  p.add_argument("--strategies", default="", help="also score refinement strategies, "
+                 "e.g. best_of_n,self_consistency,self_refine (held-out, beside greedy)")
+  p.add_argument("--strategy_n", type=int, default=8,
+                 help="best_of_n candidates / self_consistency samples")
+  p.add_argument("--refine_rounds", type=int, default=2, help="self_refine rounds at most")
   p.set_defaults(fn=_cmd_eval)
 
 
@@ -105,7 +131,10 @@ def _cmd_eval(args) -> int:
   from selfimprove_jax import evaluation
   metrics = evaluation.evaluate_model(args.model, args.task, n=args.n, k=args.k,
                                       max_new_tokens=args.max_new_tokens,
-                                      temperature=args.temperature, seed=args.seed)
+                                      temperature=args.temperature, seed=args.seed,
+                                      strategies=args.strategies,
+                                      strategy_n=args.strategy_n,
+                                      refine_rounds=args.refine_rounds)
   if args.json:
     print(json.dumps(metrics))
   else:

@@ -43,6 +43,49 @@ def base_config() -> ml_collections.ConfigDict:
   c.loop.samples_per_prompt = 8        # G
   c.loop.restart_from_base = False     # ReST-EM: fine-tune the base weights each round
   c.loop.rl_steps = 4                  # grpo: acquire -> update steps per iteration
+  c.loop.dpo_pairs = "verifier"        # dpo: 'verifier' (right vs wrong) | 'judge' (the
+                                       # judge's best vs worst: self-rewarding DPO)
+
+  # Acquisition extras (refine.py, self_instruct.py)
+  c.acquire = ml_collections.ConfigDict()
+  c.acquire.refine_strategy = ""       # '' | self_consistency | best_of_n | self_refine:
+                                       # its final answers are marked `refined` (training
+                                       # targets; keep them with the 'refined' filter)
+  c.acquire.min_vote_share = 0.5       # self_consistency targets need this majority share
+  c.acquire.self_instruct_share = 0.0  # fraction of each iteration's prompts the model proposes
+
+  # Inference refinement strategies (refine.py): acquisition and evaluate.strategies
+  c.refine = ml_collections.ConfigDict()
+  c.refine.n = 8                       # best_of_n candidates / self_consistency votes
+  c.refine.rounds = 2                  # self_refine: critique -> revise rounds at most
+  c.refine.scorer = "auto"             # best_of_n: auto (verifier, else judge, else
+                                       # logprob) | verifier | judge | logprob
+  c.refine.critique_tokens = 64
+
+  # LLM-as-judge (judge.py)
+  c.judge = ml_collections.ConfigDict()
+  c.judge.model = ""                   # '' = the current model judges itself; else a spec
+  c.judge.samples = 1                  # judgments per completion (averaged; 1 = greedy)
+  c.judge.max_new_tokens = 64
+  c.judge.use_as_reward = False        # the judge's score replaces the verifier's reward
+  c.judge.score_records = False        # judge every acquired sample even when no filter,
+                                       # reward or pair needs it (logs agreement)
+
+  c.self_instruct = ml_collections.ConfigDict()
+  c.self_instruct.proposals = 32       # candidate problems proposed per iteration
+  c.self_instruct.examples = 3         # seed examples shown per proposal prompt
+  c.self_instruct.ngram = 3            # word n-grams for the overlap checks
+  c.self_instruct.max_overlap = 0.8    # Jaccard at or above this = duplicate / leak
+  c.self_instruct.votes = 4            # non-procedural tasks: self-consistency samples
+  c.self_instruct.min_vote_share = 0.6
+  c.self_instruct.max_new_tokens = 64
+
+  # Curriculum from the ledger (curriculum.py): tasks with a difficulty knob
+  c.curriculum = ml_collections.ConfigDict()
+  c.curriculum.enabled = False
+  c.curriculum.min_pass_rate = 0.3     # training pass rate band; outside it the training
+  c.curriculum.max_pass_rate = 0.7     # difficulty moves by `step` levels
+  c.curriculum.step = 1
 
   c.sampling = ml_collections.ConfigDict()
   c.sampling.temperature = 1.0
@@ -59,6 +102,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.select.dedup_ngram = 3
   c.select.dedup_threshold = 0.9
   c.select.max_completion_tokens = 256
+  c.select.judge_threshold = 0.6       # 'judge' filter: keep judge scores >= this (0-1)
 
   c.train = ml_collections.ConfigDict()
   c.train.epochs = 2
@@ -71,6 +115,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.evaluate.max_regression = 0.02     # accept unless held-out pass@1 drops more than this
   c.evaluate.patience = 2              # stop after this many iterations without improvement
   c.evaluate.max_new_tokens = 48
+  c.evaluate.strategies = ""           # e.g. 'best_of_n,self_consistency': held-out score
+                                       # of each (config.refine) beside greedy
 
   c.log = ml_collections.ConfigDict()
   c.log.tensorboard = True
@@ -148,6 +194,19 @@ def validate(config) -> None:
     raise UserError(f"loop.algorithm={config.loop.algorithm!r} is not one of sft, dpo, grpo")
   if config.dtype not in ("float32", "bfloat16"):
     raise UserError(f"dtype={config.dtype!r} is not one of float32, bfloat16")
+  from selfimprove_jax import refine   # local: refine imports the sampler (jax)
+  refine.parse_strategies(config.evaluate.strategies)
+  refine.parse_strategies(config.acquire.refine_strategy)
+  if config.refine.scorer not in ("auto", *refine.SCORERS):
+    raise UserError(f"refine.scorer={config.refine.scorer!r} is not one of auto, "
+                    f"{', '.join(refine.SCORERS)}")
+  if config.loop.dpo_pairs not in ("verifier", "judge"):
+    raise UserError(f"loop.dpo_pairs={config.loop.dpo_pairs!r} is not one of verifier, judge")
+  if not 0.0 <= config.acquire.self_instruct_share <= 1.0:
+    raise UserError(f"acquire.self_instruct_share={config.acquire.self_instruct_share} "
+                    f"is not in [0, 1]")
+  if not 0.0 <= config.curriculum.min_pass_rate <= config.curriculum.max_pass_rate <= 1.0:
+    raise UserError("curriculum band: need 0 <= min_pass_rate <= max_pass_rate <= 1")
 
 
 def to_json(config) -> str:

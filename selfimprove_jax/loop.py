@@ -33,6 +33,10 @@ import ml_collections
 import numpy as np
 
 from selfimprove_jax import config as config_lib
+from selfimprove_jax import curriculum as curriculum_lib
+from selfimprove_jax import judge as judge_lib
+from selfimprove_jax import refine as refine_lib
+from selfimprove_jax import self_instruct
 from selfimprove_jax import select as select_lib
 from selfimprove_jax import sharding as sharding_lib
 from selfimprove_jax import stages
@@ -43,7 +47,7 @@ from selfimprove_jax.optimize import create_train_state, make_logprob_fn, make_t
 from selfimprove_jax.reporting import Reporter
 from selfimprove_jax.sampling import SamplingParams, make_sampler
 from selfimprove_jax.tasks import get_task
-from selfimprove_jax.tasks.problem import derive_seed
+from selfimprove_jax.tasks.problem import Problem, derive_seed
 
 
 class Preempted(Exception):
@@ -122,6 +126,12 @@ def run(config, workdir: str, override_config: bool = False, log=print) -> dict:
   heldout = task.heldout(config.task.heldout_size, config.task.difficulty)
   heldout_ids = {p.id for p in heldout}
   sampler = make_sampler(base, mesh=mesh, max_batch=config.sampling.max_batch)
+  judge_model = None   # (sampler, LoadedModel) of a separate judge; None = self-judging
+  if config.judge.model:
+    jm = load(config.judge.model, mesh=mesh, dtype=config.dtype)
+    judge_model = (make_sampler(jm, mesh=mesh, max_batch=config.sampling.max_batch), jm)
+  if config.curriculum.enabled and task.difficulty_range is None:
+    raise UserError(f"curriculum.enabled: task {task.name} has no difficulty knob")
   ckpt = Checkpointer(workdir, is_primary=jax.process_index() == 0)
   reporter = Reporter(workdir, config, log=log)
   train_cfg = _optim_config(config, 1, _loss_name(config))
@@ -145,7 +155,7 @@ def run(config, workdir: str, override_config: bool = False, log=print) -> dict:
       # --- iteration 0: the baseline
       if state.iteration < 0:
         metrics = _evaluate(sampler, train_state.params, base.tokenizer, task, heldout,
-                            config, 0, reporter)
+                            config, 0, reporter, judge_model)
         state.best_pass1 = metrics["pass@1"]
         state.accepted_iteration = state.iteration = 0
         state.history.append(dict(iteration=0, **metrics, kept=0, accepted=True,
@@ -163,11 +173,21 @@ def run(config, workdir: str, override_config: bool = False, log=print) -> dict:
         start_params = base.params if config.loop.restart_from_base else train_state.params
         new_state, info, records_hashes = _iteration(
             k, config, task, heldout_ids, sampler, base, start_params, train_state, it,
-            state, mesh, workdir, reporter, signals)
+            state, mesh, workdir, reporter, signals, judge_model)
         signals.check()
         metrics = _evaluate(sampler, new_state.params, base.tokenizer, task, heldout,
-                            config, k, reporter)
+                            config, k, reporter, judge_model)
         accepted, reason = _decide(state, metrics, info, config)
+        next_difficulty, move = state.difficulty, None
+        if config.curriculum.enabled:   # move the training difficulty toward the band
+          next_difficulty, move = curriculum_lib.step(
+              state.difficulty, curriculum_lib.ledger_pass_rate(info["ledger"], k),
+              task.difficulty_range, min_pass_rate=config.curriculum.min_pass_rate,
+              max_pass_rate=config.curriculum.max_pass_rate, step_size=config.curriculum.step)
+          info["curriculum_move"] = move
+          if move:
+            reporter.stage(k, "curriculum", f"difficulty {move['from']} -> {move['to']} "
+                           f"({move['reason']})")
         if accepted:
           train_state = new_state
           state.accepted_iteration = k
@@ -176,6 +196,7 @@ def run(config, workdir: str, override_config: bool = False, log=print) -> dict:
         state.ledger = info.pop("ledger")
         state.history.append(dict(iteration=k, **metrics, **info, accepted=accepted,
                                   reason=reason, difficulty=state.difficulty))
+        state.difficulty = next_difficulty
         _save(ckpt, k, train_state, state, config, accepted, records_hashes)
         ckpt.prune(set(ckpt.accepted()) | {k})
         reporter.iteration(state.history[-1], state.history)
@@ -212,9 +233,57 @@ def _check_compatible(saved: dict, config, workdir: str, override: bool) -> None
 # ----------------------------------------------------------------------------- one iteration
 
 
-def _next_problems(task, config, it, difficulty):
-  idx = [next(it) for _ in range(config.loop.prompts_per_iteration)]
-  return [task.problem(config.seed, i, difficulty) for i in idx]
+def _next_problems(task, config, it, difficulty, proposed=()):
+  """This step's prompts: the training stream, with up to a `self_instruct_share` of
+  them replaced by the model's own proposals. Returns (problems, proposals used)."""
+  P = config.loop.prompts_per_iteration
+  m = min(len(proposed), round(config.acquire.self_instruct_share * P))
+  idx = [next(it) for _ in range(P - m)]
+  return [task.problem(config.seed, i, difficulty) for i in idx] + list(proposed[:m]), m
+
+
+def _acquire_stage(sampler, params, tok, task, problems, sp, G, seed, k, config, judge_model):
+  """Samples (stages.acquire), then the configured extras on those records: judge
+  scores (judge.py) and a refinement strategy's training targets (refine.py)."""
+  records = stages.acquire(sampler, params, tok, task, problems, sp, G, seed, k,
+                           config.log.progress)
+  generate = refine_lib.model_generate(sampler, params, tok)
+  judge_gen = _judge_generate(judge_model, generate)
+  if judge_lib.needed(config):
+    records = judge_lib.score_records(judge_gen, records, samples=config.judge.samples,
+                                      max_new_tokens=config.judge.max_new_tokens,
+                                      seed=seed + 1, use_as_reward=config.judge.use_as_reward)
+  if config.acquire.refine_strategy:
+    ctx = refine_lib.Context(generate, task, problems, judge=judge_gen)
+    records = refine_lib.refine_records(
+        config.acquire.refine_strategy, records, problems, ctx,
+        refine_lib.StrategyConfig.from_config(config, sp), seed + 2,
+        config.acquire.min_vote_share)
+  return records
+
+
+def _judge_generate(judge_model, generate):
+  """The judge's generate function: a separate judge model's, else the model's own."""
+  if judge_model is None:
+    return generate
+  judge_sampler, jm = judge_model
+  return refine_lib.model_generate(judge_sampler, jm.params, jm.tokenizer)
+
+
+def _self_instruct_stage(sampler, params, tok, task, config, k, difficulty):
+  """The model's proposed problems for iteration k (self_instruct.py), as rows."""
+  si = config.self_instruct
+  seeds = task.train_problems(_seed(config, k, "self_instruct_seeds"),
+                              max(2 * si.examples, 8), difficulty)
+  heldout = task.heldout(config.task.heldout_size, config.task.difficulty)
+  sp = SamplingParams(temperature=config.sampling.temperature, top_k=config.sampling.top_k,
+                      top_p=config.sampling.top_p, max_new_tokens=si.max_new_tokens)
+  _, rows = self_instruct.propose(
+      refine_lib.model_generate(sampler, params, tok), task, seeds, heldout,
+      num_proposals=si.proposals, num_examples=si.examples, sample=sp,
+      seed=_seed(config, k, "self_instruct"), ngram=si.ngram, max_overlap=si.max_overlap,
+      votes=si.votes, min_vote_share=si.min_vote_share, difficulty=difficulty)
+  return rows
 
 
 def _acquire_cached(path_dir, name, fn):
@@ -235,7 +304,7 @@ def _acquire_cached(path_dir, name, fn):
 
 
 def _iteration(k, config, task, heldout_ids, sampler, base, start_params, train_state, it,
-               state, mesh, workdir, reporter, signals):
+               state, mesh, workdir, reporter, signals, judge_model=None):
   """Acquire -> select -> optimize for iteration k; returns (new train state, info,
   record hashes)."""
   mc, tok = base.config, base.tokenizer
@@ -260,13 +329,23 @@ def _iteration(k, config, task, heldout_ids, sampler, base, start_params, train_
   ref_fn = make_logprob_fn(mc, mesh, config.optim.logprob_chunk)
   losses, nonfinite = [], None
   ledger = state.ledger
+  proposed, extra_info = [], {}
+  if config.acquire.self_instruct_share > 0:   # self-instruct: the model's own problems
+    rows, hashes["self_instruct"], _ = _acquire_cached(
+        rec_dir, "self_instruct", lambda: _self_instruct_stage(
+            sampler, train_state.params, tok, task, config, k, state.difficulty))
+    proposed = [Problem.from_json(r["problem"]) for r in rows if r["status"] == "kept"]
+    extra_info = self_instruct.summarize(rows)
+    reporter.stage(k, "self_instruct", ", ".join(
+        f"{n.removeprefix('self_instruct_')} {c}" for n, c in extra_info.items()))
   for s in range(steps):
-    problems = _next_problems(task, config, it, state.difficulty)
+    problems, used = _next_problems(task, config, it, state.difficulty, proposed)
+    proposed = proposed[used:]
     name = "acquire" if steps == 1 else f"acquire_{s}"
     acquired, h, cached = _acquire_cached(
-        rec_dir, name, lambda: stages.acquire(
+        rec_dir, name, lambda: _acquire_stage(
             sampler, ts.params if algo == "grpo" else train_state.params, tok, task, problems,
-            sp, G, _seed(config, k, "acquire", s), k, config.log.progress))
+            sp, G, _seed(config, k, "acquire", s), k, config, judge_model))
     hashes[name] = h
     reporter.stage(k, name, f"{len(acquired)} samples, train pass rate "
                    f"{select_lib.pass_rate(acquired, config.select.reward_threshold):.2f}"
@@ -288,7 +367,9 @@ def _iteration(k, config, task, heldout_ids, sampler, base, start_params, train_
       batches = stages.sft_batches(selected, config.train.batch_size, config.train.max_seq_len,
                                    config.train.epochs, _seed(config, k, "batches"))
     elif algo == "dpo":
-      pairs = stages.dpo_pairs(acquired, config.select.reward_threshold, _seed(config, k, "pairs"))
+      pairs = (judge_lib.best_worst_pairs(acquired) if config.loop.dpo_pairs == "judge" else
+               stages.dpo_pairs(acquired, config.select.reward_threshold,
+                                _seed(config, k, "pairs")))
       batches = stages.dpo_batches(pairs, config.train.batch_size, config.train.max_seq_len,
                                    config.train.epochs, _seed(config, k, "batches"))
     else:
@@ -314,7 +395,14 @@ def _iteration(k, config, task, heldout_ids, sampler, base, start_params, train_
           "train_loss": float(np.mean(losses[-max(1, len(losses) // max(1, config.train.epochs)):]))
           if losses else float("nan"),
           "optimizer_steps": len(losses), "nonfinite": nonfinite, "ledger": ledger,
-          "seconds": round(time.time() - t0, 1)}
+          "seconds": round(time.time() - t0, 1), **extra_info,
+          **judge_lib.agreement(all_acquired, config.select.judge_threshold,
+                                config.select.reward_threshold)}
+  if config.acquire.refine_strategy:
+    targets = [r for r in all_acquired if r.get("refined")]
+    info["refined"] = len(targets)
+    info["refined_precision"] = (select_lib.pass_rate(targets, config.select.reward_threshold)
+                                 if targets else float("nan"))
   return ts, info, hashes
 
 
@@ -344,13 +432,21 @@ def _pad_to_shards(batch: dict, mesh, unit: int) -> dict:
 # ----------------------------------------------------------------------------- evaluate
 
 
-def _evaluate(sampler, params, tok, task, heldout, config, k, reporter) -> dict:
+def _evaluate(sampler, params, tok, task, heldout, config, k, reporter,
+              judge_model=None) -> dict:
   sample = SamplingParams(temperature=config.sampling.temperature, top_k=config.sampling.top_k,
                           top_p=config.sampling.top_p,
                           max_new_tokens=config.evaluate.max_new_tokens)
   metrics = stages.evaluate_heldout(sampler, params, tok, task, heldout, k=config.evaluate.maj_k,
                                     sample=sample, seed=_seed(config, k, "evaluate"),
                                     progress=config.log.progress)
+  if config.evaluate.strategies:   # inference compute's value, beside greedy
+    generate = refine_lib.model_generate(sampler, params, tok)
+    ctx = refine_lib.Context(generate, task, heldout,
+                             judge=_judge_generate(judge_model, generate))
+    metrics.update(refine_lib.heldout_metrics(
+        ctx, config.evaluate.strategies, refine_lib.StrategyConfig.from_config(config, sample),
+        _seed(config, k, "evaluate_strategies")))
   reporter.stage(k, "evaluate", ", ".join(f"{n} {v:.3f}" for n, v in metrics.items()))
   return metrics
 

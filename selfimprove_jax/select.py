@@ -52,6 +52,10 @@ def _ngrams(text: str, n: int) -> set:
   return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
 
 
+# public names for other modules' overlap checks (self_instruct.py)
+normalise, ngrams = _normalise, _ngrams
+
+
 def jaccard(a: set, b: set) -> float:
   return len(a & b) / max(1, len(a | b))
 
@@ -74,6 +78,18 @@ def dedup(records, cfg):
   return keep
 
 
+def judge(records, cfg):
+  """LLM-as-judge: keep completions the judge scored >= cfg.judge_threshold (scores are
+  attached at acquire, see judge.py); unparsed judgments are dropped."""
+  return [r for r in records
+          if r.get("judge_score") is not None and r["judge_score"] >= cfg.judge_threshold]
+
+
+def refined(records, cfg):
+  """Keep the training targets a refinement strategy marked (refine.refine_records)."""
+  return [r for r in records if r.get("refined")]
+
+
 def max_length(records, cfg):
   """Drop truncated completions and those longer than cfg.max_completion_tokens."""
   return [r for r in records
@@ -85,6 +101,8 @@ FILTERS: dict[str, Filter] = {
     "pass_rate_band": pass_rate_band,
     "dedup": dedup,
     "max_length": max_length,
+    "judge": judge,
+    "refined": refined,
 }
 
 

@@ -1,0 +1,148 @@
+"""LLM-as-judge: the model (itself, or another model spec) scores a completion with a
+rubric prompt, and the score is parsed from its reply.
+
+The rubric is the additive 5-point one of Yuan et al. 2024 ("Self-Rewarding Language
+Models"), shortened for small models. A reply the parser cannot read is *unparsed*
+(score None): it is counted and never crashes anything; as a filter it drops the
+completion, as a ranking it ranks last, as a reward it gives 0.
+
+Uses: a select filter (`judge`, records scored at acquire carry `judge_score`), a
+reward where a task has no verifier (`config.judge.use_as_reward`), self-rewarding DPO
+pairs (`best_worst_pairs`), best_of_n's scorer; and on verifiable tasks `agreement`
+measures the judge against the verifier every iteration, so its calibration is visible.
+"""
+
+from __future__ import annotations
+
+import collections
+import re
+from typing import Optional, Sequence
+
+import numpy as np
+
+from selfimprove_jax.sampling import SamplingParams
+from selfimprove_jax.select import parse_filters
+
+MAX_POINTS = 5
+RUBRIC = (
+    "Review the question and the response below and score the response from 0 to 5 "
+    "with this additive rubric:\n"
+    "- add 1 point if the response is relevant to the question;\n"
+    "- add 1 point if it addresses most of the question;\n"
+    "- add 1 point if it answers the basic question in a useful way;\n"
+    "- add 1 point if it answers directly and clearly;\n"
+    "- add 1 point if it is correct and could not be improved.\n\n"
+    "Question: {question}\n\nResponse: {response}\n\n"
+    "Justify your score in one sentence, then end with the line \"Score: <points>\".")
+
+# "Score: 4", "score = 3.5", "**Score:** 4/5", "Score: 4 points"; the last one counts.
+_SCORE = re.compile(r"score\W{0,4}?[:=]\W{0,4}?(-?\d+(?:\.\d+)?)(?:\s*(?:/|out of)\s*(\d+))?",
+                    re.IGNORECASE)
+_BARE = re.compile(r"\s*(-?\d+(?:\.\d+)?)\s*(?:/\s*(\d+))?\s*\.?\s*")
+
+
+def needed(config) -> bool:
+  """True when a run's config makes acquisition judge every sample: the 'judge' filter,
+  judge rewards, self-rewarding pairs, a judge-scored best_of_n, or score_records."""
+  return ("judge" in parse_filters(config.select.filters) or config.judge.use_as_reward
+          or config.loop.dpo_pairs == "judge" or config.judge.score_records
+          or (config.acquire.refine_strategy == "best_of_n" and config.refine.scorer == "judge"))
+
+
+def judge_prompt(question: str, response: str) -> str:
+  """The rubric prompt for one (question, response) pair."""
+  return RUBRIC.format(question=question.strip(), response=str(response).strip())
+
+
+def parse_score(text, max_points: int = MAX_POINTS) -> Optional[float]:
+  """The judge's score scaled to [0, 1], or None when the reply states none (or one
+  outside the scale). Never raises."""
+  if not isinstance(text, str):
+    return None
+  found = _SCORE.findall(text)
+  if found:
+    value, denom = found[-1]
+  else:
+    m = _BARE.fullmatch(text)   # a reply that is only a number
+    if m is None:
+      return None
+    value, denom = m.group(1), m.group(2) or ""
+  try:
+    scale = float(denom) if denom else float(max_points)
+    x = float(value) / scale
+  except (ValueError, ZeroDivisionError):
+    return None
+  return x if 0.0 <= x <= 1.0 else None
+
+
+def judge(generate, questions: Sequence[str], responses: Sequence[str], *, samples: int = 1,
+          max_new_tokens: int = 64, seed: int = 0):
+  """Scores each response with `generate` (a refine.GenerateFn): one batched call of
+  `samples` judgments per pair (greedy when 1), parsed scores averaged.
+  Returns (scores: list[float | None], replies: list[list[str]])."""
+  sp = SamplingParams(greedy=samples == 1, temperature=1.0, max_new_tokens=max_new_tokens)
+  prompts = [judge_prompt(q, r) for q, r in zip(questions, responses)]
+  out = generate(prompts, sp, samples, seed)
+  scores, replies = [], []
+  for group in out:
+    texts = [s.text for s in group]
+    parsed = [x for x in (parse_score(t) for t in texts) if x is not None]
+    scores.append(float(np.mean(parsed)) if parsed else None)
+    replies.append(texts)
+  return scores, replies
+
+
+def score_records(generate, records: list, *, samples: int = 1, max_new_tokens: int = 64,
+                  seed: int = 0, use_as_reward: bool = False) -> list:
+  """Copies of `records` with `judge_score` (None = unparsed) and `judge_reply`; with
+  `use_as_reward` the judge's score becomes `reward` (unparsed: 0) and the verifier's
+  is kept as `verifier_reward`."""
+  scores, replies = judge(generate, [r["prompt"] for r in records],
+                          [r["completion"] for r in records], samples=samples,
+                          max_new_tokens=max_new_tokens, seed=seed)
+  out = []
+  for r, s, rep in zip(records, scores, replies):
+    r = dict(r, judge_score=s, judge_reply=rep[0] if rep else "")
+    if use_as_reward:
+      r["verifier_reward"] = r["reward"]
+      r["reward"] = 0.0 if s is None else s
+    out.append(r)
+  return out
+
+
+def agreement(records: list, judge_threshold: float, reward_threshold: float) -> dict:
+  """How well the judge matches the verifier on judged records: the fraction of parsed
+  judgments on the verifier's side of the thresholds, the fraction unparsed, and the
+  judge's mean score on verifier-correct vs -incorrect completions."""
+  judged = [r for r in records if "judge_score" in r]
+  if not judged:
+    return {}
+  parsed = [r for r in judged if r["judge_score"] is not None]
+  truth = lambda r: r.get("verifier_reward", r["reward"]) >= reward_threshold
+  agree = [(r["judge_score"] >= judge_threshold) == truth(r) for r in parsed]
+  right = [r["judge_score"] for r in parsed if truth(r)]
+  wrong = [r["judge_score"] for r in parsed if not truth(r)]
+  nan = float("nan")
+  return {"judge_agreement": float(np.mean(agree)) if agree else nan,
+          "judge_unparsed": 1.0 - len(parsed) / len(judged),
+          "judge_mean_correct": float(np.mean(right)) if right else nan,
+          "judge_mean_incorrect": float(np.mean(wrong)) if wrong else nan}
+
+
+def best_worst_pairs(records: list, min_gap: float = 0.0) -> list:
+  """Self-rewarding DPO pairs: per prompt, the judge's best and worst completions
+  (first seen wins ties), when their scores differ by more than `min_gap`; prompts
+  with fewer than two parsed judgments give no pair (Yuan et al. drop equal scores)."""
+  by_id = collections.defaultdict(list)
+  for r in records:
+    if r.get("judge_score") is not None:
+      by_id[r["problem_id"]].append(r)
+  pairs = []
+  for group in by_id.values():
+    if len(group) < 2:
+      continue
+    best = max(group, key=lambda r: r["judge_score"])
+    worst = min(group, key=lambda r: r["judge_score"])
+    if best["judge_score"] - worst["judge_score"] > min_gap:
+      pairs.append((best, worst))
+  return pairs

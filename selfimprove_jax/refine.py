@@ -1,0 +1,426 @@
+"""Inference-time refinement: spend compute at answer time without changing weights.
+
+Strategies are functions in a registry, chosen by name:
+  greedy            one greedy completion (what every strategy is compared with);
+  best_of_n         N candidates, keep the one a scorer ranks first: the task verifier
+                    where there is one, else a judge, else mean log-prob. Candidate 0 is
+                    the greedy completion, so with the verifier best_of_n is never
+                    below greedy: it returns a verified-correct candidate whenever one
+                    exists, and greedy is one of them;
+  self_consistency  N samples, extract answers, majority vote (ties: summed log-prob,
+                    then first seen) and its vote share (Wang et al. 2023);
+  self_refine       answer, the model critiques it, revises, for up to R rounds, stopping
+                    when the critique finds nothing to fix (Madaan et al. 2023); every
+                    round is kept.
+
+All model calls go through one `GenerateFn` (prompt texts -> n samples each), so the
+decisions (`pick_best`, `vote`, `critique_approves`) are unit-testable with scripted
+generations; `model_generate` builds the real one on a sampler. Each step of a
+strategy is one batched generate call for all prompts.
+
+`refine_records` turns a strategy's final answers into training targets (records marked
+`refined`, kept by the `refined` select filter), and `heldout_metrics` scores each
+strategy on the held-out split beside greedy.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import re
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from selfimprove_jax import judge as judge_lib
+from selfimprove_jax.errors import UserError
+from selfimprove_jax.sampling import SamplingParams, encode_prompts
+from selfimprove_jax.stages import majority
+from selfimprove_jax.tasks import answers
+
+
+@dataclasses.dataclass
+class Sample:
+  """One completion as the strategies see it."""
+  text: str
+  logprob: float = 0.0          # summed raw log-prob of the completion tokens
+  num_tokens: int = 1
+  tokens: list = dataclasses.field(default_factory=list)    # incl. EOS (training targets)
+  logprobs: list = dataclasses.field(default_factory=list)
+  finish_reason: str = "eos"
+
+  @property
+  def mean_logprob(self) -> float:
+    return self.logprob / max(1, self.num_tokens)
+
+
+# prompts, sampling params, n, seed -> n samples per prompt
+GenerateFn = Callable[[Sequence[str], SamplingParams, int, int], list]
+
+
+def model_generate(sampler, params, tokenizer, progress: bool = False) -> GenerateFn:
+  """The real GenerateFn: chat-templated prompts through `sampler` with `params`."""
+  def generate(prompts, sp, n, seed):
+    out = [[] for _ in prompts]
+    if not prompts:
+      return out
+    ids = encode_prompts(tokenizer, list(prompts))
+    for c in sampler.generate(params, ids, sp, n=n, seed=seed, progress=progress):
+      text = tokenizer.decode(c.content_tokens.tolist(), skip_special_tokens=True)
+      out[c.prompt_index].append(Sample(
+          text, float(np.sum(c.logprobs, dtype=np.float64)), int(c.num_tokens),
+          [int(t) for t in c.tokens], [float(x) for x in c.logprobs], c.finish_reason))
+    return out
+  return generate
+
+
+@dataclasses.dataclass(frozen=True)
+class StrategyConfig:
+  """Knobs shared by the strategies."""
+  n: int = 8                     # candidates (best_of_n) / votes (self_consistency)
+  rounds: int = 2                # self_refine: critique -> revise rounds at most
+  scorer: str = "auto"           # best_of_n: auto | verifier | judge | logprob
+  sample: SamplingParams = SamplingParams(max_new_tokens=48)   # the N samples
+  critique_tokens: int = 64      # self_refine critique length; revisions use sample's
+  judge_samples: int = 1
+  judge_tokens: int = 64
+
+  @classmethod
+  def from_config(cls, config, sample: SamplingParams) -> "StrategyConfig":
+    """From an experiment config's `refine` and `judge` sections."""
+    return cls(n=config.refine.n, rounds=config.refine.rounds, scorer=config.refine.scorer,
+               sample=sample, critique_tokens=config.refine.critique_tokens,
+               judge_samples=config.judge.samples, judge_tokens=config.judge.max_new_tokens)
+
+  @property
+  def greedy(self) -> SamplingParams:
+    return SamplingParams(greedy=True, max_new_tokens=self.sample.max_new_tokens,
+                          stop_sequences=self.sample.stop_sequences)
+
+
+@dataclasses.dataclass
+class Context:
+  """What a strategy may use: the model, and where there is one, a task with the
+  problems behind the prompts (its verifier and answer extraction) and a judge."""
+  generate: GenerateFn
+  task: object = None
+  problems: Optional[Sequence] = None     # one Problem per prompt (for the verifier)
+  judge: Optional[GenerateFn] = None      # None: best_of_n 'auto' falls back to log-prob
+  prompts: Optional[list] = None          # set by run_strategy (the judge quotes them)
+
+  def extract(self, text: str, i: int) -> Optional[str]:
+    if self.task is not None:
+      return self.task.extract_answer(text, self.problems[i] if self.problems else None)
+    return default_extract(text)
+
+
+@dataclasses.dataclass
+class Refined:
+  """A strategy's result for one prompt."""
+  prompt: str
+  text: str                      # the final answer text
+  answer: Optional[str]          # its extracted answer
+  chosen: Optional[Sample]       # the completion behind it (a training target)
+  candidates: list
+  info: dict
+
+
+def to_json(r: Refined, prompt_index: int, strategy: str) -> dict:
+  """What `generate --strategy --json` prints for one prompt (every candidate and, for
+  self_refine, every round)."""
+  return {"prompt_index": prompt_index, "strategy": strategy, "text": r.text,
+          "answer": r.answer, "candidates": [c.text for c in r.candidates], **r.info}
+
+
+def default_extract(text: str) -> Optional[str]:
+  """Without a task: a marked answer, else the last number, else the normalised text."""
+  found = answers.extract_marked(text) or answers.last_number(text)
+  if found is None:
+    found = answers.normalize_text(text) if isinstance(text, str) else None
+  return found or None
+
+
+# ----------------------------------------------------------------------------- decisions
+
+
+def pick_best(scores: Sequence[float], samples: Sequence[Sample]) -> int:
+  """Index of the highest score; ties go to the higher mean log-prob, then the first."""
+  return max(range(len(scores)),
+             key=lambda j: (scores[j], samples[j].mean_logprob, -j))
+
+
+def vote(answers_: Sequence[Optional[str]], samples: Sequence[Sample]):
+  """Majority answer, its vote share and the index of the sample behind it (the most
+  likely one among those giving it); (None, 0.0, None) when no answer was found."""
+  best, share = majority(answers_, [s.logprob for s in samples])
+  if best is None:
+    return None, 0.0, None
+  idx = [j for j, a in enumerate(answers_) if a == best]
+  return best, share, max(idx, key=lambda j: (samples[j].logprob, -j))
+
+
+_APPROVE = re.compile(r"\bno (?:issues?|errors?|mistakes?|problems?)\b|"
+                      r"\bnothing (?:to|that needs to be) (?:fix|change|improve|correct)",
+                      re.IGNORECASE)
+
+
+def critique_approves(text: str) -> bool:
+  """True when a critique finds nothing to fix (the prompt asks for "NO ISSUES")."""
+  return isinstance(text, str) and bool(_APPROVE.search(text))
+
+
+CRITIQUE_PROMPT = (
+    "Here is a question and an answer to it.\n\nQuestion: {question}\n\nAnswer: {answer}\n\n"
+    "Check the answer carefully. If it is correct, reply with exactly \"NO ISSUES\". "
+    "Otherwise explain briefly what is wrong.")
+REVISE_PROMPT = (
+    "{question}\n\nA previous answer was: {answer}\n\nFeedback on it: {critique}\n\n"
+    "Write a corrected answer to the question.")
+
+
+def critique_prompt(question: str, answer: str) -> str:
+  return CRITIQUE_PROMPT.format(question=question, answer=answer.strip())
+
+
+def revise_prompt(question: str, answer: str, critique: str) -> str:
+  return REVISE_PROMPT.format(question=question, answer=answer.strip(),
+                              critique=critique.strip())
+
+
+# ----------------------------------------------------------------------------- scorers
+
+
+def _verifier_scores(ctx, idx, samples, cfg, seed):
+  return [float(ctx.task.score(ctx.problems[i], s.text)) for i, s in zip(idx, samples)]
+
+
+def _judge_scores(ctx, idx, samples, cfg, seed):
+  questions = [ctx.prompts[i] for i in idx]
+  scores, _ = judge_lib.judge(ctx.judge or ctx.generate, questions, [s.text for s in samples],
+                              samples=cfg.judge_samples, max_new_tokens=cfg.judge_tokens,
+                              seed=seed)
+  return [-1.0 if s is None else s for s in scores]   # unparsed ranks last
+
+
+def _logprob_scores(ctx, idx, samples, cfg, seed):
+  return [s.mean_logprob for s in samples]
+
+
+SCORERS = {"verifier": _verifier_scores, "judge": _judge_scores, "logprob": _logprob_scores}
+
+
+def resolve_scorer(name: str, ctx: Context) -> str:
+  """'auto' -> verifier when the prompts have problems, else judge when one is set,
+  else logprob. An explicit 'verifier' without problems is a UserError."""
+  if name == "auto":
+    if ctx.task is not None and ctx.problems is not None:
+      return "verifier"
+    return "judge" if ctx.judge is not None else "logprob"
+  if name not in SCORERS:
+    raise UserError(f"unknown best_of_n scorer {name!r}; known: auto, {', '.join(SCORERS)}")
+  if name == "verifier" and (ctx.task is None or ctx.problems is None):
+    raise UserError("best_of_n scorer 'verifier' needs a task with reference answers")
+  return name
+
+
+# ----------------------------------------------------------------------------- strategies
+
+
+def greedy(ctx: Context, prompts, cfg: StrategyConfig, seed: int) -> list[Refined]:
+  """One greedy completion per prompt."""
+  out = ctx.generate(prompts, cfg.greedy, 1, seed)
+  return [Refined(p, s[0].text, ctx.extract(s[0].text, i), s[0], s, {})
+          for i, (p, s) in enumerate(zip(prompts, out))]
+
+
+def best_of_n(ctx: Context, prompts, cfg: StrategyConfig, seed: int) -> list[Refined]:
+  """Greedy + (N-1) samples per prompt; the scorer's first choice wins."""
+  first = ctx.generate(prompts, cfg.greedy, 1, seed)
+  rest = ctx.generate(prompts, cfg.sample, cfg.n - 1, seed + 1) if cfg.n > 1 else \
+      [[] for _ in prompts]
+  cands = [a + b for a, b in zip(first, rest)]
+  scorer = resolve_scorer(cfg.scorer, ctx)
+  idx = [i for i, c in enumerate(cands) for _ in c]
+  flat = [s for c in cands for s in c]
+  scores = SCORERS[scorer](ctx, idx, flat, cfg, seed + 2)
+  out, pos = [], 0
+  for i, (p, c) in enumerate(zip(prompts, cands)):
+    sc = scores[pos:pos + len(c)]
+    pos += len(c)
+    j = pick_best(sc, c)
+    out.append(Refined(p, c[j].text, ctx.extract(c[j].text, i), c[j], c,
+                       {"scorer": scorer, "scores": sc, "chosen_index": j}))
+  return out
+
+
+def self_consistency(ctx: Context, prompts, cfg: StrategyConfig, seed: int) -> list[Refined]:
+  """N samples per prompt; the majority answer and its vote share."""
+  out = []
+  for i, (p, c) in enumerate(zip(prompts, ctx.generate(prompts, cfg.sample, cfg.n, seed))):
+    ans = [ctx.extract(s.text, i) for s in c]
+    best, share, j = vote(ans, c)
+    out.append(Refined(p, "" if j is None else c[j].text, best, None if j is None else c[j],
+                       c, {"vote_share": share, "answers": ans}))
+  return out
+
+
+def self_refine(ctx: Context, prompts, cfg: StrategyConfig, seed: int,
+                initial: Optional[Sequence[Sample]] = None) -> list[Refined]:
+  """Answer (greedy, or `initial`), then up to `cfg.rounds` of critique -> revise;
+  a prompt stops as soon as its critique approves. `info['rounds']` keeps every round
+  ({answer, critique, approved[, revision]}), `info['stopped']` says why it ended."""
+  if initial is None:
+    initial = [s[0] for s in ctx.generate(prompts, cfg.greedy, 1, seed)]
+  current = list(initial)
+  rounds = [[] for _ in prompts]
+  stopped = ["max_rounds"] * len(prompts)
+  active = list(range(len(prompts)))
+  crit_sp = SamplingParams(greedy=True, max_new_tokens=cfg.critique_tokens)
+  for r in range(cfg.rounds):
+    if not active:
+      break
+    crit = ctx.generate([critique_prompt(prompts[i], current[i].text) for i in active],
+                        crit_sp, 1, seed + 2 * r + 1)
+    revise = []
+    for i, c in zip(active, crit):
+      ok = critique_approves(c[0].text)
+      rounds[i].append({"answer": current[i].text, "critique": c[0].text, "approved": ok})
+      if ok:
+        stopped[i] = "approved"
+      else:
+        revise.append((i, c[0].text))
+    revised = ctx.generate([revise_prompt(prompts[i], current[i].text, t) for i, t in revise],
+                           cfg.greedy, 1, seed + 2 * r + 2)
+    for (i, _), s in zip(revise, revised):
+      current[i] = s[0]
+      rounds[i][-1]["revision"] = s[0].text
+    active = [i for i, _ in revise]
+  return [Refined(p, current[i].text, ctx.extract(current[i].text, i), current[i],
+                  [initial[i]], {"rounds": rounds[i], "stopped": stopped[i],
+                                 "revised": current[i] is not initial[i]})
+          for i, p in enumerate(prompts)]
+
+
+STRATEGIES = {"greedy": greedy, "best_of_n": best_of_n, "self_consistency": self_consistency,
+              "self_refine": self_refine}
+
+
+def parse_strategies(spec) -> list[str]:
+  """'best_of_n,self_consistency' or a sequence -> validated names."""
+  names = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
+  unknown = [n for n in names if n not in STRATEGIES]
+  if unknown:
+    raise UserError(f"unknown refinement strategy {unknown[0]!r}; known: "
+                    f"{', '.join(STRATEGIES)}")
+  return names
+
+
+def run_strategy(name: str, ctx: Context, prompts: Sequence[str], cfg: StrategyConfig,
+                 seed: int) -> list[Refined]:
+  """Runs strategy `name` on `prompts` (ctx.problems, when set, align with them)."""
+  parse_strategies([name])
+  ctx.prompts = list(prompts)
+  return STRATEGIES[name](ctx, list(prompts), cfg, seed)
+
+
+def refine_texts(loaded, prompts: Sequence[str], name: str, *, sample: SamplingParams,
+                 n: int = 8, rounds: int = 2, scorer: str = "auto", seed: int = 0,
+                 sampler=None) -> list[Refined]:
+  """Strategy `name` on free-text prompts with a `weights.LoadedModel` (no task: best_of_n
+  'auto' lets the model judge its own candidates; answers are extracted generically)."""
+  from selfimprove_jax.sampling import make_sampler
+  generate = model_generate(sampler or make_sampler(loaded), loaded.params, loaded.tokenizer)
+  cfg = StrategyConfig(n=n, rounds=rounds, scorer=scorer, sample=sample)
+  return run_strategy(name, Context(generate, judge=generate), prompts, cfg, seed)
+
+
+def metric_name(name: str, cfg: StrategyConfig) -> str:
+  return f"{name}@{cfg.rounds if name == 'self_refine' else cfg.n}"
+
+
+def heldout_metrics(ctx: Context, names: Sequence[str], cfg: StrategyConfig,
+                    seed: int) -> dict:
+  """Held-out score of each strategy (fraction of problems whose final answer the
+  verifier accepts); self_consistency also reports its mean vote share."""
+  prompts = [p.prompt for p in ctx.problems]
+  metrics = {}
+  for k, name in enumerate(parse_strategies(names)):
+    results = run_strategy(name, ctx, prompts, cfg, seed + 100 * k)
+    key = metric_name(name, cfg)
+    metrics[key] = float(np.mean([ctx.task.score(p, r.text) >= 1.0
+                                  for p, r in zip(ctx.problems, results)]))
+    if name == "self_consistency":
+      metrics[f"{key}_vote_share"] = float(np.mean([r.info["vote_share"] for r in results]))
+    if name == "self_refine":
+      metrics[f"{key}_revised"] = float(np.mean([r.info["revised"] for r in results]))
+  return metrics
+
+
+# ----------------------------------------------------------------------------- training targets
+
+
+def _sample_of(r: dict) -> Sample:
+  return Sample(r["completion"], float(sum(r["logprobs"])), int(r["num_tokens"]),
+                r["completion_tokens"], r["logprobs"], r["finish_reason"])
+
+
+def refine_records(name: str, records: list, problems: Sequence, ctx: Context,
+                   cfg: StrategyConfig, seed: int, min_vote_share: float = 0.0) -> list:
+  """Marks (and for self_refine adds) the records a strategy turns into training
+  targets, with `refined=True`; the `refined` select filter keeps exactly those.
+
+    self_consistency: samples whose answer is their prompt's majority answer, when the
+                      vote share is at least `min_vote_share` (no verifier involved);
+    best_of_n:        the scorer's pick among each prompt's samples (verifier: the
+                      record's reward, judge: its `judge_score`, logprob);
+    self_refine:      the first sample of each prompt is critiqued and revised; the
+                      final answer becomes a target when the verifier accepts it (a
+                      revision is added as a new record of the original prompt).
+  """
+  parse_strategies([name])
+  records = [dict(r, refined=False) for r in records]
+  by_id = collections.defaultdict(list)
+  for r in records:
+    by_id[r["problem_id"]].append(r)
+  index = {p.id: i for i, p in enumerate(problems)}
+  if name == "self_consistency":
+    for pid, group in by_id.items():
+      i = index[pid]
+      ans = [ctx.task.extract_answer(r["completion"], problems[i]) for r in group]
+      best, share, _ = vote(ans, [_sample_of(r) for r in group])
+      for r, a in zip(group, ans):
+        r["vote_share"] = share
+        r["refined"] = best is not None and a == best and share >= min_vote_share
+  elif name == "best_of_n":
+    scorer = resolve_scorer(cfg.scorer, ctx)
+    for group in by_id.values():
+      samples = [_sample_of(r) for r in group]
+      if scorer == "verifier":
+        scores = [r["reward"] for r in group]
+      elif scorer == "judge":
+        scores = [-1.0 if r.get("judge_score") is None else r["judge_score"] for r in group]
+      else:
+        scores = [s.mean_logprob for s in samples]
+      group[pick_best(scores, samples)]["refined"] = True
+  elif name == "self_refine":
+    firsts = [group[0] for group in by_id.values()]
+    prompts = [r["prompt"] for r in firsts]
+    ctx.prompts = prompts
+    results = self_refine(ctx, prompts, cfg, seed, initial=[_sample_of(r) for r in firsts])
+    for r, res in zip(firsts, results):
+      p = problems[index[r["problem_id"]]]
+      reward = float(ctx.task.score(p, res.text))
+      if reward < 1.0:
+        continue
+      if not res.info["revised"]:
+        r["refined"] = True
+        continue
+      s = res.chosen
+      records.append(dict(r, completion=s.text, completion_tokens=list(s.tokens),
+                          logprobs=list(s.logprobs), num_tokens=len(s.tokens),
+                          finish_reason=s.finish_reason, reward=reward, refined=True,
+                          sample_index=len(by_id[r["problem_id"]]),
+                          refine_rounds=len(res.info["rounds"])))
+  else:   # greedy: nothing to refine
+    pass
+  return records

@@ -1,0 +1,340 @@
+"""Refinement strategies, judge, self-instruct and curriculum: the decisions, driven by
+scripted generations (no model), plus the strategies through the tiny model's sampler."""
+
+import pytest
+
+from selfimprove_jax import curriculum, judge, refine, select, self_instruct
+from selfimprove_jax.errors import UserError
+from selfimprove_jax.refine import Context, Sample, StrategyConfig
+from selfimprove_jax.sampling import SamplingParams
+from selfimprove_jax.tasks import get_task, make_problem
+
+
+class Scripted:
+  """A GenerateFn answering from a function of (prompt, sample index, greedy), and
+  recording every call (prompts, n) so tests can count model calls."""
+
+  def __init__(self, reply):
+    self.reply = reply
+    self.calls = []
+
+  def __call__(self, prompts, sp, n, seed):
+    self.calls.append((list(prompts), n, sp.is_greedy))
+    out = []
+    for p in prompts:
+      group = []
+      for j in range(n):
+        r = self.reply(p, j, sp.is_greedy)
+        group.append(r if isinstance(r, Sample) else Sample(r, -1.0, 4))
+      out.append(group)
+    return out
+
+
+TASK = get_task("arithmetic", operators="+")
+
+
+def _problems(count=3):
+  return TASK.heldout(count, 2)
+
+
+# ----------------------------------------------------------------------------- voting
+
+
+def test_vote_majority_and_tie_breaks():
+  s = lambda lp: Sample("x", lp, 1)
+  # clear majority, share over all samples (None counts as a vote for nothing)
+  assert refine.vote(["5", "7", "5", None], [s(-1), s(-1), s(-2), s(-1)])[:2] == ("5", 0.5)
+  # 2-2 tie: higher summed log-prob wins, whatever comes first
+  ans, share, j = refine.vote(["5", "7", "7", "5"], [s(-3), s(-1), s(-1), s(-3)])
+  assert (ans, share) == ("7", 0.5) and j in (1, 2)
+  # tie in votes and log-prob: the answer seen first
+  assert refine.vote(["9", "4"], [s(-1), s(-1)])[0] == "9"
+  # the representative sample is the most likely one with the majority answer
+  assert refine.vote(["5", "5", "6"], [s(-4), s(-2), s(-1)])[2] == 1
+  assert refine.vote([None, None], [s(0), s(0)]) == (None, 0.0, None)
+
+
+def test_self_consistency_reports_majority_and_share():
+  problems = _problems(2)
+  wrong = lambda p: str(int(p.reference) + 1)
+  answers = {p.prompt: [p.reference, wrong(p), p.reference, "no idea"] for p in problems}
+  gen = Scripted(lambda prompt, j, g: f"The answer is {answers[prompt][j]}")
+  ctx = Context(gen, TASK, problems)
+  out = refine.run_strategy("self_consistency", ctx, [p.prompt for p in problems],
+                            StrategyConfig(n=4), seed=0)
+  for p, r in zip(problems, out):
+    assert r.answer == p.reference and r.info["vote_share"] == 0.5
+    assert TASK.score(p, r.text) == 1.0
+  assert len(gen.calls) == 1 and gen.calls[0][1] == 4   # one batched call
+
+
+# ----------------------------------------------------------------------------- best of n
+
+
+def test_pick_best_ties_go_to_likelihood_then_first():
+  samples = [Sample("a", -8, 4), Sample("b", -2, 4), Sample("c", -2, 4)]
+  assert refine.pick_best([1.0, 1.0, 0.0], samples) == 1
+  assert refine.pick_best([0.0, 1.0, 1.0], samples) == 1
+  assert refine.pick_best([0.0, 0.0, 0.0], [Sample("x", -1, 1)] * 3) == 0
+
+
+def test_best_of_n_verifier_never_below_greedy():
+  """Candidate 0 is greedy; the verifier picks a correct candidate whenever one exists."""
+  problems = _problems(3)
+  ref = {p.prompt: p.reference for p in problems}
+  prompts = [p.prompt for p in problems]
+  # prompt 0: greedy right, samples wrong; prompt 1: greedy wrong, sample 2 right;
+  # prompt 2: all wrong.
+  def reply(prompt, j, greedy):
+    k = prompts.index(prompt)
+    right = (k == 0 and greedy) or (k == 1 and not greedy and j == 2)
+    return Sample(f"#### {ref[prompt] if right else '-1'}", -5.0 if right else -1.0, 4)
+  ctx = Context(Scripted(reply), TASK, problems)
+  out = refine.run_strategy("best_of_n", ctx, prompts, StrategyConfig(n=4), seed=0)
+  assert [TASK.score(p, r.text) for p, r in zip(problems, out)] == [1.0, 1.0, 0.0]
+  assert out[0].info["scorer"] == "verifier" and out[0].info["chosen_index"] == 0
+  assert out[1].info["chosen_index"] == 3          # greedy + sample index 2
+  assert len(out[2].candidates) == 4
+  # wrong everywhere: ties broken by mean log-prob, so a likely answer is returned
+  assert out[2].chosen.mean_logprob == max(c.mean_logprob for c in out[2].candidates)
+
+
+def test_best_of_n_scorer_fallbacks():
+  gen = Scripted(lambda p, j, g: Sample(f"answer {j}", -float(j if not g else 9), 1))
+  # no task: logprob unless a judge is given
+  ctx = Context(gen)
+  out = refine.run_strategy("best_of_n", ctx, ["q"], StrategyConfig(n=3), seed=0)
+  assert out[0].info["scorer"] == "logprob" and out[0].text == "answer 0"
+  # the judge prefers the response mentioning "1"
+  judge_gen = Scripted(lambda p, j, g: "Score: 5" if "answer 1" in p else "Score: 2")
+  out = refine.run_strategy("best_of_n", Context(gen, judge=judge_gen), ["q"],
+                            StrategyConfig(n=3), seed=0)
+  assert out[0].info["scorer"] == "judge" and out[0].text == "answer 1"
+  assert out[0].info["scores"] == [0.4, 0.4, 1.0]
+  with pytest.raises(UserError, match="needs a task"):
+    refine.run_strategy("best_of_n", ctx, ["q"], StrategyConfig(n=2, scorer="verifier"), 0)
+
+
+# ----------------------------------------------------------------------------- self-refine
+
+
+def test_self_refine_stops_when_critique_approves_and_keeps_rounds():
+  problems = _problems(2)
+  ref = {p.prompt: p.reference for p in problems}
+  prompts = [p.prompt for p in problems]
+  def reply(prompt, j, greedy):
+    if prompt.startswith("Here is a question"):      # a critique
+      return "NO ISSUES." if "#### " + ref[prompts[0]] in prompt else "The sum is wrong."
+    if "Feedback on it" in prompt:                    # a revision
+      return f"#### {ref[prompts[1]]}" if prompts[1] in prompt else "#### 0"
+    return f"#### {ref[prompt] if prompt == prompts[0] else '0'}"   # first answers
+  gen = Scripted(reply)
+  out = refine.run_strategy("self_refine", Context(gen, TASK, problems), prompts,
+                            StrategyConfig(rounds=3), seed=0)
+  # prompt 0 was right at once: one round, approved, not revised
+  assert out[0].info["stopped"] == "approved" and len(out[0].info["rounds"]) == 1
+  assert not out[0].info["revised"] and "revision" not in out[0].info["rounds"][0]
+  # prompt 1: critique, revision (now right), and the round after that approves? No: the
+  # scripted critic approves only prompt 0's answer, so it runs all 3 rounds
+  r1 = out[1].info["rounds"]
+  assert out[1].info["stopped"] == "max_rounds" and len(r1) == 3
+  assert all("revision" in r for r in r1) and out[1].info["revised"]
+  assert TASK.score(problems[1], out[1].text) == 1.0
+  # batched: first answers, then per round one critique call and one revision call
+  assert [len(c[0]) for c in gen.calls] == [2, 2, 1, 1, 1, 1, 1]
+
+
+def test_critique_approval_parsing():
+  assert refine.critique_approves("NO ISSUES")
+  assert refine.critique_approves("There are no errors, the answer is right.")
+  assert not refine.critique_approves("The answer is wrong: 3 + 4 is 7.")
+  assert not refine.critique_approves(None)
+
+
+# ----------------------------------------------------------------------------- judge
+
+
+@pytest.mark.parametrize("text, score", [
+    ("The response is correct.\nScore: 4", 0.8),
+    ("**Score:** 5/5", 1.0),
+    ("score = 2.5", 0.5),
+    ("Score: 3 out of 10", 0.3),
+    ("Score: 1\n...\nScore: 5", 1.0),      # the last statement counts
+    ("3", 0.6),                            # a reply that is only a number
+    ("Score: 7", None),                    # off the 0-5 scale
+    ("Score: -1", None),
+    ("I think it is quite good.", None),
+    ("Score: five", None),
+    ("", None),
+    (None, None),
+    ("Score: 4/0", None),
+])
+def test_judge_score_parsing(text, score):
+  got = judge.parse_score(text)
+  assert got == pytest.approx(score) if score is not None else got is None
+
+
+def test_judge_records_unparsed_agreement_and_pairs():
+  records = [
+      {"problem_id": "a", "prompt": "q", "completion": "good", "reward": 1.0},
+      {"problem_id": "a", "prompt": "q", "completion": "bad", "reward": 0.0},
+      {"problem_id": "a", "prompt": "q", "completion": "garbled", "reward": 0.0},
+      {"problem_id": "b", "prompt": "q2", "completion": "good", "reward": 0.0},
+  ]
+  replies = {"good": "Score: 5", "bad": "Score: 1", "garbled": "blah blah"}
+  gen = Scripted(lambda p, j, g: replies[p.split("Response: ")[1].split("\n")[0]])
+  scored = judge.score_records(gen, records, use_as_reward=True)
+  assert [r["judge_score"] for r in scored] == [1.0, 0.2, None, 1.0]
+  assert [r["reward"] for r in scored] == [1.0, 0.2, 0.0, 1.0]        # unparsed -> 0
+  assert [r["verifier_reward"] for r in scored] == [1.0, 0.0, 0.0, 0.0]
+  m = judge.agreement(scored, judge_threshold=0.6, reward_threshold=1.0)
+  assert m["judge_agreement"] == pytest.approx(2 / 3) and m["judge_unparsed"] == 0.25
+  assert m["judge_mean_correct"] == 1.0
+  pairs = judge.best_worst_pairs(scored)
+  assert [(a["completion"], b["completion"]) for a, b in pairs] == [("good", "bad")]
+  cfg = type("C", (), {"judge_threshold": 0.6})
+  assert [r["completion"] for r in select.judge(scored, cfg)] == ["good", "good"]
+
+
+# ----------------------------------------------------------------------------- self-instruct
+
+
+def test_self_instruct_dedup_and_heldout_leaks_rejected():
+  heldout = _problems(5)
+  leak = heldout[0].prompt
+  leak_reworded = "Compute this: What is {}? Answer with just the number.".format(
+      heldout[1].metadata["expression"])
+  examples = ["What is 11 + 22? Answer with just the number."]
+  cands = ["What is 31 + 45? Answer with just the number.",
+           "what is 31 + 45?  answer with just the number.",        # exact dup (normalised)
+           leak, leak_reworded, examples[0], "", None,
+           "What is 58 + 13? Answer with just the number."]
+  status = self_instruct.screen(cands, TASK, heldout, examples, ngram=3, max_overlap=0.8)
+  assert status == ["unique", "duplicate", "heldout_leak", "heldout_leak", "copy", "empty",
+                    "empty", "unique"] or status[0] == "heldout_leak"
+  # a proposal whose id is on the held-out side of the partition is always a leak
+  for c, s in zip(cands, status):
+    if s == "unique":
+      assert not TASK.is_heldout(make_problem(c, 0).id)
+
+
+def test_self_instruct_propose_validates_procedural_and_by_votes():
+  heldout = _problems(4)
+  seeds = TASK.train_problems(1, 6, 2)
+  texts = iter(["Problem: What is 12 + 30? Answer with just the number.",
+                "1. What is 12 + 30? Answer with just the number.",        # duplicate
+                heldout[2].prompt,                                         # leak
+                "Tell me a joke.",                                         # cannot parse
+                "What is 40 + 41? Answer with just the number.\n\nThanks!"])
+  gen = Scripted(lambda p, j, g: next(texts))
+  kept, rows = self_instruct.propose(gen, TASK, seeds, heldout, num_proposals=5,
+                                     sample=SamplingParams(), seed=0)
+  statuses = [r["status"] for r in rows]
+  assert statuses.count("duplicate") == 1 and statuses.count("invalid") == 1
+  assert "heldout_leak" in statuses
+  good = [p for p in kept if not TASK.is_heldout(p.id)]
+  assert good == kept and all(TASK.can_solve(p.prompt) == p.reference for p in kept)
+  assert kept[0].reference == "42"
+  assert seeds[0].prompt in gen.calls[0][0][0]   # the seed examples are shown
+  # non-procedural: kept only when the model's own answers agree
+  jtask = type("T", (), {"procedural": False, "is_heldout": lambda self, pid: False,
+                          "extract_answer": lambda self, t, p=None: t.split()[-1]})()
+  answers = {"Q1?": ["7", "7", "7", "8"], "Q2?": ["1", "2", "3", "1"]}
+  vgen = Scripted(lambda p, j, g: f"it is {answers[p][j]}")
+  out = self_instruct.validate(["Q1?", "Q2?"], jtask, vgen, votes=4, min_vote_share=0.6)
+  assert out[0][0].reference == "7" and out[0][1]["vote_share"] == 0.75
+  assert out[1][0] is None
+
+
+# ----------------------------------------------------------------------------- curriculum
+
+
+def test_curriculum_moves_within_band_and_range():
+  rng = (1, 8)
+  assert curriculum.step(2, 0.9, rng) == (3, {"from": 2, "to": 3, "pass_rate": 0.9,
+                                              "reason": "pass rate 0.90 > 0.7"})
+  assert curriculum.step(2, 0.1, rng)[0] == 1
+  assert curriculum.step(2, 0.5, rng) == (2, None)
+  assert curriculum.step(8, 0.95, rng) == (8, None)     # already hardest
+  assert curriculum.step(1, 0.0, rng) == (1, None)
+  assert curriculum.step(3, None, rng) == (3, None)
+  ledger = {"a": {"attempts": 4, "successes": 4, "last_seen": 2},
+            "b": {"attempts": 4, "successes": 0, "last_seen": 2},
+            "c": {"attempts": 8, "successes": 8, "last_seen": 1}}
+  assert curriculum.ledger_pass_rate(ledger, 2) == 0.5
+  assert curriculum.ledger_pass_rate(ledger, 3) is None
+
+
+# ----------------------------------------------------------------------------- training targets
+
+
+def _record(pid, prompt, text, reward, lp=-1.0, idx=0):
+  return {"problem_id": pid, "prompt": prompt, "reference": "", "prompt_tokens": [1, 2],
+          "completion": text, "completion_tokens": [5, 6, 0], "logprobs": [lp, lp, lp],
+          "reward": reward, "finish_reason": "eos", "num_tokens": 3, "sample_index": idx,
+          "iteration": 1}
+
+
+def test_refine_records_targets():
+  problems = _problems(2)
+  p0, p1 = problems
+  recs = [_record(p0.id, p0.prompt, f"#### {p0.reference}", 1.0, idx=0),
+          _record(p0.id, p0.prompt, "#### 1", 0.0, idx=1),
+          _record(p0.id, p0.prompt, f"it is {p0.reference}", 1.0, idx=2),
+          _record(p1.id, p1.prompt, "#### 3", 0.0, idx=0),
+          _record(p1.id, p1.prompt, "#### 4", 0.0, idx=1)]
+  ctx = Context(Scripted(lambda p, j, g: "x"), TASK, problems)
+  sc = refine.refine_records("self_consistency", recs, problems, ctx, StrategyConfig(), 0,
+                             min_vote_share=0.6)
+  assert [r["refined"] for r in sc] == [True, False, True, False, False]
+  bon = refine.refine_records("best_of_n", recs, problems, ctx, StrategyConfig(), 0)
+  # p1: all wrong, equal likelihood -> the first sample
+  assert [r["refined"] for r in bon] == [True, False, False, True, False]
+  cfg = type("C", (), {})
+  assert [r["problem_id"] for r in select.refined(bon, cfg)] == [p0.id, p1.id]
+  # self_refine: p0's first answer approved (kept); p1's revised to the right answer (added)
+  def reply(prompt, j, greedy):
+    if prompt.startswith("Here is a question"):
+      return "NO ISSUES" if f"#### {p0.reference}" in prompt else "wrong"
+    return Sample(f"#### {p1.reference}", -0.5, 2, [7, 0], [-0.25, -0.25])
+  sr = refine.refine_records("self_refine", recs, problems, Context(Scripted(reply), TASK,
+                             problems), StrategyConfig(rounds=1), 0)
+  assert len(sr) == 6 and sr[0]["refined"] and not any(r["refined"] for r in sr[1:5])
+  added = sr[5]
+  assert added["refined"] and added["reward"] == 1.0 and added["prompt"] == p1.prompt
+  assert added["completion_tokens"] == [7, 0] and added["prompt_tokens"] == [1, 2]
+
+
+def test_unknown_strategy_is_a_user_error():
+  with pytest.raises(UserError, match="unknown refinement strategy 'beam'"):
+    refine.parse_strategies("best_of_n,beam")
+
+
+# ----------------------------------------------------------------------------- tiny model
+
+
+def test_strategies_through_the_tiny_model_sampler():
+  """The real GenerateFn on the tiny preset: shapes, determinism, best_of_n >= greedy."""
+  from selfimprove_jax.sampling import make_sampler
+  from selfimprove_jax.weights import load
+  model = load("tiny")
+  sampler = make_sampler(model, max_batch=32)
+  gen = refine.model_generate(sampler, model.params, model.tokenizer)
+  problems = _problems(3)
+  ctx = Context(gen, TASK, problems, judge=gen)
+  cfg = StrategyConfig(n=3, rounds=1, sample=SamplingParams(max_new_tokens=6),
+                       critique_tokens=6, judge_tokens=6)
+  m1 = refine.heldout_metrics(ctx, "best_of_n,self_consistency,self_refine", cfg, seed=3)
+  m2 = refine.heldout_metrics(ctx, "best_of_n,self_consistency,self_refine", cfg, seed=3)
+  assert m1 == m2
+  assert set(m1) == {"best_of_n@3", "self_consistency@3", "self_consistency@3_vote_share",
+                     "self_refine@1", "self_refine@1_revised"}
+  out = refine.run_strategy("best_of_n", ctx, [p.prompt for p in problems], cfg, seed=3)
+  assert all(len(r.candidates) == 3 and r.chosen.tokens for r in out)
+  g = refine.run_strategy("greedy", ctx, [p.prompt for p in problems], cfg, seed=3)
+  assert [r.candidates[0].text for r in out] == [r.text for r in g]   # candidate 0 = greedy
+  # the judge as scorer on real (random) output: unparsed judgments never crash
+  jcfg = StrategyConfig(n=2, scorer="judge", sample=SamplingParams(max_new_tokens=4),
+                        judge_tokens=4)
+  out = refine.run_strategy("best_of_n", ctx, [p.prompt for p in problems[:1]], jcfg, seed=0)
+  assert out[0].info["scorer"] == "judge" and len(out[0].info["scores"]) == 2
