@@ -113,7 +113,14 @@ def apply_rope(x, cos, sin):
 
 
 def attention(q, k, v, mask):
-  """Grouped-query attention. q [B,T,N,H], k/v [B,S,K,H], mask [B,T,S] -> [B,T,N,H]."""
+  """Grouped-query attention. q [B,T,N,H], k/v [B,S,K,H], mask [B,T,S] -> [B,T,N,H].
+
+  mask None means plain causal attention over right-padded rows (S == T): then
+  `jax.nn.dot_product_attention` runs it, which on GPU picks the fused cuDNN
+  (flash) kernel and never materialises the [B,N,T,S] scores -- at 16 x 1024 tokens
+  that array is 0.6 GB per layer in fp32, kept for the backward pass."""
+  if mask is None:
+    return jax.nn.dot_product_attention(q, k, v, is_causal=True)
   B, T, N, H = q.shape
   K = k.shape[2]
   q = q.reshape(B, T, K, N // K, H)
@@ -229,17 +236,22 @@ def init_cache(config: ModelConfig, batch: int, length: int, dtype=None) -> Cach
 
 
 def forward(params: Params, config: ModelConfig, tokens, input_mask=None,
-            return_hidden: bool = False):
+            return_hidden: bool = False, right_padded: bool = False):
   """Full-sequence forward without a cache (training / scoring).
 
-  tokens [B,T]; input_mask [B,T] (1 = real token; right padding assumed, positions
-  count from 0). Returns logits [B,T,V] fp32 (or hidden [B,T,D])."""
+  tokens [B,T]; input_mask [B,T] (1 = real token, left or right padding; positions
+  count from 0 at each row's first real token). With `right_padded` the caller
+  promises padding only at the end of rows: real tokens then never see padding under
+  a plain causal mask, and the fused attention kernel is used (see `attention`).
+  Returns logits [B,T,V] fp32 (or hidden [B,T,D])."""
   if input_mask is None:
     input_mask = jnp.ones(tokens.shape, bool)
+    right_padded = True
   input_mask = input_mask.astype(bool)
   positions = jnp.maximum(jnp.cumsum(input_mask, axis=-1) - 1, 0)
-  out, _ = Transformer(config).apply({"params": params}, tokens, positions,
-                                     causal_mask(input_mask), return_hidden=return_hidden)
+  mask = None if right_padded else causal_mask(input_mask)
+  out, _ = Transformer(config).apply({"params": params}, tokens, positions, mask,
+                                     return_hidden=return_hidden)
   return out
 
 

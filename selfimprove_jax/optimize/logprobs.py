@@ -43,17 +43,19 @@ def _chunk_stats(params, config: ModelConfig, hidden, targets, with_entropy: boo
 
 
 def token_logprobs(params, config: ModelConfig, tokens, input_mask=None, chunk: int = 0,
-                   return_entropy: bool = False):
+                   return_entropy: bool = False, right_padded: bool = True):
   """log p(tokens[:, t] | tokens[:, :t]) as [B,T] fp32 (0 at t=0 and on padding).
 
   chunk: time positions per vocab projection (0 or >= T: one piece). With
   return_entropy, also the entropy [B,T] of the distribution that predicted each
-  position (same alignment)."""
+  position (same alignment). Batches are right-padded (the batch format), which lets
+  the model use fused causal attention; pass right_padded=False for left padding."""
   B, T = tokens.shape
   if input_mask is None:
     input_mask = jnp.ones((B, T), bool)
   input_mask = input_mask.astype(bool)
-  hidden = llama.forward(params, config, tokens, input_mask, return_hidden=True)  # [B,T,D]
+  hidden = llama.forward(params, config, tokens, input_mask, return_hidden=True,
+                         right_padded=right_padded)                     # [B,T,D]
   # hidden[:, t] predicts tokens[:, t+1]; the last position predicts nothing (its
   # wrapped-around target is dropped by the shift below).
   targets = jnp.roll(tokens, -1, axis=1)
