@@ -224,5 +224,9 @@ def result_differences(saved: dict, current: dict) -> list[str]:
         out[f"{prefix}{k}"] = v
     return out
   a, b = flat(saved), flat(json.loads(json.dumps(current, default=str)))
+  # A key added to base_config() after a workdir was written reads as its default
+  # there, so new features (off by default) do not lock out existing runs.
+  new = flat(json.loads(json.dumps(base_config().to_dict(), default=str)))
   keys = sorted(set(a) | set(b))
-  return [k for k in keys if k not in NON_RESULT_KEYS and a.get(k) != b.get(k)]
+  return [k for k in keys if k not in NON_RESULT_KEYS
+          and a.get(k, new.get(k)) != b.get(k, new.get(k))]

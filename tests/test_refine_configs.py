@@ -60,3 +60,15 @@ def test_self_refine_targets_one_tiny_iteration(tmp_path):
   state = _run("refine_then_train.py", tmp_path, "acquire.refine_strategy=self_refine",
                "evaluate.strategies=self_refine", "refine.rounds=1")
   assert "self_refine@1" in state["history"][0]
+
+
+def test_workdirs_written_before_new_keys_still_resume():
+  """A saved config lacking keys added later (this issue's, all off by default) is
+  compatible; a differing value of such a key still is not."""
+  from selfimprove_jax.config import base_config, result_differences
+  current = base_config().to_dict()
+  saved = {k: v for k, v in current.items() if k not in ("curriculum", "self_instruct")}
+  assert result_differences(saved, current) == []
+  changed = base_config()
+  changed.curriculum.enabled = True
+  assert result_differences(saved, changed.to_dict()) == ["curriculum.enabled"]
