@@ -120,7 +120,10 @@ def attention(q, k, v, mask):
   (flash) kernel and never materialises the [B,N,T,S] scores -- at 16 x 1024 tokens
   that array is 0.6 GB per layer in fp32, kept for the backward pass."""
   if mask is None:
-    return jax.nn.dot_product_attention(q, k, v, is_causal=True)
+    # cuDNN's fused kernel only takes 16-bit inputs; elsewhere XLA's reference path.
+    fused = jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16)
+    return jax.nn.dot_product_attention(q, k, v, is_causal=True,
+                                        implementation="cudnn" if fused else None)
   B, T, N, H = q.shape
   K = k.shape[2]
   q = q.reshape(B, T, K, N // K, H)
