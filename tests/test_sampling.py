@@ -6,7 +6,6 @@ import contextlib
 import functools
 import io
 import json
-import os
 
 import jax
 import numpy as np
@@ -97,22 +96,12 @@ def _truncated_logprobs(logits, temperature, top_k, top_p):
 # ----------------------------------------------------------------------------- outside reference
 
 
-def test_greedy_matches_transformers_smollm2():
+def test_greedy_matches_transformers_smollm2(smollm2, smollm2_torch):
   """5 chat prompts, 32 greedy tokens, fp32: identical to transformers' generate."""
-  try:
-    import torch
-    from transformers import AutoModelForCausalLM
-  except ImportError as e:
-    pytest.fail(f"needs torch and transformers (pip install -e .[test]): {e}")
-  from selfimprove_jax import weights
-  loaded = weights.load("smollm2-135m-instruct")
+  import torch
+  loaded, ref = smollm2, smollm2_torch
   sp = SamplingParams(greedy=True, max_new_tokens=32)
   ours = generate_text(loaded, CHAT_PROMPTS, sp)  # one batch: prompts padded together
-
-  path = weights.resolve("smollm2-135m-instruct")[1]
-  ref = AutoModelForCausalLM.from_pretrained(os.path.dirname(path),
-                                             gguf_file=os.path.basename(path),
-                                             dtype=torch.float32).eval()
   from selfimprove_jax.sampling import encode_prompts
   ids = encode_prompts(loaded.tokenizer, CHAT_PROMPTS)
   for i, (prompt, c) in enumerate(zip(ids, ours)):
