@@ -17,6 +17,8 @@ import os
 import shutil
 from typing import Any, Optional
 
+import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 MANIFEST = "manifest.json"
@@ -97,7 +99,8 @@ class Checkpointer:
   def save(self, iteration: int, state: Any, meta: dict, accepted: bool,
            records: Optional[dict] = None) -> str:
     """Saves `state` (pytree of arrays) and `meta` (JSON) as iteration `iteration`;
-    returns the checkpoint's content hash."""
+    returns the checkpoint's content hash ("" on processes other than 0). Every
+    process calls it: Orbax writes each process's shards."""
     if iteration in self._manager.all_steps():
       # A checkpoint left by an interrupted run of this very iteration: replace it.
       self._manager.delete(iteration)
@@ -105,6 +108,8 @@ class Checkpointer:
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
     self._manager.wait_until_finished()
     fault_point("checkpoint")
+    if not self.is_primary:   # the manifest is process 0's; no need to read it all back
+      return ""
     digest = hash_path(self.step_dir(iteration))
     self._update_manifest(iteration, {"sha256": digest, "accepted": bool(accepted),
                                       "records": records or {}})
@@ -134,10 +139,17 @@ class Checkpointer:
     return out["state"], out["meta"]
 
   def restore_arrays(self, iteration: int) -> Any:
-    """The saved state as host numpy arrays, without a target (tools and tests)."""
+    """The saved state as host numpy arrays, without a target (tools and tests). Reads
+    a checkpoint of any topology: one written by several processes names devices this
+    process does not have, so every array is restored onto one local device."""
+    tree = ocp.PyTreeCheckpointer().metadata(
+        os.path.join(self.step_dir(iteration), "state")).item_metadata.tree
+    one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=one, global_shape=x.shape,
+                                                       dtype=x.dtype), tree)
     out = self._manager.restore(iteration, args=ocp.args.Composite(
-        state=ocp.args.PyTreeRestore(), meta=ocp.args.JsonRestore()))
-    return out["state"]
+        state=ocp.args.PyTreeRestore(restore_args=args), meta=ocp.args.JsonRestore()))
+    return jax.tree.map(np.asarray, out["state"])
 
   def restore_meta(self, iteration: int) -> dict:
     with open(os.path.join(self.step_dir(iteration), "meta", "metadata")) as f:
@@ -156,9 +168,9 @@ class Checkpointer:
     return sorted(int(k) for k, v in self.manifest()["checkpoints"].items() if v["accepted"])
 
   def prune(self, keep: set[int]) -> None:
-    """Deletes checkpoints not in `keep` (the loop keeps accepted ones and the latest)."""
-    if not self.is_primary:
-      return
+    """Deletes checkpoints not in `keep` (the loop keeps accepted ones and the latest).
+    Every process calls it with the same `keep`: Orbax deletes on process 0 and then
+    waits for all processes."""
     for it in self.steps():
       if it not in keep:
         self._manager.delete(it)

@@ -95,13 +95,30 @@ def _add_run(sub):
   p.add_argument("--workdir", required=True, help="run directory (created; resumed if present)")
   p.add_argument("--override_config", action="store_true",
                  help="resume a workdir even though result-changing config keys differ")
+  _add_distributed(p)
   p.set_defaults(fn=_cmd_run, accepts_overrides=True)
+
+
+def _add_distributed(p):
+  g = p.add_argument_group("several processes (multi-host); see launch/ and the README")
+  g.add_argument("--coordinator_address", default=None,
+                 help="host:port of process 0 (default: JAX_COORDINATOR_ADDRESS, or "
+                 "detected on Cloud TPU / Slurm / Open MPI)")
+  g.add_argument("--num_processes", type=int, default=None,
+                 help="processes in the run (default: JAX_NUM_PROCESSES or detected; 1 = "
+                 "single process)")
+  g.add_argument("--process_id", type=int, default=None,
+                 help="this process's index in [0, num_processes) (default: JAX_PROCESS_ID "
+                 "or detected)")
 
 
 def _cmd_run(args) -> int:
   from selfimprove_jax import config as config_lib
+  from selfimprove_jax import distributed
   from selfimprove_jax import loop
   config = config_lib.load_config(args.config, args.overrides)
+  # before anything touches devices: the mesh then spans every process's devices
+  distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
   loop.run(config, args.workdir, override_config=args.override_config)
   return 0
 

@@ -11,6 +11,7 @@ A record is one sampled completion, a JSON-ready dict:
 from __future__ import annotations
 
 import collections
+import hashlib
 import json
 import os
 from typing import Iterable, Optional, Sequence
@@ -67,6 +68,15 @@ def write_records(path: str, records: Iterable[Record]) -> str:
     os.fsync(f.fileno())
   os.replace(tmp, path)
   return hash_path(path)
+
+
+def records_digest(path: str, records: Iterable[Record]) -> str:
+  """The hash `write_records(path, records)` returns, without writing (processes other
+  than 0 hold the same records but leave the file to process 0)."""
+  h = hashlib.sha256(os.path.basename(path).encode())   # as hash_path hashes one file
+  for r in records:
+    h.update((json.dumps(r) + "\n").encode())
+  return h.hexdigest()
 
 
 def read_records(path: str) -> list[Record]:

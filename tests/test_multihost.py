@@ -1,0 +1,217 @@
+"""Several processes on one machine (CPU, 4 fake devices each) run the real loop and
+match a single process over 8 fake devices; killed together, they resume; and the
+`distributed` helpers' single-process behaviour and flag checks.
+
+The multi-process runs are subprocesses of `selfimprove-jax run` joined through
+`jax.distributed` on a free localhost port (gloo collectives on CPU), sharing a JAX
+compilation cache so later runs reuse compilations.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from selfimprove_jax import distributed, stages
+from selfimprove_jax.checkpoint import FAULT_ENV, Checkpointer, hash_path
+from selfimprove_jax.errors import UserError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(ROOT, "configs", "tiny.py")
+ONE_ITERATION = ("--config.loop.iterations=1",)
+TIMEOUT = 420
+# Gradients are summed across processes by gloo, in another order than one process's
+# all-reduce: params then agree to float32 round-off (measured: at most 5e-7 after
+# two Adam steps at lr 1e-3). A wrong data split would move them by about lr = 1e-3.
+PARAM_ATOL = 1e-5
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def _env(cache_dir, devices, fault=None):
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  env["JAX_PLATFORMS"] = "cpu"
+  env["JAX_COMPILATION_CACHE_DIR"] = str(cache_dir)
+  env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+  env["HF_HUB_OFFLINE"] = "1"
+  for name in (FAULT_ENV, distributed.ENV_ADDRESS, distributed.ENV_NUM_PROCESSES,
+               distributed.ENV_PROCESS_ID):
+    env.pop(name, None)
+  if fault:
+    env[FAULT_ENV] = fault
+  return env
+
+
+def _cmd(workdir):
+  return [sys.executable, "-m", "selfimprove_jax.cli", "run", "--config", TINY,
+          "--workdir", str(workdir), *ONE_ITERATION]
+
+
+def run_single(workdir, cache_dir):
+  out = subprocess.run(_cmd(workdir), env=_env(cache_dir, 8), capture_output=True,
+                       text=True, timeout=TIMEOUT)
+  assert out.returncode == 0, out.stderr[-3000:]
+  return out
+
+
+def run_processes(workdir, cache_dir, n=2, devices=4, fault=None):
+  """n processes of one run; returns [(returncode, stdout, stderr)] by process id."""
+  address = f"localhost:{_free_port()}"
+  procs = [subprocess.Popen(
+      _cmd(workdir) + ["--coordinator_address", address, "--num_processes", str(n),
+                       "--process_id", str(i)],
+      env=_env(cache_dir, devices, fault), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      text=True) for i in range(n)]
+  results = []
+  try:
+    for p in procs:
+      out, err = p.communicate(timeout=TIMEOUT)
+      results.append((p.returncode, out, err))
+  finally:
+    for p in procs:   # one that hangs (a collective never joined) must not outlive us
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+  return results
+
+
+def params(workdir):
+  ckpt = Checkpointer(str(workdir))
+  last = ckpt.steps()[-1]
+  state = ckpt.restore_arrays(last)
+  ckpt.close()
+  return last, state
+
+
+def metrics(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(l) for l in f]
+  for r in rows:
+    r.pop("seconds", None)
+  return rows
+
+
+def assert_same_run(workdir, reference):
+  assert metrics(workdir) == metrics(reference)
+  (la, sa), (lb, sb) = params(workdir), params(reference)
+  assert la == lb == 1
+  assert int(sa["step"]) == int(sb["step"]) > 0
+  np.testing.assert_array_equal(sa["rng"], sb["rng"])
+  for x, y in zip(jax.tree.leaves(sa["params"]), jax.tree.leaves(sb["params"])):
+    np.testing.assert_allclose(x, y, rtol=0, atol=PARAM_ATOL)
+  for name in ("acquire.jsonl", "select.jsonl"):   # the same samples, the same selection
+    path = lambda w: os.path.join(w, "records", "iter_0001", name)
+    assert hash_path(path(workdir)) == hash_path(path(reference))
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+  return tmp_path_factory.mktemp("jax_cache")
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory, cache_dir):
+  """One process over 8 fake devices: the reference."""
+  workdir = tmp_path_factory.mktemp("single")
+  run_single(workdir, cache_dir)
+  return workdir
+
+
+def test_two_processes_equal_one_process(single, cache_dir, tmp_path):
+  results = run_processes(tmp_path, cache_dir)
+  for i, (code, _, err) in enumerate(results):
+    assert code == 0, f"process {i}: {err[-3000:]}"
+  assert_same_run(tmp_path, single)
+  (_, out0, _), (_, out1, _) = results
+  assert "[iter 1] acquire" in out0 and "iter  pass@1" in out0
+  assert "[iter" not in out1   # only process 0 logs
+  manifest = json.load(open(os.path.join(tmp_path, "manifest.json")))
+  assert set(manifest["checkpoints"]) == {"0", "1"}
+  # the checkpoint of 2 processes loads as a model on one process (other topology)
+  from selfimprove_jax.weights import load
+  model = load(str(tmp_path))
+  _, state = params(tmp_path)
+  for x, y in zip(jax.tree.leaves(model.params), jax.tree.leaves(state["params"])):
+    np.testing.assert_array_equal(np.asarray(x), y)
+
+
+def test_kill_both_then_relaunch_resumes(single, cache_dir, tmp_path):
+  # both die by SIGKILL after the first optimizer step of iteration 1: the acquire
+  # records are on disk, checkpoint 0 is the last one
+  killed = run_processes(tmp_path, cache_dir, fault="optimize")
+  assert [code for code, _, _ in killed] == [-9, -9], [err[-2000:] for _, _, err in killed]
+  assert Checkpointer(str(tmp_path)).steps() == [0]
+  resumed = run_processes(tmp_path, cache_dir)
+  for i, (code, _, err) in enumerate(resumed):
+    assert code == 0, f"process {i}: {err[-3000:]}"
+  out0 = resumed[0][1]
+  assert "resuming" in out0 and "after iteration 0" in out0
+  assert "acquire: 16 samples" in out0 and "(from disk)" in out0   # not sampled again
+  assert_same_run(tmp_path, single)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+  for name in (distributed.ENV_ADDRESS, distributed.ENV_NUM_PROCESSES,
+               distributed.ENV_PROCESS_ID, "SLURM_NTASKS", "SLURM_STEP_NODELIST",
+               "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES", "TPU_PROCESS_ADDRESSES"):
+    monkeypatch.delenv(name, raising=False)
+  return monkeypatch
+
+
+def test_initialize_is_a_noop_for_one_process(clean_env):
+  assert distributed.initialize() is False
+  assert distributed.initialize(num_processes=1) is False
+  clean_env.setenv(distributed.ENV_NUM_PROCESSES, "1")
+  assert distributed.initialize("localhost:1") is False
+  assert not jax.distributed.is_initialized() and jax.process_count() == 1
+
+
+@pytest.mark.parametrize("kwargs, env, message", [
+    (dict(coordinator_address="localhost:1234"), {}, "only address"),
+    (dict(num_processes=2, process_id=0), {}, "got only num_processes, process_id"),
+    (dict(num_processes=2, process_id=2), {}, "outside [0, 2)"),
+    (dict(num_processes=0), {}, "must be >= 1"),
+    ({}, {distributed.ENV_NUM_PROCESSES: "two"}, "JAX_NUM_PROCESSES='two'"),
+])
+def test_initialize_rejects_incomplete_flags(clean_env, kwargs, env, message):
+  for name, value in env.items():
+    clean_env.setenv(name, value)
+  with pytest.raises(UserError, match=message.replace("[", r"\[").replace(")", r"\)")):
+    distributed.initialize(**kwargs)
+  assert not jax.distributed.is_initialized()
+
+
+def test_cli_reports_incomplete_flags_in_one_line(clean_env, tmp_path, capsys):
+  from selfimprove_jax import cli
+  code = cli.main(["run", "--config", TINY, "--workdir", str(tmp_path / "w"),
+                   "--num_processes", "2"])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert code == 2 and len(err) == 1 and "--coordinator_address" in err[0], err
+
+
+def test_one_process_helpers():
+  obj = {"a": [1, 2.5, None], "b": "x"}
+  assert distributed.broadcast_json(obj) == obj
+  distributed.barrier("test")
+  assert distributed.is_primary()
+
+
+def test_records_digest_equals_written_hash(tmp_path):
+  records = [{"problem_id": "p", "completion": "ünïcode", "logprobs": [-0.5]}, {"x": 1}]
+  path = str(tmp_path / "select.jsonl")
+  assert stages.records_digest(path, records) == stages.write_records(path, records)
+  assert stages.records_digest(path, records[:1]) != stages.write_records(path, records)
