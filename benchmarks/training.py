@@ -151,6 +151,8 @@ def main(argv=None):
   p.add_argument("--dtype", default=None, choices=("float32", "bfloat16"),
                  help="compute dtype (default: bfloat16 on an accelerator, float32 on CPU)")
   p.add_argument("--remat", action="store_true", help="rematerialise each block")
+  p.add_argument("--remat_policy", default="nothing", choices=("nothing", "dots"),
+                 help="what a rematerialised block keeps")
   p.add_argument("--scan_layers", type=int, default=1, help="1: lax.scan over layers")
   p.add_argument("--chunk", type=int, default=256, help="optim.logprob_chunk (0 = whole)")
   p.add_argument("--compare_torch", type=int, default=1, help="also time transformers+torch")
@@ -161,6 +163,7 @@ def main(argv=None):
   if args.dtype is None:
     args.dtype = "float32" if jax.default_backend() == "cpu" else "bfloat16"
   config = get_preset(args.model).replace(dtype=args.dtype, remat=args.remat,
+                                          remat_policy=args.remat_policy,
                                           scan_layers=bool(args.scan_layers))
   fpt = flops_per_token(config, args.seq)
   print(f"{args.model}: batch {args.batch} x seq {args.seq}, dtype {args.dtype}, "

@@ -41,6 +41,7 @@ class ModelConfig:
   dtype: str = "float32"
   scan_layers: bool = True   # lax.scan over layers: one compiled block, faster compiles
   remat: bool = False        # rematerialise each block in the backward pass
+  remat_policy: str = "nothing"  # what remat keeps: 'nothing' | 'dots' (matmul outputs)
   bos_token_id: Optional[int] = None
   eos_token_id: Any = None   # int or tuple of ints
   architecture: str = "LlamaForCausalLM"
@@ -49,6 +50,8 @@ class ModelConfig:
     if self.num_heads % self.num_kv_heads:
       raise ValueError(
           f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")
+    if self.remat_policy not in ("nothing", "dots"):
+      raise ValueError(f"remat_policy must be 'nothing' or 'dots', got {self.remat_policy!r}")
     if self.dtype not in ("float32", "bfloat16"):
       raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
 

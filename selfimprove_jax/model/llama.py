@@ -196,7 +196,9 @@ class Transformer(nn.Module):
     layer_params = self.layers()
     fn = functools.partial(block, config=c, cache_index=cache_index)
     if c.remat:
-      fn = jax.checkpoint(fn, policy=jax.checkpoint_policies.nothing_saveable)
+      policy = {"nothing": jax.checkpoint_policies.nothing_saveable,
+                "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}[c.remat_policy]
+      fn = jax.checkpoint(fn, policy=policy)
 
     if c.scan_layers:
       def step(x, xs):
