@@ -12,7 +12,7 @@
 # Process 0's output goes to the terminal (only it prints); every process also logs to
 # LOG_DIR/process_<i>.log. If one process fails, the others are stopped. Re-running the
 # same command resumes, as with one process.
-set -euo pipefail
+set -euo pipefail   # needs bash >= 5.1 (wait -n -p)
 
 cd "$(dirname "$0")/.."
 NUM_PROCESSES="${NUM_PROCESSES:-2}"
@@ -58,9 +58,13 @@ tail -n +1 -f --pid="${pids[0]}" "$LOG_DIR/process_0.log" &
 # The first failure stops the rest: the others would wait in a collective until JAX's
 # heartbeat timeout.
 status=0
-for _ in "${pids[@]}"; do
+live=("${pids[@]}")
+while ((${#live[@]})); do
   code=0
-  wait -n "${pids[@]}" || code=$?
+  wait -n -p done "${live[@]}" || code=$?
+  rest=()
+  for pid in "${live[@]}"; do [[ "$pid" != "$done" ]] && rest+=("$pid"); done
+  live=("${rest[@]}")
   if ((code != 0 && status == 0)); then
     status=$code
     echo "a process exited with $code (logs: $LOG_DIR); stopping the others" >&2
