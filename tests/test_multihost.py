@@ -1,6 +1,7 @@
 """Several processes on one machine (CPU, 4 fake devices each) run the real loop and
-match a single process over 8 fake devices; killed together, they resume; and the
-`distributed` helpers' single-process behaviour and flag checks.
+match a single process over 8 fake devices; killed together, they resume; 3 processes
+with an uneven batch finish; and the `distributed` helpers' single-process behaviour
+and flag checks. The multi-process tests take about 6 minutes on 2 cores.
 
 The multi-process runs are subprocesses of `selfimprove-jax run` joined through
 `jax.distributed` on a free localhost port (gloo collectives on CPU), sharing a JAX
@@ -64,11 +65,11 @@ def run_single(workdir, cache_dir):
   return out
 
 
-def run_processes(workdir, cache_dir, n=2, devices=4, fault=None):
+def run_processes(workdir, cache_dir, n=2, devices=4, fault=None, overrides=()):
   """n processes of one run; returns [(returncode, stdout, stderr)] by process id."""
   address = f"localhost:{_free_port()}"
   procs = [subprocess.Popen(
-      _cmd(workdir) + ["--coordinator_address", address, "--num_processes", str(n),
+      _cmd(workdir) + list(overrides) + ["--coordinator_address", address, "--num_processes", str(n),
                        "--process_id", str(i)],
       env=_env(cache_dir, devices, fault), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
       text=True) for i in range(n)]
@@ -158,6 +159,19 @@ def test_kill_both_then_relaunch_resumes(single, cache_dir, tmp_path):
   assert "resuming" in out0 and "after iteration 0" in out0
   assert "acquire: 16 samples" in out0 and "(from disk)" in out0   # not sampled again
   assert_same_run(tmp_path, single)
+
+
+def test_uneven_records_over_three_processes_do_not_hang(cache_dir, tmp_path):
+  """10 samples, batches of 4, 3 processes x 1 device: every batch is padded to 6
+  rows (empty rows carry no loss), so all processes run the same 3 steps."""
+  overrides = ["--config.loop.prompts_per_iteration=5", "--config.train.batch_size=4",
+               "--config.task.heldout_size=5"]
+  results = run_processes(tmp_path, cache_dir, n=3, devices=1, overrides=overrides)
+  for i, (code, _, err) in enumerate(results):
+    assert code == 0, f"process {i}: {err[-3000:]}"
+  row = metrics(tmp_path)[1]
+  assert row["acquired"] == 10 and row["kept"] == 10 and row["optimizer_steps"] == 3
+  assert int(params(tmp_path)[1]["step"]) == 3
 
 
 # ----------------------------------------------------------------------------- helpers
