@@ -63,8 +63,9 @@ def assert_same_state(a, b):
 
 
 @pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-  return tmp_path_factory.mktemp("jax_cache")
+def cache_dir():
+  """The session's persistent compilation cache (conftest), shared with subprocesses."""
+  return os.environ["JAX_COMPILATION_CACHE_DIR"]
 
 
 @pytest.fixture(scope="module")
