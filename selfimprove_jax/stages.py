@@ -212,6 +212,9 @@ def evaluate_heldout(sampler, params, tokenizer, task, problems, *, k: int,
       any_ok.append(any(r["reward"] >= 1.0 for r in group))
     metrics[f"maj@{k}"] = float(np.mean(maj))
     metrics[f"pass@{k}"] = float(np.mean(any_ok))
+    # Mean reward of the sampled answers: moves smoothly with the probability of a right
+    # answer, where greedy pass@1 flips only once it becomes the most likely one.
+    metrics["sampled_reward"] = float(np.mean([r["reward"] for r in s]))
   return metrics
 
 

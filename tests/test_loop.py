@@ -209,3 +209,27 @@ def test_workdir_loads_as_a_model(reference):
   assert load(f"{workdir}@0").source.endswith("@0")
   with pytest.raises(ValueError, match="no checkpoint for iteration 9"):
     load(f"{workdir}@9")
+
+
+def test_sigterm_stops_cleanly_and_resumes(reference, cache_dir, tmp_path):
+  """Preemption: SIGTERM once iteration 1's samples are on disk; the run exits with
+  status 0 at the next stage boundary, and re-running finishes as if uninterrupted."""
+  import signal
+  import time
+  cmd = [sys.executable, "-m", "selfimprove_jax.cli", "run", "--config", TINY,
+         "--workdir", str(tmp_path)]
+  proc = subprocess.Popen(cmd, env=_env(cache_dir), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  marker = os.path.join(tmp_path, "records", "iter_0001", "acquire.jsonl")
+  deadline = time.time() + 300
+  while not os.path.exists(marker) and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.02)
+  proc.send_signal(signal.SIGTERM)
+  stdout, stderr = proc.communicate(timeout=300)
+  assert proc.returncode == 0, stderr[-3000:]
+  assert "SIGTERM" in stdout, stdout[-2000:]
+  assert len(metrics(tmp_path)) < 3            # it stopped before finishing
+  resumed = run_cli(tmp_path, cache_dir)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert metrics(tmp_path) == metrics(reference[0])
+  assert_same_state(final_state(tmp_path), final_state(reference[0]))
