@@ -47,7 +47,7 @@ def level_of(digits: int, operations: int) -> int:
   return max(LEVELS)
 
 
-class ArithmeticTask:
+class ArithmeticTask(problem_lib.ProceduralSplits):
   """Procedural integer arithmetic with a difficulty knob (see the module docstring)."""
 
   procedural = True
@@ -87,29 +87,6 @@ class ArithmeticTask:
     prompt = f"What is {text}? Answer with just the number."
     return problem_lib.make_problem(prompt, expressions.format_value(value), level,
                                     {"expression": text})
-
-  def problem(self, seed: int, index: int, difficulty: Optional[int] = None) -> Problem:
-    """Training problem `index` of stream `seed` (never in the held-out partition)."""
-    level = self._level(difficulty)
-    return problem_lib.draw_train(lambda rng: self._generate(level, rng),
-                                  self.heldout_fraction, self.name, seed, index, level)
-
-  def train_problems(self, seed: int, count: int, difficulty: Optional[int] = None,
-                     start: int = 0) -> list[Problem]:
-    """Training problems `start .. start+count-1` of stream `seed`."""
-    return [self.problem(seed, i, difficulty) for i in range(start, start + count)]
-
-  def heldout(self, count: Optional[int] = None,
-              difficulty: Optional[int] = None) -> list[Problem]:
-    """`count` (default 200) distinct held-out problems at `difficulty` (default level)."""
-    level = self._level(difficulty)
-    return problem_lib.draw_heldout(lambda rng: self._generate(level, rng),
-                                    self.heldout_fraction, self.name,
-                                    200 if count is None else count, level)
-
-  def is_heldout(self, pid: str) -> bool:
-    """True when the id is on the held-out side of the partition."""
-    return problem_lib.in_heldout_partition(pid, self.heldout_fraction)
 
   def extract_answer(self, completion: str,
                      problem: Optional[Problem] = None) -> Optional[str]:

@@ -105,7 +105,7 @@ def _uses_allowed(used: list[int], numbers: list[int]) -> bool:
   return True
 
 
-class CountdownTask:
+class CountdownTask(problem_lib.ProceduralSplits):
   """Procedural countdown puzzles with a difficulty knob (count of numbers)."""
 
   procedural = True
@@ -155,29 +155,6 @@ class CountdownTask:
             {"numbers": numbers, "target": int(target)})
     raise UserError(f"task countdown: no puzzle with targets up to {self.max_target} found "
                     f"at difficulty {level}; raise max_target")
-
-  def problem(self, seed: int, index: int, difficulty: Optional[int] = None) -> Problem:
-    """Training problem `index` of stream `seed` (never in the held-out partition)."""
-    level = self._level(difficulty)
-    return problem_lib.draw_train(lambda rng: self._generate(level, rng),
-                                  self.heldout_fraction, self.name, seed, index, level)
-
-  def train_problems(self, seed: int, count: int, difficulty: Optional[int] = None,
-                     start: int = 0) -> list[Problem]:
-    """Training problems `start .. start+count-1` of stream `seed`."""
-    return [self.problem(seed, i, difficulty) for i in range(start, start + count)]
-
-  def heldout(self, count: Optional[int] = None,
-              difficulty: Optional[int] = None) -> list[Problem]:
-    """`count` (default 200) distinct held-out puzzles at `difficulty` (default level)."""
-    level = self._level(difficulty)
-    return problem_lib.draw_heldout(lambda rng: self._generate(level, rng),
-                                    self.heldout_fraction, self.name,
-                                    200 if count is None else count, level)
-
-  def is_heldout(self, pid: str) -> bool:
-    """True when the id is on the held-out side of the partition."""
-    return problem_lib.in_heldout_partition(pid, self.heldout_fraction)
 
   def extract_answer(self, completion: str,
                      problem: Optional[Problem] = None) -> Optional[str]:

@@ -121,6 +121,34 @@ def draw_heldout(generate: Callable[[random.Random], Problem], fraction: float, 
                   f"raise the difficulty")
 
 
+class ProceduralSplits:
+  """The training stream and held-out split of a procedural task, shared by the tasks
+  that generate problems from a level and an RNG. The task provides `name`,
+  `heldout_fraction`, `_level(difficulty) -> level` and `_generate(level, rng)`."""
+
+  def problem(self, seed: int, index: int, difficulty: Optional[int] = None) -> Problem:
+    """Training problem `index` of stream `seed` (never in the held-out partition)."""
+    level = self._level(difficulty)
+    return draw_train(lambda rng: self._generate(level, rng), self.heldout_fraction,
+                      self.name, seed, index, level)
+
+  def train_problems(self, seed: int, count: int, difficulty: Optional[int] = None,
+                     start: int = 0) -> list[Problem]:
+    """Training problems `start .. start+count-1` of stream `seed`."""
+    return [self.problem(seed, i, difficulty) for i in range(start, start + count)]
+
+  def heldout(self, count: Optional[int] = None,
+              difficulty: Optional[int] = None) -> list[Problem]:
+    """`count` (default 200) distinct held-out problems at `difficulty` (default level)."""
+    level = self._level(difficulty)
+    return draw_heldout(lambda rng: self._generate(level, rng), self.heldout_fraction,
+                        self.name, 200 if count is None else count, level)
+
+  def is_heldout(self, pid: str) -> bool:
+    """True when the id is on the held-out side of the partition."""
+    return in_heldout_partition(pid, self.heldout_fraction)
+
+
 @runtime_checkable
 class Task(Protocol):
   """What the loop needs from a task. Implementations are small classes wrapping one
