@@ -25,7 +25,7 @@ run: $(STAMP)
 	$(VENV)/bin/selfimprove-jax run --config configs/quickstart.py --workdir runs/quickstart
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 clean:
 	rm -rf $(VENV)

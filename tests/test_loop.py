@@ -13,6 +13,7 @@ import pytest
 
 from selfimprove_jax import cli
 from selfimprove_jax.checkpoint import FAULT_ENV, Checkpointer
+from run_files import final_state, metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "configs", "tiny.py")
@@ -36,22 +37,6 @@ def run_cli(workdir, cache_dir, *overrides, fault=None):
          "--workdir", str(workdir), *overrides]
   return subprocess.run(cmd, env=_env(cache_dir, fault), capture_output=True, text=True,
                         timeout=600)
-
-
-def final_state(workdir):
-  ckpt = Checkpointer(str(workdir))
-  last = ckpt.steps()[-1]
-  arrays = jax.tree.map(np.asarray, ckpt.restore_arrays(last))
-  ckpt.close()
-  return last, arrays
-
-
-def metrics(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    rows = [json.loads(l) for l in f]
-  for r in rows:
-    r.pop("seconds", None)
-  return rows
 
 
 def assert_same_state(a, b):

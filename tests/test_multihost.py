@@ -21,6 +21,7 @@ import pytest
 from selfimprove_jax import distributed, stages
 from selfimprove_jax.checkpoint import FAULT_ENV, Checkpointer, hash_path
 from selfimprove_jax.errors import UserError
+from run_files import final_state, metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "configs", "tiny.py")
@@ -86,25 +87,9 @@ def run_processes(workdir, cache_dir, n=2, devices=4, fault=None, overrides=()):
   return results
 
 
-def params(workdir):
-  ckpt = Checkpointer(str(workdir))
-  last = ckpt.steps()[-1]
-  state = ckpt.restore_arrays(last)
-  ckpt.close()
-  return last, state
-
-
-def metrics(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    rows = [json.loads(l) for l in f]
-  for r in rows:
-    r.pop("seconds", None)
-  return rows
-
-
 def assert_same_run(workdir, reference):
   assert metrics(workdir) == metrics(reference)
-  (la, sa), (lb, sb) = params(workdir), params(reference)
+  (la, sa), (lb, sb) = final_state(workdir), final_state(reference)
   assert la == lb == 1
   assert int(sa["step"]) == int(sb["step"]) > 0
   np.testing.assert_array_equal(sa["rng"], sb["rng"])
@@ -142,7 +127,7 @@ def test_two_processes_equal_one_process(single, cache_dir, tmp_path):
   # the checkpoint of 2 processes loads as a model on one process (other topology)
   from selfimprove_jax.weights import load
   model = load(str(tmp_path))
-  _, state = params(tmp_path)
+  _, state = final_state(tmp_path)
   for x, y in zip(jax.tree.leaves(model.params), jax.tree.leaves(state["params"])):
     np.testing.assert_array_equal(np.asarray(x), y)
 
@@ -172,7 +157,7 @@ def test_uneven_records_over_three_processes_do_not_hang(cache_dir, tmp_path):
     assert code == 0, f"process {i}: {err[-3000:]}"
   row = metrics(tmp_path)[1]
   assert row["acquired"] == 10 and row["kept"] == 10 and row["optimizer_steps"] == 3
-  assert int(params(tmp_path)[1]["step"]) == 3
+  assert int(final_state(tmp_path)[1]["step"]) == 3
 
 
 # ----------------------------------------------------------------------------- helpers
