@@ -20,8 +20,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
+
+from machine import cpu_name
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -29,15 +30,6 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 
-def _cpu_name() -> str:
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return f"CPU {line.split(':', 1)[1].strip()} x{os.cpu_count()}"
-  except OSError:
-    pass
-  return f"CPU {platform.processor()} x{os.cpu_count()}"
 
 
 def _prompts(config, batch: int, prompt_len: int, seed: int = 0):
@@ -67,7 +59,7 @@ def bench_jax(config, params, batch: int, args) -> dict:
   device = jax.devices()[0]
   return {"tokens_per_s": generated / seconds, "call_s": seconds, "warmup_s": warmup_s,
           "compilations": sampler.num_compilations,
-          "device": device.device_kind if device.platform != "cpu" else _cpu_name()}
+          "device": device.device_kind if device.platform != "cpu" else cpu_name()}
 
 
 def torch_model(config, params, dtype: str):
@@ -116,7 +108,7 @@ def bench_torch(model, config, batch: int, args) -> dict:
   assert generated == batch * args.new_tokens, out.shape
   seconds = min(times)
   return {"tokens_per_s": generated / seconds, "call_s": seconds,
-          "device": torch.cuda.get_device_name() if cuda else _cpu_name(),
+          "device": torch.cuda.get_device_name() if cuda else cpu_name(),
           "torch": torch.__version__, "threads": torch.get_num_threads(),
           "dtype": str(next(model.parameters()).dtype)}
 

@@ -24,8 +24,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
+
+from machine import cpu_name
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -81,7 +82,7 @@ def bench_jax(config, args):
   return {"tokens_per_s": args.batch * args.seq * args.steps / seconds,
           "step_s": seconds / args.steps, "warmup_s": compile_s,
           "loss": float(metrics["loss"]), "devices": jax.device_count(),
-          "device": device.device_kind if device.platform != "cpu" else _cpu_name()}
+          "device": device.device_kind if device.platform != "cpu" else cpu_name()}
 
 
 def bench_torch(config, args):
@@ -126,19 +127,10 @@ def bench_torch(config, args):
   seconds = time.perf_counter() - t0
   return {"tokens_per_s": args.batch * args.seq * args.steps / seconds,
           "step_s": seconds / args.steps, "loss": float(loss.detach()), "autocast_bf16": autocast,
-          "device": torch.cuda.get_device_name() if cuda else _cpu_name(),
+          "device": torch.cuda.get_device_name() if cuda else cpu_name(),
           "torch": torch.__version__, "threads": torch.get_num_threads()}
 
 
-def _cpu_name() -> str:
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return f"CPU {line.split(':', 1)[1].strip()} x{os.cpu_count()}"
-  except OSError:
-    pass
-  return f"CPU {platform.processor()} x{os.cpu_count()}"
 
 
 def main(argv=None):
