@@ -79,10 +79,46 @@ def bench_jax(config, args):
   jax.block_until_ready(metrics)
   seconds = time.perf_counter() - t0
   device = jax.devices()[0]
+  if args.profile:
+    with jax.profiler.trace(args.profile):
+      for _ in range(3):
+        state, metrics = step(state, batch)
+      jax.block_until_ready(metrics)
+    print_kernel_table(args.profile, steps=3)
   return {"tokens_per_s": args.batch * args.seq * args.steps / seconds,
           "step_s": seconds / args.steps, "warmup_s": compile_s,
           "loss": float(metrics["loss"]), "devices": jax.device_count(),
           "device": device.device_kind if device.platform != "cpu" else cpu_name()}
+
+
+def print_kernel_table(trace_dir: str, steps: int, top: int = 40):
+  """Device time per kernel (summed over the traced steps, per step), largest first,
+  from the trace jax.profiler wrote: where a step's time goes."""
+  import glob
+  import jax
+  paths = sorted(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True))
+  if not paths:
+    print(f"no trace under {trace_dir}")
+    return
+  data = jax.profiler.ProfileData.from_file(paths[-1])
+  for plane in data.planes:
+    if not plane.name.startswith("/device:"):
+      continue
+    totals, counts = {}, {}
+    for line in plane.lines:
+      if "stream" not in line.name.lower():
+        continue
+      for e in line.events:
+        totals[e.name] = totals.get(e.name, 0.0) + e.duration_ns
+        counts[e.name] = counts.get(e.name, 0) + 1
+    if not totals:
+      print(f"{plane.name}: no stream lines among {[line.name for line in plane.lines]}")
+      continue
+    busy = sum(totals.values()) / steps / 1e6
+    print(f"{plane.name}: {busy:.1f} ms of kernels per step, {sum(counts.values()) // steps} "
+          "launches per step")
+    for name, ns in sorted(totals.items(), key=lambda kv: -kv[1])[:top]:
+      print(f"  {ns / steps / 1e6:8.3f} ms  x{counts[name] // steps:<5d} {name[:110]}")
 
 
 def bench_torch(config, args):
@@ -100,7 +136,7 @@ def bench_torch(config, args):
       max_position_embeddings=config.max_position_embeddings, attn_implementation="sdpa")
   torch.manual_seed(0)
   model = transformers.LlamaForCausalLM(hf).to(dev).train()
-  if args.remat:
+  if args.torch_remat:
     model.gradient_checkpointing_enable()
   optim = torch.optim.AdamW(model.parameters(), lr=1e-5, betas=(0.9, 0.95), eps=1e-8,
                             weight_decay=0.0, fused=cuda)
@@ -142,11 +178,15 @@ def main(argv=None):
   p.add_argument("--warmup", type=int, default=1, help="untimed steps (compile, autotune)")
   p.add_argument("--dtype", default=None, choices=("float32", "bfloat16"),
                  help="compute dtype (default: bfloat16 on an accelerator, float32 on CPU)")
-  p.add_argument("--remat", action="store_true", help="rematerialise each block")
+  p.add_argument("--remat", action="store_true", help="rematerialise each block (ours)")
+  p.add_argument("--torch_remat", action="store_true",
+                 help="gradient checkpointing on the torch side (slower there; off by default)")
   p.add_argument("--remat_policy", default="nothing", choices=("nothing", "dots"),
                  help="what a rematerialised block keeps")
   p.add_argument("--scan_layers", type=int, default=1, help="1: lax.scan over layers")
   p.add_argument("--chunk", type=int, default=256, help="optim.logprob_chunk (0 = whole)")
+  p.add_argument("--profile", default="", help="trace 3 more steps into this folder and "
+                 "print the device time per kernel")
   p.add_argument("--compare_torch", type=int, default=1, help="also time transformers+torch")
   args = p.parse_args(argv)
 

@@ -141,9 +141,28 @@ def block(p, x, cos, sin, mask, config: ModelConfig, kv=None, cache_index=None):
   Returns (x, (k_cache, v_cache) or None)."""
   dt = x.dtype
   h = rms_norm(x, p["attn_norm"], config.norm_eps)
-  q = jnp.einsum("btd,dnh->btnh", h, p["q"].astype(dt))
-  k = jnp.einsum("btd,dkh->btkh", h, p["k"].astype(dt))
-  v = jnp.einsum("btd,dkh->btkh", h, p["v"].astype(dt))
+  # Without a cache (training, scoring) q/k/v and gate/up each run as one matmul on
+  # weights joined per call: fewer, larger kernels, and h is read once instead of
+  # three / two times (SmolLM2-135M train step on an H100: 249k -> 265k tokens/s,
+  # benchmarks/RESULTS.md). Joining copies the weights, which B*T tokens amortise in
+  # training; a decode step would pay it for one token per row, so the cached path
+  # keeps separate matmuls. The joins add an unsharded axis (q's heads grouped under
+  # their kv head, gate/up stacked), so the kv_heads / mlp shardings carry over.
+  fused = kv is None
+  if fused:
+    B, T, _ = h.shape
+    D, N, H = p["q"].shape
+    K = p["k"].shape[1]
+    G = N // K
+    w = jnp.concatenate([p["q"].reshape(D, K, G, H), p["k"][:, :, None], p["v"][:, :, None]],
+                        axis=2).astype(dt)                                 # [D,K,G+2,H]
+    qkv = jnp.einsum("btd,dkgh->btkgh", h, w)
+    q = qkv[:, :, :, :G].reshape(B, T, N, H)
+    k, v = qkv[:, :, :, G], qkv[:, :, :, G + 1]
+  else:
+    q = jnp.einsum("btd,dnh->btnh", h, p["q"].astype(dt))
+    k = jnp.einsum("btd,dkh->btkh", h, p["k"].astype(dt))
+    v = jnp.einsum("btd,dkh->btkh", h, p["v"].astype(dt))
   if config.qkv_bias:
     q, k, v = q + p["q_bias"].astype(dt), k + p["k_bias"].astype(dt), v + p["v_bias"].astype(dt)
   q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
@@ -156,8 +175,12 @@ def block(p, x, cos, sin, mask, config: ModelConfig, kv=None, cache_index=None):
   a = attention(q, k, v, mask)
   x = x + jnp.einsum("btnh,nhd->btd", a, p["o"].astype(dt))
   h = rms_norm(x, p["mlp_norm"], config.norm_eps)
-  g = jnp.einsum("btd,df->btf", h, p["gate"].astype(dt))
-  u = jnp.einsum("btd,df->btf", h, p["up"].astype(dt))
+  if fused:
+    gu = jnp.einsum("btd,dsf->btsf", h, jnp.stack([p["gate"], p["up"]], axis=1).astype(dt))
+    g, u = gu[:, :, 0], gu[:, :, 1]
+  else:
+    g = jnp.einsum("btd,df->btf", h, p["gate"].astype(dt))
+    u = jnp.einsum("btd,df->btf", h, p["up"].astype(dt))
   x = x + jnp.einsum("btf,fd->btd", jax.nn.silu(g) * u, p["down"].astype(dt))
   return x, kv
 
@@ -226,11 +249,39 @@ class Transformer(nn.Module):
   def logits(self, hidden):
     """Final projection of normed hidden states [..., D] -> fp32 logits [..., V]."""
     dt = hidden.dtype
-    if self.config.tie_embeddings:
-      return jnp.einsum("...d,vd->...v", hidden, self.embedding.astype(dt),
-                        preferred_element_type=jnp.float32)
-    return jnp.einsum("...d,dv->...v", hidden, self.lm_head.astype(dt),
-                      preferred_element_type=jnp.float32)
+    w = self.embedding if self.config.tie_embeddings else self.lm_head.T    # [V, D]
+    return output_head(hidden, w.astype(dt))
+
+
+@jax.custom_vjp
+def output_head(hidden, w):
+  """hidden [..., D] @ w[V, D].T -> fp32 logits [..., V], both inputs in the compute
+  dtype, accumulated in fp32.
+
+  The custom gradient casts the incoming fp32 logit cotangent to the compute dtype
+  before the two backward matmuls. Plain autodiff would keep it fp32, and a
+  bf16 x fp32 matmul runs as an fp32 one: on an H100 the two [B*T, V] x ... backward
+  products of the head are the largest matmuls of a small model's step. The forward
+  stays exact (fp32 logits of bf16 inputs, which log-probs and PPO ratios need); the
+  gradient is rounded to bf16 like every other gradient of a bf16 model. With fp32
+  compute this is the plain gradient."""
+  return jnp.einsum("...d,vd->...v", hidden, w, preferred_element_type=jnp.float32)
+
+
+def _output_head_fwd(hidden, w):
+  return output_head(hidden, w), (hidden, w)
+
+
+def _output_head_bwd(res, g):
+  hidden, w = res
+  g = g.astype(hidden.dtype)
+  d_hidden = jnp.einsum("...v,vd->...d", g, w, preferred_element_type=jnp.float32)
+  lead = "".join(chr(ord("a") + i) for i in range(hidden.ndim - 1))
+  d_w = jnp.einsum(f"{lead}v,{lead}d->vd", g, hidden, preferred_element_type=jnp.float32)
+  return d_hidden.astype(hidden.dtype), d_w.astype(w.dtype)
+
+
+output_head.defvjp(_output_head_fwd, _output_head_bwd)
 
 
 def init_cache(config: ModelConfig, batch: int, length: int, dtype=None) -> Cache:

@@ -35,7 +35,12 @@ def _chunk_stats(params, config: ModelConfig, hidden, targets, with_entropy: boo
   """hidden [B,c,D], targets [B,c] -> log p(target) [B,c] and entropy [B,c] (fp32)."""
   logits = llama.project_logits(params, config, hidden)             # [B,c,V] fp32
   lse = jax.nn.logsumexp(logits, axis=-1)
-  logp = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0] - lse
+  # The target's logit by a masked sum rather than a gather: the sum fuses into one
+  # pass over the logits, and its gradient is an elementwise select that fuses into
+  # the softmax gradient, where a gather's is a scatter into a zeroed [B,c,V] array
+  # (one more full write and read; 249k vs 239k tokens/s on the H100 benchmark).
+  hit = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1) == targets[..., None]
+  logp = jnp.sum(jnp.where(hit, logits, 0.0), axis=-1) - lse
   if not with_entropy:
     return logp, jnp.zeros_like(logp)
   probs = jnp.exp(logits - lse[..., None])
