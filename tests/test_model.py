@@ -131,3 +131,46 @@ def test_make_mesh_errors():
     sharding.make_mesh({"model": 8})
   with pytest.raises(ValueError, match="at most one"):
     sharding.make_mesh({"data": -1, "fsdp": -1})
+
+
+def _find_eqns(jaxpr, name):
+  """Equations of primitive `name` in a jaxpr and every jaxpr nested in its params."""
+  found = []
+  for e in jaxpr.eqns:
+    if e.primitive.name == name:
+      found.append(e)
+    for v in e.params.values():
+      for sub in (v if isinstance(v, (list, tuple)) else [v]):
+        sub = getattr(sub, "jaxpr", sub)
+        if hasattr(sub, "eqns"):
+          found += _find_eqns(sub, name)
+  return found
+
+
+def _head_grads(fn, hidden, w):
+  return jax.grad(lambda h, w: jnp.sum(jnp.sin(fn(h, w))), argnums=(0, 1))(hidden, w)
+
+
+def test_output_head_gradient():
+  """fp32: exactly the plain gradient. bf16: the backward matmuls take a bf16
+  cotangent (no fp32 matmul against the vocabulary) and stay within bf16 rounding of
+  the fp32 gradient; the forward logits are the fp32 product of the bf16 inputs."""
+  from selfimprove_jax.model.llama import output_head
+  plain = lambda h, w: jnp.einsum("btd,vd->btv", h, w, preferred_element_type=jnp.float32)
+  k1, k2 = jax.random.split(jax.random.key(0))
+  hidden = jax.random.normal(k1, (2, 5, 16))
+  w = jax.random.normal(k2, (40, 16)) * 0.3
+  for ours, ref in zip(_head_grads(output_head, hidden, w), _head_grads(plain, hidden, w)):
+    np.testing.assert_array_equal(ours, ref)
+
+  h16, w16 = hidden.astype(jnp.bfloat16), w.astype(jnp.bfloat16)
+  np.testing.assert_array_equal(output_head(h16, w16), plain(h16, w16))
+  jaxpr = jax.make_jaxpr(lambda h, w: _head_grads(output_head, h, w))(h16, w16)
+  dots = _find_eqns(jaxpr.jaxpr, "dot_general")
+  backward = [e for e in dots if any(v.aval.shape[-1] == 40 for v in e.invars)]  # cotangent
+  assert len(backward) == 2, backward
+  assert all(v.aval.dtype == jnp.bfloat16 for e in backward for v in e.invars)
+  ref = _head_grads(plain, h16.astype(jnp.float32), w16.astype(jnp.float32))
+  for ours, r in zip(_head_grads(output_head, h16, w16), ref):
+    assert ours.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(ours, np.float32), r, rtol=0.05, atol=0.05)
