@@ -2,13 +2,16 @@
 same shape, in one run.
 
   python benchmarks/training.py                       # CPU: smollm2_135m, 2 x 128, fp32
-  python benchmarks/training.py --batch 16 --seq 1024 --dtype bfloat16   # the GPU shape
+  python benchmarks/training.py --batch 16 --seq 1024 --dtype bfloat16 --remat --chunk 0
+                                                     # the GPU shape, recommended flags
 
 Both sides train the smollm2_135m architecture from random weights with AdamW
 (lr 1e-5, global-norm clip 1.0) on next-token cross-entropy over every position.
-Ours: fp32 master params, compute in --dtype, state donated, chunked log-probs.
+Ours: fp32 master params, compute in --dtype, state donated, log-probs chunked over
+--chunk positions (0: whole), blocks rematerialised with --remat.
 Torch: LlamaForCausalLM (SDPA attention), bf16 autocast on GPU with --dtype
-bfloat16, fp32 otherwise; torch.optim.AdamW (fused on CUDA).
+bfloat16, fp32 otherwise; torch.optim.AdamW (fused on CUDA); gradient checkpointing
+only with --torch_remat (it slows torch down on this shape).
 
 FLOPs per token = 6 * N + 12 * L * (num_heads * head_dim) * T        (PaLM, app. B)
   N = parameters used in matmuls (a tied embedding counts once, as the output head;

@@ -143,11 +143,12 @@ def block(p, x, cos, sin, mask, config: ModelConfig, kv=None, cache_index=None):
   h = rms_norm(x, p["attn_norm"], config.norm_eps)
   # Without a cache (training, scoring) q/k/v and gate/up each run as one matmul on
   # weights joined per call: fewer, larger kernels, and h is read once instead of
-  # three / two times (SmolLM2-135M train step on an H100: 249k -> 265k tokens/s,
-  # benchmarks/RESULTS.md). Joining copies the weights, which B*T tokens amortise in
-  # training; a decode step would pay it for one token per row, so the cached path
-  # keeps separate matmuls. The joins add an unsharded axis (q's heads grouped under
-  # their kv head, gate/up stacked), so the kv_heads / mlp shardings carry over.
+  # three / two times (SmolLM2-135M train step on an H100: 249k -> 265k tokens/s
+  # with a plain concatenation; benchmarks/RESULTS.md). Joining copies the weights,
+  # which B*T tokens amortise in training; a decode step would pay it for one token
+  # per row, so the cached path keeps separate matmuls. The joins add an unsharded
+  # axis (q's heads grouped under their kv head, gate/up stacked), so the kv_heads
+  # and mlp shardings carry over.
   fused = kv is None
   if fused:
     B, T, _ = h.shape
