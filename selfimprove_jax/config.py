@@ -28,6 +28,10 @@ def base_config() -> ml_collections.ConfigDict:
   # or a workdir (its last accepted checkpoint) / 'DIR@K'.
   c.model = "smollm2-135m-instruct"
   c.dtype = "float32"                 # compute dtype: 'float32' | 'bfloat16'
+  # Recompute each block's activations in the backward pass of the train step: less
+  # memory, and on a GPU also faster (SmolLM2-135M, H100: 229k vs 200k tokens/s,
+  # benchmarks/RESULTS.md); on a CPU it only costs time.
+  c.remat = False
   c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
 
   c.task = ml_collections.ConfigDict()

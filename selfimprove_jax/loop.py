@@ -352,7 +352,7 @@ def _iteration(k, config, task, heldout_ids, sampler, base, start_params, train_
   n_batches = _planned_steps(config, steps)
   cfg = _optim_config(config, n_batches, loss)
   ts = create_train_state(mc, cfg, params, mesh)
-  train_step = make_train_step(mc, cfg, mesh)
+  train_step = make_train_step(mc.replace(remat=config.remat), cfg, mesh)
   ref_fn = make_logprob_fn(mc, mesh, config.optim.logprob_chunk)
   losses, nonfinite = [], None
   ledger = state.ledger

@@ -120,8 +120,10 @@ def test_flipped_bytes_fall_back_to_previous_checkpoint(reference, cache_dir, tm
 
 
 def test_destructive_optimizer_is_rolled_back(cache_dir, tmp_path):
+  # (--config.remat: the loop's train step also runs with rematerialised blocks)
   out = run_cli(tmp_path, cache_dir, "--config.optim.learning_rate=1e30",
-                "--config.optim.grad_clip_norm=0", "--config.loop.iterations=1")
+                "--config.optim.grad_clip_norm=0", "--config.loop.iterations=1",
+                "--config.remat=True")
   assert out.returncode == 0, out.stderr[-3000:]
   rows = metrics(tmp_path)
   assert rows[1]["accepted"] is False and "rolled back" in rows[1]["reason"]

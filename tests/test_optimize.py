@@ -230,6 +230,23 @@ def test_grpo_raises_a_toy_reward(params):
   assert np.mean(rewards_seen[-2:]) > 0.5, rewards_seen
 
 
+def test_remat_step_equals_plain_step(params):
+  """Rematerialised blocks (either policy) change memory and time, not the update."""
+  mesh = single_device_mesh()
+  batch = _batch(np.random.RandomState(7), 2, 8)
+  cfg = _cfg(learning_rate=1e-3)
+  out = []
+  for config in (CONFIG, CONFIG.replace(remat=True),
+                 CONFIG.replace(remat=True, remat_policy="dots")):
+    state = opt.create_train_state(config, cfg, params, mesh)
+    state, m = opt.make_train_step(config, cfg, mesh)(state, batch)
+    out.append((float(m["loss"]), state.params))
+  for loss, p in out[1:]:
+    assert loss == pytest.approx(out[0][0], abs=1e-6)
+    for x, y in zip(jax.tree.leaves(p), jax.tree.leaves(out[0][1])):
+      np.testing.assert_allclose(x, y, atol=1e-6)
+
+
 def test_bf16_compute_keeps_fp32_master_weights(params):
   """dtype=bfloat16 (+ remat): the step computes in bf16 but params, gradients and
   Adam moments stay fp32; the loss matches the fp32 loss to bf16 precision."""
