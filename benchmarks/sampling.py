@@ -30,8 +30,6 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 
-
-
 def _prompts(config, batch: int, prompt_len: int, seed: int = 0):
   import numpy as np
   rs = np.random.RandomState(seed)

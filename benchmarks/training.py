@@ -170,8 +170,6 @@ def bench_torch(config, args):
           "torch": torch.__version__, "threads": torch.get_num_threads()}
 
 
-
-
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--model", default="smollm2_135m", help="model preset (random weights)")

@@ -277,8 +277,8 @@ def _output_head_bwd(res, g):
   hidden, w = res
   g = g.astype(hidden.dtype)
   d_hidden = jnp.einsum("...v,vd->...d", g, w, preferred_element_type=jnp.float32)
-  lead = "".join(chr(ord("a") + i) for i in range(hidden.ndim - 1))
-  d_w = jnp.einsum(f"{lead}v,{lead}d->vd", g, hidden, preferred_element_type=jnp.float32)
+  d_w = jnp.einsum("nv,nd->vd", g.reshape(-1, g.shape[-1]), hidden.reshape(-1, hidden.shape[-1]),
+                   preferred_element_type=jnp.float32)
   return d_hidden.astype(hidden.dtype), d_w.astype(w.dtype)
 
 
