@@ -6,77 +6,87 @@ and a `meta` JSON item with the loop state and the resolved config) and
 its checkpoint, whether the iteration was accepted, and the hashes of the stage
 records that produced it. Orbax makes a save atomic (it writes to a temporary
 directory and renames it) but does not notice bytes flipped later on disk; the
-manifest hash does, and `restore_latest` then falls back to the previous good one.
+manifest hash does, and `latest_good` then falls back to the previous good one.
+Each manifest entry is also written alone to `manifest.d/<iteration>.json`, so a lost
+or corrupt manifest is rebuilt from the checkpoints that verify against them.
+Hashing reads only regular files inside the workdir (files.py): a checkpoint file
+swapped for a symlink to a device fails verification instead of hanging.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import shutil
-from typing import Any, Optional
+import signal
+import threading
+from typing import Any, Callable, Optional
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from selfimprove_jax.errors import UserError
+from selfimprove_jax.files import (UnreadableFile, hash_path, read_json, tree_bytes,
+                                   write_json_atomic)
+
 MANIFEST = "manifest.json"
+# One file per saved checkpoint with the same entry as the manifest: if manifest.json
+# is lost or corrupt, it is rebuilt from the entries whose checkpoints still verify.
+ENTRIES = "manifest.d"
 FAULT_ENV = "SELFIMPROVE_JAX_FAULT"
 
 
-def fault_point(name: str) -> None:
-  """Crash-test hook: when the environment variable SELFIMPROVE_JAX_FAULT equals
-  `name`, the process kills itself with SIGKILL right here (the resumption tests use
-  it to interrupt a run at a chosen moment). A no-op otherwise."""
-  if os.environ.get(FAULT_ENV) == name:
-    import signal
+def fault_requested(name: str, iteration: Optional[int] = None) -> bool:
+  """Crash-test hook: whether SELFIMPROVE_JAX_FAULT asks for fault `name` here. The
+  variable holds `name` (any iteration) or `name@K` (only in iteration K)."""
+  want = os.environ.get(FAULT_ENV)
+  if not want:
+    return False
+  wname, _, wit = want.partition("@")
+  return wname == name and (not wit or (iteration is not None and int(wit) == iteration))
+
+
+def fault_point(name: str, iteration: Optional[int] = None) -> None:
+  """Crash-test hook: when SELFIMPROVE_JAX_FAULT asks for `name` (see
+  `fault_requested`), the process kills itself with SIGKILL right here (the
+  resumption tests interrupt a run at a chosen moment this way). A no-op otherwise."""
+  if fault_requested(name, iteration):
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def hash_path(path: str) -> str:
-  """SHA-256 over a file, or over every file under a directory (names and bytes)."""
-  h = hashlib.sha256()
-  if os.path.isfile(path):
-    files = [path]
-    root = os.path.dirname(path)
-  else:
-    root = path
-    files = sorted(os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs)
-  for f in files:
-    h.update(os.path.relpath(f, root).encode())
-    with open(f, "rb") as fh:
-      for chunk in iter(lambda: fh.read(1 << 20), b""):
-        h.update(chunk)
-  return h.hexdigest()
+def _kill_soon(seconds: float) -> None:
+  """Crash-test hook: SIGKILL from a timer thread, landing while the main thread is
+  inside a save (the 'during a checkpoint write' crash tests)."""
+  timer = threading.Timer(seconds, lambda: os.kill(os.getpid(), signal.SIGKILL))
+  timer.daemon = True
+  timer.start()
 
 
-def write_json_atomic(path: str, obj: Any) -> None:
-  tmp = f"{path}.tmp.{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=1, sort_keys=True)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
-
-
-def read_json(path: str, default=None):
-  if not os.path.exists(path):
-    return default
-  with open(path) as f:
-    return json.load(f)
+def _entry_ok(entry) -> bool:
+  return (isinstance(entry, dict) and isinstance(entry.get("sha256"), str)
+          and isinstance(entry.get("accepted"), bool))
 
 
 class Checkpointer:
-  """Saves and restores iteration checkpoints under `workdir/checkpoints`."""
+  """Saves and restores iteration checkpoints under `workdir/checkpoints`.
 
-  def __init__(self, workdir: str, is_primary: bool = True):
+  `log` receives one-line notes (a rebuilt manifest); `read_only` readers (eval,
+  export) never write the manifest back."""
+
+  def __init__(self, workdir: str, is_primary: bool = True,
+               log: Callable[[str], None] = print, read_only: bool = False):
     self.workdir = workdir
     self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
     self.is_primary = is_primary
+    self.read_only = read_only
+    self._log = log
+    self._rebuilt: Optional[dict] = None   # a read-only reader's rebuilt manifest
     self._manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False))
+    if is_primary and not read_only and not os.path.lexists(self.manifest_path) \
+        and not self.steps():
+      # a new run: from here on, a missing manifest means a lost one (rebuilt)
+      write_json_atomic(self.manifest_path, {"checkpoints": {}})
 
   # ------------------------------------------------------------------ manifest
 
@@ -84,12 +94,54 @@ class Checkpointer:
   def manifest_path(self) -> str:
     return os.path.join(self.workdir, MANIFEST)
 
+  def _entry_path(self, iteration: int) -> str:
+    return os.path.join(self.workdir, ENTRIES, f"{iteration}.json")
+
   def manifest(self) -> dict:
-    return read_json(self.manifest_path, {"checkpoints": {}})
+    """{"checkpoints": {iteration: entry}}; an unreadable manifest is rebuilt from the
+    per-checkpoint entries that verify (see `_rebuild_manifest`)."""
+    if self._rebuilt is not None:
+      return self._rebuilt
+    if not os.path.lexists(self.manifest_path) and self.steps():
+      return self._rebuild_manifest(f"{self.manifest_path} is missing")
+    try:
+      m = read_json(self.manifest_path, {"checkpoints": {}}, root=self.workdir)
+      if not (isinstance(m, dict) and isinstance(m.get("checkpoints"), dict)
+              and all(_entry_ok(e) for e in m["checkpoints"].values())):
+        raise UnreadableFile(f"{self.manifest_path} does not hold a checkpoint manifest")
+      return m
+    except UnreadableFile as e:
+      return self._rebuild_manifest(str(e))
+
+  def _rebuild_manifest(self, why: str) -> dict:
+    entries_dir = os.path.join(self.workdir, ENTRIES)
+    steps = self.steps()
+    if steps and not os.path.isdir(entries_dir):
+      raise UserError(f"{why}, and this run has no {ENTRIES}/ to rebuild it from; "
+                      f"restore manifest.json from a backup, or move the workdir aside "
+                      f"and start again")
+    good = {}
+    for it in steps:
+      try:
+        entry = read_json(self._entry_path(it), None, root=self.workdir)
+      except UnreadableFile:
+        continue
+      if _entry_ok(entry) and self._problem(it, entry) is None:
+        good[str(it)] = entry
+    m = {"checkpoints": good}
+    self._log(f"{why}; rebuilt it from the {len(good)} checkpoint(s) that verify "
+              f"against their own hashes ({', '.join(good) or 'none'})")
+    if self.is_primary and not self.read_only:
+      write_json_atomic(self.manifest_path, m)
+    else:
+      self._rebuilt = m
+    return m
 
   def _update_manifest(self, iteration: int, entry: dict) -> None:
     if not self.is_primary:
       return
+    os.makedirs(os.path.join(self.workdir, ENTRIES), exist_ok=True)
+    write_json_atomic(self._entry_path(iteration), entry)
     m = self.manifest()
     m["checkpoints"][str(iteration)] = entry
     write_json_atomic(self.manifest_path, m)
@@ -100,18 +152,26 @@ class Checkpointer:
            records: Optional[dict] = None) -> str:
     """Saves `state` (pytree of arrays) and `meta` (JSON) as iteration `iteration`;
     returns the checkpoint's content hash ("" on processes other than 0). Every
-    process calls it: Orbax writes each process's shards."""
+    process calls it: Orbax writes each process's shards. An OSError (disk full,
+    read-only, permissions) propagates with its path; Orbax writes to a temporary
+    directory and renames it, so the previous checkpoints stay intact."""
     if iteration in self._manager.all_steps():
       # A checkpoint left by an interrupted run of this very iteration: replace it.
       self._manager.delete(iteration)
+    if fault_requested("checkpoint_write", iteration):
+      _kill_soon(0.05)
+    if fault_requested("enospc", iteration):
+      raise OSError(28, "No space left on device", self.step_dir(iteration))
     self._manager.save(iteration, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
     self._manager.wait_until_finished()
-    fault_point("checkpoint")
+    fault_point("checkpoint", iteration)
     if not self.is_primary:   # the manifest is process 0's; no need to read it all back
       return ""
-    digest = hash_path(self.step_dir(iteration))
+    step_dir = self.step_dir(iteration)
+    digest = hash_path(step_dir, root=self.workdir)
     self._update_manifest(iteration, {"sha256": digest, "accepted": bool(accepted),
+                                      "bytes": tree_bytes(step_dir, root=self.workdir),
                                       "records": records or {}})
     return digest
 
@@ -127,7 +187,20 @@ class Checkpointer:
     entry = self.manifest()["checkpoints"].get(str(iteration))
     if entry is None:
       return "not in the manifest (the run stopped between save and manifest update)"
-    actual = hash_path(self.step_dir(iteration))
+    return self._problem(iteration, entry)
+
+  def _problem(self, iteration: int, entry: dict) -> Optional[str]:
+    """What is wrong with checkpoint `iteration` against `entry`: its size first (a
+    cheap stat), then its hash; only regular files inside the workdir are read."""
+    step_dir = self.step_dir(iteration)
+    try:
+      if "bytes" in entry and tree_bytes(step_dir, root=self.workdir) != entry["bytes"]:
+        return f"size differs from the manifest ({entry['bytes']} bytes recorded)"
+      actual = hash_path(step_dir, root=self.workdir)
+    except UnreadableFile as e:
+      return str(e)
+    except OSError as e:
+      return f"unreadable ({e.strerror}: {e.filename})"
     if actual != entry["sha256"]:
       return f"content hash mismatch (manifest {entry['sha256'][:12]}, on disk {actual[:12]})"
     return None
@@ -152,20 +225,26 @@ class Checkpointer:
     return jax.tree.map(np.asarray, out["state"])
 
   def restore_meta(self, iteration: int) -> dict:
-    with open(os.path.join(self.step_dir(iteration), "meta", "metadata")) as f:
-      return json.load(f)
+    meta = read_json(os.path.join(self.step_dir(iteration), "meta", "metadata"),
+                     root=self.workdir)
+    if not isinstance(meta, dict) or "config" not in meta:
+      raise UnreadableFile(f"{self.step_dir(iteration)}: its metadata holds no config")
+    return meta
 
-  def latest_good(self, log=print) -> Optional[int]:
-    """Newest iteration whose checkpoint verifies; reports and skips bad ones."""
+  def latest_good(self, log=None, only_accepted: bool = False) -> Optional[int]:
+    """Newest iteration (of the accepted ones, with `only_accepted`) whose checkpoint
+    verifies; reports each bad one in a line and skips it."""
+    log = log or self._log
+    manifest = self.manifest()["checkpoints"]
     for it in reversed(self.steps()):
+      entry = manifest.get(str(it))
+      if only_accepted and entry is not None and not entry["accepted"]:
+        continue
       problem = self.verify(it)
       if problem is None:
         return it
       log(f"checkpoint {self.step_dir(it)}: {problem}; falling back to an earlier one")
     return None
-
-  def accepted(self) -> list[int]:
-    return sorted(int(k) for k, v in self.manifest()["checkpoints"].items() if v["accepted"])
 
   def prune(self, keep: set[int]) -> None:
     """Deletes checkpoints not in `keep` (the loop keeps accepted ones and the latest).
@@ -179,5 +258,3 @@ class Checkpointer:
     self._manager.close()
 
 
-def remove_tree(path: str) -> None:
-  shutil.rmtree(path, ignore_errors=True)

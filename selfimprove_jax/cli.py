@@ -7,10 +7,18 @@ Each `_cmd_*` function only turns flags into a library call; nothing runs at imp
 from __future__ import annotations
 
 import argparse
+import errno
+import math
 import os
+import signal
 import sys
+from typing import Optional
 
 from selfimprove_jax.errors import UserError
+
+# OSErrors that mean "this file cannot be written" (disk full, read-only, permissions)
+_WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
+                 errno.EFBIG)
 
 
 def _add_generate(sub):
@@ -50,9 +58,10 @@ def _add_generate(sub):
 def _cmd_generate(args) -> int:
   import json
   from selfimprove_jax import sampling, weights
+  _check_flags(args, at_least_1=("n", "max_new_tokens", "max_batch", "strategy_n",
+                                  "refine_rounds"), at_least_0=("top_k", "temperature"),
+               unit=("top_p",))
   prompts = sampling.read_prompts(args.prompt, args.prompts_file)
-  if args.n < 1:
-    raise UserError(f"--n must be >= 1, got {args.n}")
   sp = sampling.SamplingParams(
       temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
       greedy=args.temperature == 0, max_new_tokens=args.max_new_tokens,
@@ -146,6 +155,8 @@ def _add_eval(sub):
 def _cmd_eval(args) -> int:
   import json
   from selfimprove_jax import evaluation
+  _check_flags(args, at_least_1=("n", "k", "max_new_tokens", "strategy_n", "refine_rounds"),
+               at_least_0=("temperature",))
   metrics = evaluation.evaluate_model(args.model, args.task, n=args.n, k=args.k,
                                       max_new_tokens=args.max_new_tokens,
                                       temperature=args.temperature, seed=args.seed,
@@ -171,14 +182,32 @@ def _add_export(sub):
 
 def _cmd_export(args) -> int:
   from selfimprove_jax import weights
-  weights.ensure_out_dir(args.out, force=args.force)  # fail before the slow load
+  weights.ensure_out_dir(args.out, force=args.force, create=True)  # before the slow load
   out = weights.export(weights.load(args.model), out_dir=args.out, force=args.force)
   print(f"wrote {out}")
   return 0
 
 
+def _check_flags(args, at_least_1=(), at_least_0=(), unit=()) -> None:
+  """One-line UserErrors for numeric flags out of range (NaN and inf included)."""
+  for names, ok, want in ((at_least_1, lambda v: v >= 1, ">= 1"),
+                          (at_least_0, lambda v: v >= 0, ">= 0"),
+                          (unit, lambda v: 0 < v <= 1, "in (0, 1]")):
+    for name in names:
+      value = getattr(args, name)
+      if not math.isfinite(value) or not ok(value):
+        raise UserError(f"--{name} {value} must be a finite number {want}")
+
+
+class _Parser(argparse.ArgumentParser):
+  """argparse, with a bad flag reported in one line (no usage block; --help has it)."""
+
+  def error(self, message):
+    self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(
+  parser = _Parser(
       prog="selfimprove-jax",
       description="A language model that improves itself in a closed loop (JAX/Flax).")
   sub = parser.add_subparsers(dest="command", required=True)
@@ -186,6 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
   _add_generate(sub)
   _add_export(sub)
   _add_eval(sub)
+  for p in sub.choices.values():
+    p.add_argument("--debug", action="store_true",
+                   help="show the full traceback of an error instead of one line")
   return parser
 
 
@@ -208,6 +240,39 @@ def _config_overrides(extra: list[str]) -> list[str]:
   return out
 
 
+def _os_error(e: BaseException) -> Optional[OSError]:
+  """The OSError behind `e` (libraries such as Orbax wrap it), if any."""
+  seen = set()
+  while e is not None and id(e) not in seen:
+    if isinstance(e, OSError) and (e.strerror or e.filename):
+      return e
+    seen.add(id(e))
+    e = e.__cause__ or e.__context__
+  return None
+
+
+def _one_line(e: BaseException) -> str:
+  """An unexpected exception as one line: what it is, where it points, the hint."""
+  oe = _os_error(e)
+  if oe is not None and oe.errno in _WRITE_ERRNOS:
+    return (f"cannot write {oe.filename or 'a file'}: {oe.strerror}; finished stages and "
+            f"checkpoints are intact: fix it and re-run the same command to resume")
+  if oe is not None:
+    return f"{oe.filename or ''}: {oe.strerror}".lstrip(": ") + " (--debug shows the traceback)"
+  text = " ".join(str(e).split())[:300]
+  return f"{type(e).__name__}: {text} (--debug shows the traceback)"
+
+
+def _install_stop_handler() -> None:
+  """SIGTERM before the loop takes over its signals (set-up, imports): one line and a
+  prompt exit instead of a silent death."""
+  def stop(signum, _frame):
+    print(f"selfimprove-jax: stopped by {signal.Signals(signum).name} during start-up",
+          file=sys.stderr, flush=True)
+    os._exit(128 + signum)
+  signal.signal(signal.SIGTERM, stop)
+
+
 def main(argv=None) -> int:
   os.environ.setdefault("HF_HUB_OFFLINE", "1")
   os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -216,12 +281,23 @@ def main(argv=None) -> int:
   accepts = getattr(args, "accepts_overrides", False)
   if extra and not accepts:
     parser.error(f"unrecognized arguments: {' '.join(extra)}")
+  if argv is None:   # the console script, not a test calling main() in-process
+    _install_stop_handler()
+  prog = f"selfimprove-jax {args.command}"
   try:
     args.overrides = _config_overrides(extra) if accepts else []
     return int(args.fn(args) or 0)
   except UserError as e:
-    print(f"selfimprove-jax {args.command}: error: {e}", file=sys.stderr)
+    print(f"{prog}: error: {' '.join(str(e).split())}", file=sys.stderr)
     return 2
+  except KeyboardInterrupt:
+    print(f"{prog}: interrupted (Ctrl-C)", file=sys.stderr)
+    return 130
+  except Exception as e:   # one line; the traceback with --debug
+    if args.debug:
+      raise
+    print(f"{prog}: error: {_one_line(e)}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import json
+import math
 import os
 
 import ml_collections
@@ -137,14 +138,25 @@ NON_RESULT_KEYS = ("loop.iterations", "log.tensorboard", "log.plot", "log.progre
 def load_config(path: str, overrides=()) -> ml_collections.ConfigDict:
   """Loads `configs/<name>.py`'s get_config() and applies `a.b=value` overrides."""
   if not os.path.isfile(path):
-    raise UserError(f"config file {path} does not exist")
+    raise UserError(f"config file {path} does not exist (or is not a file)")
   spec = importlib.util.spec_from_file_location(
-      "_sij_config_" + os.path.basename(path)[:-3], path)
+      "_sij_config_" + os.path.basename(path).removesuffix(".py"), path)
+  if spec is None or spec.loader is None:
+    raise UserError(f"config file {path} is not a Python file")
   module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  if not hasattr(module, "get_config"):
-    raise UserError(f"config file {path} has no get_config()")
-  config = module.get_config()
+  try:
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+      raise UserError(f"config file {path} has no get_config()")
+    config = module.get_config()
+  except UserError:
+    raise
+  except Exception as e:   # the user's file: one line, not a traceback of it
+    raise UserError(f"config file {path} failed to load: {type(e).__name__}: "
+                    f"{str(e).splitlines()[0] if str(e) else ''}") from e
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise UserError(f"config file {path}: get_config() returned a "
+                    f"{type(config).__name__}, not an ml_collections ConfigDict")
   config = apply_overrides(config, overrides)
   validate(config)
   return config
@@ -190,27 +202,103 @@ def apply_overrides(config, overrides) -> ml_collections.ConfigDict:
   return config
 
 
+# (low, high, low_open) bounds of numeric keys; None = unbounded on that side. A value
+# outside is refused before anything runs: it would fail later in a traceback, or
+# worse, run and "accept" an iteration that did nothing (e.g. epochs=0).
+RANGES = {
+    "seed": (0, None), "task.difficulty": (0, None), "task.heldout_size": (1, None),
+    "loop.iterations": (0, None), "loop.prompts_per_iteration": (1, None),
+    "loop.samples_per_prompt": (1, None), "loop.rl_steps": (1, None),
+    "acquire.min_vote_share": (0.0, 1.0), "acquire.self_instruct_share": (0.0, 1.0),
+    "refine.n": (1, None), "refine.rounds": (1, None), "refine.critique_tokens": (1, None),
+    "judge.samples": (1, None), "judge.max_new_tokens": (1, None),
+    "self_instruct.proposals": (1, None), "self_instruct.examples": (1, None),
+    "self_instruct.ngram": (1, None), "self_instruct.max_overlap": (0.0, 1.0, True),
+    "self_instruct.votes": (1, None), "self_instruct.min_vote_share": (0.0, 1.0),
+    "self_instruct.max_new_tokens": (1, None),
+    "curriculum.min_pass_rate": (0.0, 1.0), "curriculum.max_pass_rate": (0.0, 1.0),
+    "curriculum.step": (1, None),
+    "sampling.temperature": (0.0, None), "sampling.top_k": (0, None),
+    "sampling.top_p": (0.0, 1.0, True), "sampling.max_new_tokens": (1, None),
+    "sampling.max_batch": (1, None),
+    "select.reward_threshold": (0.0, 1.0), "select.min_pass_rate": (0.0, 1.0),
+    "select.max_pass_rate": (0.0, 1.0), "select.dedup_ngram": (1, None),
+    "select.dedup_threshold": (0.0, 1.0, True), "select.max_completion_tokens": (1, None),
+    "select.judge_threshold": (0.0, 1.0),
+    "train.epochs": (1, None), "train.batch_size": (1, None), "train.max_seq_len": (2, None),
+    "evaluate.maj_k": (1, None), "evaluate.max_regression": (0.0, 1.0),
+    "evaluate.patience": (1, None), "evaluate.max_new_tokens": (1, None),
+}
+
+
+def _flat(d, prefix=""):
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, (dict, ml_collections.ConfigDict)):
+      out.update(_flat(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def _check_ranges(config) -> None:
+  flat = _flat(config)
+  for key, value in flat.items():
+    if isinstance(value, float) and not math.isfinite(value):
+      raise UserError(f"{key}={value!r} is not a finite number")
+  for key, (low, high, *open_low) in RANGES.items():
+    value = flat[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+      raise UserError(f"{key}={value!r} is not a number")
+    too_low = value <= low if open_low and open_low[0] else value < low
+    if too_low or (high is not None and value > high):
+      bounds = (f"in {'(' if open_low and open_low[0] else '['}{low}, {high}]"
+                if high is not None else f">= {low}")
+      raise UserError(f"{key}={value!r} must be {bounds}")
+  for key, size in config.mesh.items():
+    if not isinstance(size, int) or (size != -1 and size < 1):
+      raise UserError(f"mesh.{key}={size!r} must be -1 (the remaining devices) or >= 1")
+
+
+def _named(key: str, parse, value) -> None:
+  """parse(value), with the config key put in front of its UserError."""
+  try:
+    parse(value)
+  except UserError as e:
+    raise UserError(f"{key}={value!r}: {e}") from None
+
+
 def validate(config) -> None:
   """One-line UserErrors for values the loop would otherwise trip over later."""
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise UserError(f"the config is a {type(config).__name__}, not an ml_collections "
+                    f"ConfigDict (get_config() must return one)")
+  _check_ranges(config)
   check_optim_config(config.optim)
-  select.parse_filters(config.select.filters)
+  _named("select.filters", select.parse_filters, config.select.filters)
   if config.loop.algorithm not in ("sft", "dpo", "grpo"):
     raise UserError(f"loop.algorithm={config.loop.algorithm!r} is not one of sft, dpo, grpo")
+  if config.loop.algorithm == "grpo" and config.loop.samples_per_prompt < 2:
+    raise UserError(f"loop.samples_per_prompt={config.loop.samples_per_prompt} must be >= 2 "
+                    f"for grpo (group-relative advantages of one sample are all zero)")
   if config.dtype not in ("float32", "bfloat16"):
     raise UserError(f"dtype={config.dtype!r} is not one of float32, bfloat16")
+  if not isinstance(config.model, str) or not config.model:
+    raise UserError(f"model={config.model!r} must name a model (a preset, a path or "
+                    f"smollm2-135m-instruct)")
   from selfimprove_jax import refine   # local: refine imports the sampler (jax)
-  refine.parse_strategies(config.evaluate.strategies)
-  refine.parse_strategies(config.acquire.refine_strategy)
+  _named("evaluate.strategies", refine.parse_strategies, config.evaluate.strategies)
+  _named("acquire.refine_strategy", refine.parse_strategies, config.acquire.refine_strategy)
   if config.refine.scorer not in ("auto", *refine.SCORERS):
     raise UserError(f"refine.scorer={config.refine.scorer!r} is not one of auto, "
                     f"{', '.join(refine.SCORERS)}")
   if config.loop.dpo_pairs not in ("verifier", "judge"):
     raise UserError(f"loop.dpo_pairs={config.loop.dpo_pairs!r} is not one of verifier, judge")
-  if not 0.0 <= config.acquire.self_instruct_share <= 1.0:
-    raise UserError(f"acquire.self_instruct_share={config.acquire.self_instruct_share} "
-                    f"is not in [0, 1]")
-  if not 0.0 <= config.curriculum.min_pass_rate <= config.curriculum.max_pass_rate <= 1.0:
+  if config.curriculum.min_pass_rate > config.curriculum.max_pass_rate:
     raise UserError("curriculum band: need 0 <= min_pass_rate <= max_pass_rate <= 1")
+  if config.select.min_pass_rate > config.select.max_pass_rate:
+    raise UserError(f"select.min_pass_rate={config.select.min_pass_rate} is above "
+                    f"select.max_pass_rate={config.select.max_pass_rate}")
 
 
 def to_json(config) -> str:

@@ -16,11 +16,14 @@ def evaluate_model(spec: str, task_name: str, *, n: int = 100, k: int = 4,
   the held-out score of each refinement strategy named in `strategies` (refine.py)."""
   from selfimprove_jax import refine
   from selfimprove_jax.weights import load
-  refine.parse_strategies(strategies)   # a bad name fails before the slow load
+  refine.parse_strategies(strategies)   # a bad name or task fails before the slow load
+  try:
+    task = get_task(task_name)
+  except UserError as e:
+    raise UserError(f"--task {task_name}: {e}") from None
   model = load(spec)
   if model.tokenizer is None:
     raise UserError(f"model {spec!r} has no tokenizer to build prompts with")
-  task = get_task(task_name)
   problems = task.heldout(n)
   sampler = make_sampler(model)
   sample = SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens)

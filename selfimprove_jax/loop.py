@@ -19,16 +19,19 @@ interrupted iteration reproduces it exactly; finished stages' records are reused
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
 import signal
+import sys
 import time
 from typing import Optional
 
 import grain
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -41,9 +44,10 @@ from selfimprove_jax import self_instruct
 from selfimprove_jax import select as select_lib
 from selfimprove_jax import sharding as sharding_lib
 from selfimprove_jax import stages
-from selfimprove_jax.checkpoint import (Checkpointer, fault_point, hash_path, read_json,
-                                       write_json_atomic)
+from selfimprove_jax.checkpoint import Checkpointer, fault_point, fault_requested
 from selfimprove_jax.errors import UserError
+from selfimprove_jax.files import (UnreadableFile, WorkdirLock, hash_path, read_json,
+                                   write_json_atomic)
 from selfimprove_jax.optimize import create_train_state, make_logprob_fn, make_train_step
 from selfimprove_jax.reporting import Reporter
 from selfimprove_jax.sampling import SamplingParams, make_sampler
@@ -81,31 +85,44 @@ def _optim_config(config, total_steps: int, loss: str):
 
 
 class _Signals:
-  """Turns SIGTERM into a flag checked between stages (preemption-safe exit)."""
+  """SIGTERM and SIGINT (Ctrl-C) during the loop set a flag checked between stages
+  (preemption-safe exit: finished stages are on disk). A second signal exits at once,
+  with one line; before the loop starts (`starting`), the first one does."""
+
+  NAMES = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "SIGINT (Ctrl-C)"}
 
   def __init__(self):
-    self.stop = False
-    self._old = None
+    self.stop = None       # name of the signal that asked to stop
+    self.starting = True   # set-up: nothing to finish, exit at once
+    self._old = {}
 
   def __enter__(self):
-    try:
-      self._old = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:   # not the main thread: leave signals alone
-      self._old = None
+    for sig in self.NAMES:
+      try:
+        self._old[sig] = signal.signal(sig, self._handle)
+      except ValueError:   # not the main thread: leave signals alone
+        pass
     return self
 
-  def _handle(self, *_):
-    self.stop = True
+  def _handle(self, signum, _frame):
+    name = self.NAMES.get(signum, str(signum))
+    if self.starting or self.stop:
+      # nothing half-written is at stake here: Orbax saves and record files are
+      # atomic renames, and the workdir lock dies with the process
+      print(f"{name}: stopped{' during start-up' if self.starting else ' at once'}; "
+            f"re-run the same command to continue", file=sys.stderr, flush=True)
+      os._exit(128 + signum)
+    self.stop = name
 
   def check(self):
     # all processes stop at the same check: one that went on alone would wait forever
     # in the next collective
-    if distributed.any_process(self.stop):
-      raise Preempted()
+    if distributed.any_process(bool(self.stop)):
+      raise Preempted(self.stop or "a signal on another process")
 
   def __exit__(self, *exc):
-    if self._old is not None:
-      signal.signal(signal.SIGTERM, self._old)
+    for sig, old in self._old.items():
+      signal.signal(sig, old)
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -117,11 +134,30 @@ def _print(msg: str) -> None:
 
 def run(config, workdir: str, override_config: bool = False, log=_print) -> dict:
   """Runs (or resumes) the loop in `workdir`; returns the final loop state as a dict."""
+  config_lib.validate(config)
+  _make_workdir(workdir)
+  with _Signals() as signals, _lock(workdir):
+    return _run(config, workdir, override_config, log, signals)
+
+
+def _make_workdir(workdir: str) -> None:
+  if os.path.lexists(workdir) and not os.path.isdir(workdir):
+    raise UserError(f"--workdir {workdir} exists and is not a directory")
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise UserError(f"--workdir {workdir} cannot be created: {e.strerror}") from None
+
+
+def _lock(workdir: str):
+  """One run per workdir; process 0 holds the lock for all processes of a run."""
+  return WorkdirLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
+
+
+def _run(config, workdir, override_config, log, signals) -> dict:
   # heavy imports (transformers) kept local to the run
   from selfimprove_jax.weights import load
   from selfimprove_jax.weights.run_dir import abstract_train_state
-  os.makedirs(workdir, exist_ok=True)
-  config_lib.validate(config)
 
   # --- set up: mesh, model, task, sampler, checkpoints
   mesh = sharding_lib.make_mesh(dict(config.mesh))
@@ -129,7 +165,10 @@ def run(config, workdir: str, override_config: bool = False, log=_print) -> dict
   mc = base.config
   if base.tokenizer is None:
     raise UserError(f"model {config.model!r} has no tokenizer; the loop needs one")
-  task = get_task(config.task.name, **config.task.options.to_dict())
+  try:
+    task = get_task(config.task.name, **config.task.options.to_dict())
+  except UserError as e:
+    raise UserError(f"task.name={config.task.name!r}: {e}") from None
   heldout = task.heldout(config.task.heldout_size, config.task.difficulty)
   heldout_ids = {p.id for p in heldout}
   sampler = make_sampler(base, mesh=mesh, max_batch=config.sampling.max_batch)
@@ -139,7 +178,7 @@ def run(config, workdir: str, override_config: bool = False, log=_print) -> dict
     judge_model = (make_sampler(jm, mesh=mesh, max_batch=config.sampling.max_batch), jm)
   if config.curriculum.enabled and task.difficulty_range is None:
     raise UserError(f"curriculum.enabled: task {task.name} has no difficulty knob")
-  ckpt = Checkpointer(workdir, is_primary=jax.process_index() == 0)
+  ckpt = Checkpointer(workdir, is_primary=jax.process_index() == 0, log=log)
   reporter = Reporter(workdir, config, log=log)
   train_cfg = _optim_config(config, 1, _loss_name(config))
   abstract = abstract_train_state(mc, train_cfg, base.params, mesh)
@@ -148,7 +187,7 @@ def run(config, workdir: str, override_config: bool = False, log=_print) -> dict
   state = LoopState(difficulty=config.task.difficulty)
   train_state = create_train_state(mc, train_cfg, base.params, mesh)
   # process 0 picks the checkpoint (file checks could race or differ between hosts)
-  latest = distributed.broadcast_json(ckpt.latest_good(log=log) if distributed.is_primary()
+  latest = distributed.broadcast_json(ckpt.latest_good() if distributed.is_primary()
                                       else None)
   if latest is not None:
     train_state, meta = ckpt.restore(latest, abstract)
@@ -161,64 +200,64 @@ def run(config, workdir: str, override_config: bool = False, log=_print) -> dict
   # resumes on more or fewer hosts). Each process feeds devices only its share: the
   # sampler's and train step's batches are placed with `put_from_host`.
   data = grain.MapDataset.range(0, 1 << 31)
+  signals.starting = False   # from here a signal stops at the next stage boundary
 
-  with _Signals() as signals:
-    try:
-      # --- iteration 0: the baseline
-      if state.iteration < 0:
-        metrics = _evaluate(sampler, train_state.params, base.tokenizer, task, heldout,
-                            config, 0, reporter, judge_model)
-        state.best_pass1 = metrics["pass@1"]
-        state.accepted_iteration = state.iteration = 0
-        state.history.append(dict(iteration=0, **metrics, kept=0, accepted=True,
-                                  reason="baseline", difficulty=state.difficulty))
-        _save(ckpt, 0, train_state, state, config, True, {})
-        reporter.iteration(state.history[-1], state.history)
+  try:
+    # --- iteration 0: the baseline
+    if state.iteration < 0:
+      metrics = _evaluate(sampler, train_state.params, base.tokenizer, task, heldout,
+                          config, 0, reporter, judge_model)
+      state.best_pass1 = metrics["pass@1"]
+      state.accepted_iteration = state.iteration = 0
+      state.history.append(dict(iteration=0, **metrics, kept=0, accepted=True,
+                                reason="baseline", difficulty=state.difficulty))
+      _save(ckpt, 0, train_state, state, config, True, {})
+      reporter.iteration(state.history[-1], state.history)
 
-      # --- iterations 1..N
-      while state.iteration < config.loop.iterations and not state.stopped:
-        k = state.iteration + 1
-        signals.check()
-        it = iter(data.to_iter_dataset())
-        if state.data_state:
-          it.set_state(state.data_state)
-        start_params = base.params if config.loop.restart_from_base else train_state.params
-        new_state, info, records_hashes = _iteration(
-            k, config, task, heldout_ids, sampler, base, start_params, train_state, it,
-            state, mesh, workdir, reporter, signals, judge_model)
-        signals.check()
-        metrics = _evaluate(sampler, new_state.params, base.tokenizer, task, heldout,
-                            config, k, reporter, judge_model)
-        accepted, reason = _decide(state, metrics, info, config)
-        next_difficulty, move = state.difficulty, None
-        if config.curriculum.enabled:   # move the training difficulty toward the band
-          next_difficulty, move = curriculum_lib.step(
-              state.difficulty, curriculum_lib.ledger_pass_rate(info["ledger"], k),
-              task.difficulty_range, min_pass_rate=config.curriculum.min_pass_rate,
-              max_pass_rate=config.curriculum.max_pass_rate, step_size=config.curriculum.step)
-          info["curriculum_move"] = move
-          if move:
-            reporter.stage(k, "curriculum", f"difficulty {move['from']} -> {move['to']} "
-                           f"({move['reason']})")
-        if accepted:
-          train_state = new_state
-          state.accepted_iteration = k
-        state.iteration = k
-        state.data_state = it.get_state()
-        state.ledger = info.pop("ledger")
-        state.history.append(dict(iteration=k, **metrics, **info, accepted=accepted,
-                                  reason=reason, difficulty=state.difficulty))
-        state.difficulty = next_difficulty
-        _save(ckpt, k, train_state, state, config, accepted, records_hashes)
-        # from the loop state, not the manifest: every process must delete the same
-        # checkpoints (Orbax deletes collectively) and only process 0 writes the manifest
-        ckpt.prune({h["iteration"] for h in state.history if h["accepted"]} | {k})
-        reporter.iteration(state.history[-1], state.history)
-    except Preempted:
-      reporter.log(f"SIGTERM: stopping after the last finished stage; re-run the same "
-                   f"command to continue from iteration {state.iteration + 1}")
-      ckpt.close()
-      return dataclasses.asdict(state)
+    # --- iterations 1..N
+    while state.iteration < config.loop.iterations and not state.stopped:
+      k = state.iteration + 1
+      signals.check()
+      it = iter(data.to_iter_dataset())
+      if state.data_state:
+        it.set_state(state.data_state)
+      start_params = base.params if config.loop.restart_from_base else train_state.params
+      new_state, info, records_hashes = _iteration(
+          k, config, task, heldout_ids, sampler, base, start_params, train_state, it,
+          state, mesh, workdir, reporter, signals, judge_model)
+      signals.check()
+      metrics = _evaluate(sampler, new_state.params, base.tokenizer, task, heldout,
+                          config, k, reporter, judge_model)
+      accepted, reason = _decide(state, metrics, info, config)
+      next_difficulty, move = state.difficulty, None
+      if config.curriculum.enabled:   # move the training difficulty toward the band
+        next_difficulty, move = curriculum_lib.step(
+            state.difficulty, curriculum_lib.ledger_pass_rate(info["ledger"], k),
+            task.difficulty_range, min_pass_rate=config.curriculum.min_pass_rate,
+            max_pass_rate=config.curriculum.max_pass_rate, step_size=config.curriculum.step)
+        info["curriculum_move"] = move
+        if move:
+          reporter.stage(k, "curriculum", f"difficulty {move['from']} -> {move['to']} "
+                         f"({move['reason']})")
+      if accepted:
+        train_state = new_state
+        state.accepted_iteration = k
+      state.iteration = k
+      state.data_state = it.get_state()
+      state.ledger = info.pop("ledger")
+      state.history.append(dict(iteration=k, **metrics, **info, accepted=accepted,
+                                reason=reason, difficulty=state.difficulty))
+      state.difficulty = next_difficulty
+      _save(ckpt, k, train_state, state, config, accepted, records_hashes)
+      # from the loop state, not the manifest: every process must delete the same
+      # checkpoints (Orbax deletes collectively) and only process 0 writes the manifest
+      ckpt.prune({h["iteration"] for h in state.history if h["accepted"]} | {k})
+      reporter.iteration(state.history[-1], state.history)
+  except Preempted as e:
+    reporter.log(f"{e}: stopping after the last finished stage; re-run the same "
+                 f"command to continue from iteration {state.iteration + 1}")
+    ckpt.close()
+    return dataclasses.asdict(state)
 
   reporter.finish(state.history, state.stopped)
   ckpt.close()
@@ -300,27 +339,45 @@ def _self_instruct_stage(sampler, params, tok, task, config, k, difficulty):
   return rows
 
 
-def _acquire_cached(path_dir, name, fn):
+def _acquire_cached(path_dir, name, fn, iteration, log):
   """Runs a stage unless its records are on disk with the hash recorded for them.
   Process 0 looks and broadcasts what it found, so all processes sample or none."""
   path = os.path.join(path_dir, f"{name}.jsonl")
   index_path = os.path.join(path_dir, "stages.json")
   found = None
   if distributed.is_primary():
-    index = read_json(index_path, {})
-    if name in index and os.path.exists(path) and hash_path(path) == index[name]:
-      found = [stages.read_records(path), index[name]]
+    index = _read_stage_index(index_path, log)
+    if name in index and os.path.exists(path):
+      try:
+        if hash_path(path, root=path_dir) == index[name]:
+          found = [stages.read_records(path), index[name]]
+      except (UnreadableFile, ValueError) as e:   # unreadable: sample again
+        log(f"{path}: {e}; running the stage again")
   found = distributed.broadcast_json(found)
   if found is not None:
     return found[0], found[1], True
   records = fn()
-  fault_point(name)   # crash tests: killed after sampling, before the records land
+  fault_point(name, iteration)   # crash tests: killed after sampling, before the records land
   digest = _write_records(path, records)
   if distributed.is_primary():
-    index = read_json(index_path, {})
+    index = _read_stage_index(index_path, lambda _: None)
     index[name] = digest
     write_json_atomic(index_path, index)
   return records, digest, False
+
+
+def _read_stage_index(path: str, log) -> dict:
+  """records/iter_K/stages.json (stage name -> records hash); a corrupt one means no
+  stage is cached: the stages run again and the index is rewritten."""
+  try:
+    index = read_json(path, {})
+  except UnreadableFile as e:
+    log(f"{e}; its stages will run again")
+    return {}
+  if not isinstance(index, dict) or not all(isinstance(v, str) for v in index.values()):
+    log(f"{path} is not a stage index; its stages will run again")
+    return {}
+  return index
 
 
 def _write_records(path, records) -> str:
@@ -354,13 +411,14 @@ def _iteration(k, config, task, heldout_ids, sampler, base, start_params, train_
   ts = create_train_state(mc, cfg, params, mesh)
   train_step = make_train_step(mc.replace(remat=config.remat), cfg, mesh)
   ref_fn = make_logprob_fn(mc, mesh, config.optim.logprob_chunk)
-  losses, nonfinite = [], None
+  losses, nonfinite, loss_tokens = [], None, 0
   ledger = state.ledger
   proposed, extra_info = [], {}
   if config.acquire.self_instruct_share > 0:   # self-instruct: the model's own problems
     rows, hashes["self_instruct"], _ = _acquire_cached(
         rec_dir, "self_instruct", lambda: _self_instruct_stage(
-            sampler, train_state.params, tok, task, config, k, state.difficulty))
+            sampler, train_state.params, tok, task, config, k, state.difficulty),
+        k, reporter.log)
     proposed = [Problem.from_json(r["problem"]) for r in rows if r["status"] == "kept"]
     extra_info = self_instruct.summarize(rows)
     reporter.stage(k, "self_instruct", ", ".join(
@@ -372,7 +430,7 @@ def _iteration(k, config, task, heldout_ids, sampler, base, start_params, train_
     acquired, h, cached = _acquire_cached(
         rec_dir, name, lambda: _acquire_stage(
             sampler, ts.params if algo == "grpo" else train_state.params, tok, task, problems,
-            sp, G, _seed(config, k, "acquire", s), k, config, judge_model))
+            sp, G, _seed(config, k, "acquire", s), k, config, judge_model), k, reporter.log)
     hashes[name] = h
     reporter.stage(k, name, f"{len(acquired)} samples, train pass rate "
                    f"{select_lib.pass_rate(acquired, config.select.reward_threshold):.2f}"
@@ -409,20 +467,28 @@ def _iteration(k, config, task, heldout_ids, sampler, base, start_params, train_
         b["ref_logprobs"] = ref_fn(start_params, b["tokens"], b["input_mask"])
       ts, m = train_step(ts, b)
       m = jax.device_get(m)
-      if not (math.isfinite(m["loss"]) and math.isfinite(m["grad_norm"])):
-        nonfinite = f"non-finite loss/gradient at optimizer step {int(ts.step)}"
+      nonfinite = _update_problem(m, config.optim.max_update_ratio, int(ts.step))
+      if nonfinite:
         break
       losses.append(float(m["loss"]))
-      fault_point("optimize")
+      loss_tokens += int(m["loss_tokens"])
+      fault_point("optimize", k)
     if nonfinite:
       break
     signals.check()
+  if fault_requested("nan_update", k):   # crash tests: a NaN in the last update
+    ts = ts.replace(params=jax.tree.map(lambda x: x * jnp.nan, ts.params))
+  # The step's metrics check every update; this checks the weights that would be
+  # kept, whatever happened to them after the last step's metrics were taken.
+  if not nonfinite and not bool(_all_finite(ts.params)):
+    nonfinite = "non-finite values in the updated weights"
 
   info = {"kept": len(all_selected), "acquired": len(all_acquired),
           "train_pass_rate": select_lib.pass_rate(all_acquired, config.select.reward_threshold),
           "train_loss": float(np.mean(losses[-max(1, len(losses) // max(1, config.train.epochs)):]))
           if losses else float("nan"),
-          "optimizer_steps": len(losses), "nonfinite": nonfinite, "ledger": ledger,
+          "optimizer_steps": len(losses), "loss_tokens": loss_tokens,
+          "nonfinite": nonfinite, "ledger": ledger,
           "seconds": round(time.time() - t0, 1), **extra_info,
           **judge_lib.agreement(all_acquired, config.select.judge_threshold,
                                 config.select.reward_threshold)}
@@ -432,6 +498,23 @@ def _iteration(k, config, task, heldout_ids, sampler, base, start_params, train_
     info["refined_precision"] = (select_lib.pass_rate(targets, config.select.reward_threshold)
                                  if targets else float("nan"))
   return ts, info, hashes
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def _update_problem(m: dict, max_update_ratio: float, step: int) -> Optional[str]:
+  """Why optimizer step `step` (its metrics `m`) must not be kept, or None."""
+  if not all(math.isfinite(m[key]) for key in ("loss", "grad_norm", "update_norm",
+                                               "param_norm")):
+    return f"non-finite loss, gradient or weights at optimizer step {step}"
+  ratio = m["update_norm"] / max(m["prev_param_norm"], 1e-12)
+  if max_update_ratio and ratio > max_update_ratio:
+    return (f"exploding update at optimizer step {step} (||update|| / ||weights|| = "
+            f"{ratio:.3g} > optim.max_update_ratio={max_update_ratio})")
+  return None
 
 
 def _planned_steps(config, rl_steps: int) -> int:
@@ -487,10 +570,17 @@ def _evaluate(sampler, params, tok, task, heldout, config, k, reporter,
 
 
 def _decide(state: LoopState, metrics: dict, info: dict, config) -> tuple[bool, str]:
-  """Accept, roll back, and stop on plateau (updates `state` in place)."""
+  """Accept, roll back, and stop on plateau (updates `state` in place). Weights with a
+  non-finite or exploding update are never accepted, whatever the held-out score
+  says, and neither is an iteration that trained on nothing."""
   p1 = metrics["pass@1"]
   if info["nonfinite"]:
     accepted, reason = False, f"rolled back: {info['nonfinite']}"
+  elif not info["optimizer_steps"] or not info["loss_tokens"]:
+    why = (f"0 optimizer steps ({info['kept']} samples selected)"
+           if not info["optimizer_steps"] else
+           "0 loss tokens (train.max_seq_len cuts off every completion?)")
+    accepted, reason = False, f"not accepted: trained on nothing ({why})"
   elif p1 < state.best_pass1 - config.evaluate.max_regression:
     accepted, reason = False, (f"rolled back: held-out pass@1 fell from {state.best_pass1:.3f} "
                                f"to {p1:.3f}")

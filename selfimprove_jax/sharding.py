@@ -16,6 +16,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from selfimprove_jax.errors import UserError
+
 MESH_AXES = ("data", "fsdp", "tensor")
 
 # logical axis -> mesh axis (or tuple of mesh axes, or None = replicated)
@@ -41,18 +43,18 @@ def make_mesh(shape: Mapping[str, int], devices: Optional[Sequence[Any]] = None)
   devices = list(jax.devices() if devices is None else devices)
   unknown = set(shape) - set(MESH_AXES)
   if unknown:
-    raise ValueError(f"unknown mesh axes {sorted(unknown)}; expected {MESH_AXES}")
+    raise UserError(f"unknown mesh axes {sorted(unknown)}; expected {MESH_AXES}")
   sizes = [int(shape.get(a, 1)) for a in MESH_AXES]
   if sizes.count(-1) > 1:
-    raise ValueError(f"at most one mesh axis may be -1, got {dict(shape)}")
+    raise UserError(f"mesh {dict(shape)}: at most one axis may be -1")
   known = math.prod(s for s in sizes if s != -1)
   if -1 in sizes:
     if len(devices) % known:
-      raise ValueError(f"mesh {dict(shape)} does not divide {len(devices)} devices")
+      raise UserError(f"mesh {dict(shape)} does not divide the {len(devices)} devices")
     sizes[sizes.index(-1)] = len(devices) // known
   if math.prod(sizes) != len(devices):
-    raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, "
-                     f"there are {len(devices)}")
+    raise UserError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, "
+                    f"there are {len(devices)}")
   return Mesh(np.asarray(devices, dtype=object).reshape(sizes), MESH_AXES)
 
 

@@ -18,7 +18,7 @@ from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
-from selfimprove_jax.checkpoint import hash_path
+from selfimprove_jax.files import hash_path, open_regular
 from selfimprove_jax.sampling import SamplingParams, encode_prompts
 
 Record = dict
@@ -80,8 +80,9 @@ def records_digest(path: str, records: Iterable[Record]) -> str:
 
 
 def read_records(path: str) -> list[Record]:
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  """The records of a JSONL file written by `write_records` (regular files only)."""
+  with open_regular(path) as f:
+    return [json.loads(line) for line in f.read().decode("utf-8").splitlines() if line.strip()]
 
 
 # ----------------------------------------------------------------------------- batches

@@ -6,6 +6,8 @@ override; `check_optim_config` turns a bad value into one `UserError` line.
 
 from __future__ import annotations
 
+import math
+
 import ml_collections
 
 from selfimprove_jax.errors import UserError
@@ -31,6 +33,10 @@ def default_optim_config() -> ml_collections.ConfigDict:
   c.b2 = 0.95
   c.eps = 1e-8
   c.grad_clip_norm = 1.0         # global-norm clipping; 0 disables
+  # The loop rolls an iteration back when one update is larger than this fraction of
+  # the weights' norm (||update|| / ||params||): an exploding step, e.g. a huge
+  # learning rate without clipping. AdamW fine-tuning steps are ~1e-4 of it. 0 = off.
+  c.max_update_ratio = 1.0
   # Gradient accumulation inside one jitted step (lax.scan over micro-batches).
   # micro_batch_size > 0 wins: accumulation steps = batch // micro_batch_size.
   c.grad_accum_steps = 1
@@ -55,15 +61,25 @@ def default_optim_config() -> ml_collections.ConfigDict:
 
 def check_optim_config(c) -> None:
   """Raises UserError naming the first bad value."""
+  for key, value in c.items():
+    if isinstance(value, float) and not math.isfinite(value):
+      raise UserError(f"optim.{key}={value!r} is not a finite number")
   choices = {"loss": LOSS_NAMES, "schedule": SCHEDULES, "aggregation": AGGREGATIONS}
   for key, allowed in choices.items():
     if c[key] not in allowed:
       raise UserError(f"optim.{key}={c[key]!r} is not one of {', '.join(allowed)}")
-  for key in ("learning_rate", "warmup_steps", "total_steps", "weight_decay",
-              "grad_clip_norm", "micro_batch_size", "logprob_chunk", "kl_coef",
-              "clip_eps", "clip_eps_high", "dpo_beta"):
+  for key in ("warmup_steps", "weight_decay", "grad_clip_norm", "micro_batch_size",
+              "logprob_chunk", "kl_coef", "clip_eps", "clip_eps_high", "max_update_ratio"):
     if c[key] < 0:
       raise UserError(f"optim.{key}={c[key]!r} must be >= 0")
+  for key in ("learning_rate", "total_steps", "dpo_beta", "eps", "adv_eps"):
+    if c[key] <= 0:
+      raise UserError(f"optim.{key}={c[key]!r} must be > 0")
+  for key in ("b1", "b2"):
+    if not 0.0 <= c[key] < 1.0:
+      raise UserError(f"optim.{key}={c[key]!r} must be in [0, 1)")
+  if not 0.0 <= c.min_lr_ratio <= 1.0:
+    raise UserError(f"optim.min_lr_ratio={c.min_lr_ratio!r} must be in [0, 1]")
   if c.grad_accum_steps < 1:
     raise UserError(f"optim.grad_accum_steps={c.grad_accum_steps!r} must be >= 1")
   if not 0.0 <= c.dpo_label_smoothing < 0.5:

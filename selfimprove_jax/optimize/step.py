@@ -67,7 +67,8 @@ def make_train_step(model_config: ModelConfig, cfg, mesh: Mesh):
   """`step(state, batch) -> (state, metrics)`, jitted with explicit shardings and
   the state donated. Metrics are replicated fp32 scalars: loss, grad_norm (before
   clipping), learning_rate (of this update), tokens (real input tokens; divide by
-  the step's wall time for tokens/s), loss_tokens, plus the loss's own."""
+  the step's wall time for tokens/s), loss_tokens, update_norm, param_norm (after the
+  update), prev_param_norm (before it), plus the loss's own."""
   check_optim_config(cfg)
   tx = make_optimizer(cfg)
   schedule = learning_rate_schedule(cfg)
@@ -113,7 +114,12 @@ def make_train_step(model_config: ModelConfig, cfg, mesh: Mesh):
     params = optax.apply_updates(state.params, updates)
     rng = jax.random.key_data(jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step))
     new_state = TrainState(params=params, opt_state=opt_state, step=state.step + 1, rng=rng)
+    # The loop's guard reads these: a non-finite or exploding update (relative to the
+    # weights it changed) rolls the iteration back; param_norm is also non-finite
+    # exactly when some new parameter is.
     metrics = dict(metrics, loss=loss, grad_norm=grad_norm,
+                   update_norm=optax.tree.norm(updates), param_norm=optax.tree.norm(params),
+                   prev_param_norm=optax.tree.norm(state.params),
                    learning_rate=schedule(state.step),
                    tokens=jnp.sum(jnp.asarray(batch["input_mask"], jnp.float32)),
                    loss_tokens=jnp.sum(full["loss_mask"]))

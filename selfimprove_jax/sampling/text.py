@@ -67,7 +67,11 @@ def read_prompts(prompts: Optional[Sequence[str]] = None,
   out: list[str] = []
   if prompts_file:
     try:
-      lines = open(prompts_file, encoding="utf-8").read().splitlines()
+      with open(prompts_file, "rb") as f:
+        lines = f.read().decode("utf-8").splitlines()
+    except UnicodeDecodeError as e:
+      raise UserError(f"{prompts_file}: not UTF-8 text (byte {e.start}); --prompts_file "
+                      f"must be UTF-8 JSONL") from None
     except OSError as e:
       raise UserError(f"{prompts_file}: cannot read prompts file ({e.strerror})") from None
     for i, line in enumerate(lines, 1):

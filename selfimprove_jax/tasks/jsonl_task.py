@@ -35,28 +35,34 @@ def read_jsonl(path: str, instruction: str = "") -> list[Problem]:
   if not os.path.isfile(path):
     raise UserError(f"{path}: no such file (task jsonl:{path})")
   out, seen = [], set()
-  with open(path, encoding="utf-8") as f:
-    for lineno, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-      if not isinstance(row, dict):
-        raise UserError(f"{path}:{lineno}: expected a JSON object with 'prompt' and 'answer'")
-      answer = row.get("answer", row.get("reference"))
-      prompt = row.get("prompt")
-      if not isinstance(prompt, str) or not prompt.strip() or answer is None:
-        raise UserError(f"{path}:{lineno}: needs a non-empty string 'prompt' and an 'answer' "
-                        f"(or 'reference')")
-      if isinstance(answer, (dict, list)):
-        raise UserError(f"{path}:{lineno}: 'answer' must be a string or a number")
-      text = f"{prompt.rstrip()}\n\n{instruction}" if instruction else prompt
-      p = problem_lib.make_problem(text, answer, 0, {"line": lineno})
-      if p.id not in seen:
-        seen.add(p.id)
-        out.append(p)
+  try:
+    with open(path, "rb") as f:
+      lines = f.read().decode("utf-8").split("\n")
+  except UnicodeDecodeError as e:
+    raise UserError(f"{path}: not UTF-8 text (byte {e.start}); task jsonl:{path}") from None
+  except OSError as e:
+    raise UserError(f"{path}: cannot read ({e.strerror}); task jsonl:{path}") from None
+  for lineno, line in enumerate(lines, 1):
+    if not line.strip():
+      continue
+    try:
+      row = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+    if not isinstance(row, dict):
+      raise UserError(f"{path}:{lineno}: expected a JSON object with 'prompt' and 'answer'")
+    answer = row.get("answer", row.get("reference"))
+    prompt = row.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip() or answer is None:
+      raise UserError(f"{path}:{lineno}: needs a non-empty string 'prompt' and an 'answer' "
+                      f"(or 'reference')")
+    if isinstance(answer, (dict, list)):
+      raise UserError(f"{path}:{lineno}: 'answer' must be a string or a number")
+    text = f"{prompt.rstrip()}\n\n{instruction}" if instruction else prompt
+    p = problem_lib.make_problem(text, answer, 0, {"line": lineno})
+    if p.id not in seen:
+      seen.add(p.id)
+      out.append(p)
   if not out:
     raise UserError(f"{path}: no problems in the file")
   return out

@@ -20,13 +20,19 @@ from selfimprove_jax.weights.load import LoadedModel
 _STALE = ("model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
-def ensure_out_dir(out_dir: str, force: bool = False) -> None:
-  """Refuses a non-empty `out_dir` unless `force` (checked before any slow work)."""
-  if os.path.isfile(out_dir):
-    raise UserError(f"{out_dir}: exists and is a file, not a directory")
+def ensure_out_dir(out_dir: str, force: bool = False, create: bool = False) -> None:
+  """Refuses a non-empty `out_dir` unless `force` (checked before any slow work);
+  with `create`, makes it now, so a path that cannot be created fails first too."""
+  if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
+    raise UserError(f"{out_dir}: exists and is not a directory")
   if os.path.isdir(out_dir) and os.listdir(out_dir) and not force:
     raise UserError(f"{out_dir}: directory is not empty (pass --force / force=True to "
                     f"overwrite)")
+  if create:
+    try:
+      os.makedirs(out_dir, exist_ok=True)
+    except OSError as e:
+      raise UserError(f"--out {out_dir} cannot be created: {e.strerror}") from None
 
 
 def _host(x) -> np.ndarray:

@@ -13,6 +13,8 @@ import dataclasses
 import os
 from typing import Any, Optional
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
@@ -77,17 +79,31 @@ def params_from_tensors(tensors, config: ModelConfig, mesh: Mesh):
   return params
 
 
+def _check_finite(params, source: str) -> None:
+  """UserError naming `source` and the first tensors holding NaN or inf: such weights
+  (a diverged run, a corrupt file) must not be sampled from, scored or exported."""
+  flat = jax.tree_util.tree_flatten_with_path(params)[0]
+  bad = [jax.tree_util.keystr(path, simple=True, separator=".") for path, x in flat
+         if not bool(jnp.all(jnp.isfinite(x)))]
+  if bad:
+    raise UserError(f"{source}: weights contain non-finite values (in {len(bad)} of "
+                    f"{len(flat)} tensors, e.g. {bad[0]}); refusing to use them")
+
+
 def load(spec: str, *, mesh: Optional[Mesh] = None, dtype: Optional[str] = None,
-         seed: int = 0) -> LoadedModel:
+         seed: int = 0, check_finite: bool = True) -> LoadedModel:
   """Loads a model from `spec`: a preset name (random init with `seed`), an HF
   directory (config.json + safetensors), a .gguf file, "smollm2-135m-instruct", or a
   run's workdir ("DIR": its last accepted checkpoint; "DIR@K": iteration K).
   `dtype` ("float32"/"bfloat16") overrides the compute dtype; params stay fp32.
-  Params are sharded on `mesh` (default: one device) by the rule table."""
+  Params are sharded on `mesh` (default: one device) by the rule table. Weights with
+  a NaN or inf are refused (`check_finite`)."""
   mesh = mesh or sharding_lib.single_device_mesh()
   run = run_dir.parse_run_spec(spec)
   if run is not None:
     params, config, tok, source = run_dir.load_run(run[0], run[1], load, mesh, dtype)
+    if check_finite:
+      _check_finite(params, f"checkpoint {source}")
     return LoadedModel(params=params, config=config, tokenizer=tok, source=source)
   kind, where = resolve(spec)
   if kind == "preset":
@@ -116,4 +132,6 @@ def load(spec: str, *, mesh: Optional[Mesh] = None, dtype: Optional[str] = None,
     if kind == "hf_dir":
       tensors = hf.SafetensorsDir(where)
     params = params_from_tensors(tensors, config, mesh)
+  if check_finite:
+    _check_finite(params, where)
   return LoadedModel(params=params, config=config, tokenizer=tok, source=where)

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from typing import Optional
 
 import jax
 import ml_collections
 
-from selfimprove_jax.checkpoint import MANIFEST, Checkpointer
+from selfimprove_jax.checkpoint import ENTRIES, MANIFEST, Checkpointer
 from selfimprove_jax.errors import UserError
 from selfimprove_jax.optimize.state import create_train_state, state_shardings
 
@@ -22,12 +23,20 @@ def parse_run_spec(spec: str) -> Optional[tuple[str, Optional[int]]]:
   """(workdir, iteration or None) when `spec` names a run's workdir, else None."""
   m = _AT.match(spec)
   workdir, it = (m["dir"], int(m["it"])) if m else (spec, None)
-  if os.path.isfile(os.path.join(workdir, MANIFEST)):
+  if os.path.isfile(os.path.join(workdir, MANIFEST)) or os.path.isdir(
+      os.path.join(workdir, ENTRIES)):
     return workdir, it
+  if os.path.isdir(os.path.join(workdir, "checkpoints")):
+    raise UserError(f"{workdir} looks like a run directory (it has checkpoints/) but has "
+                    f"neither {MANIFEST} nor {ENTRIES}/ to verify them with")
   if m:
     raise UserError(f"{workdir} is not a run directory (no {MANIFEST}); 'DIR@K' names "
                     f"iteration K of a run")
   return None
+
+
+def _note(msg: str) -> None:
+  print(f"selfimprove-jax: note: {msg}", file=sys.stderr, flush=True)
 
 
 def abstract_train_state(model_config, optim_config, params, mesh):
@@ -40,21 +49,26 @@ def abstract_train_state(model_config, optim_config, params, mesh):
 
 
 def load_run(workdir: str, iteration: Optional[int], load_base, mesh, dtype=None):
-  """LoadedModel-like tuple (params, config, tokenizer, source) from a run checkpoint."""
-  ckpt = Checkpointer(workdir)
+  """LoadedModel-like tuple (params, config, tokenizer, source) from a run checkpoint.
+  Without an iteration: the newest accepted checkpoint that verifies; when that is not
+  the newest accepted one, a note on stderr says which is used instead."""
+  ckpt = Checkpointer(workdir, log=_note, read_only=True)
   try:
     if iteration is None:
-      good = [it for it in ckpt.accepted() if ckpt.verify(it) is None]
-      if not good:
+      iteration = ckpt.latest_good(only_accepted=True)
+      if iteration is None:
         raise UserError(f"run {workdir} has no verified accepted checkpoint")
-      iteration = good[-1]
+      newest = max(int(k) for k, e in ckpt.manifest()["checkpoints"].items() if e["accepted"])
+      if iteration != newest:
+        _note(f"using {workdir}@{iteration}, the newest accepted checkpoint that verifies")
     elif iteration not in ckpt.steps():
       raise UserError(f"run {workdir} has no checkpoint for iteration {iteration} "
                       f"(have {ckpt.steps()})")
     elif (problem := ckpt.verify(iteration)) is not None:
       raise UserError(f"checkpoint {ckpt.step_dir(iteration)}: {problem}")
     saved = ckpt.restore_meta(iteration)["config"]
-    base = load_base(saved["model"], mesh=mesh, dtype=dtype or saved["dtype"])
+    base = load_base(saved["model"], mesh=mesh, dtype=dtype or saved["dtype"],
+                     check_finite=False)
     optim = ml_collections.ConfigDict(saved["optim"])
     abstract = abstract_train_state(base.config, optim, base.params, mesh)
     state, _ = ckpt.restore(iteration, abstract)

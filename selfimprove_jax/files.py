@@ -1,0 +1,150 @@
+"""The plain files of a run's workdir: guarded reads, atomic writes, content hashes,
+and the lock that keeps one run per workdir.
+
+A workdir is input a user (or a crash, or a hostile neighbour) can change. Every read
+here first checks what the path is: a symlink that leaves the workdir, a device, a
+FIFO or a socket is refused with one line instead of hanging (hashing `/dev/zero`
+never ends; opening a FIFO blocks until a writer appears), and JSON files larger than
+`MAX_JSON_BYTES` are refused before they are read.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import socket
+import stat
+from typing import Any, Optional
+
+from selfimprove_jax.errors import UserError
+
+MAX_JSON_BYTES = 64 << 20    # manifests, stage indexes, checkpoint metadata
+LOCK_FILE = ".lock"
+
+
+class UnreadableFile(UserError):
+  """A workdir file that exists but cannot be used (not regular, corrupt, too big)."""
+
+
+def check_regular(path: str, root: Optional[str] = None) -> os.stat_result:
+  """stat of `path` when it is a regular file (a symlink is followed only when it
+  stays under `root`); UnreadableFile otherwise. Never opens the file."""
+  st = os.lstat(path)
+  if stat.S_ISLNK(st.st_mode):
+    target = os.path.realpath(path)
+    base = os.path.realpath(root) if root else None
+    if base is None or not (target == base or target.startswith(base + os.sep)):
+      raise UnreadableFile(f"{path} is a symlink to {target}, outside the workdir; "
+                           f"refusing to read it")
+    st = os.stat(path)
+  if not stat.S_ISREG(st.st_mode):
+    kind = ("a directory" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode)
+            else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
+            else "a socket" if stat.S_ISSOCK(st.st_mode) else "not a regular file")
+    raise UnreadableFile(f"{path} is {kind}, not a regular file; refusing to read it")
+  return st
+
+
+def open_regular(path: str, root: Optional[str] = None, max_bytes: Optional[int] = None):
+  """Opens a regular file for binary reading (see `check_regular`); refuses files
+  over `max_bytes`. O_NONBLOCK: a FIFO swapped in after the check cannot block."""
+  st = check_regular(path, root)
+  if max_bytes is not None and st.st_size > max_bytes:
+    raise UnreadableFile(f"{path} is {st.st_size} bytes, more than the {max_bytes} "
+                         f"expected; refusing to read it")
+  fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+  if not stat.S_ISREG(os.fstat(fd).st_mode):
+    os.close(fd)
+    raise UnreadableFile(f"{path} changed into a non-regular file; refusing to read it")
+  return os.fdopen(fd, "rb")
+
+
+def read_json(path: str, default: Any = None, root: Optional[str] = None) -> Any:
+  """The JSON value in `path`, `default` when it does not exist; UnreadableFile when
+  it is not a regular file, too large, not UTF-8 or not JSON."""
+  if not os.path.lexists(path):
+    return default
+  with open_regular(path, root, MAX_JSON_BYTES) as f:
+    raw = f.read()
+  try:
+    return json.loads(raw.decode("utf-8"))
+  except (UnicodeDecodeError, ValueError) as e:
+    raise UnreadableFile(f"{path} is not valid JSON ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:120]})") from None
+
+
+def write_json_atomic(path: str, obj: Any) -> None:
+  """Writes JSON to a temporary file, fsyncs it and renames it over `path`: a reader
+  sees the old or the new file, never half of one."""
+  tmp = f"{path}.tmp.{os.getpid()}"
+  try:
+    with open(tmp, "w") as f:
+      json.dump(obj, f, indent=1, sort_keys=True)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except OSError:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def tree_files(path: str) -> list[str]:
+  """Files under a directory (sorted), or [path] for a file. Directory symlinks are
+  not followed (os.walk's default), so a link to elsewhere is never read."""
+  if not os.path.isdir(path) or os.path.islink(path):
+    return [path]
+  return sorted(os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs)
+
+
+def tree_bytes(path: str, root: Optional[str] = None) -> int:
+  """Total size of the regular files under `path` (refuses anything else)."""
+  return sum(check_regular(f, root).st_size for f in tree_files(path))
+
+
+def hash_path(path: str, root: Optional[str] = None) -> str:
+  """SHA-256 over a file, or over every file under a directory (names and bytes).
+  Only regular files are read (see `check_regular`)."""
+  h = hashlib.sha256()
+  base = os.path.dirname(path) if not os.path.isdir(path) else path
+  for f in tree_files(path):
+    h.update(os.path.relpath(f, base).encode())
+    with open_regular(f, root) as fh:
+      for chunk in iter(lambda: fh.read(1 << 20), b""):
+        h.update(chunk)
+  return h.hexdigest()
+
+
+class WorkdirLock:
+  """An advisory lock (flock) on `workdir/.lock`, held for a run's life: a second run
+  on the same workdir is refused with the holder's pid and host. The kernel releases
+  it when the holder exits or dies, so a stale lock file never blocks."""
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, LOCK_FILE)
+    self._fd: Optional[int] = None
+
+  def __enter__(self) -> "WorkdirLock":
+    fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+      if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+        os.close(fd)
+        raise
+      holder = os.pread(fd, 256, 0).decode("utf-8", "replace").strip() or "unknown"
+      os.close(fd)
+      raise UserError(f"workdir {os.path.dirname(self.path)} is in use by another run "
+                      f"({holder}); wait for it to finish or use another --workdir") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()}\n".encode(), 0)
+    self._fd = fd
+    return self
+
+  def __exit__(self, *exc) -> None:
+    if self._fd is not None:
+      os.close(self._fd)   # closing releases the flock
+      self._fd = None

@@ -1,0 +1,220 @@
+"""Bad input is one line: every case exits non-zero with exactly one line on stderr,
+and that line names the offending config key, flag or file. The CLI runs in-process
+(`cli.main`); each case fails before anything slow runs, except the few that need a
+model (non-finite weights), which use the tiny preset."""
+
+import os
+
+import numpy as np
+import pytest
+
+from selfimprove_jax import cli
+from selfimprove_jax.files import WorkdirLock
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(ROOT, "configs", "tiny.py")
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+  """Bad files, made once: named by what is wrong with them."""
+  d = tmp_path_factory.mktemp("bad_files")
+  f = {}
+  def write(name, data):
+    path = str(d / name)
+    with open(path, "wb") as fh:
+      fh.write(data)
+    return path
+  f["not_utf8"] = write("latin1.jsonl", b'{"prompt": "caf\xe9", "answer": "1"}\n')
+  f["bad_json"] = write("bad.jsonl", b'{"prompt": "1+1", "answer": \n')
+  f["no_answer"] = write("noanswer.jsonl", b'{"prompt": "1+1"}\n')
+  f["empty"] = write("empty.jsonl", b"\n\n")
+  f["prompts_not_utf8"] = write("prompts.jsonl", b'{"prompt": "\xff\xfe"}\n')
+  f["prompts_no_key"] = write("prompts2.jsonl", b'{"text": "hi"}\n')
+  f["cfg_none"] = write("none_config.py", b"def get_config():\n  return None\n")
+  f["cfg_syntax"] = write("syntax_config.py", b"def get_config(:\n")
+  f["cfg_nofn"] = write("nofn_config.py", b"X = 1\n")
+  f["cfg_raises"] = write("raises_config.py", b"raise RuntimeError('boom')\n")
+  f["cfg_dict"] = write("dict_config.py", b"def get_config():\n  return {'seed': 0}\n")
+  f["a_file"] = write("plain_file", b"not a directory\n")
+  full = d / "full_out"
+  full.mkdir()
+  (full / "x").write_text("taken")
+  f["nonempty_dir"] = str(full)
+  f["run_without_manifest"] = str(d / "orphan_run")
+  os.makedirs(os.path.join(f["run_without_manifest"], "checkpoints", "0"))
+  f["locked"] = str(d / "locked_run")
+  os.makedirs(f["locked"])
+  f["nan_model"] = _nan_model(str(d / "nan_model"))
+  f["dir"] = str(d)
+  return f
+
+
+def _nan_model(out):
+  """An HF directory of the tiny preset with one NaN weight."""
+  from safetensors.numpy import load_file, save_file
+  assert cli.main(["export", "--model", "tiny", "--out", out]) == 0
+  path = os.path.join(out, "model.safetensors")
+  tensors = load_file(path)
+  name = sorted(tensors)[0]
+  tensors[name] = tensors[name].copy()
+  tensors[name].flat[0] = np.nan
+  save_file(tensors, path, metadata={"format": "pt"})
+  return out
+
+
+def _run(*overrides, config=TINY, workdir=None):
+  return ["run", "--config", config, "--workdir", workdir or "{dir}/w", *overrides]
+
+
+CASES = [
+    # ---- config keys: non-finite, out of range, wrong type, unknown
+    (_run("--config.optim.learning_rate=nan"), "optim.learning_rate"),
+    (_run("--config.optim.learning_rate=inf"), "optim.learning_rate"),
+    (_run("--config.optim.learning_rate=-0.1"), "optim.learning_rate"),
+    (_run("--config.optim.b2=1.5"), "optim.b2"),
+    (_run("--config.optim.max_update_ratio=-1"), "optim.max_update_ratio"),
+    (_run("--config.optim.loss=ppo"), "optim.loss"),
+    (_run("--config.train.batch_size=0"), "train.batch_size"),
+    (_run("--config.train.epochs=0"), "train.epochs"),
+    (_run("--config.train.max_seq_len=1"), "train.max_seq_len"),
+    (_run("--config.train.batch_size=abc"), "train.batch_size"),
+    (_run("--config.loop.iterations=-1"), "loop.iterations"),
+    (_run("--config.loop.prompts_per_iteration=0"), "loop.prompts_per_iteration"),
+    (_run("--config.loop.samples_per_prompt=0"), "loop.samples_per_prompt"),
+    (_run("--config.loop.algorithm=grpo", "--config.loop.samples_per_prompt=1"),
+     "loop.samples_per_prompt"),
+    (_run("--config.loop.algorithm=ppo"), "loop.algorithm"),
+    (_run("--config.loop.no_such_key=1"), "loop.no_such_key"),
+    (_run("--config.task.heldout_size=0"), "task.heldout_size"),
+    (_run("--config.select.dedup_threshold=2"), "select.dedup_threshold"),
+    (_run("--config.select.filters=correct,shiny"), "select.filters"),
+    (_run("--config.select.min_pass_rate=0.9", "--config.select.max_pass_rate=0.1"),
+     "select.min_pass_rate"),
+    (_run("--config.sampling.temperature=nan"), "sampling.temperature"),
+    (_run("--config.sampling.top_p=0"), "sampling.top_p"),
+    (_run("--config.evaluate.maj_k=0"), "evaluate.maj_k"),
+    (_run("--config.evaluate.max_regression=nan"), "evaluate.max_regression"),
+    (_run("--config.evaluate.strategies=magic"), "evaluate.strategies"),
+    (_run("--config.acquire.self_instruct_share=1.5"), "acquire.self_instruct_share"),
+    (_run("--config.log.plot=maybe"), "log.plot"),
+    (_run("--config.dtype=float16"), "dtype"),
+    (_run("--config.mesh.data=0"), "mesh.data"),
+    (_run("--config.mesh.data=3"), "mesh"),
+    (_run("--config.seed"), "--config.seed"),
+    (_run("--bogus"), "--bogus"),
+    # ---- task specs and task files
+    (_run("--config.task.name=no_such_task"), "no_such_task"),
+    (_run("--config.task.name=jsonl:/nonexistent/problems.jsonl"), "/nonexistent/problems.jsonl"),
+    (_run("--config.task.name=jsonl:{not_utf8}"), "{not_utf8}"),
+    (_run("--config.task.name=jsonl:{bad_json}"), "{bad_json}"),
+    (_run("--config.task.name=jsonl:{no_answer}"), "{no_answer}"),
+    (_run("--config.task.name=jsonl:{empty}"), "{empty}"),
+    # ---- model specs
+    (_run("--config.model=/nonexistent/model_dir"), "/nonexistent/model_dir"),
+    (["generate", "--model", "no_such_preset", "--prompt", "hi"], "no_such_preset"),
+    (["eval", "--model", "{run_without_manifest}"], "{run_without_manifest}"),
+    (["eval", "--model", "{dir}@3"], "{dir}"),
+    (["generate", "--model", "{nan_model}", "--prompt", "hi"], "{nan_model}"),
+    (["export", "--model", "{nan_model}", "--out", "{dir}/nan_export"], "{nan_model}"),
+    # ---- config files
+    (_run(config="/nonexistent/config.py"), "/nonexistent/config.py"),
+    (_run(config="{cfg_none}"), "{cfg_none}"),
+    (_run(config="{cfg_syntax}"), "{cfg_syntax}"),
+    (_run(config="{cfg_nofn}"), "{cfg_nofn}"),
+    (_run(config="{cfg_raises}"), "{cfg_raises}"),
+    (_run(config="{cfg_dict}"), "{cfg_dict}"),
+    # ---- workdirs
+    (_run(workdir="{a_file}"), "{a_file}"),
+    (_run(workdir="{a_file}/sub"), "{a_file}/sub"),
+    (_run(workdir="{locked}"), "{locked}"),
+    # ---- flags
+    (["generate", "--prompt", "hi", "--temperature", "nan"], "--temperature"),
+    (["generate", "--prompt", "hi", "--temperature", "inf"], "--temperature"),
+    (["generate", "--prompt", "hi", "--temperature", "-1"], "--temperature"),
+    (["generate", "--prompt", "hi", "--n", "0"], "--n"),
+    (["generate", "--prompt", "hi", "--n", "abc"], "--n"),
+    (["generate", "--prompt", "hi", "--top_p", "1.5"], "--top_p"),
+    (["generate", "--prompt", "hi", "--max_new_tokens", "0"], "--max_new_tokens"),
+    (["generate", "--prompt", "hi", "--strategy", "magic"], "magic"),
+    (["generate", "--prompts_file", "{prompts_not_utf8}"], "{prompts_not_utf8}"),
+    (["generate", "--prompts_file", "{prompts_no_key}"], "{prompts_no_key}"),
+    (["generate", "--prompts_file", "/nonexistent/prompts.jsonl"], "/nonexistent/prompts.jsonl"),
+    (["generate"], "--prompt"),
+    (["eval", "--k", "0"], "--k"),
+    (["eval", "--n", "0"], "--n"),
+    (["eval", "--temperature", "nan"], "--temperature"),
+    (["eval", "--task", "no_such_task"], "no_such_task"),
+    (["eval", "--strategies", "magic"], "magic"),
+    (["export", "--model", "tiny", "--out", "{a_file}/sub"], "{a_file}/sub"),
+    (["export", "--model", "tiny", "--out", "{nonempty_dir}"], "{nonempty_dir}"),
+    (["export", "--model", "/nonexistent/weights.gguf", "--out", "{dir}/e"],
+     "/nonexistent/weights.gguf"),
+]
+
+
+def _call(argv):
+  try:
+    return cli.main(argv)
+  except SystemExit as e:   # argparse
+    return e.code
+
+
+@pytest.mark.parametrize("argv, names", CASES, ids=[" ".join(c[0])[:70] for c in CASES])
+def test_bad_input_is_one_line_naming_it(argv, names, files, capfd):
+  argv = [a.format(**files) for a in argv]
+  names = names.format(**files)
+  with WorkdirLock(files["locked"]):   # another "run" holds this workdir
+    code = _call(argv)
+  err = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
+  assert code not in (0, None), err
+  assert len(err) == 1, err
+  assert names in err[0], err
+  assert "Traceback" not in err[0]
+
+
+def test_there_are_at_least_forty_cases():
+  assert len(CASES) >= 40
+
+
+def test_locked_workdir_names_the_holder(files, capfd):
+  with WorkdirLock(files["locked"]):
+    code = _call(_run(workdir=files["locked"]))
+  err = capfd.readouterr().err
+  assert code == 2 and f"pid {os.getpid()}" in err and "in use" in err
+
+
+def test_stale_lock_file_does_not_block(tmp_path):
+  lock = WorkdirLock(str(tmp_path))
+  with lock:
+    pass
+  assert os.path.exists(tmp_path / ".lock")   # the file stays; the flock is gone
+  with open(tmp_path / ".lock", "w") as f:
+    f.write("pid 1 on host elsewhere\n")
+  with WorkdirLock(str(tmp_path)):
+    pass
+
+
+def test_unexpected_error_is_one_line_with_debug_hint(monkeypatch, capfd):
+  def broken(args):
+    raise RuntimeError("something\ninternal")
+  monkeypatch.setattr(cli, "_cmd_eval", broken)
+  assert _call(["eval"]) == 1
+  err = capfd.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and "RuntimeError: something internal" in err[0] and "--debug" in err[0]
+  with pytest.raises(RuntimeError):
+    cli.main(["eval", "--debug"])
+
+
+def test_disk_errors_name_the_path(monkeypatch, capfd):
+  import errno
+  def full(args):
+    try:
+      raise OSError(errno.ENOSPC, "No space left on device", "/runs/x/checkpoints/3")
+    except OSError as e:
+      raise RuntimeError("save failed") from e   # as Orbax wraps it
+  monkeypatch.setattr(cli, "_cmd_eval", full)
+  assert _call(["eval"]) == 1
+  err = capfd.readouterr().err.strip().splitlines()
+  assert len(err) == 1
+  assert "/runs/x/checkpoints/3" in err[0] and "No space left on device" in err[0]
