@@ -90,49 +90,104 @@ def test_rerun_of_finished_run_does_no_new_work(reference, cache_dir):
   assert_same_state(before, final_state(workdir))
 
 
-@pytest.mark.parametrize("fault", ["acquire", "optimize", "checkpoint"])
-def test_sigkill_then_resume_equals_uninterrupted(fault, reference, cache_dir, tmp_path):
+def _garbage(path):
+  with open(path, "wb") as f:
+    f.write(b"\x00{not json")
+
+
+# (fault, exit status of the interrupted run, damage done to the workdir before resuming)
+CRASHES = [
+    ("acquire", -9, None),               # iteration 1: sampled, records not yet written
+    ("optimize@2", -9, "records/iter_0002/stages.json"),   # a later iteration; its stage
+                                                           # index then corrupted
+    ("checkpoint", -9, None),            # baseline saved by Orbax, manifest not updated
+    ("checkpoint_write@2", -9, "manifest.json"),   # killed while iteration 2's checkpoint
+                                                   # is written; the manifest then corrupted
+    ("enospc@1", 1, None),               # disk full while saving iteration 1: one line
+]
+
+
+@pytest.mark.parametrize("fault, status, damage", CRASHES, ids=[c[0] for c in CRASHES])
+def test_interrupted_run_resumes_to_the_same_result(fault, status, damage, reference,
+                                                    cache_dir, tmp_path):
   killed = run_cli(tmp_path, cache_dir, fault=fault)
-  assert killed.returncode == -9, killed.stderr[-2000:]
+  assert killed.returncode == status, killed.stderr[-2000:]
+  if status > 0:   # not killed: it said why in one line, naming the path
+    err = [l for l in killed.stderr.splitlines() if "error" in l]
+    assert len(err) == 1 and "No space left on device" in err[0], killed.stderr[-2000:]
+    assert "checkpoints" in err[0] and "re-run" in err[0]
+  if damage:
+    _garbage(os.path.join(tmp_path, damage))
   resumed = run_cli(tmp_path, cache_dir)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
+  if damage == "manifest.json":
+    assert "rebuilt it from" in resumed.stdout
   assert metrics(tmp_path) == metrics(reference[0])
   assert_same_state(final_state(tmp_path), final_state(reference[0]))
 
 
-def test_flipped_bytes_fall_back_to_previous_checkpoint(reference, cache_dir, tmp_path):
+@pytest.mark.parametrize("how", ["flip_bytes", "symlink_to_dev_zero"])
+def test_bad_checkpoint_falls_back_to_previous(how, reference, cache_dir, tmp_path, capsys):
+  from selfimprove_jax.weights import load
   workdir = tmp_path / "run"
   shutil.copytree(reference[0], workdir)
   step_dir = os.path.join(workdir, "checkpoints", "2", "state")
   files = [os.path.join(d, f) for d, _, fs in os.walk(step_dir) for f in fs]
   target = max(files, key=os.path.getsize)
-  with open(target, "r+b") as f:
-    f.seek(os.path.getsize(target) // 2)
-    byte = f.read(1)
-    f.seek(-1, 1)
-    f.write(bytes([byte[0] ^ 0xFF]))
+  if how == "flip_bytes":
+    with open(target, "r+b") as f:
+      f.seek(os.path.getsize(target) // 2)
+      byte = f.read(1)
+      f.seek(-1, 1)
+      f.write(bytes([byte[0] ^ 0xFF]))
+  else:   # hashing it would read forever
+    os.remove(target)
+    os.symlink("/dev/zero", target)
+  # eval / generate / export: one line says which checkpoint they use instead
+  assert load(str(workdir)).source.endswith("@1")
+  notes = capsys.readouterr().err
+  assert "falling back" in notes and f"using {workdir}@1" in notes
   out = run_cli(workdir, cache_dir)
   assert out.returncode == 0, out.stderr[-3000:]
-  assert "content hash mismatch" in out.stdout + out.stderr
+  assert "falling back to an earlier one" in out.stdout + out.stderr
   assert "resuming" in out.stdout and "after iteration 1" in out.stdout
   assert metrics(workdir) == metrics(reference[0])
   assert_same_state(final_state(workdir), final_state(reference[0]))
 
 
-def test_destructive_optimizer_is_rolled_back(cache_dir, tmp_path):
+@pytest.mark.parametrize("how", ["huge_learning_rate", "nan_in_last_update"])
+def test_bad_update_is_rolled_back(how, cache_dir, tmp_path):
+  """No accepted checkpoint ever holds a non-finite or exploded weight: a learning rate
+  of 1e3 without clipping (finite weights, caught by the update-size check; 1e30
+  overflows to inf and is caught as non-finite), and a NaN put into the weights after
+  the last step's metrics were taken (caught by the final check)."""
   # (--config.remat: the loop's train step also runs with rematerialised blocks)
-  out = run_cli(tmp_path, cache_dir, "--config.optim.learning_rate=1e30",
-                "--config.optim.grad_clip_norm=0", "--config.loop.iterations=1",
-                "--config.remat=True")
+  args = (["--config.optim.learning_rate=1e3", "--config.optim.grad_clip_norm=0",
+           "--config.remat=True"] if how == "huge_learning_rate" else [])
+  out = run_cli(tmp_path, cache_dir, "--config.loop.iterations=1", *args,
+                fault="nan_update@1" if how == "nan_in_last_update" else None)
   assert out.returncode == 0, out.stderr[-3000:]
   rows = metrics(tmp_path)
   assert rows[1]["accepted"] is False and "rolled back" in rows[1]["reason"]
+  assert ("exploding update" if how == "huge_learning_rate" else "non-finite") \
+      in rows[1]["reason"]
   ckpt = Checkpointer(str(tmp_path))
   base = jax.tree.map(np.asarray, ckpt.restore_arrays(0))
   last = jax.tree.map(np.asarray, ckpt.restore_arrays(1))
   ckpt.close()
   for x, y in zip(jax.tree.leaves(base["params"]), jax.tree.leaves(last["params"])):
     np.testing.assert_array_equal(x, y)
+    assert np.isfinite(y).all()
+
+
+def test_iteration_that_trained_on_nothing_is_not_accepted(tmp_path):
+  from selfimprove_jax import loop
+  from selfimprove_jax.config import load_config
+  config = load_config(TINY, ["loop.iterations=1", "train.max_seq_len=4", "log.plot=false"])
+  state = loop.run(config, str(tmp_path), log=lambda *_: None)
+  row = state["history"][1]
+  assert row["accepted"] is False and "trained on nothing" in row["reason"], row
+  assert row["loss_tokens"] == 0
 
 
 def test_incompatible_workdir_is_refused_and_untouched(reference, cache_dir):
@@ -198,25 +253,66 @@ def test_workdir_loads_as_a_model(reference):
     load(f"{workdir}@9")
 
 
-def test_sigterm_stops_cleanly_and_resumes(reference, cache_dir, tmp_path):
-  """Preemption: SIGTERM once iteration 1's samples are on disk; the run exits with
-  status 0 at the next stage boundary, and re-running finishes as if uninterrupted."""
-  import signal
-  import time
+def _start(workdir, cache_dir):
   cmd = [sys.executable, "-m", "selfimprove_jax.cli", "run", "--config", TINY,
-         "--workdir", str(tmp_path)]
-  proc = subprocess.Popen(cmd, env=_env(cache_dir), stdout=subprocess.PIPE,
+         "--workdir", str(workdir)]
+  return subprocess.Popen(cmd, env=_env(cache_dir), stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True)
-  marker = os.path.join(tmp_path, "records", "iter_0001", "acquire.jsonl")
-  deadline = time.time() + 300
-  while not os.path.exists(marker) and proc.poll() is None and time.time() < deadline:
+
+
+def _wait_for(path, proc, seconds=300):
+  import time
+  deadline = time.time() + seconds
+  while not os.path.exists(path) and proc.poll() is None and time.time() < deadline:
     time.sleep(0.02)
-  proc.send_signal(signal.SIGTERM)
+  assert proc.poll() is None, proc.communicate()[1][-2000:]
+
+
+def test_ctrl_c_stops_cleanly_and_resumes(reference, cache_dir, tmp_path):
+  """Preemption: SIGINT (as SIGTERM) once iteration 1's samples are on disk; the run
+  exits with status 0 at the next stage boundary, and re-running finishes as if
+  uninterrupted."""
+  import signal
+  proc = _start(tmp_path, cache_dir)
+  _wait_for(os.path.join(tmp_path, "records", "iter_0001", "acquire.jsonl"), proc)
+  proc.send_signal(signal.SIGINT)
   stdout, stderr = proc.communicate(timeout=300)
   assert proc.returncode == 0, stderr[-3000:]
-  assert "SIGTERM" in stdout, stdout[-2000:]
+  assert "SIGINT (Ctrl-C): stopping after the last finished stage" in stdout, stdout[-2000:]
+  assert "Traceback" not in stderr
   assert len(metrics(tmp_path)) < 3            # it stopped before finishing
   resumed = run_cli(tmp_path, cache_dir)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert metrics(tmp_path) == metrics(reference[0])
   assert_same_state(final_state(tmp_path), final_state(reference[0]))
+
+
+def test_sigterm_during_start_up_is_one_line(cache_dir, tmp_path):
+  import signal
+  proc = _start(tmp_path, cache_dir)
+  _wait_for(os.path.join(tmp_path, ".lock"), proc)   # the loop's handlers are in place
+  proc.send_signal(signal.SIGTERM)
+  _, stderr = proc.communicate(timeout=300)
+  lines = [l for l in stderr.splitlines() if l.strip()]
+  assert proc.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+  assert lines == ["SIGTERM: stopped during start-up; re-run the same command to "
+                   "continue"], lines
+
+
+def test_second_ctrl_c_exits_at_once(monkeypatch, capsys):
+  """The handler itself (two real signals in a row may reach Python as one): the first
+  SIGINT asks for a stop at the next stage boundary, the second exits now."""
+  import signal
+  from selfimprove_jax import loop
+  exits = []
+  monkeypatch.setattr(loop.os, "_exit", exits.append)
+  signals = loop._Signals()
+  signals.starting = False
+  signals._handle(signal.SIGINT, None)
+  assert signals.stop == "SIGINT (Ctrl-C)" and exits == []
+  with pytest.raises(loop.Preempted):
+    signals.check()
+  signals._handle(signal.SIGINT, None)
+  assert exits == [128 + signal.SIGINT]
+  err = capsys.readouterr().err.strip().splitlines()
+  assert err == ["SIGINT (Ctrl-C): stopped at once; re-run the same command to continue"]
