@@ -15,7 +15,12 @@ swapped for a symlink to a device fails verification instead of hanging.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import logging
 import os
+import re
+import shutil
 import signal
 import threading
 from typing import Any, Callable, Optional
@@ -59,6 +64,19 @@ def _kill_soon(seconds: float) -> None:
   timer = threading.Timer(seconds, lambda: os.kill(os.getpid(), signal.SIGKILL))
   timer.daemon = True
   timer.start()
+
+
+@contextlib.contextmanager
+def _quiet_orbax_errors():
+  """Orbax logs a failed write from its writer thread (a traceback through absl) and
+  then raises it; the raise is what the user sees, as one line (cli.py)."""
+  logger = logging.getLogger("absl")
+  drop = lambda record: record.levelno < logging.ERROR
+  logger.addFilter(drop)
+  try:
+    yield
+  finally:
+    logger.removeFilter(drop)
 
 
 def _entry_ok(entry) -> bool:
@@ -161,10 +179,15 @@ class Checkpointer:
     if fault_requested("checkpoint_write", iteration):
       _kill_soon(0.05)
     if fault_requested("enospc", iteration):
-      raise OSError(28, "No space left on device", self.step_dir(iteration))
-    self._manager.save(iteration, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
-    self._manager.wait_until_finished()
+      raise OSError(errno.ENOSPC, "No space left on device", self.step_dir(iteration))
+    self._check_space(iteration, state)
+    try:
+      with _quiet_orbax_errors():
+        self._manager.save(iteration, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+        self._manager.wait_until_finished()
+    except Exception as e:
+      raise self._as_os_error(e, iteration) from e
     fault_point("checkpoint", iteration)
     if not self.is_primary:   # the manifest is process 0's; no need to read it all back
       return ""
@@ -174,6 +197,31 @@ class Checkpointer:
                                       "bytes": tree_bytes(step_dir, root=self.workdir),
                                       "records": records or {}})
     return digest
+
+  def _check_space(self, iteration: int, state: Any) -> None:
+    """ENOSPC before writing when the file system cannot hold the checkpoint: a clean
+    one-line error instead of a failure deep inside Orbax's writer threads."""
+    need = sum(int(x.nbytes) for x in jax.tree.leaves(state) if hasattr(x, "nbytes"))
+    free = shutil.disk_usage(self.directory).free
+    if need > free:
+      raise OSError(errno.ENOSPC, f"No space left on device (the checkpoint needs about "
+                    f"{need / 1e6:.0f} MB, {free / 1e6:.0f} MB are free)",
+                    self.step_dir(iteration))
+
+  def _as_os_error(self, e: Exception, iteration: int) -> Exception:
+    """An OSError naming the checkpoint for a failed save whose cause was the OS (Orbax
+    and TensorStore report it as text with the errno); removes the partial temporary
+    directory, which only holds space. Other errors are returned as they are."""
+    code = getattr(e, "errno", None)
+    m = re.search(r"os_error_code='?(\d+)", str(e))
+    code = code or (int(m.group(1)) if m else None)
+    if self.is_primary:
+      for name in os.listdir(self.directory):
+        if name.startswith(f"{iteration}.orbax-checkpoint-tmp"):
+          shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+    if code is None:
+      return e
+    return OSError(code, os.strerror(code), self.step_dir(iteration))
 
   def step_dir(self, iteration: int) -> str:
     return os.path.join(self.directory, str(iteration))
