@@ -1,0 +1,137 @@
+"""Interrupted and damaged runs of configs/tiny.py resume to the result of an
+uninterrupted one: SIGKILL at chosen moments (a later iteration, during a checkpoint
+write), a full disk, corrupt or hostile workdir files, Ctrl-C and SIGTERM."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from run_files import TINY, assert_same_state, final_state, metrics, run_cli, run_env
+
+@pytest.fixture(scope="module")
+def cache_dir():
+  """The session's persistent compilation cache (conftest), shared with subprocesses."""
+  return os.environ["JAX_COMPILATION_CACHE_DIR"]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, cache_dir):
+  """An uninterrupted two-iteration run of configs/tiny.py."""
+  workdir = tmp_path_factory.mktemp("reference")
+  out = run_cli(workdir, cache_dir)
+  assert out.returncode == 0, out.stderr[-3000:]
+  return workdir, out
+
+
+def _garbage(path):
+  with open(path, "wb") as f:
+    f.write(b"\x00{not json")
+
+
+# (fault, exit status of the interrupted run, damage done to the workdir before resuming)
+CRASHES = [
+    ("acquire", -9, None),               # iteration 1: sampled, records not yet written
+    ("optimize@2", -9, "records/iter_0002/stages.json"),   # a later iteration; its stage
+                                                           # index then corrupted
+    ("checkpoint", -9, None),            # baseline saved by Orbax, manifest not updated
+    ("checkpoint_write@2", -9, "manifest.json"),   # killed while iteration 2's checkpoint
+                                                   # is written; the manifest then corrupted
+    ("enospc@1", 1, None),               # disk full while saving iteration 1: one line
+]
+
+
+@pytest.mark.parametrize("fault, status, damage", CRASHES, ids=[c[0] for c in CRASHES])
+def test_interrupted_run_resumes_to_the_same_result(fault, status, damage, reference,
+                                                    cache_dir, tmp_path):
+  killed = run_cli(tmp_path, cache_dir, fault=fault)
+  assert killed.returncode == status, killed.stderr[-2000:]
+  if status > 0:   # not killed: it said why in one line, naming the path
+    err = [l for l in killed.stderr.splitlines() if "error" in l]
+    assert len(err) == 1 and "No space left on device" in err[0], killed.stderr[-2000:]
+    assert "checkpoints" in err[0] and "re-run" in err[0]
+  if damage:
+    _garbage(os.path.join(tmp_path, damage))
+  resumed = run_cli(tmp_path, cache_dir)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  if damage == "manifest.json":
+    assert "rebuilt it from" in resumed.stdout
+  assert metrics(tmp_path) == metrics(reference[0])
+  assert_same_state(final_state(tmp_path), final_state(reference[0]))
+
+
+@pytest.mark.parametrize("how", ["flip_bytes", "symlink_to_dev_zero"])
+def test_bad_checkpoint_falls_back_to_previous(how, reference, cache_dir, tmp_path, capsys):
+  from selfimprove_jax.weights import load
+  workdir = tmp_path / "run"
+  shutil.copytree(reference[0], workdir)
+  step_dir = os.path.join(workdir, "checkpoints", "2", "state")
+  files = [os.path.join(d, f) for d, _, fs in os.walk(step_dir) for f in fs]
+  target = max(files, key=os.path.getsize)
+  if how == "flip_bytes":
+    with open(target, "r+b") as f:
+      f.seek(os.path.getsize(target) // 2)
+      byte = f.read(1)
+      f.seek(-1, 1)
+      f.write(bytes([byte[0] ^ 0xFF]))
+  else:   # hashing it would read forever
+    os.remove(target)
+    os.symlink("/dev/zero", target)
+  # eval / generate / export: one line says which checkpoint they use instead
+  assert load(str(workdir)).source.endswith("@1")
+  notes = capsys.readouterr().err
+  assert "falling back" in notes and f"using {workdir}@1" in notes
+  out = run_cli(workdir, cache_dir)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "falling back to an earlier one" in out.stdout + out.stderr
+  assert "resuming" in out.stdout and "after iteration 1" in out.stdout
+  assert metrics(workdir) == metrics(reference[0])
+  assert_same_state(final_state(workdir), final_state(reference[0]))
+
+
+def _start(workdir, cache_dir):
+  cmd = [sys.executable, "-m", "selfimprove_jax.cli", "run", "--config", TINY,
+         "--workdir", str(workdir)]
+  return subprocess.Popen(cmd, env=run_env(cache_dir), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(path, proc, seconds=300):
+  import time
+  deadline = time.time() + seconds
+  while not os.path.exists(path) and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.02)
+  assert proc.poll() is None, proc.communicate()[1][-2000:]
+
+
+def test_ctrl_c_stops_cleanly_and_resumes(reference, cache_dir, tmp_path):
+  """Preemption: SIGINT (as SIGTERM) once iteration 1's samples are on disk; the run
+  exits with status 0 at the next stage boundary, and re-running finishes as if
+  uninterrupted."""
+  import signal
+  proc = _start(tmp_path, cache_dir)
+  _wait_for(os.path.join(tmp_path, "records", "iter_0001", "acquire.jsonl"), proc)
+  proc.send_signal(signal.SIGINT)
+  stdout, stderr = proc.communicate(timeout=300)
+  assert proc.returncode == 0, stderr[-3000:]
+  assert "SIGINT (Ctrl-C): stopping after the last finished stage" in stdout, stdout[-2000:]
+  assert "Traceback" not in stderr
+  assert len(metrics(tmp_path)) < 3            # it stopped before finishing
+  resumed = run_cli(tmp_path, cache_dir)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert metrics(tmp_path) == metrics(reference[0])
+  assert_same_state(final_state(tmp_path), final_state(reference[0]))
+
+
+def test_sigterm_during_start_up_is_one_line(cache_dir, tmp_path):
+  import signal
+  proc = _start(tmp_path, cache_dir)
+  _wait_for(os.path.join(tmp_path, ".lock"), proc)   # the loop's handlers are in place
+  proc.send_signal(signal.SIGTERM)
+  _, stderr = proc.communicate(timeout=300)
+  lines = [l for l in stderr.splitlines() if l.strip()]
+  assert proc.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+  assert lines == ["SIGTERM: stopped during start-up; re-run the same command to "
+                   "continue"], lines
