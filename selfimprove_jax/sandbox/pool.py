@@ -1,0 +1,166 @@
+"""Host side of the sandbox: a pool of isolated worker processes and the calls to them.
+
+Each worker (worker.py, started under the isolation of isolation.py) runs items one at
+a time; the pool sends each a request and waits for the reply with its own deadline,
+the item's wall-clock limit plus a margin, so a worker that stops answering (killed by
+its item, or wedged) is killed with its whole process group and restarted, and the item
+is reported `killed`. Replies are bounded: the worker caps what it keeps of an item's
+output, and the pool refuses a reply longer than that cap allows.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import queue
+import select
+import signal
+import struct
+import subprocess
+import threading
+import time
+from typing import Optional, Sequence
+
+from selfimprove_jax.sandbox import isolation as isolation_lib
+from selfimprove_jax.sandbox import worker as worker_lib
+
+START_TIMEOUT_S = 60.0
+# Preparing a job in the worker (importing reasoning-gym, building a dataset) happens
+# before the item's clock starts; the pool's deadline allows for it.
+PREPARE_MARGIN_S = 60.0
+UID_BASE = 61000         # items run as UID_BASE + k, a uid of their own per worker
+
+
+class _Worker:
+  """One worker process and the uid its items run as."""
+
+  def __init__(self, iso: isolation_lib.Isolation, uid: Optional[int]):
+    self.iso, self.uid, self.proc = iso, uid, None
+
+  def _start(self) -> None:
+    self.proc = subprocess.Popen(
+        [*self.iso.command, self.iso.worker_path], stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
+    hello = self._read(time.monotonic() + START_TIMEOUT_S, 1 << 12)
+    if not (isinstance(hello, dict) and hello.get("ready")):
+      self.kill()
+      raise RuntimeError(f"sandbox worker did not start ({self.iso.level}: "
+                         f"{' '.join(self.iso.command[:3])} ...)")
+
+  def kill(self) -> None:
+    if self.proc is None:
+      return
+    try:
+      os.killpg(self.proc.pid, signal.SIGKILL)
+    except OSError:
+      pass
+    self.proc.wait()
+    for f in (self.proc.stdin, self.proc.stdout):
+      try:
+        f.close()
+      except OSError:
+        pass
+    self.proc = None
+
+  def _read(self, deadline: float, max_bytes: int):
+    """One reply, or None on EOF, timeout or an oversized reply."""
+    fd = self.proc.stdout.fileno()
+    buf = b""
+    need = 4
+    while len(buf) < need:
+      left = deadline - time.monotonic()
+      if left <= 0 or not select.select([fd], [], [], left)[0]:
+        return None
+      chunk = os.read(fd, need - len(buf))
+      if not chunk:
+        return None
+      buf += chunk
+      if need == 4 and len(buf) == 4:
+        need = 4 + struct.unpack(">I", buf)[0]
+        if need > max_bytes:
+          return None
+    return worker_lib.json.loads(buf[4:])
+
+  def call(self, request: dict, deadline_s: float, max_bytes: int) -> Optional[dict]:
+    """The worker's reply, or None when it died or missed the deadline (then killed)."""
+    if self.proc is None:
+      self._start()
+    request = dict(request, uid=self.uid)
+    try:
+      worker_lib.write_msg(self.proc.stdin.fileno(), request)
+      reply = self._read(time.monotonic() + deadline_s, max_bytes)
+    except OSError:
+      reply = None
+    if reply is None:
+      self.kill()
+    return reply
+
+
+class Pool:
+  """`workers` sandbox workers; `map` runs requests on them in parallel, in order."""
+
+  def __init__(self, workers: Optional[int] = None, level: str = ""):
+    self.iso = isolation_lib.detect(level)
+    n = workers or max(1, os.cpu_count() or 1)
+    drop = os.geteuid() == 0
+    base = UID_BASE + (os.getpid() * 8) % 3000   # distinct per host process
+    self._workers = [_Worker(self.iso, base + k if drop else None) for k in range(n)]
+    self._lock = threading.Lock()   # one map at a time uses the workers
+
+  @property
+  def size(self) -> int:
+    return len(self._workers)
+
+  def map(self, requests: Sequence[dict]) -> list[dict]:
+    """Runs each request {"job", "args", "limits"}; one reply dict per request."""
+    results: list = [None] * len(requests)
+    todo: queue.Queue = queue.Queue()
+    for i, r in enumerate(requests):
+      todo.put(i)
+
+    def serve(w: _Worker):
+      while True:
+        try:
+          i = todo.get_nowait()
+        except queue.Empty:
+          return
+        results[i] = self._one(w, requests[i])
+
+    with self._lock:
+      used = self._workers[:max(1, min(len(self._workers), len(requests)))]
+      if len(used) == 1:
+        serve(used[0])
+      else:
+        threads = [threading.Thread(target=serve, args=(w,), daemon=True) for w in used]
+        for t in threads:
+          t.start()
+        for t in threads:
+          t.join()
+    return results
+
+  @staticmethod
+  def _one(w: _Worker, request: dict) -> dict:
+    limits = request["limits"]
+    start = time.monotonic()
+    reply = w.call(request, limits["timeout_s"] + PREPARE_MARGIN_S,
+                   4 * limits["output_bytes"] + 2 * worker_lib.MAX_VALUE_BYTES + (1 << 16))
+    if reply is None:
+      return {"status": "killed", "exit_code": -1, "stdout": "", "stderr": "",
+              "wall_s": round(time.monotonic() - start, 4), "value": None,
+              "detail": "the sandbox worker died or stopped answering; restarted"}
+    return reply
+
+  def close(self) -> None:
+    for w in self._workers:
+      w.kill()
+
+
+_SHARED: dict = {}
+
+
+def shared_pool() -> Pool:
+  """The process's pool (one worker per CPU), started lazily, closed at exit."""
+  if "pool" not in _SHARED:
+    _SHARED["pool"] = Pool()
+    atexit.register(_SHARED["pool"].close)
+  return _SHARED["pool"]
