@@ -55,6 +55,8 @@ class _Worker:
     except OSError:
       pass
     self.proc.wait()
+    if self.uid is not None:   # an item still running under this worker's uid goes too
+      worker_lib.sweep(self.uid)
     for f in (self.proc.stdin, self.proc.stdout):
       try:
         f.close()
@@ -110,6 +112,13 @@ class Pool:
   @property
   def size(self) -> int:
     return len(self._workers)
+
+  def start(self) -> "Pool":
+    """Starts every worker now (otherwise each starts on its first item)."""
+    for w in self._workers:
+      if w.proc is None:
+        w._start()   # pylint: disable=protected-access
+    return self
 
   def map(self, requests: Sequence[dict]) -> list[dict]:
     """Runs each request {"job", "args", "limits"}; one reply dict per request."""
