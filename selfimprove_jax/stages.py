@@ -5,7 +5,9 @@ A record is one sampled completion, a JSON-ready dict:
   problem_id, prompt (text), prompt_tokens [int], completion (text),
   completion_tokens [int] (ending in EOS when finished by it), logprobs [float]
   (raw model log-probs of the completion tokens), reward (float in [0, 1]),
-  finish_reason ('eos' | 'stop' | 'length'), num_tokens, sample_index, iteration.
+  finish_reason ('eos' | 'stop' | 'length'), num_tokens, sample_index, iteration,
+  verifier_status ('ok', or why the verifier could not finish: a sandbox status such as
+  'timeout' or 'memory'; the reward is then 0) and verifier_detail (what failed, in words).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import numpy as np
 
 from selfimprove_jax.checkpoint import hash_path
 from selfimprove_jax.sampling import SamplingParams, encode_prompts
+from selfimprove_jax.tasks import verify
 
 Record = dict
 
@@ -33,10 +36,13 @@ def acquire(sampler, params, tokenizer, task, problems: Sequence, sp: SamplingPa
   prompt_tokens = encode_prompts(tokenizer, [p.prompt for p in problems])
   completions = sampler.generate(params, prompt_tokens, sp, n=n, seed=seed,
                                  progress=progress)
+  texts = [tokenizer.decode(c.content_tokens.tolist(), skip_special_tokens=True)
+           for c in completions]
+  # all at once: sandboxed verifiers spread the batch over their worker pool
+  verdicts = verify(task, [problems[c.prompt_index] for c in completions], texts)
   records = []
-  for c in completions:
+  for c, text, verdict in zip(completions, texts, verdicts):
     problem = problems[c.prompt_index]
-    text = tokenizer.decode(c.content_tokens.tolist(), skip_special_tokens=True)
     records.append({
         "problem_id": problem.id,
         "prompt": problem.prompt,
@@ -45,11 +51,13 @@ def acquire(sampler, params, tokenizer, task, problems: Sequence, sp: SamplingPa
         "completion": text,
         "completion_tokens": [int(t) for t in c.tokens],
         "logprobs": [float(x) for x in c.logprobs],
-        "reward": float(task.score(problem, text)),
+        "reward": float(verdict.reward),
         "finish_reason": c.finish_reason,
         "num_tokens": int(c.num_tokens),
         "sample_index": int(c.sample_index),
         "iteration": int(iteration),
+        "verifier_status": verdict.status,
+        "verifier_detail": verdict.detail,
     })
   return records
 

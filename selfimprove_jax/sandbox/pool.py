@@ -99,7 +99,11 @@ class _Worker:
 
 
 class Pool:
-  """`workers` sandbox workers; `map` runs requests on them in parallel, in order."""
+  """`workers` sandbox workers; `map` runs requests on them in parallel, in order.
+
+  Each worker is owned by one long-lived thread of the pool: bubblewrap's
+  --die-with-parent kills the sandbox when the *thread* that started it ends, so a
+  worker must be started, and restarted, by a thread that lives as long as it."""
 
   def __init__(self, workers: Optional[int] = None, level: str = ""):
     self.iso = isolation_lib.detect(level)
@@ -107,52 +111,81 @@ class Pool:
     drop = os.geteuid() == 0
     base = UID_BASE + (os.getpid() * 8) % 3000   # distinct per host process
     self._workers = [_Worker(self.iso, base + k if drop else None) for k in range(n)]
-    self._lock = threading.Lock()   # one map at a time uses the workers
+    self._todo: queue.Queue = queue.Queue()
+    self._threads = [threading.Thread(target=self._serve, args=(w,), daemon=True)
+                     for w in self._workers]
+    for t in self._threads:
+      t.start()
 
   @property
   def size(self) -> int:
     return len(self._workers)
 
+  def _serve(self, w: _Worker) -> None:
+    while True:
+      job = self._todo.get()
+      if job is None:
+        w.kill()
+        return
+      fn, done = job
+      try:
+        fn(w)
+      finally:
+        done()
+
+  def _on_each_worker(self, fn) -> None:
+    """Runs fn(worker) once on every worker, each on its own thread; waits."""
+    latch = threading.Barrier(len(self._workers) + 1)
+    errors = []
+
+    def each(w):
+      try:
+        fn(w)
+      except Exception as e:  # pylint: disable=broad-except
+        errors.append(e)
+      finally:
+        latch.wait()   # holds this thread until every worker has had its turn
+
+    for _ in self._workers:
+      self._todo.put((each, lambda: None))
+    latch.wait()
+    if errors:
+      raise errors[0]
+
   def start(self) -> "Pool":
     """Starts every worker now (otherwise each starts on its first item)."""
-    for w in self._workers:
+    def start_one(w):
       if w.proc is None:
         w._start()   # pylint: disable=protected-access
+    self._on_each_worker(start_one)
     return self
 
   def map(self, requests: Sequence[dict]) -> list[dict]:
     """Runs each request {"job", "args", "limits"}; one reply dict per request."""
     results: list = [None] * len(requests)
-    todo: queue.Queue = queue.Queue()
+    left = [len(requests)]
+    cond = threading.Condition()
+
+    def done():
+      with cond:
+        left[0] -= 1
+        cond.notify_all()
+
     for i, r in enumerate(requests):
-      todo.put(i)
-
-    def serve(w: _Worker):
-      while True:
-        try:
-          i = todo.get_nowait()
-        except queue.Empty:
-          return
-        results[i] = self._one(w, requests[i])
-
-    with self._lock:
-      used = self._workers[:max(1, min(len(self._workers), len(requests)))]
-      if len(used) == 1:
-        serve(used[0])
-      else:
-        threads = [threading.Thread(target=serve, args=(w,), daemon=True) for w in used]
-        for t in threads:
-          t.start()
-        for t in threads:
-          t.join()
+      self._todo.put((lambda w, i=i, r=r: results.__setitem__(i, self._one(w, r)), done))
+    with cond:
+      cond.wait_for(lambda: left[0] == 0)
     return results
 
   @staticmethod
   def _one(w: _Worker, request: dict) -> dict:
     limits = request["limits"]
     start = time.monotonic()
-    reply = w.call(request, limits["timeout_s"] + PREPARE_MARGIN_S,
-                   4 * limits["output_bytes"] + 2 * worker_lib.MAX_VALUE_BYTES + (1 << 16))
+    try:
+      reply = w.call(request, limits["timeout_s"] + PREPARE_MARGIN_S,
+                     4 * limits["output_bytes"] + 2 * worker_lib.MAX_VALUE_BYTES + (1 << 16))
+    except RuntimeError:   # the worker would not start; the next item tries again
+      reply = None
     if reply is None:
       return {"status": "killed", "exit_code": -1, "stdout": "", "stderr": "",
               "wall_s": round(time.monotonic() - start, 4), "value": None,
@@ -160,8 +193,11 @@ class Pool:
     return reply
 
   def close(self) -> None:
-    for w in self._workers:
-      w.kill()
+    """Stops the workers (each by its own thread) and their threads."""
+    for _ in self._threads:
+      self._todo.put(None)
+    for t in self._threads:
+      t.join(timeout=10)
 
 
 _SHARED: dict = {}

@@ -11,13 +11,13 @@ a disjoint fixed held-out split, a declared answer extraction, `score` in [0, 1]
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from selfimprove_jax.errors import UserError
 from selfimprove_jax.tasks.arithmetic import ArithmeticTask
 from selfimprove_jax.tasks.countdown import CountdownTask
 from selfimprove_jax.tasks.jsonl_task import JsonlTask
-from selfimprove_jax.tasks.problem import Problem, Task, make_problem, problem_id
+from selfimprove_jax.tasks.problem import Problem, Task, Verdict, make_problem, problem_id
 from selfimprove_jax.tasks.reasoning_gym_task import ReasoningGymTask
 
 # Plain task names -> constructors; prefixed specs ("family:argument") -> constructors
@@ -30,6 +30,14 @@ TASK_FAMILIES: dict[str, Callable[..., Task]] = {
     "reasoning_gym": ReasoningGymTask,
     "jsonl": JsonlTask,
 }
+
+
+def verify(task: Task, problems: Sequence[Problem], completions: Sequence[str]) -> list[Verdict]:
+  """One Verdict per (problem, completion): the task's `verify_batch` where it has one
+  (sandboxed verifiers check the whole batch in parallel), else its `score`."""
+  if hasattr(task, "verify_batch"):
+    return list(task.verify_batch(list(problems), list(completions)))
+  return [Verdict(float(task.score(p, c))) for p, c in zip(problems, completions)]
 
 
 def task_specs() -> list[str]:
@@ -55,6 +63,6 @@ def get_task(spec: str, **options: Any) -> Task:
     raise UserError(f"task {spec}: bad options {sorted(options)}: {e}") from None
 
 
-__all__ = ["Problem", "Task", "get_task", "make_problem", "problem_id", "task_specs",
+__all__ = ["Problem", "Task", "Verdict", "get_task", "verify", "make_problem", "problem_id", "task_specs",
            "TASKS", "TASK_FAMILIES", "ArithmeticTask", "CountdownTask", "JsonlTask",
            "ReasoningGymTask"]
