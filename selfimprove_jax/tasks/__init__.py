@@ -5,6 +5,9 @@
   countdown                   reach a target from numbers with + - * /, levels 1-5
   reasoning_gym:<generator>   any reasoning-gym generator, scored by its score_answer
   jsonl:<path>                a user's {"prompt", "answer"} lines, exact or numeric match
+  code:<family>               write a Python function (list_ops, string_ops); the
+                              sandbox runs hidden tests, reward = fraction passed
+  code_jsonl:<path>           a user's MBPP/HumanEval-style problems with their tests
 Every task follows the `Task` protocol of `problem.py` (deterministic training streams,
 a disjoint fixed held-out split, a declared answer extraction, `score` in [0, 1]).
 """
@@ -15,6 +18,7 @@ from typing import Any, Callable, Sequence
 
 from selfimprove_jax.errors import UserError
 from selfimprove_jax.tasks.arithmetic import ArithmeticTask
+from selfimprove_jax.tasks.code_task import CodeJsonlTask, CodeTask
 from selfimprove_jax.tasks.countdown import CountdownTask
 from selfimprove_jax.tasks.jsonl_task import JsonlTask
 from selfimprove_jax.tasks.problem import Problem, Task, Verdict, make_problem, problem_id
@@ -29,7 +33,10 @@ TASKS: dict[str, Callable[..., Task]] = {
 TASK_FAMILIES: dict[str, Callable[..., Task]] = {
     "reasoning_gym": ReasoningGymTask,
     "jsonl": JsonlTask,
+    "code": CodeTask,
+    "code_jsonl": CodeJsonlTask,
 }
+_ARGUMENT = {"reasoning_gym": "generator", "code": "family"}
 
 
 def verify(task: Task, problems: Sequence[Problem], completions: Sequence[str]) -> list[Verdict]:
@@ -42,8 +49,7 @@ def verify(task: Task, problems: Sequence[Problem], completions: Sequence[str]) 
 
 def task_specs() -> list[str]:
   """The accepted spec forms, for help texts and error messages."""
-  return sorted(TASKS) + [f"{k}:<{'generator' if k == 'reasoning_gym' else 'path'}>"
-                          for k in sorted(TASK_FAMILIES)]
+  return sorted(TASKS) + [f"{k}:<{_ARGUMENT.get(k, 'path')}>" for k in sorted(TASK_FAMILIES)]
 
 
 def get_task(spec: str, **options: Any) -> Task:
@@ -64,5 +70,6 @@ def get_task(spec: str, **options: Any) -> Task:
 
 
 __all__ = ["Problem", "Task", "Verdict", "get_task", "verify", "make_problem", "problem_id", "task_specs",
-           "TASKS", "TASK_FAMILIES", "ArithmeticTask", "CountdownTask", "JsonlTask",
+           "TASKS", "TASK_FAMILIES", "ArithmeticTask", "CodeJsonlTask", "CodeTask",
+           "CountdownTask", "JsonlTask",
            "ReasoningGymTask"]
