@@ -2,6 +2,7 @@
 (reference solutions pass, wrong ones do not, hanging ones time out), the strategy on
 scripted generations, and a real loop run whose model answers with hostile text."""
 
+import dataclasses
 import json
 import os
 
@@ -164,18 +165,17 @@ def test_loop_survives_hostile_scorer_answers_and_resumes(tmp_path, monkeypatch)
 
   def load(*a, **kw):
     m = real_load(*a, **kw)
-    m.tokenizer = _HostileTokenizer(m.tokenizer)
-    return m
+    return dataclasses.replace(m, tokenizer=_HostileTokenizer(m.tokenizer))
 
   monkeypatch.setattr(weights, "load", load)
   overrides = ["task.name=reasoning_gym:countdown", "task.heldout_size=4",
                "loop.iterations=1", "loop.prompts_per_iteration=4", "train.max_seq_len=192",
-               "log.tensorboard=false", "log.plot=false"]
+               "evaluate.maj_k=1", "log.tensorboard=false", "log.plot=false"]
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   tiny = os.path.join(root, "configs", "tiny.py")
   config = config_lib.load_config(tiny, overrides)
   config.unlock()
-  config.task.options = {"score_timeout_s": 1.0}
+  config.task.options = {"score_timeout_s": 0.5}
   config.lock()
   loop.run(config, str(tmp_path))
   records = [json.loads(line) for line in
