@@ -211,13 +211,18 @@ def evaluate_heldout(sampler, params, tokenizer, task, problems, *, k: int,
     by_id = collections.defaultdict(list)
     for r in s:
       by_id[r["problem_id"]].append(r)
-    maj, any_ok = [], []
+    voted, any_ok = [], []
     for p in problems:
       group = by_id[p.id]
       ans, _ = majority([task.extract_answer(r["completion"]) for r in group],
                         [sum(r["logprobs"]) for r in group])
-      maj.append(ans is not None and task.score(p, ans_as_completion(ans)) >= 1.0)
+      voted.append(ans)
       any_ok.append(any(r["reward"] >= 1.0 for r in group))
+    # the voted answers are checked in one batch (sandboxed verifiers run it in parallel)
+    checked = [(p, a) for p, a in zip(problems, voted) if a is not None]
+    verdicts = iter(verify(task, [p for p, _ in checked],
+                           [ans_as_completion(a) for _, a in checked]))
+    maj = [a is not None and next(verdicts).reward >= 1.0 for a in voted]
     metrics[f"maj@{k}"] = float(np.mean(maj))
     metrics[f"pass@{k}"] = float(np.mean(any_ok))
     # Mean reward of the sampled answers: moves smoothly with the probability of a right
