@@ -14,6 +14,8 @@ a disjoint fixed held-out split, a declared answer extraction, `score` in [0, 1]
 
 from __future__ import annotations
 
+import dataclasses
+import sys
 from typing import Any, Callable, Sequence
 
 from selfimprove_jax.errors import UserError
@@ -39,12 +41,28 @@ TASK_FAMILIES: dict[str, Callable[..., Task]] = {
 _ARGUMENT = {"reasoning_gym": "generator", "code": "family"}
 
 
-def verify(task: Task, problems: Sequence[Problem], completions: Sequence[str]) -> list[Verdict]:
-  """One Verdict per (problem, completion): the task's `verify_batch` where it has one
-  (sandboxed verifiers check the whole batch in parallel), else its `score`."""
+def _verify_here(task: Task, problems: Sequence[Problem],
+                 completions: Sequence[str]) -> list[Verdict]:
   if hasattr(task, "verify_batch"):
     return list(task.verify_batch(list(problems), list(completions)))
   return [Verdict(float(task.score(p, c))) for p, c in zip(problems, completions)]
+
+
+def verify(task: Task, problems: Sequence[Problem], completions: Sequence[str]) -> list[Verdict]:
+  """One Verdict per (problem, completion): the task's `verify_batch` where it has one
+  (sandboxed verifiers check the whole batch in parallel), else its `score`.
+
+  In a run of several processes only process 0 verifies and the others receive its
+  verdicts: a sandboxed check ends on a wall clock, and two hosts must never disagree
+  on a reward (their selections, batches and decisions would differ). Every process
+  therefore calls this at the same points, as it does all of the loop's steps."""
+  jax = sys.modules.get("jax")     # tasks never import jax; a run has already
+  if jax is None or jax.process_count() == 1:
+    return _verify_here(task, problems, completions)
+  from selfimprove_jax import distributed  # pylint: disable=import-outside-toplevel
+  mine = ([dataclasses.asdict(v) for v in _verify_here(task, problems, completions)]
+          if distributed.is_primary() else None)
+  return [Verdict(**v) for v in distributed.broadcast_json(mine)]
 
 
 def task_specs() -> list[str]:
