@@ -13,7 +13,7 @@ strongest isolation the machine allows (isolation.py: bubblewrap namespaces, els
 limits, an address-space limit, a process/thread limit (under a uid of its own when we
 are root), a file-size limit, bounded stdout/stderr, a private scratch directory as its
 working directory, and every process it left behind killed when it ends. Items are
-spread over a pool of workers (one per CPU by default), so 512 short programs take about
+spread over a pool of workers (one per CPU up to 16 by default), so 512 short programs take about
 a second (benchmarks/RESULTS.md) instead of 512 interpreter start-ups.
 
 Status of a Result: ok | error (exception, non-zero exit, no result) | timeout (wall or

@@ -98,6 +98,18 @@ class _Worker:
     return reply
 
 
+def default_workers() -> int:
+  """SIJ_SANDBOX_WORKERS, else one worker per CPU up to 16 (a worker that imported
+  reasoning-gym holds about 150 MB; more workers than that rarely pay on one host)."""
+  env = os.environ.get("SIJ_SANDBOX_WORKERS", "")
+  if env:
+    if not env.isdigit() or int(env) < 1:
+      from selfimprove_jax.errors import UserError  # pylint: disable=import-outside-toplevel
+      raise UserError(f"SIJ_SANDBOX_WORKERS={env!r} is not a positive integer")
+    return int(env)
+  return max(1, min(16, os.cpu_count() or 1))
+
+
 class Pool:
   """`workers` sandbox workers; `map` runs requests on them in parallel, in order.
 
@@ -107,7 +119,7 @@ class Pool:
 
   def __init__(self, workers: Optional[int] = None, level: str = ""):
     self.iso = isolation_lib.detect(level)
-    n = workers or max(1, os.cpu_count() or 1)
+    n = workers or default_workers()
     drop = os.geteuid() == 0
     base = UID_BASE + (os.getpid() * 8) % 3000   # distinct per host process
     self._workers = [_Worker(self.iso, base + k if drop else None) for k in range(n)]
@@ -204,7 +216,7 @@ _SHARED: dict = {}
 
 
 def shared_pool() -> Pool:
-  """The process's pool (one worker per CPU), started lazily, closed at exit."""
+  """The process's pool (`default_workers()`), started lazily, closed at exit."""
   if "pool" not in _SHARED:
     _SHARED["pool"] = Pool()
     atexit.register(_SHARED["pool"].close)
