@@ -13,8 +13,8 @@ strongest isolation the machine allows (isolation.py: bubblewrap namespaces, els
 limits, an address-space limit, a process/thread limit (under a uid of its own when we
 are root), a file-size limit, bounded stdout/stderr, a private scratch directory as its
 working directory, and every process it left behind killed when it ends. Items are
-spread over a pool of workers (one per CPU up to 16 by default), so 512 short programs take about
-a second (benchmarks/RESULTS.md) instead of 512 interpreter start-ups.
+spread over a pool of workers (one per CPU, up to 16, by default), so a batch costs a
+fork per program instead of an interpreter start-up (benchmarks/RESULTS.md).
 
 Status of a Result: ok | error (exception, non-zero exit, no result) | timeout (wall or
 CPU limit) | memory | output_limit | killed (a signal, or the worker died).
