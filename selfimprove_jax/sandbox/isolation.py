@@ -16,6 +16,10 @@ with the environment variable SIJ_SANDBOX=bwrap|unshare|none):
            group killed after every item. The network is reachable and every
            world-readable file can be read.
 
+At the two weaker levels the item's uid must be able to read the Python installation to
+import a module the worker has not already imported (worker.PRELOAD); a Python under a
+private home directory (pyenv in /root) then fails such imports, and the warning says so.
+
 Everything below `bwrap` is announced with a warning naming what is missing, once.
 """
 
@@ -141,6 +145,19 @@ def _probe(command: tuple, worker_path: str) -> str:
   return ""
 
 
+def _private_python() -> bool:
+  """True when some directory above the Python library is closed to other users."""
+  path = os.path.realpath(os.path.dirname(os.__file__))
+  while path != "/":
+    try:
+      if not os.stat(path).st_mode & 0o001:
+        return True
+    except OSError:
+      return True
+    path = os.path.dirname(path)
+  return False
+
+
 def _build(level: str):
   if level == "bwrap":
     binary = bwrap_binary()
@@ -170,6 +187,9 @@ def detect(forced: str = "") -> Isolation:
     iso, why = _build(level)
     if iso is not None and not why:
       if iso.note:
+        if os.geteuid() == 0 and _private_python():
+          reasons.append("the Python installation is not readable by the items' uid: "
+                         "they can import only what the worker preloads")
         missing = "; ".join(reasons)
         warnings.warn(f"sandbox: isolation level '{level}': {iso.note}"
                       + (f" ({missing})" if missing else ""), RuntimeWarning, stacklevel=2)

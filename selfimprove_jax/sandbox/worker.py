@@ -443,7 +443,20 @@ def _clean_shared_dirs(uid) -> None:
         pass
 
 
+# Imported once here, inherited by every item: saves each item their import, and at the
+# weaker isolation levels an item's uid may not be able to read a Python installation
+# under a private home directory (pyenv in /root), so it could import nothing new.
+PRELOAD = ("bisect", "collections", "copy", "dataclasses", "decimal", "fractions",
+           "functools", "heapq", "itertools", "math", "operator", "random", "re",
+           "statistics", "string", "typing", "unicodedata")
+
+
 def main() -> None:
+  for name in PRELOAD:
+    try:
+      __import__(name)
+    except ImportError:
+      pass
   scratch_root = tempfile.mkdtemp(prefix="sij_sandbox_")
   os.chmod(scratch_root, 0o711)     # items may enter their own dir, not list others
   # the protocol channel is private to this process: children get fresh stdio
