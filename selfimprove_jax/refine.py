@@ -508,6 +508,7 @@ def refine_records(name: str, records: list, problems: Sequence, ctx: Context,
       records.append(dict(r, completion=s.text, completion_tokens=list(s.tokens),
                           logprobs=list(s.logprobs), num_tokens=len(s.tokens),
                           finish_reason=s.finish_reason, reward=reward, refined=True,
+                          verifier_status=v.status, verifier_detail=v.detail,
                           sample_index=len(by_id[r["problem_id"]]),
                           refine_rounds=len(res.info["rounds"])))
   else:   # greedy: nothing to refine
