@@ -83,12 +83,14 @@ def pool():
   p.close()
 
 
-def _item_processes() -> list[str]:
-  """Host processes running under one of the sandbox's item uids."""
+def _item_processes(pool) -> list[str]:
+  """Host processes running under one of `pool`'s item uids (pools of other test
+  processes, running at the same time, have uids of their own)."""
+  uids = {w.uid for w in pool._workers}
+  assert None not in uids, "the tests run as root: items get uids of their own"
   out = subprocess.run(["ps", "-eo", "uid=,pid=,args="], capture_output=True, text=True,
                        check=True).stdout
-  return [line for line in out.splitlines()
-          if pool_lib.UID_BASE <= int(line.split()[0]) < pool_lib.UID_BASE + 3010]
+  return [line for line in out.splitlines() if int(line.split()[0]) in uids]
 
 
 def test_isolation_is_full_here():
@@ -144,7 +146,7 @@ def test_hostile_corpus(pool, tmp_path):
   # the workers survived, nothing is left behind, and clean items still run
   assert [w.proc.pid for w in pool._workers if w.proc is not None] == worker_pids
   time.sleep(0.2)
-  assert _item_processes() == []
+  assert _item_processes(pool) == []
   count = "import os\nprint(sorted(int(p) for p in os.listdir('/proc') if p.isdigit()))"
   for r in sandbox.run_python_batch([count] * 4, pool=pool):
     assert r.ok, r
@@ -177,7 +179,7 @@ def test_unresponsive_worker_is_replaced(pool):
   reply = w.call({"job": "exec", "args": {"source": "while True: pass"},
                   "limits": dict(LIMITS.to_json(), timeout_s=30, cpu_s=30)}, 0.5, 1 << 20)
   assert reply is None and w.proc is None and time.monotonic() - start < 5
-  assert _item_processes() == []
+  assert _item_processes(pool) == []
   for _ in range(50):   # the worker itself dies with its namespace (asynchronously)
     table = subprocess.run(["ps", "-eo", "pid=,ppid="], capture_output=True,
                            text=True, check=True).stdout.split()

@@ -29,6 +29,7 @@ START_TIMEOUT_S = 60.0
 # before the item's clock starts; the pool's deadline allows for it.
 PREPARE_MARGIN_S = 60.0
 UID_BASE = 61000         # items run as UID_BASE + k, a uid of their own per worker
+UID_BLOCK = 64           # at most this many workers per pool
 
 
 class _Worker:
@@ -103,9 +104,9 @@ def default_workers() -> int:
   reasoning-gym holds about 150 MB; more workers than that rarely pay on one host)."""
   env = os.environ.get("SIJ_SANDBOX_WORKERS", "")
   if env:
-    if not env.isdigit() or int(env) < 1:
+    if not env.isdigit() or not 1 <= int(env) <= UID_BLOCK:
       from selfimprove_jax.errors import UserError  # pylint: disable=import-outside-toplevel
-      raise UserError(f"SIJ_SANDBOX_WORKERS={env!r} is not a positive integer")
+      raise UserError(f"SIJ_SANDBOX_WORKERS={env!r} is not an integer in [1, {UID_BLOCK}]")
     return int(env)
   return max(1, min(16, os.cpu_count() or 1))
 
@@ -119,9 +120,11 @@ class Pool:
 
   def __init__(self, workers: Optional[int] = None, level: str = ""):
     self.iso = isolation_lib.detect(level)
-    n = workers or default_workers()
+    n = min(workers or default_workers(), UID_BLOCK)
     drop = os.geteuid() == 0
-    base = UID_BASE + (os.getpid() * 8) % 3000   # distinct per host process
+    # UID_BLOCK uids per host process, by pid: two processes share them only when their
+    # pids agree modulo 1000 (and under bwrap still cannot see each other's namespaces)
+    base = UID_BASE + (os.getpid() % 1000) * UID_BLOCK
     self._workers = [_Worker(self.iso, base + k if drop else None) for k in range(n)]
     self._todo: queue.Queue = queue.Queue()
     self._threads = [threading.Thread(target=self._serve, args=(w,), daemon=True)
