@@ -45,11 +45,13 @@ def _add_generate(sub):
                  help="one JSON object per completion: prompt_index, sample_index, text, "
                  "num_tokens, sum_logprob, finish_reason")
   p.add_argument("--strategy", default=None, help="refinement strategy: best_of_n | "
-                 "self_consistency | self_refine | greedy (one answer per prompt; --json "
-                 "adds candidates, votes, rounds)")
+                 "self_consistency | self_refine | execution_feedback (runs the reply's "
+                 "code block in the sandbox and shows the model its error) | greedy (one "
+                 "answer per prompt; --json adds candidates, votes, rounds)")
   p.add_argument("--strategy_n", type=int, default=8,
                  help="best_of_n candidates / self_consistency samples")
-  p.add_argument("--refine_rounds", type=int, default=2, help="self_refine rounds at most")
+  p.add_argument("--refine_rounds", type=int, default=2,
+                 help="self_refine / execution_feedback rounds at most")
   p.add_argument("--scorer", default="auto",
                  help="best_of_n scorer: auto (the model judges) | judge | logprob")
   p.set_defaults(fn=_cmd_generate)
@@ -137,7 +139,7 @@ def _add_eval(sub):
   p.add_argument("--model", default="smollm2-135m-instruct",
                  help="preset, HF directory, .gguf, smollm2-135m-instruct, workdir or DIR@K")
   p.add_argument("--task", default="arithmetic", help="arithmetic | countdown | "
-                 "reasoning_gym:<name> | jsonl:<path>")
+                 "reasoning_gym:<name> | jsonl:<path> | code:<family> | code_jsonl:<path>")
   p.add_argument("--n", type=int, default=100, help="held-out problems")
   p.add_argument("--k", type=int, default=4, help="samples per problem for maj@k / pass@k")
   p.add_argument("--max_new_tokens", type=int, default=48)
@@ -145,10 +147,12 @@ def _add_eval(sub):
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--json", action="store_true", help="print one JSON object")
   p.add_argument("--strategies", default="", help="also score refinement strategies, "
-                 "e.g. best_of_n,self_consistency,self_refine (held-out, beside greedy)")
+                 "e.g. best_of_n,self_consistency,self_refine,execution_feedback "
+                 "(held-out, beside greedy)")
   p.add_argument("--strategy_n", type=int, default=8,
                  help="best_of_n candidates / self_consistency samples")
-  p.add_argument("--refine_rounds", type=int, default=2, help="self_refine rounds at most")
+  p.add_argument("--refine_rounds", type=int, default=2,
+                 help="self_refine / execution_feedback rounds at most")
   p.set_defaults(fn=_cmd_eval)
 
 

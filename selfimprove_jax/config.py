@@ -37,6 +37,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.task = ml_collections.ConfigDict()
   c.task.name = "arithmetic"           # arithmetic | countdown | reasoning_gym:<n> | jsonl:<path>
+                                       # | code:<family> | code_jsonl:<path>
   c.task.difficulty = 2                # starting difficulty level (tasks with a knob)
   c.task.heldout_size = 100
   c.task.options = ml_collections.ConfigDict()  # keyword options of the task (e.g. operators)
@@ -53,7 +54,8 @@ def base_config() -> ml_collections.ConfigDict:
 
   # Acquisition extras (refine.py, self_instruct.py)
   c.acquire = ml_collections.ConfigDict()
-  c.acquire.refine_strategy = ""       # '' | self_consistency | best_of_n | self_refine:
+  c.acquire.refine_strategy = ""       # '' | self_consistency | best_of_n | self_refine
+                                       # | execution_feedback:
                                        # its final answers are marked `refined` (training
                                        # targets; keep them with the 'refined' filter)
   c.acquire.min_vote_share = 0.5       # self_consistency targets need this majority share
@@ -62,7 +64,7 @@ def base_config() -> ml_collections.ConfigDict:
   # Inference refinement strategies (refine.py): acquisition and evaluate.strategies
   c.refine = ml_collections.ConfigDict()
   c.refine.n = 8                       # best_of_n candidates / self_consistency votes
-  c.refine.rounds = 2                  # self_refine: critique -> revise rounds at most
+  c.refine.rounds = 2                  # self_refine / execution_feedback: rounds at most
   c.refine.scorer = "auto"             # best_of_n: auto (verifier, else judge, else
                                        # logprob) | verifier | judge | logprob
   c.refine.critique_tokens = 64

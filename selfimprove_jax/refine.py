@@ -12,6 +12,11 @@ Strategies are functions in a registry, chosen by name:
   self_refine       answer, the model critiques it, revises, for up to R rounds, stopping
                     when the critique finds nothing to fix (Madaan et al. 2023); every
                     round is kept.
+  execution_feedback answer, run it, show the model what failed (the first failing test
+                    or the error, from the task's sandboxed verifier; without a task, the
+                    error of running its code block) and ask for a fix, up to R rounds,
+                    stopping when it passes (self-debugging, Chen et al. 2023; RLEF,
+                    Gehring et al. 2024); every round is kept.
 
 All model calls go through one `GenerateFn` (prompt texts -> n samples each), so the
 decisions (`pick_best`, `vote`, `critique_approves`) are unit-testable with scripted
@@ -33,10 +38,13 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from selfimprove_jax import judge as judge_lib
+from selfimprove_jax import sandbox
 from selfimprove_jax.errors import UserError
 from selfimprove_jax.sampling import SamplingParams, encode_prompts
 from selfimprove_jax.stages import majority
-from selfimprove_jax.tasks import answers
+from selfimprove_jax.tasks import answers, verify
+from selfimprove_jax.tasks.code_task import extract_code
+from selfimprove_jax.tasks.problem import Verdict
 
 
 @dataclasses.dataclass
@@ -191,7 +199,8 @@ def revise_prompt(question: str, answer: str, critique: str) -> str:
 
 
 def _verifier_scores(ctx, idx, samples, cfg, seed):
-  return [float(ctx.task.score(ctx.problems[i], s.text)) for i, s in zip(idx, samples)]
+  verdicts = verify(ctx.task, [ctx.problems[i] for i in idx], [s.text for s in samples])
+  return [float(v.reward) for v in verdicts]
 
 
 def _judge_scores(ctx, idx, samples, cfg, seed):
@@ -301,8 +310,87 @@ def self_refine(ctx: Context, prompts, cfg: StrategyConfig, seed: int,
           for i, p in enumerate(prompts)]
 
 
+FEEDBACK_PROMPT = (
+    "{question}\n\nYour previous answer was:\n{answer}\n\nIt was run and checked, and it "
+    "failed: {feedback}\n\nFix it and write the complete corrected answer.")
+# Without a task, a code block is run as a program under these limits.
+FREE_TEXT_LIMITS = sandbox.Limits(timeout_s=2.0, memory_mb=256)
+
+
+def feedback_prompt(question: str, answer: str, feedback: str) -> str:
+  return FEEDBACK_PROMPT.format(question=question, answer=answer.strip(),
+                                feedback=feedback.strip())
+
+
+def check_answers(ctx: Context, idx: Sequence[int], texts: Sequence[str]) -> list[Verdict]:
+  """Execution feedback for each text: the task's verifier where the prompts have
+  problems (reward 1 = passed); else the text's code block run in the sandbox (passed =
+  it runs without error; no code block = nothing to check, passed)."""
+  if ctx.task is not None and ctx.problems is not None:
+    verdicts = verify(ctx.task, [ctx.problems[i] for i in idx], list(texts))
+    return [v if v.reward >= 1.0 or v.detail else
+            Verdict(v.reward, v.status, f"the answer is wrong ({v.status})" if v.status != "ok"
+                    else "the answer is wrong") for v in verdicts]
+  codes = [extract_code(t) for t in texts]
+  runs = sandbox.run_python_batch([c for c in codes if c], limits=FREE_TEXT_LIMITS)
+  out, k = [], 0
+  for c in codes:
+    if c is None:
+      out.append(Verdict(1.0, "ok", "no code to run"))
+      continue
+    r = runs[k]
+    k += 1
+    tail = " ".join(r.stderr.strip().splitlines()[-1:])
+    out.append(Verdict(1.0 if r.ok else 0.0, r.status,
+                       "" if r.ok else f"{r.detail}: {tail}".strip(": ")[:400]))
+  return out
+
+
+def execution_feedback(ctx: Context, prompts, cfg: StrategyConfig, seed: int,
+                       initial: Optional[Sequence[Sample]] = None) -> list[Refined]:
+  """Answer (greedy, or `initial`), check it (`check_answers`), and while it fails show
+  the model what failed and take its fix, for up to `cfg.rounds` rounds. `info['rounds']`
+  keeps every round ({answer, reward, status, feedback[, revision]}), `info['stopped']`
+  says why it ended ('passed' | 'max_rounds'), `info['reward']` is the final answer's."""
+  if initial is None:
+    initial = [s[0] for s in ctx.generate(prompts, cfg.greedy, 1, seed)]
+  current = list(initial)
+  rounds = [[] for _ in prompts]
+  stopped = ["max_rounds"] * len(prompts)
+  final = [0.0] * len(prompts)
+  active = list(range(len(prompts)))
+  for r in range(cfg.rounds + 1):    # the last pass only checks the last revision
+    if not active:
+      break
+    verdicts = check_answers(ctx, active, [current[i].text for i in active])
+    failing = []
+    for i, v in zip(active, verdicts):
+      final[i] = float(v.reward)
+      if v.reward >= 1.0:
+        stopped[i] = "passed"
+      if r < cfg.rounds:
+        rounds[i].append({"answer": current[i].text, "reward": float(v.reward),
+                          "status": v.status, "feedback": v.detail})
+        if v.reward < 1.0:
+          failing.append(i)
+    if not failing:
+      break
+    fixed = ctx.generate([feedback_prompt(prompts[i], current[i].text, rounds[i][-1]["feedback"])
+                          for i in failing], cfg.greedy, 1, seed + r + 1)
+    for i, s in zip(failing, fixed):
+      current[i] = s[0]
+      rounds[i][-1]["revision"] = s[0].text
+    active = failing
+  return [Refined(p, current[i].text, ctx.extract(current[i].text, i), current[i],
+                  [initial[i]], {"rounds": rounds[i], "stopped": stopped[i], "reward": final[i],
+                                 "revised": current[i] is not initial[i]})
+          for i, p in enumerate(prompts)]
+
+
 STRATEGIES = {"greedy": greedy, "best_of_n": best_of_n, "self_consistency": self_consistency,
-              "self_refine": self_refine}
+              "self_refine": self_refine, "execution_feedback": execution_feedback}
+# strategies that revise a first answer over rounds (their knob is cfg.rounds)
+REVISING = ("self_refine", "execution_feedback")
 
 
 def parse_strategies(spec) -> list[str]:
@@ -335,7 +423,7 @@ def refine_texts(loaded, prompts: Sequence[str], name: str, *, sample: SamplingP
 
 
 def metric_name(name: str, cfg: StrategyConfig) -> str:
-  return f"{name}@{cfg.rounds if name == 'self_refine' else cfg.n}"
+  return f"{name}@{cfg.rounds if name in REVISING else cfg.n}"
 
 
 def heldout_metrics(ctx: Context, names: Sequence[str], cfg: StrategyConfig,
@@ -347,11 +435,11 @@ def heldout_metrics(ctx: Context, names: Sequence[str], cfg: StrategyConfig,
   for k, name in enumerate(parse_strategies(names)):
     results = run_strategy(name, ctx, prompts, cfg, seed + 100 * k)
     key = metric_name(name, cfg)
-    metrics[key] = float(np.mean([ctx.task.score(p, r.text) >= 1.0
-                                  for p, r in zip(ctx.problems, results)]))
+    verdicts = verify(ctx.task, ctx.problems, [r.text for r in results])
+    metrics[key] = float(np.mean([v.reward >= 1.0 for v in verdicts]))
     if name == "self_consistency":
       metrics[f"{key}_vote_share"] = float(np.mean([r.info["vote_share"] for r in results]))
-    if name == "self_refine":
+    if name in REVISING:
       metrics[f"{key}_revised"] = float(np.mean([r.info["revised"] for r in results]))
   return metrics
 
@@ -402,14 +490,15 @@ def refine_records(name: str, records: list, problems: Sequence, ctx: Context,
       else:
         scores = [s.mean_logprob for s in samples]
       group[pick_best(scores, samples)]["refined"] = True
-  elif name == "self_refine":
+  elif name in REVISING:
     firsts = [group[0] for group in by_id.values()]
     prompts = [r["prompt"] for r in firsts]
     ctx.prompts = prompts
-    results = self_refine(ctx, prompts, cfg, seed, initial=[_sample_of(r) for r in firsts])
-    for r, res in zip(firsts, results):
-      p = problems[index[r["problem_id"]]]
-      reward = float(ctx.task.score(p, res.text))
+    ctx.problems = [problems[index[r["problem_id"]]] for r in firsts]   # align with prompts
+    results = STRATEGIES[name](ctx, prompts, cfg, seed, initial=[_sample_of(r) for r in firsts])
+    verdicts = verify(ctx.task, ctx.problems, [res.text for res in results])
+    for r, res, v in zip(firsts, results, verdicts):
+      reward = float(v.reward)
       if reward < 1.0:
         continue
       if not res.info["revised"]:
@@ -419,6 +508,7 @@ def refine_records(name: str, records: list, problems: Sequence, ctx: Context,
       records.append(dict(r, completion=s.text, completion_tokens=list(s.tokens),
                           logprobs=list(s.logprobs), num_tokens=len(s.tokens),
                           finish_reason=s.finish_reason, reward=reward, refined=True,
+                          verifier_status=v.status, verifier_detail=v.detail,
                           sample_index=len(by_id[r["problem_id"]]),
                           refine_rounds=len(res.info["rounds"])))
   else:   # greedy: nothing to refine

@@ -5,7 +5,9 @@ A record is one sampled completion, a JSON-ready dict:
   problem_id, prompt (text), prompt_tokens [int], completion (text),
   completion_tokens [int] (ending in EOS when finished by it), logprobs [float]
   (raw model log-probs of the completion tokens), reward (float in [0, 1]),
-  finish_reason ('eos' | 'stop' | 'length'), num_tokens, sample_index, iteration.
+  finish_reason ('eos' | 'stop' | 'length'), num_tokens, sample_index, iteration,
+  verifier_status ('ok', or why the verifier could not finish: a sandbox status such as
+  'timeout' or 'memory'; the reward is then 0) and verifier_detail (what failed, in words).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import numpy as np
 
 from selfimprove_jax.files import hash_path, open_regular
 from selfimprove_jax.sampling import SamplingParams, encode_prompts
+from selfimprove_jax.tasks import verify
 
 Record = dict
 
@@ -33,10 +36,13 @@ def acquire(sampler, params, tokenizer, task, problems: Sequence, sp: SamplingPa
   prompt_tokens = encode_prompts(tokenizer, [p.prompt for p in problems])
   completions = sampler.generate(params, prompt_tokens, sp, n=n, seed=seed,
                                  progress=progress)
+  texts = [tokenizer.decode(c.content_tokens.tolist(), skip_special_tokens=True)
+           for c in completions]
+  # all at once: sandboxed verifiers spread the batch over their worker pool
+  verdicts = verify(task, [problems[c.prompt_index] for c in completions], texts)
   records = []
-  for c in completions:
+  for c, text, verdict in zip(completions, texts, verdicts):
     problem = problems[c.prompt_index]
-    text = tokenizer.decode(c.content_tokens.tolist(), skip_special_tokens=True)
     records.append({
         "problem_id": problem.id,
         "prompt": problem.prompt,
@@ -45,11 +51,13 @@ def acquire(sampler, params, tokenizer, task, problems: Sequence, sp: SamplingPa
         "completion": text,
         "completion_tokens": [int(t) for t in c.tokens],
         "logprobs": [float(x) for x in c.logprobs],
-        "reward": float(task.score(problem, text)),
+        "reward": float(verdict.reward),
         "finish_reason": c.finish_reason,
         "num_tokens": int(c.num_tokens),
         "sample_index": int(c.sample_index),
         "iteration": int(iteration),
+        "verifier_status": verdict.status,
+        "verifier_detail": verdict.detail,
     })
   return records
 
@@ -204,13 +212,18 @@ def evaluate_heldout(sampler, params, tokenizer, task, problems, *, k: int,
     by_id = collections.defaultdict(list)
     for r in s:
       by_id[r["problem_id"]].append(r)
-    maj, any_ok = [], []
+    voted, any_ok = [], []
     for p in problems:
       group = by_id[p.id]
       ans, _ = majority([task.extract_answer(r["completion"]) for r in group],
                         [sum(r["logprobs"]) for r in group])
-      maj.append(ans is not None and task.score(p, ans_as_completion(ans)) >= 1.0)
+      voted.append(ans)
       any_ok.append(any(r["reward"] >= 1.0 for r in group))
+    # the voted answers are checked in one batch (sandboxed verifiers run it in parallel)
+    checked = [(p, a) for p, a in zip(problems, voted) if a is not None]
+    verdicts = iter(verify(task, [p for p, _ in checked],
+                           [ans_as_completion(a) for _, a in checked]))
+    maj = [a is not None and next(verdicts).reward >= 1.0 for a in voted]
     metrics[f"maj@{k}"] = float(np.mean(maj))
     metrics[f"pass@{k}"] = float(np.mean(any_ok))
     # Mean reward of the sampled answers: moves smoothly with the probability of a right

@@ -5,19 +5,25 @@
   countdown                   reach a target from numbers with + - * /, levels 1-5
   reasoning_gym:<generator>   any reasoning-gym generator, scored by its score_answer
   jsonl:<path>                a user's {"prompt", "answer"} lines, exact or numeric match
+  code:<family>               write a Python function (list_ops, string_ops); the
+                              sandbox runs hidden tests, reward = fraction passed
+  code_jsonl:<path>           a user's MBPP/HumanEval-style problems with their tests
 Every task follows the `Task` protocol of `problem.py` (deterministic training streams,
 a disjoint fixed held-out split, a declared answer extraction, `score` in [0, 1]).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import dataclasses
+import sys
+from typing import Any, Callable, Sequence
 
 from selfimprove_jax.errors import UserError
 from selfimprove_jax.tasks.arithmetic import ArithmeticTask
+from selfimprove_jax.tasks.code_task import CodeJsonlTask, CodeTask
 from selfimprove_jax.tasks.countdown import CountdownTask
 from selfimprove_jax.tasks.jsonl_task import JsonlTask
-from selfimprove_jax.tasks.problem import Problem, Task, make_problem, problem_id
+from selfimprove_jax.tasks.problem import Problem, Task, Verdict, make_problem, problem_id
 from selfimprove_jax.tasks.reasoning_gym_task import ReasoningGymTask
 
 # Plain task names -> constructors; prefixed specs ("family:argument") -> constructors
@@ -29,13 +35,39 @@ TASKS: dict[str, Callable[..., Task]] = {
 TASK_FAMILIES: dict[str, Callable[..., Task]] = {
     "reasoning_gym": ReasoningGymTask,
     "jsonl": JsonlTask,
+    "code": CodeTask,
+    "code_jsonl": CodeJsonlTask,
 }
+_ARGUMENT = {"reasoning_gym": "generator", "code": "family"}
+
+
+def _verify_here(task: Task, problems: Sequence[Problem],
+                 completions: Sequence[str]) -> list[Verdict]:
+  if hasattr(task, "verify_batch"):
+    return list(task.verify_batch(list(problems), list(completions)))
+  return [Verdict(float(task.score(p, c))) for p, c in zip(problems, completions)]
+
+
+def verify(task: Task, problems: Sequence[Problem], completions: Sequence[str]) -> list[Verdict]:
+  """One Verdict per (problem, completion): the task's `verify_batch` where it has one
+  (sandboxed verifiers check the whole batch in parallel), else its `score`.
+
+  In a run of several processes only process 0 verifies and the others receive its
+  verdicts: a sandboxed check ends on a wall clock, and two hosts must never disagree
+  on a reward (their selections, batches and decisions would differ). Every process
+  therefore calls this at the same points, as it does all of the loop's steps."""
+  jax = sys.modules.get("jax")     # tasks never import jax; a run has already
+  if jax is None or jax.process_count() == 1:
+    return _verify_here(task, problems, completions)
+  from selfimprove_jax import distributed  # pylint: disable=import-outside-toplevel
+  mine = ([dataclasses.asdict(v) for v in _verify_here(task, problems, completions)]
+          if distributed.is_primary() else None)
+  return [Verdict(**v) for v in distributed.broadcast_json(mine)]
 
 
 def task_specs() -> list[str]:
   """The accepted spec forms, for help texts and error messages."""
-  return sorted(TASKS) + [f"{k}:<{'generator' if k == 'reasoning_gym' else 'path'}>"
-                          for k in sorted(TASK_FAMILIES)]
+  return sorted(TASKS) + [f"{k}:<{_ARGUMENT.get(k, 'path')}>" for k in sorted(TASK_FAMILIES)]
 
 
 def get_task(spec: str, **options: Any) -> Task:
@@ -55,6 +87,7 @@ def get_task(spec: str, **options: Any) -> Task:
     raise UserError(f"task {spec}: bad options {sorted(options)}: {e}") from None
 
 
-__all__ = ["Problem", "Task", "get_task", "make_problem", "problem_id", "task_specs",
-           "TASKS", "TASK_FAMILIES", "ArithmeticTask", "CountdownTask", "JsonlTask",
+__all__ = ["Problem", "Task", "Verdict", "get_task", "verify", "make_problem", "problem_id", "task_specs",
+           "TASKS", "TASK_FAMILIES", "ArithmeticTask", "CodeJsonlTask", "CodeTask",
+           "CountdownTask", "JsonlTask",
            "ReasoningGymTask"]

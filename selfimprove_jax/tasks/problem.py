@@ -54,6 +54,20 @@ class Problem:
                difficulty=int(d.get("difficulty", 0)), metadata=dict(d.get("metadata") or {}))
 
 
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+  """A verifier's judgement of one completion, as records carry it.
+
+  `status` is 'ok' when the check ran to its end (whatever the reward), else why it did
+  not: a sandbox status ('timeout', 'memory', 'error', 'killed', ...) for verifiers that
+  run model text in the sandbox; such a completion gets reward 0. `detail` says what
+  failed in words (the first failing test, the error, the limit hit); it is what the
+  `execution_feedback` refinement strategy shows the model."""
+  reward: float
+  status: str = "ok"
+  detail: str = ""
+
+
 def problem_id(prompt: str) -> str:
   """Stable id of a prompt: the first 16 hex digits of its SHA-256."""
   return hashlib.sha256(prompt.encode("utf-8")).hexdigest()[:16]
@@ -189,6 +203,10 @@ class Task(Protocol):
 
   def score(self, problem: Problem, completion: str) -> float:
     """Reward in [0, 1] of a completion for a problem; never raises on model output."""
+
+  # Optional: `verify_batch(problems, completions) -> list[Verdict]`, for tasks whose
+  # verifier runs model text in the sandbox (all at once, on its worker pool) or has
+  # more to say than a reward; `tasks.verify` falls back to `score` without it.
 
   def can_solve(self, prompt: str) -> Optional[str]:
     """Reference answer of a prompt written in the task's format, or None when the

@@ -18,16 +18,24 @@ datasets in chunks of `CHUNK` items with seeds hashed from (our seed, split, chu
 attempt), and keep train and held-out disjoint by the same id partition as every task
 (training skips held-out ids, the held-out split takes only them, from a fixed seed).
 Extra options are passed to the generator's config (e.g. `min_terms=2`).
+
+Scoring runs in the sandbox, always. Several upstream scorers execute the answer (Python
+`eval` in n_queens or spiral_matrix, `sympy.parse_expr` in countdown or the integration
+tasks) with no limit: `9**9**9` would hang the run, `exit()` would kill it, at every
+resume. Upstream code changes, so no generator is trusted: every `score_answer` call is
+made in a sandbox worker (which imports reasoning-gym once) under `score_timeout_s` and
+`score_memory_mb`; an answer that hits a limit scores 0 and its record says why.
 """
 
 from __future__ import annotations
 
 from typing import Any, Optional
 
+from selfimprove_jax import sandbox
 from selfimprove_jax.errors import UserError
 from selfimprove_jax.tasks import answers
 from selfimprove_jax.tasks import problem as problem_lib
-from selfimprove_jax.tasks.problem import Problem
+from selfimprove_jax.tasks.problem import Problem, Verdict
 
 # Some generators precompute per-item state for `size` items, so datasets stay small.
 CHUNK = 256
@@ -63,7 +71,7 @@ class ReasoningGymTask:
 
   def __init__(self, generator: str,
                heldout_fraction: float = problem_lib.DEFAULT_HELDOUT_FRACTION,
-               **config: Any):
+               score_timeout_s: float = 5.0, score_memory_mb: int = 512, **config: Any):
     rg = _import_reasoning_gym()
     from reasoning_gym.factory import DATASETS  # pylint: disable=import-outside-toplevel
     if generator not in DATASETS:
@@ -74,8 +82,12 @@ class ReasoningGymTask:
     self.config = dict(config)
     self.heldout_fraction = problem_lib.check_fraction(heldout_fraction, self.name)
     self._datasets: dict = {}
+    if not (score_timeout_s > 0 and score_memory_mb > 0):
+      raise UserError(f"task {self.name}: score_timeout_s and score_memory_mb must be > 0")
+    self.score_limits = sandbox.Limits(timeout_s=float(score_timeout_s),
+                                       memory_mb=int(score_memory_mb))
     try:  # validate the options once, so a typo fails here and not mid-run
-      self._scorer = rg.create_dataset(generator, seed=0, size=1, **self.config)
+      rg.create_dataset(generator, seed=0, size=1, **self.config)
     except (TypeError, ValueError, AssertionError) as e:
       raise UserError(f"task {self.name}: bad generator options {self.config}: {e}") from None
 
@@ -148,19 +160,31 @@ class ReasoningGymTask:
     lines = [ln.strip() for ln in completion.splitlines() if ln.strip()]
     return lines[-1] if lines else None
 
+  def verify_batch(self, problems: list, completions: list) -> list[Verdict]:
+    """The generator's own `score_answer` on each extracted answer, in the sandbox, in
+    parallel; clipped to [0, 1]. A limit hit or a crash of the scorer scores 0."""
+    verdicts: list = [Verdict(0.0, "ok", "no answer found")] * len(problems)
+    todo = []
+    for i, (p, c) in enumerate(zip(problems, completions)):
+      answer = self.extract_answer(c, p)
+      if answer is not None:
+        todo.append((i, {"generator": self.generator, "config": self.config,
+                         "answer": answer, "entry": {
+                             "question": p.metadata.get("question", p.prompt),
+                             "answer": p.reference,
+                             "metadata": p.metadata.get("rg_metadata", {})}}))
+    results = sandbox.run_jobs("rg_score", [a for _, a in todo], self.score_limits)
+    for (i, _), r in zip(todo, results):
+      if r.ok:
+        verdicts[i] = Verdict(min(max(float(r.value["reward"]), 0.0), 1.0))
+      else:   # the scorer chokes on malformed or hostile output: that output is wrong
+        tail = r.stderr.strip().splitlines()[-1:] or [""]
+        verdicts[i] = Verdict(0.0, r.status, f"{r.detail} {tail[0]}".strip()[:300])
+    return verdicts
+
   def score(self, problem: Problem, completion: str) -> float:
-    """The generator's own `score_answer` on the extracted answer, clipped to [0, 1]."""
-    answer = self.extract_answer(completion, problem)
-    if answer is None:
-      return 0.0
-    entry = {"question": problem.metadata.get("question", problem.prompt),
-             "answer": problem.reference, "metadata": problem.metadata.get("rg_metadata", {})}
-    try:
-      reward = float(self._scorer.score_answer(answer, entry))
-    except Exception:  # pylint: disable=broad-except
-      # A generator's scorer may choke on malformed model output; that output is wrong.
-      return 0.0
-    return min(max(reward, 0.0), 1.0) if reward == reward else 0.0
+    """`verify_batch` of one completion: its reward."""
+    return self.verify_batch([problem], [completion])[0].reward
 
   def can_solve(self, prompt: str) -> Optional[str]:
     """Generators cannot parse free-form prompts: always None (`procedural` is False)."""

@@ -1,0 +1,498 @@
+"""The sandbox worker: a long-lived process that runs one untrusted item at a time.
+
+This file runs *inside* the isolation (see `isolation.py`), bound there as a single
+file, so it imports only the standard library (plus, lazily, reasoning-gym for its
+scorers). It is a zygote: each item is run in a fresh child forked from this warm
+process, so an item costs a fork (about a millisecond) instead of an interpreter start
+(20-30 ms), and a scorer's slow imports (reasoning-gym: seconds) happen once per worker.
+
+Per item the child, before it runs anything untrusted: starts a new session (its own
+process group), moves its stdio onto pipes this worker reads, chdirs into a fresh
+scratch directory, sets rlimits (address space, CPU seconds, processes, file size, open
+files, no core dumps) and, where the worker is root, drops to a uid of its own (so the
+rlimit on processes applies, it cannot signal this worker, and it can write nowhere but
+its scratch). This worker enforces the wall clock, caps the output it keeps (killing the
+child at the cap), and after every item kills every process left under the item's uid
+and deletes its files, so nothing outlives the item.
+
+Protocol (on this process's stdin/stdout): 4-byte big-endian length, then JSON.
+Request {"job", "args", "limits", "uid"}; reply {"status", "exit_code", "stdout",
+"stderr", "wall_s", "value", "detail"}. Jobs are functions in `JOBS`, chosen by name.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import os
+import resource
+import select
+import shutil
+import signal
+import struct
+import sys
+import tempfile
+import time
+import traceback
+
+# Exit codes the child uses to tell the worker what happened (a hostile program can
+# also exit with them; it gains nothing, as every one of them is a failure).
+EXIT_MEMORY = 83
+EXIT_NO_RESULT = 84
+RESULT_FD = 3          # the child writes a job's structured result here
+MAX_VALUE_BYTES = 1 << 20
+
+
+# ----------------------------------------------------------------------------- messages
+
+
+def read_msg(fd: int):
+  """One length-prefixed JSON message from `fd`, or None at end of file."""
+  head = _read_exact(fd, 4)
+  if head is None:
+    return None
+  body = _read_exact(fd, struct.unpack(">I", head)[0])
+  return None if body is None else json.loads(body)
+
+
+def write_msg(fd: int, msg) -> None:
+  data = json.dumps(msg).encode()
+  data = struct.pack(">I", len(data)) + data
+  while data:
+    data = data[os.write(fd, data):]
+
+
+def _read_exact(fd: int, n: int):
+  buf = b""
+  while len(buf) < n:
+    chunk = os.read(fd, n - len(buf))
+    if not chunk:
+      return None
+    buf += chunk
+  return buf
+
+
+# ----------------------------------------------------------------------------- values
+
+
+def normalize(value):
+  """A JSON-ready form of a returned value, identical on both sides of the sandbox:
+  tuples become lists, dict keys strings; anything else is compared by its repr."""
+  if value is None or isinstance(value, (bool, int, str)):
+    return value
+  if isinstance(value, float):
+    return value if math.isfinite(value) else {"float": repr(value)}
+  if isinstance(value, (list, tuple)):
+    return [normalize(v) for v in value]
+  if isinstance(value, dict):
+    return {str(k): normalize(v) for k, v in value.items()}
+  return {"repr": repr(value)[:1000]}
+
+
+# ----------------------------------------------------------------------------- jobs (in the child)
+
+
+def job_exec(args: dict):
+  """Runs `source` as `__main__`; the program's own exit status is the result."""
+  code = compile(args["source"], "<sandbox>", "exec")
+  exec(code, {"__name__": "__main__", "__builtins__": __builtins__})  # noqa: S102
+  return None
+
+
+def job_call_tests(args: dict):
+  """Defines the model's `source`, then calls `entry_point` on each test input.
+
+  Returns one entry per input: {"value": normalized result} or {"error": "Type: msg"};
+  the caller compares them with the expected outputs, which never enter the sandbox."""
+  namespace = {"__name__": "__solution__", "__builtins__": __builtins__}
+  exec(compile(args["source"], "<solution>", "exec"), namespace)  # noqa: S102
+  fn = namespace.get(args["entry_point"])
+  if not callable(fn):
+    return {"missing": f"no function named {args['entry_point']!r} is defined"}
+  results = []
+  for inputs in args["inputs"]:
+    try:
+      results.append({"value": normalize(fn(*json.loads(json.dumps(inputs))))})
+    except Exception as e:  # pylint: disable=broad-except
+      results.append({"error": f"{type(e).__name__}: {str(e)[:200]}"})
+  return {"results": results}
+
+
+def job_asserts(args: dict):
+  """MBPP-style: defines `source`, then runs each assert line; True where it holds."""
+  namespace = {"__name__": "__solution__", "__builtins__": __builtins__}
+  exec(compile(args["source"], "<solution>", "exec"), namespace)  # noqa: S102
+  results = []
+  for test in args["asserts"]:
+    try:
+      exec(compile(test, "<test>", "exec"), namespace)  # noqa: S102
+      results.append({"passed": True})
+    except Exception as e:  # pylint: disable=broad-except
+      results.append({"passed": False, "error": f"{type(e).__name__}: {str(e)[:200]}"})
+  return {"results": results}
+
+
+_SCORERS: dict = {}
+
+
+def prepare_rg_score(args: dict) -> None:
+  """In the worker (trusted, cached): the reasoning-gym dataset whose scorer is used."""
+  key = (args["generator"], json.dumps(args["config"], sort_keys=True))
+  if key not in _SCORERS:
+    import reasoning_gym  # pylint: disable=import-outside-toplevel
+    dataset = reasoning_gym.create_dataset(args["generator"], seed=0, size=1,
+                                           **args["config"])
+    # Score the generator's own first item once, here: scorers import and build caches
+    # lazily (sympy's parser), and every item's child would otherwise redo that work
+    # (30 ms per countdown answer instead of 1). Its text is the generator's, not a model's.
+    try:
+      entry = dataset[0]
+      dataset.score_answer(entry.get("answer") or "", entry)
+    except Exception:  # pylint: disable=broad-except
+      pass
+    _SCORERS[key] = dataset
+
+
+def job_rg_score(args: dict):
+  """reasoning-gym's `score_answer(answer, entry)` on the model's answer."""
+  key = (args["generator"], json.dumps(args["config"], sort_keys=True))
+  reward = float(_SCORERS[key].score_answer(args["answer"], args["entry"]))
+  return {"reward": reward if math.isfinite(reward) else 0.0}
+
+
+JOBS = {"exec": job_exec, "call_tests": job_call_tests, "asserts": job_asserts,
+        "rg_score": job_rg_score}
+PREPARE = {"rg_score": prepare_rg_score}
+
+
+# ----------------------------------------------------------------------------- the child
+
+
+def _vm_bytes() -> int:
+  with open("/proc/self/statm") as f:
+    return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _processes_of(uid: int) -> int:
+  """Processes and threads of `uid` now (what RLIMIT_NPROC counts)."""
+  n = 0
+  for name in os.listdir("/proc"):
+    try:
+      if name.isdigit() and os.stat(f"/proc/{name}").st_uid == uid:
+        n += len(os.listdir(f"/proc/{name}/task"))
+    except OSError:
+      pass
+  return n
+
+
+def _limit(kind: int, value: int) -> None:
+  soft, hard = resource.getrlimit(kind)
+  value = value if hard == resource.RLIM_INFINITY else min(value, hard)
+  resource.setrlimit(kind, (value, value))
+
+
+def _enter_child(limits: dict, uid, scratch: str, fds: dict) -> None:
+  """Everything the child does before running untrusted code."""
+  os.setsid()
+  for target, fd in ((0, fds["stdin"]), (1, fds["stdout"]), (2, fds["stderr"]),
+                     (RESULT_FD, fds["result"])):
+    os.dup2(fd, target)
+  os.closerange(RESULT_FD + 1, 1 << 16)
+  os.chdir(scratch)
+  os.environ.clear()
+  os.environ.update({"HOME": scratch, "TMPDIR": scratch, "PATH": "/usr/bin:/bin",
+                     "LANG": "C.UTF-8"})
+  for sig in (signal.SIGPIPE, signal.SIGXFSZ):
+    signal.signal(sig, signal.SIG_DFL)
+  cpu = max(1, math.ceil(limits["cpu_s"]))
+  resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+  _limit(resource.RLIMIT_AS, _vm_bytes() + limits["memory_mb"] * (1 << 20))
+  _limit(resource.RLIMIT_FSIZE, limits["file_bytes"])
+  _limit(resource.RLIMIT_NOFILE, 64)
+  _limit(resource.RLIMIT_CORE, 0)
+  if uid is not None:
+    os.setgroups([])
+    os.setgid(uid)
+    os.setuid(uid)
+    # per-uid count: the item's own uid holds only the item's processes and threads
+    _limit(resource.RLIMIT_NPROC, limits["max_procs"])
+  elif os.getuid() != 0:
+    # no uid of its own: the per-uid count includes the user's other processes
+    _limit(resource.RLIMIT_NPROC, _processes_of(os.getuid()) + limits["max_procs"])
+  sys.stdin = open(0, closefd=False)   # noqa: SIM115
+  sys.stdout = open(1, "w", closefd=False)   # noqa: SIM115
+  sys.stderr = open(2, "w", closefd=False)   # noqa: SIM115
+
+
+def _run_child(req: dict, scratch: str, fds: dict) -> None:
+  """The forked child: never returns."""
+  code = 1
+  try:
+    _enter_child(req["limits"], req.get("uid"), scratch, fds)
+    value = JOBS[req["job"]](req["args"])
+    data = json.dumps({"value": value}).encode()
+    os.write(RESULT_FD, data[:MAX_VALUE_BYTES])
+    code = 0
+  except SystemExit as e:
+    code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    if req["job"] != "exec":
+      code = EXIT_NO_RESULT     # a scorer or test harness must return, not exit
+    if e.code is not None and not isinstance(e.code, int):
+      print(e.code, file=sys.stderr)
+  except MemoryError:
+    code = EXIT_MEMORY
+  except BaseException:  # pylint: disable=broad-except
+    try:
+      traceback.print_exc(limit=5)
+    except BaseException:  # pylint: disable=broad-except
+      pass
+    code = 1
+  finally:
+    for stream in (sys.stdout, sys.stderr):
+      try:
+        stream.flush()
+      except BaseException:  # pylint: disable=broad-except
+        pass
+    os._exit(code & 0xFF)
+
+
+# ----------------------------------------------------------------------------- the worker
+
+
+def sweep(uid: int) -> int:
+  """Kills every process running as `uid` (an item's own uid: nothing else runs under
+  it) until none is left, forks racing the kills included; returns how many."""
+  me, killed = os.getpid(), 0
+  for _ in range(200):
+    found = []
+    for name in os.listdir("/proc"):
+      if not name.isdigit() or int(name) in (me, 1):
+        continue
+      try:
+        with open(f"/proc/{name}/status") as f:
+          owner = next(int(line.split()[1]) for line in f if line.startswith("Uid:"))
+      except (OSError, StopIteration, ValueError):
+        continue
+      if owner == uid:
+        found.append(int(name))
+    if not found:
+      return killed
+    for pid in found:
+      try:
+        os.kill(pid, signal.SIGKILL)
+        killed += 1
+      except OSError:
+        pass
+    time.sleep(0.001)
+  return killed
+
+
+def _status(wait_status, timed_out: bool, over_output: bool, value) -> tuple[str, int, str]:
+  """(status, exit code, detail) of a finished child."""
+  if over_output:
+    return "output_limit", -1, "output over the limit; killed"
+  if timed_out:
+    return "timeout", -1, "wall-clock limit reached; killed"
+  if os.WIFSIGNALED(wait_status):
+    sig = os.WTERMSIG(wait_status)
+    try:
+      name = signal.Signals(sig).name
+    except ValueError:
+      name = str(sig)
+    if sig == signal.SIGXCPU:
+      return "timeout", -sig, "CPU-time limit reached"
+    if sig == signal.SIGXFSZ:
+      return "error", -sig, "file-size limit reached"
+    return "killed", -sig, f"killed by {name}"
+  code = os.WEXITSTATUS(wait_status)
+  if code == EXIT_MEMORY:
+    return "memory", code, "memory limit reached (MemoryError)"
+  if code == EXIT_NO_RESULT:
+    return "error", code, "exited before returning a result"
+  if code != 0:
+    return "error", code, f"exit code {code}"
+  if value is None:
+    return "error", code, "no result"
+  return "ok", 0, ""
+
+
+def run_item(req: dict, scratch_root: str) -> dict:
+  """Forks a child for one request, watches it, cleans up after it."""
+  limits = req["limits"]
+  if req["job"] in PREPARE:
+    try:
+      PREPARE[req["job"]](req["args"])
+    except Exception as e:  # pylint: disable=broad-except
+      return {"status": "error", "exit_code": -1, "stdout": "", "stderr": "",
+              "wall_s": 0.0, "value": None, "detail": f"prepare failed: {e!r}"[:500]}
+  # Everything alive now is the worker's: move it out of the collector's reach, so the
+  # child's collections do not touch (and copy-on-write) the whole inherited heap.
+  gc.freeze()
+  uid = req.get("uid")
+  scratch = tempfile.mkdtemp(prefix="item_", dir=scratch_root)
+  if uid is not None:
+    os.chown(scratch, uid, uid)
+  pipes = {k: os.pipe() for k in ("stdin", "stdout", "stderr", "result")}
+  child_fds = {"stdin": pipes["stdin"][0], "stdout": pipes["stdout"][1],
+               "stderr": pipes["stderr"][1], "result": pipes["result"][1]}
+  start = time.monotonic()
+  pid = os.fork()
+  if pid == 0:
+    _run_child(req, scratch, child_fds)
+  for fd in child_fds.values():
+    os.close(fd)
+  out = {"stdout": bytearray(), "stderr": bytearray(), "result": bytearray()}
+  readers = {pipes[k][0]: k for k in out}
+  for fd in readers:
+    os.set_blocking(fd, False)
+  stdin_data = req["args"].get("stdin", "").encode()
+  stdin_w = pipes["stdin"][1]
+  os.set_blocking(stdin_w, False)
+  # readable when the child exits: the loop wakes at once instead of polling
+  pidfd = os.pidfd_open(pid) if hasattr(os, "pidfd_open") else None
+  deadline = start + limits["timeout_s"]
+  timed_out = over_output = False
+  wait_status = None
+  while True:
+    if wait_status is None:
+      done, st = os.waitpid(pid, os.WNOHANG)
+      if done:
+        wait_status = st
+    if wait_status is not None and not readers:
+      break
+    now = time.monotonic()
+    if now >= deadline:
+      timed_out = wait_status is None
+      break
+    if wait_status is not None:
+      # the child is gone: whatever still holds its pipes is a leftover; stop reading
+      # once the pipes are quiet
+      deadline = min(deadline, now + 0.05)
+    wfds = [stdin_w] if stdin_w is not None else []
+    rfds = list(readers) + ([pidfd] if pidfd is not None and wait_status is None else [])
+    r, w, _ = select.select(rfds, wfds, [], min(0.01 if pidfd is None else 0.25,
+                                                max(0.0, deadline - now)))
+    if w:
+      try:
+        n = os.write(stdin_w, stdin_data[:65536])
+        stdin_data = stdin_data[n:]
+      except OSError:
+        stdin_data = b""
+      if not stdin_data:
+        os.close(stdin_w)
+        stdin_w = None
+    for fd in r:
+      if fd not in readers:
+        continue
+      key = readers[fd]
+      try:
+        chunk = os.read(fd, 65536)
+      except OSError:
+        chunk = b""
+      if not chunk:
+        del readers[fd]
+        continue
+      cap = MAX_VALUE_BYTES if key == "result" else limits["output_bytes"]
+      room = cap - len(out[key])
+      out[key] += chunk[:max(0, room)]
+      if len(chunk) > room:
+        over_output = key != "result"
+        break
+    if over_output:
+      break
+  if wait_status is None:
+    try:
+      os.killpg(pid, signal.SIGKILL)
+    except OSError:
+      pass
+    _, wait_status = os.waitpid(pid, 0)
+  if uid is not None:
+    sweep(uid)
+  else:
+    _kill_group(pid)
+  extra = [fd for fd in (stdin_w, pidfd) if fd is not None]
+  for fd in [pipes[k][0] for k in out] + extra:
+    os.close(fd)
+  wall = time.monotonic() - start
+  value = None
+  if out["result"]:
+    try:
+      value = json.loads(bytes(out["result"]))["value"]
+    except (ValueError, KeyError, TypeError):
+      value = None
+  status, code, detail = _status(wait_status, timed_out, over_output,
+                                 value if req["job"] != "exec" else 0)
+  if req["job"] == "exec" and status == "ok":
+    value = None
+  shutil.rmtree(scratch, ignore_errors=True)
+  _clean_shared_dirs(uid)
+  return {"status": status, "exit_code": code, "wall_s": round(wall, 4),
+          "stdout": out["stdout"].decode("utf-8", "replace"),
+          "stderr": out["stderr"].decode("utf-8", "replace"),
+          "value": value if status == "ok" else None, "detail": detail}
+
+
+def _kill_group(pid: int) -> None:
+  try:
+    os.killpg(pid, signal.SIGKILL)
+  except OSError:
+    pass
+
+
+def _clean_shared_dirs(uid) -> None:
+  """Files the item left in world-writable places (/dev/shm, /tmp) go with it."""
+  if uid is None:
+    return
+  for root in ("/dev/shm", tempfile.gettempdir()):
+    try:
+      names = os.listdir(root)
+    except OSError:
+      continue
+    for name in names:
+      path = os.path.join(root, name)
+      try:
+        if os.lstat(path).st_uid == uid:
+          shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) \
+              else os.unlink(path)
+      except OSError:
+        pass
+
+
+# Imported once here, inherited by every item: saves each item their import, and at the
+# weaker isolation levels an item's uid may not be able to read a Python installation
+# under a private home directory (pyenv in /root), so it could import nothing new.
+PRELOAD = ("bisect", "collections", "copy", "dataclasses", "decimal", "fractions",
+           "functools", "heapq", "itertools", "math", "operator", "random", "re",
+           "statistics", "string", "typing", "unicodedata")
+
+
+def main() -> None:
+  for name in PRELOAD:
+    try:
+      __import__(name)
+    except ImportError:
+      pass
+  scratch_root = tempfile.mkdtemp(prefix="sij_sandbox_")
+  os.chmod(scratch_root, 0o711)     # items may enter their own dir, not list others
+  # the protocol channel is private to this process: children get fresh stdio
+  proto_in, proto_out = os.dup(0), os.dup(1)
+  devnull = os.open(os.devnull, os.O_RDWR)
+  os.dup2(devnull, 0)
+  os.dup2(devnull, 1)
+  write_msg(proto_out, {"ready": True, "pid": os.getpid()})
+  while True:
+    req = read_msg(proto_in)
+    if req is None:
+      break
+    try:
+      reply = run_item(req, scratch_root)
+    except Exception as e:  # pylint: disable=broad-except
+      reply = {"status": "error", "exit_code": -1, "stdout": "", "stderr": "",
+               "wall_s": 0.0, "value": None, "detail": f"worker error: {e!r}"[:500]}
+    write_msg(proto_out, reply)
+  shutil.rmtree(scratch_root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+  main()
