@@ -25,9 +25,7 @@ smallest id hashes of the file (code_jsonl).
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import random
 import re
 from typing import Optional
@@ -36,6 +34,7 @@ from selfimprove_jax import sandbox
 from selfimprove_jax.errors import UserError
 from selfimprove_jax.sandbox.worker import normalize
 from selfimprove_jax.tasks import problem as problem_lib
+from selfimprove_jax.tasks.jsonl_task import jsonl_rows
 from selfimprove_jax.tasks.problem import Problem, ProceduralSplits, Verdict
 
 ENTRY_POINT = "solve"
@@ -176,41 +175,32 @@ class CodeTask(ProceduralSplits):
 
 def read_code_jsonl(path: str) -> list[Problem]:
   """Problems of an MBPP/HumanEval-style file; UserError naming the file and line."""
-  if not os.path.isfile(path):
-    raise UserError(f"{path}: no such file (task code_jsonl:{path})")
   out, seen = [], set()
-  with open(path, encoding="utf-8") as f:
-    for lineno, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-      where = f"{path}:{lineno}"
-      if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) \
-          or not isinstance(row.get("entry_point"), str) or not row["entry_point"]:
-        raise UserError(f"{where}: needs a string 'prompt' and 'entry_point'")
-      meta = {"entry_point": row["entry_point"], "line": lineno}
-      if isinstance(row.get("tests"), list) and row["tests"] and all(
-          isinstance(t, dict) and isinstance(t.get("input"), list) and "output" in t
-          for t in row["tests"]):
-        meta["tests"] = [{"input": t["input"], "output": t["output"]} for t in row["tests"]]
-      elif isinstance(row.get("test_list"), list) and row["test_list"] and all(
-          isinstance(t, str) for t in row["test_list"]):
-        meta["asserts"] = list(row["test_list"])
-      elif isinstance(row.get("test"), str) and row["test"].strip():
-        meta["asserts"] = [f"{row['test']}\ncheck({row['entry_point']})"]
-      else:
-        raise UserError(f"{where}: needs tests: 'tests' ([{{'input': [...], 'output': ...}}]), "
-                        f"'test_list' (assert lines) or 'test' (a check(candidate) function)")
-      prompt = (f"{row['prompt'].rstrip()}\n\n"
-                f"{INSTRUCTION.format(name=row['entry_point'])}")
-      p = problem_lib.make_problem(prompt, row.get("canonical_solution", row.get("code", "")),
-                                   0, meta)
-      if p.id not in seen:
-        seen.add(p.id)
-        out.append(p)
+  for lineno, row in jsonl_rows(path, f"code_jsonl:{path}"):
+    where = f"{path}:{lineno}"
+    if not isinstance(row.get("prompt"), str) \
+        or not isinstance(row.get("entry_point"), str) or not row["entry_point"]:
+      raise UserError(f"{where}: needs a string 'prompt' and 'entry_point'")
+    meta = {"entry_point": row["entry_point"], "line": lineno}
+    if isinstance(row.get("tests"), list) and row["tests"] and all(
+        isinstance(t, dict) and isinstance(t.get("input"), list) and "output" in t
+        for t in row["tests"]):
+      meta["tests"] = [{"input": t["input"], "output": t["output"]} for t in row["tests"]]
+    elif isinstance(row.get("test_list"), list) and row["test_list"] and all(
+        isinstance(t, str) for t in row["test_list"]):
+      meta["asserts"] = list(row["test_list"])
+    elif isinstance(row.get("test"), str) and row["test"].strip():
+      meta["asserts"] = [f"{row['test']}\ncheck({row['entry_point']})"]
+    else:
+      raise UserError(f"{where}: needs tests: 'tests' ([{{'input': [...], 'output': ...}}]), "
+                      f"'test_list' (assert lines) or 'test' (a check(candidate) function)")
+    prompt = (f"{row['prompt'].rstrip()}\n\n"
+              f"{INSTRUCTION.format(name=row['entry_point'])}")
+    p = problem_lib.make_problem(prompt, row.get("canonical_solution", row.get("code", "")),
+                                 0, meta)
+    if p.id not in seen:
+      seen.add(p.id)
+      out.append(p)
   if len(out) < 2:
     raise UserError(f"{path}: needs at least 2 distinct problems (one is held out)")
   return out

@@ -30,18 +30,20 @@ from selfimprove_jax.tasks import problem as problem_lib
 from selfimprove_jax.tasks.problem import Problem
 
 
-def read_jsonl(path: str, instruction: str = "") -> list[Problem]:
-  """Problems of a JSONL file in file order; UserError naming the file and line."""
+def jsonl_rows(path: str, spec: str) -> list[tuple[int, dict]]:
+  """(line number, object) for each non-blank line of a JSONL file a task reads;
+  UserError naming the file (and line) when it is missing, not UTF-8, not JSON, or a
+  line is not an object. `spec` is the task spec, for the message."""
   if not os.path.isfile(path):
-    raise UserError(f"{path}: no such file (task jsonl:{path})")
-  out, seen = [], set()
+    raise UserError(f"{path}: no such file (task {spec})")
   try:
     with open(path, "rb") as f:
       lines = f.read().decode("utf-8").split("\n")
   except UnicodeDecodeError as e:
-    raise UserError(f"{path}: not UTF-8 text (byte {e.start}); task jsonl:{path}") from None
+    raise UserError(f"{path}: not UTF-8 text (byte {e.start}); task {spec}") from None
   except OSError as e:
-    raise UserError(f"{path}: cannot read ({e.strerror}); task jsonl:{path}") from None
+    raise UserError(f"{path}: cannot read ({e.strerror}); task {spec}") from None
+  rows = []
   for lineno, line in enumerate(lines, 1):
     if not line.strip():
       continue
@@ -50,7 +52,15 @@ def read_jsonl(path: str, instruction: str = "") -> list[Problem]:
     except json.JSONDecodeError as e:
       raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
     if not isinstance(row, dict):
-      raise UserError(f"{path}:{lineno}: expected a JSON object with 'prompt' and 'answer'")
+      raise UserError(f"{path}:{lineno}: expected a JSON object")
+    rows.append((lineno, row))
+  return rows
+
+
+def read_jsonl(path: str, instruction: str = "") -> list[Problem]:
+  """Problems of a JSONL file in file order; UserError naming the file and line."""
+  out, seen = [], set()
+  for lineno, row in jsonl_rows(path, f"jsonl:{path}"):
     answer = row.get("answer", row.get("reference"))
     prompt = row.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip() or answer is None:
