@@ -178,12 +178,16 @@ def config_to_hf(config: ModelConfig) -> dict:
   return out
 
 
+def _int_if_whole(x):
+  return int(x) if float(x).is_integer() else float(x)
+
+
 def _gemma3_to_hf(config: ModelConfig, kw: dict, transformers) -> dict:
   for key in ("rope_theta", "hidden_act"):
     kw.pop(key)
   hf = transformers.Gemma3TextConfig(
       head_dim=config.head_dim, hidden_activation="gelu_pytorch_tanh",
-      query_pre_attn_scalar=config.query_pre_attn_scalar or config.head_dim,
+      query_pre_attn_scalar=_int_if_whole(config.query_pre_attn_scalar or config.head_dim),
       sliding_window=config.sliding_window,
       layer_types=["sliding_attention" if local else "full_attention"
                    for local in config.local_layers],
