@@ -28,6 +28,9 @@ def base_config() -> ml_collections.ConfigDict:
   # or a workdir (its last accepted checkpoint) / 'DIR@K'.
   c.model = "smollm2-135m-instruct"
   c.dtype = "float32"                 # compute dtype: 'float32' | 'bfloat16'
+  # 'chat': prompts go through the tokenizer's chat template (when it has one);
+  # 'raw': as plain text, for base (not instruction-tuned) models.
+  c.prompt_format = "chat"
   # Recompute each block's activations in the backward pass of the train step: less
   # memory, and on a GPU also faster (SmolLM2-135M, H100: 229k vs 200k tokens/s,
   # benchmarks/RESULTS.md); on a CPU it only costs time.
@@ -196,6 +199,8 @@ def validate(config) -> None:
   select.parse_filters(config.select.filters)
   if config.loop.algorithm not in ("sft", "dpo", "grpo"):
     raise UserError(f"loop.algorithm={config.loop.algorithm!r} is not one of sft, dpo, grpo")
+  if config.prompt_format not in ("chat", "raw"):
+    raise UserError(f"prompt_format={config.prompt_format!r} is not one of chat, raw")
   if config.dtype not in ("float32", "bfloat16"):
     raise UserError(f"dtype={config.dtype!r} is not one of float32, bfloat16")
   from selfimprove_jax import refine   # local: refine imports the sampler (jax)

@@ -118,7 +118,7 @@ def _print(msg: str) -> None:
 def run(config, workdir: str, override_config: bool = False, log=_print) -> dict:
   """Runs (or resumes) the loop in `workdir`; returns the final loop state as a dict."""
   # heavy imports (transformers) kept local to the run
-  from selfimprove_jax.weights import load
+  from selfimprove_jax.weights import load, without_chat_template
   from selfimprove_jax.weights.run_dir import abstract_train_state
   os.makedirs(workdir, exist_ok=True)
   config_lib.validate(config)
@@ -126,6 +126,8 @@ def run(config, workdir: str, override_config: bool = False, log=_print) -> dict
   # --- set up: mesh, model, task, sampler, checkpoints
   mesh = sharding_lib.make_mesh(dict(config.mesh))
   base = load(config.model, mesh=mesh, dtype=config.dtype)
+  if config.prompt_format == "raw":
+    base = without_chat_template(base)
   mc = base.config
   if base.tokenizer is None:
     raise UserError(f"model {config.model!r} has no tokenizer; the loop needs one")

@@ -10,6 +10,7 @@ file plus one parameter.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 from typing import Any, Optional
@@ -56,6 +57,19 @@ def resolve(spec: str) -> tuple[str, str]:
     raise UserError(f"{spec}: not a .gguf file or an HF model directory")
   raise UserError(f"{spec}: no such file or directory, and not a model preset "
                   f"(presets: {', '.join(sorted(PRESETS))}; or {', '.join(PACKAGED)})")
+
+
+def without_chat_template(loaded: LoadedModel) -> LoadedModel:
+  """The same model whose prompts are sent as plain text (BOS + the text), for base
+  models: every stage encodes prompts with `encode_prompts`, which falls back to
+  plain encoding when the tokenizer has no chat template. The tokenizer is a shallow
+  copy, so the caller's keeps its template."""
+  tok = loaded.tokenizer
+  if tok is None or not getattr(tok, "chat_template", None):
+    return loaded
+  tok = copy.copy(tok)
+  tok.chat_template = None
+  return dataclasses.replace(loaded, tokenizer=tok)
 
 
 def params_from_tensors(tensors, config: ModelConfig, mesh: Mesh):
