@@ -127,7 +127,7 @@ def run(config, workdir: str, override_config: bool = False, log=_print) -> dict
   mesh = sharding_lib.make_mesh(dict(config.mesh))
   base = load(config.model, mesh=mesh, dtype=config.dtype)
   if config.prompt_format == "raw":
-    base = without_chat_template(base)
+    base = without_chat_template(base, config.prompt_template)
   mc = base.config
   if base.tokenizer is None:
     raise UserError(f"model {config.model!r} has no tokenizer; the loop needs one")
@@ -340,6 +340,7 @@ def _iteration(k, config, task, heldout_ids, sampler, base, start_params, train_
   rec_dir = os.path.join(workdir, "records", f"iter_{k:04d}")
   sp = SamplingParams(temperature=config.sampling.temperature, top_k=config.sampling.top_k,
                       top_p=config.sampling.top_p,
+                      stop_sequences=tuple(config.sampling.stop_sequences),
                       max_new_tokens=config.sampling.max_new_tokens)
   G = config.loop.samples_per_prompt
   algo = config.loop.algorithm
@@ -473,6 +474,7 @@ def _evaluate(sampler, params, tok, task, heldout, config, k, reporter,
               judge_model=None) -> dict:
   sample = SamplingParams(temperature=config.sampling.temperature, top_k=config.sampling.top_k,
                           top_p=config.sampling.top_p,
+                          stop_sequences=tuple(config.sampling.stop_sequences),
                           max_new_tokens=config.evaluate.max_new_tokens)
   metrics = stages.evaluate_heldout(sampler, params, tok, task, heldout, k=config.evaluate.maj_k,
                                     sample=sample, seed=_seed(config, k, "evaluate"),

@@ -59,16 +59,28 @@ def resolve(spec: str) -> tuple[str, str]:
                   f"(presets: {', '.join(sorted(PRESETS))}; or {', '.join(PACKAGED)})")
 
 
-def without_chat_template(loaded: LoadedModel) -> LoadedModel:
-  """The same model whose prompts are sent as plain text (BOS + the text), for base
-  models: every stage encodes prompts with `encode_prompts`, which falls back to
-  plain encoding when the tokenizer has no chat template. The tokenizer is a shallow
-  copy, so the caller's keeps its template."""
+def without_chat_template(loaded: LoadedModel, template: str = "{prompt}") -> LoadedModel:
+  """The same model whose prompts are sent as plain text, for base models: BOS, then
+  `template` with {prompt} replaced by the prompt (e.g. a few-shot prefix ending in
+  "Q: {prompt}\nA:"). Every stage encodes prompts through the tokenizer's chat
+  template (`encode_prompts`), so the template is installed as that: none for
+  "{prompt}" (plain encoding), else a Jinja template that inserts the user text
+  verbatim between the literal parts. The tokenizer is a shallow copy, so the
+  caller's keeps its own template."""
   tok = loaded.tokenizer
-  if tok is None or not getattr(tok, "chat_template", None):
+  if tok is None:
     return loaded
+  if template.count("{prompt}") != 1:
+    raise UserError(f"prompt_template {template!r} must contain {{prompt}} exactly once")
   tok = copy.copy(tok)
-  tok.chat_template = None
+  if template == "{prompt}":
+    tok.chat_template = None
+  else:
+    before, after = template.split("{prompt}")
+    literal = lambda s: "{% raw %}" + s + "{% endraw %}" if s else ""
+    bos = "{{ bos_token }}" if getattr(tok, "bos_token", None) else ""
+    tok.chat_template = (bos + literal(before) + "{{ messages[-1]['content'] }}"
+                         + literal(after))
   return dataclasses.replace(loaded, tokenizer=tok)
 
 
