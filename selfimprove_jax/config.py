@@ -213,9 +213,6 @@ def validate(config) -> None:
     raise UserError(f"prompt_template={config.prompt_template!r} must contain {{prompt}} once")
   if config.prompt_format == "chat" and config.prompt_template != "{prompt}":
     raise UserError("prompt_template is used with prompt_format='raw' only")
-  if config.lora.rank:
-    raise UserError(f"lora.rank={config.lora.rank}: the loop does not train LoRA adapters "
-                    f"yet (optimize/lora.py has the LoRA train step); set lora.rank=0")
   if config.dtype not in ("float32", "bfloat16"):
     raise UserError(f"dtype={config.dtype!r} is not one of float32, bfloat16")
   from selfimprove_jax import refine   # local: refine imports the sampler (jax)

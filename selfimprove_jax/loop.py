@@ -45,6 +45,7 @@ from selfimprove_jax.checkpoint import (Checkpointer, fault_point, hash_path, re
                                        write_json_atomic)
 from selfimprove_jax.errors import UserError
 from selfimprove_jax.optimize import create_train_state, make_logprob_fn, make_train_step
+from selfimprove_jax.optimize import lora as lora_lib
 from selfimprove_jax.reporting import Reporter
 from selfimprove_jax.sampling import SamplingParams, make_sampler
 from selfimprove_jax.tasks import get_task
@@ -144,11 +145,16 @@ def run(config, workdir: str, override_config: bool = False, log=_print) -> dict
   ckpt = Checkpointer(workdir, is_primary=jax.process_index() == 0)
   reporter = Reporter(workdir, config, log=log)
   train_cfg = _optim_config(config, 1, _loss_name(config))
-  abstract = abstract_train_state(mc, train_cfg, base.params, mesh)
+  # LoRA: the train state holds adapters (what checkpoints save); the model the
+  # stages see is the base with the adapters merged in.
+  lora = lora_lib.from_config(config.lora)
+  initial = base.params if lora is None else lora_lib.init_lora(mc, lora, config.seed, mesh)
+  model_params = lora_lib.model_params_fn(base.params, lora)
+  abstract = abstract_train_state(mc, train_cfg, initial, mesh, lora)
 
   # --- restore, or start from the base model
   state = LoopState(difficulty=config.task.difficulty)
-  train_state = create_train_state(mc, train_cfg, base.params, mesh)
+  train_state = create_train_state(mc, train_cfg, initial, mesh, lora)
   # process 0 picks the checkpoint (file checks could race or differ between hosts)
   latest = distributed.broadcast_json(ckpt.latest_good(log=log) if distributed.is_primary()
                                       else None)
@@ -168,8 +174,8 @@ def run(config, workdir: str, override_config: bool = False, log=_print) -> dict
     try:
       # --- iteration 0: the baseline
       if state.iteration < 0:
-        metrics = _evaluate(sampler, train_state.params, base.tokenizer, task, heldout,
-                            config, 0, reporter, judge_model)
+        metrics = _evaluate(sampler, model_params(train_state.params), base.tokenizer, task,
+                            heldout, config, 0, reporter, judge_model)
         state.best_pass1 = metrics["pass@1"]
         state.accepted_iteration = state.iteration = 0
         state.history.append(dict(iteration=0, **metrics, kept=0, accepted=True,
@@ -184,13 +190,13 @@ def run(config, workdir: str, override_config: bool = False, log=_print) -> dict
         it = iter(data.to_iter_dataset())
         if state.data_state:
           it.set_state(state.data_state)
-        start_params = base.params if config.loop.restart_from_base else train_state.params
+        start_params = initial if config.loop.restart_from_base else train_state.params
         new_state, info, records_hashes = _iteration(
             k, config, task, heldout_ids, sampler, base, start_params, train_state, it,
-            state, mesh, workdir, reporter, signals, judge_model)
+            state, mesh, workdir, reporter, signals, judge_model, lora, model_params)
         signals.check()
-        metrics = _evaluate(sampler, new_state.params, base.tokenizer, task, heldout,
-                            config, k, reporter, judge_model)
+        metrics = _evaluate(sampler, model_params(new_state.params), base.tokenizer, task,
+                            heldout, config, k, reporter, judge_model)
         accepted, reason = _decide(state, metrics, info, config)
         next_difficulty, move = state.difficulty, None
         if config.curriculum.enabled:   # move the training difficulty toward the band
@@ -333,9 +339,11 @@ def _write_records(path, records) -> str:
 
 
 def _iteration(k, config, task, heldout_ids, sampler, base, start_params, train_state, it,
-               state, mesh, workdir, reporter, signals, judge_model=None):
+               state, mesh, workdir, reporter, signals, judge_model=None, lora=None,
+               model_params=lambda p: p):
   """Acquire -> select -> optimize for iteration k; returns (new train state, info,
-  record hashes)."""
+  record hashes). With `lora`, params in train states are adapters, `model_params`
+  merges them into the base, and the reference is the base itself."""
   mc, tok = base.config, base.tokenizer
   rec_dir = os.path.join(workdir, "records", f"iter_{k:04d}")
   sp = SamplingParams(temperature=config.sampling.temperature, top_k=config.sampling.top_k,
@@ -354,8 +362,9 @@ def _iteration(k, config, task, heldout_ids, sampler, base, start_params, train_
   loss = "sft" if algo == "sft" else ("dpo" if algo == "dpo" else _loss_name(config))
   n_batches = _planned_steps(config, steps)
   cfg = _optim_config(config, n_batches, loss)
-  ts = create_train_state(mc, cfg, params, mesh)
-  train_step = make_train_step(mc.replace(remat=config.remat), cfg, mesh)
+  ts = create_train_state(mc, cfg, params, mesh, lora)
+  train_step = make_train_step(mc.replace(remat=config.remat), cfg, mesh, lora)
+  ref_params = start_params if lora is None else base.params
   ref_fn = make_logprob_fn(mc, mesh, config.optim.logprob_chunk)
   losses, nonfinite = [], None
   ledger = state.ledger
@@ -363,7 +372,7 @@ def _iteration(k, config, task, heldout_ids, sampler, base, start_params, train_
   if config.acquire.self_instruct_share > 0:   # self-instruct: the model's own problems
     rows, hashes["self_instruct"], _ = _acquire_cached(
         rec_dir, "self_instruct", lambda: _self_instruct_stage(
-            sampler, train_state.params, tok, task, config, k, state.difficulty))
+            sampler, model_params(train_state.params), tok, task, config, k, state.difficulty))
     proposed = [Problem.from_json(r["problem"]) for r in rows if r["status"] == "kept"]
     extra_info = self_instruct.summarize(rows)
     reporter.stage(k, "self_instruct", ", ".join(
@@ -374,7 +383,8 @@ def _iteration(k, config, task, heldout_ids, sampler, base, start_params, train_
     name = "acquire" if steps == 1 else f"acquire_{s}"
     acquired, h, cached = _acquire_cached(
         rec_dir, name, lambda: _acquire_stage(
-            sampler, ts.params if algo == "grpo" else train_state.params, tok, task, problems,
+            sampler, model_params(ts.params if algo == "grpo" else train_state.params), tok,
+            task, problems,
             sp, G, _seed(config, k, "acquire", s), k, config, judge_model))
     hashes[name] = h
     reporter.stage(k, name, f"{len(acquired)} samples, train pass rate "
@@ -409,8 +419,8 @@ def _iteration(k, config, task, heldout_ids, sampler, base, start_params, train_
     for b in reporter.progress(batches, f"iter {k} optimize"):
       b = _place(_pad_to_shards(b, mesh, 2 if algo == "dpo" else 1), mesh)
       if needs_ref:
-        b["ref_logprobs"] = ref_fn(start_params, b["tokens"], b["input_mask"])
-      ts, m = train_step(ts, b)
+        b["ref_logprobs"] = ref_fn(ref_params, b["tokens"], b["input_mask"])
+      ts, m = train_step(ts, b) if lora is None else train_step(ts, b, base.params)
       m = jax.device_get(m)
       if not (math.isfinite(m["loss"]) and math.isfinite(m["grad_norm"])):
         nonfinite = f"non-finite loss/gradient at optimizer step {int(ts.step)}"

@@ -197,3 +197,29 @@ def test_bad_lora_config_is_one_line(kw, match):
   with pytest.raises(UserError, match=match):
     lora_lib.from_config(c)
   assert lora_lib.from_config(lora_lib.default_lora_config()) is None
+
+
+def test_loop_trains_adapters_and_checkpoints_only_them(tmp_path):
+  """configs/tiny.py with LoRA on the 8 fake devices: one SFT iteration, the checkpoint
+  holds adapters (a fraction of the model's bytes), and the workdir loads as the base
+  with the adapters merged (frozen weights unchanged, targeted ones moved)."""
+  import os
+  from selfimprove_jax import loop, weights
+  from selfimprove_jax.config import load_config
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  config = load_config(os.path.join(root, "configs", "tiny.py"), [
+      "lora.rank=4", "lora.alpha=8.0", "lora.targets=q,v", "loop.iterations=1",
+      "optim.learning_rate=1e-2", "log.plot=false"])
+  state = loop.run(config, str(tmp_path), log=lambda *_: None)
+  assert state["iteration"] == 1
+  ckpt = os.path.join(tmp_path, "checkpoints", "1")
+  size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(ckpt) for f in fs)
+  base = weights.load("tiny")
+  assert size < 0.1 * 4 * count_params(base.params), size
+  tuned = weights.load(f"{tmp_path}@1")
+  np.testing.assert_array_equal(np.asarray(tuned.params["embedding"]),
+                                np.asarray(base.params["embedding"]))
+  np.testing.assert_array_equal(np.asarray(tuned.params["layers"]["k"]),
+                                np.asarray(base.params["layers"]["k"]))
+  assert not np.allclose(np.asarray(tuned.params["layers"]["q"]),
+                         np.asarray(base.params["layers"]["q"]))

@@ -134,6 +134,15 @@ def delta(adapter: dict, lora: LoraConfig, shape) -> jax.Array:
   return (lora.scale * prod).reshape(shape)
 
 
+def model_params_fn(base: dict, lora: Optional[LoraConfig]):
+  """`fn(params) -> model params`: identity without LoRA, else one jitted merge of the
+  adapters into `base` (what the sampler and evaluation get)."""
+  if lora is None:
+    return lambda params: params
+  merged = jax.jit(lambda b, a: merge(b, a, lora))
+  return lambda adapters: merged(base, adapters)
+
+
 def merge(base: dict, adapters: dict, lora: LoraConfig) -> dict:
   """Base params with every adapter's update added (fp32, same structure as base).
   Differentiable in `adapters`; the base enters as a constant."""
