@@ -29,7 +29,8 @@ from selfimprove_jax.weights import tokenizer as tokenizer_lib
 # both models below) makes every local layer drop keys.
 PROMPTS = [
     "The history of the printing press begins in the fifteenth century, when Johannes "
-    "Gutenberg combined movable metal type with an oil-based ink and a screw press.",
+    "Gutenberg combined movable metal type with an oil-based ink and a wooden screw press "
+    "adapted from wine making.",
     "def binary_search(items, target):\n    lo, hi = 0, len(items) - 1\n    while lo <= hi:\n"
     "        mid = (lo + hi) // 2\n        if items[mid] == target:\n            return mid\n",
     "Question: A farmer has 17 sheep and buys 25 more at the market, then sells 9 of them "
