@@ -263,8 +263,9 @@ def causal_mask(input_mask):
 
 
 class Transformer(nn.Module):
-  """The decoder (Llama family or Gemma 3). Call with tokens [B,T], positions [B,T], mask [B,T,S];
-  returns (logits [B,T,V] fp32, or final hidden [B,T,D] when return_hidden, new cache)."""
+  """The decoder (Llama family or Gemma 3). Call with tokens [B,T], positions [B,T],
+  mask [B,T,S]; returns (logits [B,T,V] fp32, or final hidden [B,T,D] when
+  return_hidden, new cache)."""
   config: ModelConfig
 
   def setup(self):
@@ -280,7 +281,6 @@ class Transformer(nn.Module):
   def __call__(self, tokens, positions, mask, cache: Optional[Cache] = None,
                cache_index=None, return_hidden: bool = False):
     c = self.config
-    dt = compute_dtype(c)
     x = embed(self.embedding, tokens, c)
     rope = rope_tables(positions, c)
     # Local (sliding-window) layers have their own RoPE tables; a layer picks its pair.

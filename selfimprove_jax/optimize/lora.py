@@ -97,10 +97,9 @@ def lora_shardings(model_config: ModelConfig, lora: LoraConfig, mesh: Mesh):
 def count_lora_params(model_config: ModelConfig, lora: LoraConfig) -> int:
   """L * r * (in + out) per target, from the config alone."""
   c = model_config
-  N, K, H, D, F = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim, c.head_dim, \
-      c.embed_dim, c.mlp_dim
-  del H
-  in_out = {"q": (D, N), "k": (D, K), "v": (D, K), "o": (N, D), "gate": (D, F),
+  D, F = c.embed_dim, c.mlp_dim
+  NH, KH = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
+  in_out = {"q": (D, NH), "k": (D, KH), "v": (D, KH), "o": (NH, D), "gate": (D, F),
             "up": (D, F), "down": (F, D)}
   return sum(c.num_layers * lora.rank * sum(in_out[k]) for k in target_keys(lora))
 
