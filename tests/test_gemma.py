@@ -189,3 +189,40 @@ def test_greedy_decode_with_windows_matches_transformers(tiny_hf):
                            do_sample=False, max_new_tokens=12, min_new_tokens=12,
                            pad_token_id=0)
     assert c.tokens.tolist() == ref[0, len(prompt):].tolist()
+
+
+# ----------------------------------------------------------------------------- base models
+
+
+def test_raw_prompts_skip_the_chat_template_and_apply_the_prompt_template():
+  """generate --raw / config.prompt_format='raw': plain text (BOS + text), or the
+  prompt_template around it, through the same encode_prompts every stage uses."""
+  from selfimprove_jax import config as config_lib
+  from selfimprove_jax.errors import UserError
+  from selfimprove_jax.sampling import encode_prompts
+  tok = tokenizer_lib.from_gguf(tokenizer_lib.smollm2_gguf_path())   # has a chat template
+  chat = weights.LoadedModel(params=None, config=get_preset("tiny"), tokenizer=tok, source="t")
+  text = "What is 2 + 3?"
+  assert encode_prompts(tok, [text])[0] != tok.encode(text)          # templated by default
+  raw = weights.without_chat_template(chat)
+  assert encode_prompts(raw.tokenizer, [text])[0] == tok.encode(text)
+  assert tok.chat_template                                           # the caller's is kept
+  few = weights.without_chat_template(chat, "Q: 1 + 1?\nA: 2\n\nQ: {prompt}\nA:")
+  ids = encode_prompts(few.tokenizer, [text + " {% not jinja %}"])[0]
+  want = "Q: 1 + 1?\nA: 2\n\nQ: What is 2 + 3? {% not jinja %}\nA:"
+  assert ids == tok.encode(want)                  # BOS only if encode adds one
+  with pytest.raises(UserError, match="prompt_template"):
+    weights.without_chat_template(chat, "no placeholder")
+  for override, match in (("prompt_format=plain", "prompt_format"),
+                          ("prompt_template=Q: {prompt} {prompt}", "prompt_template")):
+    with pytest.raises(UserError, match=match):   # load_config validates
+      config_lib.load_config(os.path.join(os.path.dirname(__file__), "..", "configs",
+                                          "tiny.py"), [override])
+
+
+def test_generate_raw_cli(capsys):
+  from selfimprove_jax import cli
+  assert cli.main(["generate", "--model", "tiny", "--raw", "--temperature", "0",
+                   "--max_new_tokens", "3", "--prompt", "Once upon a time", "--json"]) == 0
+  out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert out["num_tokens"] == 3 and out["finish_reason"] == "length"

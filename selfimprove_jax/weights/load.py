@@ -78,7 +78,9 @@ def without_chat_template(loaded: LoadedModel, template: str = "{prompt}") -> Lo
   else:
     before, after = template.split("{prompt}")
     literal = lambda s: "{% raw %}" + s + "{% endraw %}" if s else ""
-    bos = "{{ bos_token }}" if getattr(tok, "bos_token", None) else ""
+    # BOS exactly when the tokenizer's own encode adds it (Gemma: yes; SmolLM2: no).
+    adds_bos = tok.bos_token_id is not None and tok.encode("a")[:1] == [tok.bos_token_id]
+    bos = "{{ bos_token }}" if adds_bos else ""
     tok.chat_template = (bos + literal(before) + "{{ messages[-1]['content'] }}"
                          + literal(after))
   return dataclasses.replace(loaded, tokenizer=tok)
