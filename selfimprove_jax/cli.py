@@ -26,7 +26,8 @@ def _add_generate(sub):
                      description="Chat-templated prompts in, completions out: plain text, "
                      "or one JSON object per completion with --json.")
   p.add_argument("--model", default="smollm2-135m-instruct",
-                 help="preset name, HF directory, .gguf file or smollm2-135m-instruct")
+                 help="preset name, HF directory, .gguf file, smollm2-135m-instruct or "
+                 "gemma3-270m")
   p.add_argument("--prompt", action="append", default=None, help="prompt text (repeatable)")
   p.add_argument("--prompts_file", default=None,
                  help='JSONL file, one {"prompt": ...} per line (before any --prompt)')
@@ -41,6 +42,9 @@ def _add_generate(sub):
   p.add_argument("--max_batch", type=int, default=256, help="rows per device call")
   p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
                  help="compute dtype (default: the model's)")
+  p.add_argument("--raw", action="store_true",
+                 help="send each prompt as plain text, without the chat template (base "
+                 "models such as gemma3-270m; a tokenizer without a template is always raw)")
   p.add_argument("--json", action="store_true",
                  help="one JSON object per completion: prompt_index, sample_index, text, "
                  "num_tokens, sum_logprob, finish_reason")
@@ -72,6 +76,8 @@ def _cmd_generate(args) -> int:
     from selfimprove_jax import refine
     refine.parse_strategies([args.strategy])   # before the slow load
   loaded = weights.load(args.model, dtype=args.dtype, seed=args.seed)
+  if args.raw:
+    loaded = weights.without_chat_template(loaded)
   sampler = sampling.make_sampler(loaded, max_batch=args.max_batch)
   if args.strategy:
     results = refine.refine_texts(loaded, prompts, args.strategy, sample=sp, n=args.strategy_n,

@@ -18,7 +18,8 @@ import ml_collections
 
 from selfimprove_jax import select
 from selfimprove_jax.errors import UserError
-from selfimprove_jax.optimize.config import check_optim_config, default_optim_config
+from selfimprove_jax.optimize.config import (check_lora_config, check_optim_config,
+                                             default_lora_config, default_optim_config)
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -29,6 +30,10 @@ def base_config() -> ml_collections.ConfigDict:
   # or a workdir (its last accepted checkpoint) / 'DIR@K'.
   c.model = "smollm2-135m-instruct"
   c.dtype = "float32"                 # compute dtype: 'float32' | 'bfloat16'
+  # 'chat': prompts go through the tokenizer's chat template (when it has one);
+  # 'raw': as plain text, for base (not instruction-tuned) models.
+  c.prompt_format = "chat"
+  c.prompt_template = "{prompt}"      # 'raw' only: the text sent, e.g. few-shot + "{prompt}"
   # Recompute each block's activations in the backward pass of the train step: less
   # memory, and on a GPU also faster (SmolLM2-135M, H100: 229k vs 200k tokens/s,
   # benchmarks/RESULTS.md); on a CPU it only costs time.
@@ -100,6 +105,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.sampling.top_p = 1.0
   c.sampling.max_new_tokens = 48
   c.sampling.max_batch = 256           # rows per compiled sampler call
+  c.sampling.stop_sequences = ()       # texts that end a completion (e.g. ("\n",) for a
+                                       # base model answering one line of a few-shot prompt)
 
   c.select = ml_collections.ConfigDict()
   c.select.filters = "correct,dedup,max_length"
@@ -116,6 +123,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.batch_size = 16
   c.train.max_seq_len = 160            # prompt + completion, right-padded
   c.optim = default_optim_config()
+  # LoRA (optimize/lora.py): rank > 0 trains low-rank adapters on the `targets`
+  # matrices instead of every weight.
+  c.lora = default_lora_config()
 
   c.evaluate = ml_collections.ConfigDict()
   c.evaluate.maj_k = 4                 # samples per held-out prompt for maj@k / pass@k
@@ -277,12 +287,19 @@ def validate(config) -> None:
                     f"ConfigDict (get_config() must return one)")
   _check_ranges(config)
   check_optim_config(config.optim)
+  check_lora_config(config.lora)
   _named("select.filters", select.parse_filters, config.select.filters)
   if config.loop.algorithm not in ("sft", "dpo", "grpo"):
     raise UserError(f"loop.algorithm={config.loop.algorithm!r} is not one of sft, dpo, grpo")
   if config.loop.algorithm == "grpo" and config.loop.samples_per_prompt < 2:
     raise UserError(f"loop.samples_per_prompt={config.loop.samples_per_prompt} must be >= 2 "
                     f"for grpo (group-relative advantages of one sample are all zero)")
+  if config.prompt_format not in ("chat", "raw"):
+    raise UserError(f"prompt_format={config.prompt_format!r} is not one of chat, raw")
+  if config.prompt_template.count("{prompt}") != 1:
+    raise UserError(f"prompt_template={config.prompt_template!r} must contain {{prompt}} once")
+  if config.prompt_format == "chat" and config.prompt_template != "{prompt}":
+    raise UserError("prompt_template is used with prompt_format='raw' only")
   if config.dtype not in ("float32", "bfloat16"):
     raise UserError(f"dtype={config.dtype!r} is not one of float32, bfloat16")
   if not isinstance(config.model, str) or not config.model:

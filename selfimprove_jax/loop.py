@@ -49,6 +49,7 @@ from selfimprove_jax.errors import UserError
 from selfimprove_jax.files import (UnreadableFile, WorkdirLock, hash_path, read_json,
                                    write_json_atomic)
 from selfimprove_jax.optimize import create_train_state, make_logprob_fn, make_train_step
+from selfimprove_jax.optimize import lora as lora_lib
 from selfimprove_jax.reporting import Reporter
 from selfimprove_jax.sampling import SamplingParams, make_sampler
 from selfimprove_jax.tasks import get_task
@@ -156,12 +157,14 @@ def _lock(workdir: str):
 
 def _run(config, workdir, override_config, log, signals) -> dict:
   # heavy imports (transformers) kept local to the run
-  from selfimprove_jax.weights import load
+  from selfimprove_jax.weights import load, without_chat_template
   from selfimprove_jax.weights.run_dir import abstract_train_state
 
   # --- set up: mesh, model, task, sampler, checkpoints
   mesh = sharding_lib.make_mesh(dict(config.mesh))
   base = load(config.model, mesh=mesh, dtype=config.dtype)
+  if config.prompt_format == "raw":
+    base = without_chat_template(base, config.prompt_template)
   mc = base.config
   if base.tokenizer is None:
     raise UserError(f"model {config.model!r} has no tokenizer; the loop needs one")
@@ -181,11 +184,16 @@ def _run(config, workdir, override_config, log, signals) -> dict:
   ckpt = Checkpointer(workdir, is_primary=jax.process_index() == 0, log=log)
   reporter = Reporter(workdir, config, log=log)
   train_cfg = _optim_config(config, 1, _loss_name(config))
-  abstract = abstract_train_state(mc, train_cfg, base.params, mesh)
+  # LoRA: the train state holds adapters (what checkpoints save); the model the
+  # stages see is the base with the adapters merged in.
+  lora = lora_lib.from_config(config.lora)
+  initial = base.params if lora is None else lora_lib.init_lora(mc, lora, config.seed, mesh)
+  model_params = lora_lib.model_params_fn(base.params, lora)
+  abstract = abstract_train_state(mc, train_cfg, initial, mesh, lora)
 
   # --- restore, or start from the base model
   state = LoopState(difficulty=config.task.difficulty)
-  train_state = create_train_state(mc, train_cfg, base.params, mesh)
+  train_state = create_train_state(mc, train_cfg, initial, mesh, lora)
   # process 0 picks the checkpoint (file checks could race or differ between hosts)
   latest = distributed.broadcast_json(ckpt.latest_good() if distributed.is_primary()
                                       else None)
@@ -205,8 +213,8 @@ def _run(config, workdir, override_config, log, signals) -> dict:
   try:
     # --- iteration 0: the baseline
     if state.iteration < 0:
-      metrics = _evaluate(sampler, train_state.params, base.tokenizer, task, heldout,
-                          config, 0, reporter, judge_model)
+      metrics = _evaluate(sampler, model_params(train_state.params), base.tokenizer, task,
+                          heldout, config, 0, reporter, judge_model)
       state.best_pass1 = metrics["pass@1"]
       state.accepted_iteration = state.iteration = 0
       state.history.append(dict(iteration=0, **metrics, kept=0, accepted=True,
@@ -221,13 +229,13 @@ def _run(config, workdir, override_config, log, signals) -> dict:
       it = iter(data.to_iter_dataset())
       if state.data_state:
         it.set_state(state.data_state)
-      start_params = base.params if config.loop.restart_from_base else train_state.params
+      start_params = initial if config.loop.restart_from_base else train_state.params
       new_state, info, records_hashes = _iteration(
           k, config, task, heldout_ids, sampler, base, start_params, train_state, it,
-          state, mesh, workdir, reporter, signals, judge_model)
+          state, mesh, workdir, reporter, signals, judge_model, lora, model_params)
       signals.check()
-      metrics = _evaluate(sampler, new_state.params, base.tokenizer, task, heldout,
-                          config, k, reporter, judge_model)
+      metrics = _evaluate(sampler, model_params(new_state.params), base.tokenizer, task,
+                          heldout, config, k, reporter, judge_model)
       accepted, reason = _decide(state, metrics, info, config)
       next_difficulty, move = state.difficulty, None
       if config.curriculum.enabled:   # move the training difficulty toward the band
@@ -388,13 +396,16 @@ def _write_records(path, records) -> str:
 
 
 def _iteration(k, config, task, heldout_ids, sampler, base, start_params, train_state, it,
-               state, mesh, workdir, reporter, signals, judge_model=None):
+               state, mesh, workdir, reporter, signals, judge_model=None, lora=None,
+               model_params=lambda p: p):
   """Acquire -> select -> optimize for iteration k; returns (new train state, info,
-  record hashes)."""
+  record hashes). With `lora`, params in train states are adapters, `model_params`
+  merges them into the base, and the reference is the base itself."""
   mc, tok = base.config, base.tokenizer
   rec_dir = os.path.join(workdir, "records", f"iter_{k:04d}")
   sp = SamplingParams(temperature=config.sampling.temperature, top_k=config.sampling.top_k,
                       top_p=config.sampling.top_p,
+                      stop_sequences=tuple(config.sampling.stop_sequences),
                       max_new_tokens=config.sampling.max_new_tokens)
   G = config.loop.samples_per_prompt
   algo = config.loop.algorithm
@@ -408,8 +419,9 @@ def _iteration(k, config, task, heldout_ids, sampler, base, start_params, train_
   loss = "sft" if algo == "sft" else ("dpo" if algo == "dpo" else _loss_name(config))
   n_batches = _planned_steps(config, steps)
   cfg = _optim_config(config, n_batches, loss)
-  ts = create_train_state(mc, cfg, params, mesh)
-  train_step = make_train_step(mc.replace(remat=config.remat), cfg, mesh)
+  ts = create_train_state(mc, cfg, params, mesh, lora)
+  train_step = make_train_step(mc.replace(remat=config.remat), cfg, mesh, lora)
+  ref_params = start_params if lora is None else base.params
   ref_fn = make_logprob_fn(mc, mesh, config.optim.logprob_chunk)
   losses, nonfinite, loss_tokens = [], None, 0
   ledger = state.ledger
@@ -417,7 +429,8 @@ def _iteration(k, config, task, heldout_ids, sampler, base, start_params, train_
   if config.acquire.self_instruct_share > 0:   # self-instruct: the model's own problems
     rows, hashes["self_instruct"], _ = _acquire_cached(
         rec_dir, "self_instruct", lambda: _self_instruct_stage(
-            sampler, train_state.params, tok, task, config, k, state.difficulty),
+            sampler, model_params(train_state.params), tok, task, config, k,
+            state.difficulty),
         k, reporter.log)
     proposed = [Problem.from_json(r["problem"]) for r in rows if r["status"] == "kept"]
     extra_info = self_instruct.summarize(rows)
@@ -429,8 +442,9 @@ def _iteration(k, config, task, heldout_ids, sampler, base, start_params, train_
     name = "acquire" if steps == 1 else f"acquire_{s}"
     acquired, h, cached = _acquire_cached(
         rec_dir, name, lambda: _acquire_stage(
-            sampler, ts.params if algo == "grpo" else train_state.params, tok, task, problems,
-            sp, G, _seed(config, k, "acquire", s), k, config, judge_model), k, reporter.log)
+            sampler, model_params(ts.params if algo == "grpo" else train_state.params), tok,
+            task, problems, sp, G, _seed(config, k, "acquire", s), k, config, judge_model),
+        k, reporter.log)
     hashes[name] = h
     reporter.stage(k, name, f"{len(acquired)} samples, train pass rate "
                    f"{select_lib.pass_rate(acquired, config.select.reward_threshold):.2f}"
@@ -464,8 +478,8 @@ def _iteration(k, config, task, heldout_ids, sampler, base, start_params, train_
     for b in reporter.progress(batches, f"iter {k} optimize"):
       b = _place(_pad_to_shards(b, mesh, 2 if algo == "dpo" else 1), mesh)
       if needs_ref:
-        b["ref_logprobs"] = ref_fn(start_params, b["tokens"], b["input_mask"])
-      ts, m = train_step(ts, b)
+        b["ref_logprobs"] = ref_fn(ref_params, b["tokens"], b["input_mask"])
+      ts, m = train_step(ts, b) if lora is None else train_step(ts, b, base.params)
       m = jax.device_get(m)
       nonfinite = _update_problem(m, config.optim.max_update_ratio, int(ts.step))
       if nonfinite:
@@ -554,6 +568,7 @@ def _evaluate(sampler, params, tok, task, heldout, config, k, reporter,
               judge_model=None) -> dict:
   sample = SamplingParams(temperature=config.sampling.temperature, top_k=config.sampling.top_k,
                           top_p=config.sampling.top_p,
+                          stop_sequences=tuple(config.sampling.stop_sequences),
                           max_new_tokens=config.evaluate.max_new_tokens)
   metrics = stages.evaluate_heldout(sampler, params, tok, task, heldout, k=config.evaluate.maj_k,
                                     sample=sample, seed=_seed(config, k, "evaluate"),

@@ -15,6 +15,9 @@ EXPECTED_PARAMS = {
     "smollm2_360m": 361_821_120,
     "llama3_2_1b": 1_235_814_400,
     "qwen2_5_0_5b": 494_032_768,
+    "gemma3_270m": 268_098_176,   # Gemma 3 270M as published (the GGUF's count too)
+    "gemma3_1b": 999_885_952,
+    "gemma3_tiny": 3_257_248,
 }
 
 

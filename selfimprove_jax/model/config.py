@@ -1,4 +1,8 @@
-"""Model configurations for the Llama family: one frozen dataclass and named presets.
+"""Model configurations: one frozen dataclass and named presets for the two decoder
+families, Llama (Llama 2/3, SmolLM2, Qwen2) and Gemma 3 (text).
+
+The families share one decoder (model/llama.py); a Gemma 3 config differs only in the
+fields of the "Gemma 3" group below, each defaulting to the Llama behaviour.
 
 Shape letters used across the package (documented once, here):
   B batch, T time (query positions), S source/cache positions, D model width,
@@ -21,10 +25,13 @@ class RopeScaling:
   original_max_position_embeddings: int = 8192
 
 
+ACTIVATIONS = ("silu", "gelu_tanh")
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-  """Architecture of a Llama-family decoder. Params are always stored in fp32;
-  `dtype` is the compute dtype ("float32" or "bfloat16")."""
+  """Architecture of a decoder (Llama or Gemma 3 family). Params are always stored in
+  fp32; `dtype` is the compute dtype ("float32" or "bfloat16")."""
   vocab_size: int
   num_layers: int
   embed_dim: int          # D
@@ -45,6 +52,16 @@ class ModelConfig:
   bos_token_id: Optional[int] = None
   eos_token_id: Any = None   # int or tuple of ints
   architecture: str = "LlamaForCausalLM"
+  # Gemma 3 (Gemma Team 2025, "Gemma 3 Technical Report"); defaults are Llama's.
+  mlp_activation: str = "silu"      # GeGLU uses "gelu_tanh" (tanh-approximate GELU)
+  norm_scale_offset: float = 0.0    # RMSNorm scale is (offset + w): Gemma stores w around 0
+  post_norms: bool = False          # RMSNorm on the attention and MLP outputs too
+  qk_norm: bool = False             # RMSNorm over head_dim on queries and keys
+  embed_scale: bool = False         # embeddings times sqrt(embed_dim)
+  query_pre_attn_scalar: Optional[float] = None  # scores * this**-0.5 (None: head_dim)
+  sliding_window: Optional[int] = None  # local layers see the last `sliding_window` keys
+  sliding_window_pattern: int = 0   # every N-th layer is global, the others local
+  rope_local_theta: Optional[float] = None  # RoPE base of the local layers
 
   def __post_init__(self):
     if self.num_heads % self.num_kv_heads:
@@ -54,6 +71,19 @@ class ModelConfig:
       raise ValueError(f"remat_policy must be 'nothing' or 'dots', got {self.remat_policy!r}")
     if self.dtype not in ("float32", "bfloat16"):
       raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
+    if self.mlp_activation not in ACTIVATIONS:
+      raise ValueError(f"mlp_activation must be one of {ACTIVATIONS}, got {self.mlp_activation!r}")
+    if self.sliding_window is not None and self.sliding_window < 1:
+      raise ValueError(f"sliding_window must be >= 1 or None, got {self.sliding_window}")
+
+  @property
+  def local_layers(self) -> tuple[bool, ...]:
+    """Per layer: True where it is a local (sliding-window) layer. Gemma 3 interleaves
+    five local layers with one global (pattern 6): layer i is global when (i+1) % 6 == 0."""
+    if self.sliding_window is None:
+      return (False,) * self.num_layers
+    n = self.sliding_window_pattern
+    return tuple(n <= 0 or (i + 1) % n != 0 for i in range(self.num_layers))
 
   def replace(self, **kw) -> "ModelConfig":
     return dataclasses.replace(self, **kw)
@@ -66,9 +96,17 @@ class ModelConfig:
     per_layer = d * nh + 2 * d * kh + nh * d + 3 * d * f + 2 * d
     if self.qkv_bias:
       per_layer += nh + 2 * kh
+    per_layer += 2 * self.head_dim * self.qk_norm + 2 * d * self.post_norms
     emb = self.vocab_size * d * (1 if self.tie_embeddings else 2)
     return emb + l * per_layer + d
 
+
+# What every Gemma 3 text model shares (HF Gemma3TextConfig defaults).
+_GEMMA3 = dict(
+    rope_theta=1_000_000.0, rope_local_theta=10_000.0, norm_eps=1e-6, tie_embeddings=True,
+    mlp_activation="gelu_tanh", norm_scale_offset=1.0, post_norms=True, qk_norm=True,
+    embed_scale=True, query_pre_attn_scalar=256.0, sliding_window=512,
+    sliding_window_pattern=6, architecture="Gemma3ForCausalLM")
 
 PRESETS: dict[str, ModelConfig] = {
     # Small enough for CPU tests; vocabulary matches the SmolLM2 tokenizer so the
@@ -100,6 +138,23 @@ PRESETS: dict[str, ModelConfig] = {
         head_dim=64, mlp_dim=4864, rope_theta=1000000.0, norm_eps=1e-6,
         tie_embeddings=True, qkv_bias=True, max_position_embeddings=32768,
         bos_token_id=None, eos_token_id=151645, architecture="Qwen2ForCausalLM"),
+    # Gemma 3: eos is <eos> (1) and <end_of_turn> (106), as in its generation_config.
+    "gemma3_270m": ModelConfig(
+        vocab_size=262144, num_layers=18, embed_dim=640, num_heads=4, num_kv_heads=1,
+        head_dim=256, mlp_dim=2048, max_position_embeddings=32768,
+        bos_token_id=2, eos_token_id=(1, 106), **_GEMMA3),
+    "gemma3_1b": ModelConfig(
+        vocab_size=262144, num_layers=26, embed_dim=1152, num_heads=4, num_kv_heads=1,
+        head_dim=256, mlp_dim=6912, max_position_embeddings=32768,
+        bos_token_id=2, eos_token_id=(1, 106), **_GEMMA3),
+    # Gemma 3 layout at test size: SmolLM2's vocabulary (so it runs the real entry
+    # points with a tokenizer) and a window of 8 so short prompts exercise it.
+    "gemma3_tiny": ModelConfig(
+        vocab_size=49152, num_layers=3, embed_dim=64, num_heads=4, num_kv_heads=2,
+        head_dim=16, mlp_dim=128, max_position_embeddings=2048,
+        bos_token_id=1, eos_token_id=2, **dict(_GEMMA3, sliding_window=8,
+                                               sliding_window_pattern=3,
+                                               query_pre_attn_scalar=16.0)),
 }
 
 

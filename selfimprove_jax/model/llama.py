@@ -1,7 +1,11 @@
-"""Flax Linen decoder for the Llama family (Llama 2/3, SmolLM2, Qwen2).
+"""Flax Linen decoder for the Llama family (Llama 2/3, SmolLM2, Qwen2) and Gemma 3.
 
 RMSNorm, RoPE (with optional Llama-3 frequency scaling), grouped-query attention,
-SwiGLU MLP, tied or untied embeddings, optional q/k/v bias. The Linen module only
+SwiGLU MLP, tied or untied embeddings, optional q/k/v bias. Gemma 3 is the same
+decoder with the switches of its ModelConfig group: GeGLU (tanh GELU), RMSNorm scale
+(1 + w), norms after attention and MLP as well as before, q/k RMSNorm, embeddings
+times sqrt(D), and local sliding-window layers (own RoPE base) between global ones.
+Each shows up as one `if config.x` below, not as a second decoder. The Linen module only
 declares the parameters (stacked over layers, each with logical axis names); the
 math is plain functions over those arrays, so a layer can be run under `lax.scan`
 (one compiled block) or unrolled (fastest decode) without changing the params.
@@ -52,6 +56,7 @@ class Layers(nn.Module):
                         c.head_dim, c.mlp_dim)
     w = nn.initializers.normal(0.02)
     ones, zeros = nn.initializers.ones, nn.initializers.zeros
+    ones = zeros if c.norm_scale_offset == 1.0 else ones   # a norm's scale starts at 1
     p = {
         "attn_norm": _p(self, "attn_norm", ones, (L, D), ("layers", "norm")),
         "q": _p(self, "q", w, (L, D, N, H), ("layers", "embed", "heads", "head_dim")),
@@ -63,6 +68,12 @@ class Layers(nn.Module):
         "up": _p(self, "up", w, (L, D, F), ("layers", "embed", "mlp")),
         "down": _p(self, "down", w, (L, F, D), ("layers", "mlp", "embed")),
     }
+    if c.qk_norm:
+      p["q_norm"] = _p(self, "q_norm", ones, (L, H), ("layers", "norm"))
+      p["k_norm"] = _p(self, "k_norm", ones, (L, H), ("layers", "norm"))
+    if c.post_norms:
+      p["post_attn_norm"] = _p(self, "post_attn_norm", ones, (L, D), ("layers", "norm"))
+      p["post_mlp_norm"] = _p(self, "post_mlp_norm", ones, (L, D), ("layers", "norm"))
     if c.qkv_bias:
       p["q_bias"] = _p(self, "q_bias", zeros, (L, N, H), ("layers", "heads", "head_dim"))
       p["k_bias"] = _p(self, "k_bias", zeros, (L, K, H), ("layers", "kv_heads", "head_dim"))
@@ -73,18 +84,44 @@ class Layers(nn.Module):
 # ----------------------------------------------------------------------------- math
 
 
-def rms_norm(x, weight, eps):
-  """HF LlamaRMSNorm: normalise in fp32, scale, return in the input dtype."""
+def rms_norm(x, weight, eps, offset: float = 0.0):
+  """HF LlamaRMSNorm (offset 0) / Gemma3RMSNorm (offset 1, scale 1 + w): normalise in
+  fp32, scale, return in the input dtype."""
   x32 = x.astype(jnp.float32)
   x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
-  return (weight.astype(jnp.float32) * x32).astype(x.dtype)
+  scale = weight.astype(jnp.float32)
+  if offset:
+    scale = offset + scale
+  return (scale * x32).astype(x.dtype)
 
 
-def rope_inv_freq(config: ModelConfig) -> np.ndarray:
-  """Inverse frequencies [H/2], with Llama-3 scaling when the config has it."""
+def norm(x, weight, config: ModelConfig):
+  """The config's RMSNorm (eps and scale offset)."""
+  return rms_norm(x, weight, config.norm_eps, config.norm_scale_offset)
+
+
+def embed(embedding, tokens, config: ModelConfig):
+  """Token embeddings [B,T,D] in the compute dtype; Gemma scales them by sqrt(D)
+  (rounded to the compute dtype first, as HF's Gemma3TextScaledWordEmbedding does)."""
+  dt = compute_dtype(config)
+  x = jnp.take(embedding, tokens, axis=0).astype(dt)
+  if config.embed_scale:
+    x = x * jnp.asarray(config.embed_dim ** 0.5, dt)
+  return x
+
+
+def mlp_activation(g, config: ModelConfig):
+  """SwiGLU's SiLU or GeGLU's tanh-approximate GELU (torch's gelu_pytorch_tanh)."""
+  return jax.nn.silu(g) if config.mlp_activation == "silu" else jax.nn.gelu(g, approximate=True)
+
+
+def rope_inv_freq(config: ModelConfig, local: bool = False) -> np.ndarray:
+  """Inverse frequencies [H/2], with Llama-3 scaling when the config has it; `local`:
+  those of the sliding-window layers (Gemma 3: base rope_local_theta, never scaled)."""
   H = config.head_dim
-  inv_freq = 1.0 / (config.rope_theta ** (np.arange(0, H, 2, dtype=np.float64) / H))
-  s = config.rope_scaling
+  theta = config.rope_local_theta if local and config.rope_local_theta else config.rope_theta
+  inv_freq = 1.0 / (theta ** (np.arange(0, H, 2, dtype=np.float64) / H))
+  s = None if local else config.rope_scaling
   if s is not None:
     low_wavelen = s.original_max_position_embeddings / s.low_freq_factor
     high_wavelen = s.original_max_position_embeddings / s.high_freq_factor
@@ -98,9 +135,11 @@ def rope_inv_freq(config: ModelConfig) -> np.ndarray:
   return inv_freq.astype(np.float32)
 
 
-def rope_tables(positions, config: ModelConfig):
-  """cos, sin of shape [B, T, H/2] (fp32) for integer positions [B, T]."""
-  angles = positions.astype(jnp.float32)[..., None] * jnp.asarray(rope_inv_freq(config))
+def rope_tables(positions, config: ModelConfig, local: bool = False):
+  """cos, sin of shape [B, T, H/2] (fp32) for integer positions [B, T]; `local` for
+  the sliding-window layers."""
+  angles = (positions.astype(jnp.float32)[..., None]
+            * jnp.asarray(rope_inv_freq(config, local)))
   return jnp.cos(angles), jnp.sin(angles)
 
 
@@ -112,35 +151,48 @@ def apply_rope(x, cos, sin):
   return jnp.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1).astype(x.dtype)
 
 
-def attention(q, k, v, mask):
+def attention(q, k, v, mask, scale=None, window=None, q_offset=0):
   """Grouped-query attention. q [B,T,N,H], k/v [B,S,K,H], mask [B,T,S] -> [B,T,N,H].
 
   mask None means plain causal attention over right-padded rows (S == T): then
   `jax.nn.dot_product_attention` runs it, which on GPU picks the fused cuDNN
   (flash) kernel and never materialises the [B,N,T,S] scores -- at 16 x 1024 tokens
-  that array is 0.6 GB per layer in fp32, kept for the backward pass."""
+  that array is 0.6 GB per layer in fp32, kept for the backward pass.
+  scale: of the scores (default H**-0.5). window: a query sees only keys fewer than
+  `window` slots behind it (query t sits at slot q_offset + t), as HF's sliding
+  window; slots and positions differ by one constant per row (left padding), so
+  the slot distance is the position distance."""
+  B, T, N, H = q.shape
+  scale = H ** -0.5 if scale is None else scale
   if mask is None:
     # cuDNN's fused kernel only takes 16-bit inputs; elsewhere XLA's reference path.
     fused = jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16)
-    return jax.nn.dot_product_attention(q, k, v, is_causal=True,
-                                        implementation="cudnn" if fused else None)
-  B, T, N, H = q.shape
+    return jax.nn.dot_product_attention(
+        q, k, v, is_causal=True, scale=scale,
+        local_window_size=None if window is None else (window - 1, 0),
+        implementation="cudnn" if fused else None)
   K = k.shape[2]
+  if window is not None:
+    q_slot = q_offset + jnp.arange(T)
+    near = q_slot[:, None] - jnp.arange(k.shape[1])[None, :] < window      # [T,S]
+    mask = mask & near[None]
   q = q.reshape(B, T, K, N // K, H)
   scores = jnp.einsum("btkgh,bskh->bkgts", q, k, preferred_element_type=jnp.float32)
-  scores = scores * (H ** -0.5)
+  scores = scores * scale
   scores = jnp.where(mask[:, None, None, :, :], scores, _MASK_VALUE)
   probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
   out = jnp.einsum("bkgts,bskh->btkgh", probs, v)
   return out.reshape(B, T, N, H)
 
 
-def block(p, x, cos, sin, mask, config: ModelConfig, kv=None, cache_index=None):
+def block(p, x, cos, sin, mask, config: ModelConfig, kv=None, cache_index=None, local=False):
   """One decoder layer. x [B,T,D]; kv: optional (k_cache, v_cache) [B,S,K,H] into
   which this call's keys/values are written at `cache_index` (same for all rows).
+  local: a sliding-window layer (a Python bool, or a traced one under `lax.scan`);
+  cos/sin must then be its tables (`rope_tables(..., local=True)`).
   Returns (x, (k_cache, v_cache) or None)."""
   dt = x.dtype
-  h = rms_norm(x, p["attn_norm"], config.norm_eps)
+  h = norm(x, p["attn_norm"], config)
   # Without a cache (training, scoring) q/k/v and gate/up each run as one matmul on
   # weights joined per call: fewer, larger kernels, and h is read once instead of
   # three / two times (SmolLM2-135M train step on an H100: 249k -> 265k tokens/s
@@ -166,6 +218,8 @@ def block(p, x, cos, sin, mask, config: ModelConfig, kv=None, cache_index=None):
     v = jnp.einsum("btd,dkh->btkh", h, p["v"].astype(dt))
   if config.qkv_bias:
     q, k, v = q + p["q_bias"].astype(dt), k + p["k_bias"].astype(dt), v + p["v_bias"].astype(dt)
+  if config.qk_norm:
+    q, k = norm(q, p["q_norm"], config), norm(k, p["k_norm"], config)
   q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
   if kv is not None:
     k_cache, v_cache = kv
@@ -173,16 +227,28 @@ def block(p, x, cos, sin, mask, config: ModelConfig, kv=None, cache_index=None):
     v_cache = jax.lax.dynamic_update_slice_in_dim(v_cache, v.astype(v_cache.dtype), cache_index, 1)
     kv = (k_cache, v_cache)
     k, v = k_cache.astype(dt), v_cache.astype(dt)
-  a = attention(q, k, v, mask)
-  x = x + jnp.einsum("btnh,nhd->btd", a, p["o"].astype(dt))
-  h = rms_norm(x, p["mlp_norm"], config.norm_eps)
+  scale = None if config.query_pre_attn_scalar is None else config.query_pre_attn_scalar ** -0.5
+  full = functools.partial(attention, scale=scale)
+  if config.sliding_window is None:
+    a = full(q, k, v, mask)
+  else:
+    windowed = functools.partial(attention, scale=scale, window=config.sliding_window,
+                                 q_offset=0 if cache_index is None else cache_index)
+    if isinstance(local, (bool, np.bool_)):
+      a = (windowed if local else full)(q, k, v, mask)
+    else:  # scanned layers: both branches compile once, each layer runs one
+      a = jax.lax.cond(local, windowed, full, q, k, v, mask)
+  a = jnp.einsum("btnh,nhd->btd", a, p["o"].astype(dt))
+  x = x + (norm(a, p["post_attn_norm"], config) if config.post_norms else a)
+  h = norm(x, p["mlp_norm"], config)
   if fused:
     gu = jnp.einsum("btd,dsf->btsf", h, jnp.stack([p["gate"], p["up"]], axis=1).astype(dt))
     g, u = gu[:, :, 0], gu[:, :, 1]
   else:
     g = jnp.einsum("btd,df->btf", h, p["gate"].astype(dt))
     u = jnp.einsum("btd,df->btf", h, p["up"].astype(dt))
-  x = x + jnp.einsum("btf,fd->btd", jax.nn.silu(g) * u, p["down"].astype(dt))
+  m = jnp.einsum("btf,fd->btd", mlp_activation(g, config) * u, p["down"].astype(dt))
+  x = x + (norm(m, p["post_mlp_norm"], config) if config.post_norms else m)
   return x, kv
 
 
@@ -197,8 +263,9 @@ def causal_mask(input_mask):
 
 
 class Transformer(nn.Module):
-  """Llama-family decoder. Call with tokens [B,T], positions [B,T], mask [B,T,S];
-  returns (logits [B,T,V] fp32, or final hidden [B,T,D] when return_hidden, new cache)."""
+  """The decoder (Llama family or Gemma 3). Call with tokens [B,T], positions [B,T],
+  mask [B,T,S]; returns (logits [B,T,V] fp32, or final hidden [B,T,D] when
+  return_hidden, new cache)."""
   config: ModelConfig
 
   def setup(self):
@@ -214,9 +281,11 @@ class Transformer(nn.Module):
   def __call__(self, tokens, positions, mask, cache: Optional[Cache] = None,
                cache_index=None, return_hidden: bool = False):
     c = self.config
-    dt = compute_dtype(c)
-    x = jnp.take(self.embedding, tokens, axis=0).astype(dt)
-    cos, sin = rope_tables(positions, c)
+    x = embed(self.embedding, tokens, c)
+    rope = rope_tables(positions, c)
+    # Local (sliding-window) layers have their own RoPE tables; a layer picks its pair.
+    rope_local = rope_tables(positions, c, local=True) if c.sliding_window else rope
+    local_layers = np.asarray(c.local_layers)
     layer_params = self.layers()
     fn = functools.partial(block, config=c, cache_index=cache_index)
     if c.remat:
@@ -224,12 +293,20 @@ class Transformer(nn.Module):
                 "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}[c.remat_policy]
       fn = jax.checkpoint(fn, policy=policy)
 
+    def tables(local):
+      if not c.sliding_window:
+        return rope
+      if isinstance(local, (bool, np.bool_)):
+        return rope_local if local else rope
+      return tuple(jnp.where(local, l, g) for l, g in zip(rope_local, rope))
+
     if c.scan_layers:
       def step(x, xs):
-        p, kv = xs
-        x, kv = fn(p, x, cos, sin, mask, kv=kv)
+        p, kv, local = xs
+        x, kv = fn(p, x, *tables(local), mask, kv=kv, local=local)
         return x, kv
-      xs = (layer_params, None if cache is None else (cache["k"], cache["v"]))
+      xs = (layer_params, None if cache is None else (cache["k"], cache["v"]),
+            jnp.asarray(local_layers))
       x, new_kv = jax.lax.scan(step, x, xs)
       new_cache = None if cache is None else {"k": new_kv[0], "v": new_kv[1]}
     else:
@@ -237,12 +314,13 @@ class Transformer(nn.Module):
       for i in range(c.num_layers):
         p = jax.tree.map(lambda a: a[i], layer_params)
         kv = None if cache is None else (new_cache["k"][i], new_cache["v"][i])
-        x, kv = fn(p, x, cos, sin, mask, kv=kv)
+        local = bool(local_layers[i])
+        x, kv = fn(p, x, *tables(local), mask, kv=kv, local=local)
         if cache is not None:
           new_cache["k"] = new_cache["k"].at[i].set(kv[0])
           new_cache["v"] = new_cache["v"].at[i].set(kv[1])
 
-    x = rms_norm(x, self.final_norm, c.norm_eps)
+    x = norm(x, self.final_norm, c)
     if return_hidden:
       return x, new_cache
     return self.logits(x), new_cache

@@ -20,6 +20,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from selfimprove_jax.model.config import ModelConfig
 from selfimprove_jax.model.params import abstract_params, param_shardings
+from selfimprove_jax.optimize import lora as lora_lib
 from selfimprove_jax.optimize.config import check_optim_config
 
 # Weight decay applies to the matmul weights only. Norm gains and biases: decaying
@@ -78,13 +79,19 @@ def _param_path(path) -> tuple:
   return tuple(k.key for k in path if isinstance(k, jax.tree_util.DictKey))
 
 
-def state_shardings(model_config: ModelConfig, cfg, mesh: Mesh) -> TrainState:
+def state_shardings(model_config: ModelConfig, cfg, mesh: Mesh,
+                    lora: lora_lib.LoraConfig | None = None) -> TrainState:
   """NamedShardings of the whole TrainState: params by the rule table, each Adam
-  moment like its parameter, scalars (counts, step, rng) replicated."""
-  p_shard = param_shardings(model_config, mesh)
+  moment like its parameter, scalars (counts, step, rng) replicated. With `lora` the
+  state's params are the adapters only (optimize/lora.py)."""
+  if lora is None:
+    p_shard = param_shardings(model_config, mesh)
+    shapes = nn.unbox(abstract_params(model_config))
+  else:
+    p_shard = lora_lib.lora_shardings(model_config, lora, mesh)
+    shapes = lora_lib.abstract_lora(model_config, lora)
   by_path = {_param_path(path): s
              for path, s in jax.tree_util.tree_flatten_with_path(p_shard)[0]}
-  shapes = nn.unbox(abstract_params(model_config))
   shape_by_path = {_param_path(path): x.shape
                    for path, x in jax.tree_util.tree_flatten_with_path(shapes)[0]}
   opt_shapes = jax.eval_shape(make_optimizer(cfg).init, shapes)
@@ -99,13 +106,15 @@ def state_shardings(model_config: ModelConfig, cfg, mesh: Mesh) -> TrainState:
   return TrainState(params=p_shard, opt_state=opt_shard, step=replicated, rng=replicated)
 
 
-def create_train_state(model_config: ModelConfig, cfg, params, mesh: Mesh) -> TrainState:
+def create_train_state(model_config: ModelConfig, cfg, params, mesh: Mesh,
+                       lora: lora_lib.LoraConfig | None = None) -> TrainState:
   """A TrainState laid out on `mesh`, created by one jit with out_shardings (the
   optimizer state is never whole on one device). The state gets its own copy of
   `params`, so donating it to the step never invalidates the caller's arrays (the
-  loop keeps the start weights as the DPO / KL reference)."""
+  loop keeps the start weights as the DPO / KL reference). With `lora`, `params`
+  are the adapters (`lora.init_lora`): only they are trained and held by Adam."""
   tx = make_optimizer(cfg)
-  shardings = state_shardings(model_config, cfg, mesh)
+  shardings = state_shardings(model_config, cfg, mesh, lora)
 
   def init(params):
     params = jax.tree.map(lambda x: jnp.copy(x).astype(jnp.float32), params)

@@ -22,6 +22,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from selfimprove_jax.errors import UserError
 from selfimprove_jax.model.config import ModelConfig
+from selfimprove_jax.model.params import param_shardings
+from selfimprove_jax.optimize import lora as lora_lib
 from selfimprove_jax.optimize.config import POLICY_GRADIENT_LOSSES, check_optim_config
 from selfimprove_jax.optimize.logprobs import token_logprobs
 from selfimprove_jax.optimize.losses import LOSSES, prepare_batch
@@ -63,22 +65,30 @@ def _check_batch(batch: dict, cfg) -> None:
     raise UserError(f"optim.loss={cfg.loss!r} needs batch keys {missing}")
 
 
-def make_train_step(model_config: ModelConfig, cfg, mesh: Mesh):
+def make_train_step(model_config: ModelConfig, cfg, mesh: Mesh,
+                    lora: lora_lib.LoraConfig | None = None):
   """`step(state, batch) -> (state, metrics)`, jitted with explicit shardings and
   the state donated. Metrics are replicated fp32 scalars: loss, grad_norm (before
   clipping), learning_rate (of this update), tokens (real input tokens; divide by
   the step's wall time for tokens/s), loss_tokens, update_norm, param_norm (after the
-  update), prev_param_norm (before it), plus the loss's own."""
+  update), prev_param_norm (before it), plus the loss's own.
+
+  With `lora` the state holds the adapters and the step is
+  `step(state, batch, base_params)`: the frozen base (sharded by the rule table, not
+  donated) is merged with the adapters inside the loss, so gradients and optimizer
+  updates exist for the adapters only."""
   check_optim_config(cfg)
   tx = make_optimizer(cfg)
   schedule = learning_rate_schedule(cfg)
   loss_fn = LOSSES[cfg.loss]
   want_entropy = cfg.loss in POLICY_GRADIENT_LOSSES
-  shardings = state_shardings(model_config, cfg, mesh)
+  shardings = state_shardings(model_config, cfg, mesh, lora)
   n_batch_shards = math.prod(mesh.shape[a] for a in BATCH_AXES)
   micro_sharding = NamedSharding(mesh, P(None, BATCH_AXES))
 
-  def micro_loss(params, mb):
+  def micro_loss(params, mb, base):
+    if lora is not None:
+      params = lora_lib.merge(jax.lax.stop_gradient(base), params, lora)
     out = token_logprobs(params, model_config, mb["tokens"], mb["input_mask"],
                          cfg.logprob_chunk, return_entropy=want_entropy)
     logp, entropy = out if want_entropy else (out, None)
@@ -86,7 +96,7 @@ def make_train_step(model_config: ModelConfig, cfg, mesh: Mesh):
 
   grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
 
-  def step(state: TrainState, batch: dict):
+  def step(state: TrainState, batch: dict, base=None):
     _check_batch(batch, cfg)
     B = batch["tokens"].shape[0]
     A = accumulation_steps(cfg, B)
@@ -95,16 +105,17 @@ def make_train_step(model_config: ModelConfig, cfg, mesh: Mesh):
                       f"{n_batch_shards} data x fsdp shards of the mesh")
     full = prepare_batch(batch, cfg)
     if A == 1:
-      (loss, metrics), grads = grad_fn(state.params, full)
+      (loss, metrics), grads = grad_fn(state.params, full, base)
     else:
       mbs = split_micro_batches(full, A, 2 if cfg.loss == "dpo" else 1)
       mbs = jax.lax.with_sharding_constraint(mbs, micro_sharding)
-      _, aux_shape = jax.eval_shape(micro_loss, state.params, jax.tree.map(lambda x: x[0], mbs))
+      _, aux_shape = jax.eval_shape(micro_loss, state.params,
+                                    jax.tree.map(lambda x: x[0], mbs), base)
       zeros = lambda t: jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), t)
       grads0 = jax.lax.with_sharding_constraint(zeros(state.params), shardings.params)
 
       def body(carry, mb):
-        (l, m), g = grad_fn(state.params, mb)
+        (l, m), g = grad_fn(state.params, mb, base)
         return jax.tree.map(jnp.add, carry, (l, m, g)), None
       (loss, metrics, grads), _ = jax.lax.scan(
           body, (jnp.zeros((), jnp.float32), zeros(aux_shape), grads0), mbs)
@@ -126,5 +137,10 @@ def make_train_step(model_config: ModelConfig, cfg, mesh: Mesh):
     return new_state, jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), metrics)
 
   batch_sharding = NamedSharding(mesh, P(BATCH_AXES))   # prefix for every batch key
-  return jax.jit(step, in_shardings=(shardings, batch_sharding),
-                 out_shardings=(shardings, NamedSharding(mesh, P())), donate_argnums=(0,))
+  out_shardings = (shardings, NamedSharding(mesh, P()))
+  if lora is not None:
+    return jax.jit(step, in_shardings=(shardings, batch_sharding,
+                                       param_shardings(model_config, mesh)),
+                   out_shardings=out_shardings, donate_argnums=(0,))
+  return jax.jit(lambda state, batch: step(state, batch), in_shardings=(shardings, batch_sharding),
+                 out_shardings=out_shardings, donate_argnums=(0,))

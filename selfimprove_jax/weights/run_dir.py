@@ -14,6 +14,7 @@ import ml_collections
 
 from selfimprove_jax.checkpoint import ENTRIES, MANIFEST, Checkpointer
 from selfimprove_jax.errors import UserError
+from selfimprove_jax.optimize import lora as lora_lib
 from selfimprove_jax.optimize.state import create_train_state, state_shardings
 
 _AT = re.compile(r"^(?P<dir>.+)@(?P<it>\d+)$")
@@ -39,11 +40,12 @@ def _note(msg: str) -> None:
   print(f"selfimprove-jax: note: {msg}", file=sys.stderr, flush=True)
 
 
-def abstract_train_state(model_config, optim_config, params, mesh):
-  """ShapeDtypeStructs (with shardings) of a TrainState, as checkpoints hold it."""
-  shapes = jax.eval_shape(lambda p: create_train_state(model_config, optim_config, p, mesh),
-                          params)
-  shardings = state_shardings(model_config, optim_config, mesh)
+def abstract_train_state(model_config, optim_config, params, mesh, lora=None):
+  """ShapeDtypeStructs (with shardings) of a TrainState, as checkpoints hold it (with
+  `lora`: `params` are the adapters)."""
+  shapes = jax.eval_shape(
+      lambda p: create_train_state(model_config, optim_config, p, mesh, lora), params)
+  shardings = state_shardings(model_config, optim_config, mesh, lora)
   return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                       shapes, shardings)
 
@@ -70,8 +72,13 @@ def load_run(workdir: str, iteration: Optional[int], load_base, mesh, dtype=None
     base = load_base(saved["model"], mesh=mesh, dtype=dtype or saved["dtype"],
                      check_finite=False)
     optim = ml_collections.ConfigDict(saved["optim"])
-    abstract = abstract_train_state(base.config, optim, base.params, mesh)
+    # A LoRA run's checkpoints hold adapters; the saved model spec is their base.
+    lora = lora_lib.from_config(ml_collections.ConfigDict(saved["lora"])) \
+        if saved.get("lora") else None
+    start = base.params if lora is None else lora_lib.abstract_lora(base.config, lora)
+    abstract = abstract_train_state(base.config, optim, start, mesh, lora)
     state, _ = ckpt.restore(iteration, abstract)
   finally:
     ckpt.close()
-  return state.params, base.config, base.tokenizer, f"{workdir}@{iteration}"
+  params = lora_lib.model_params_fn(base.params, lora)(state.params)
+  return params, base.config, base.tokenizer, f"{workdir}@{iteration}"

