@@ -55,14 +55,18 @@ def bench_ours(config, params, prompts, lengths, batching, args) -> dict:
   t0 = time.perf_counter()
   sampler.generate(params, rows, sp, seed=0, max_new_per_prompt=[1] * len(rows))  # compiles
   warmup_s = time.perf_counter() - t0
+  steps0 = sampler.decode_steps
   t0 = time.perf_counter()
   out = sampler.generate(params, rows, sp, seed=1, max_new_per_prompt=lengths.tolist())
   seconds = time.perf_counter() - t0
+  steps = sampler.decode_steps - steps0
   made = [c.num_tokens for c in out]
   assert made == lengths.tolist(), "every row ends at its drawn length"
   device = jax.devices()[0]
+  # Slot use: useful tokens / (loop steps x slots), independent of the machine's load.
   return {"tokens_per_s": sum(made) / seconds, "call_s": seconds, "warmup_s": warmup_s,
-          "compilations": sampler.num_compilations,
+          "compilations": sampler.num_compilations, "decode_steps": steps,
+          "slot_use": sum(made) / (steps * args.slots),
           "device": device.device_kind if device.platform != "cpu" else cpu_name()}
 
 
@@ -167,7 +171,9 @@ def main(argv=None):
     if "skipped" in r:
       print(f"  {side:>10}: {r['skipped']}", flush=True)
     else:
-      print(f"  {side:>10}: {r['tokens_per_s']:,.1f} useful tok/s ({r['call_s']:.1f} s) "
+      steps = (f", {r['decode_steps']} decode steps, slot use {r['slot_use']:.0%}"
+               if "decode_steps" in r else "")
+      print(f"  {side:>10}: {r['tokens_per_s']:,.1f} useful tok/s ({r['call_s']:.1f} s{steps}) "
             f"on {r['device']}", flush=True)
   timed = results["sides"]
   if "continuous" in timed:
@@ -176,6 +182,10 @@ def main(argv=None):
         ratio = timed["continuous"]["tokens_per_s"] / timed[other]["tokens_per_s"]
         results[f"continuous_vs_{other}"] = ratio
         print(f"  continuous / {other}: {ratio:.2f}x", flush=True)
+  if "continuous" in timed and "bucketed" in timed:
+    steps = timed["bucketed"]["decode_steps"] / timed["continuous"]["decode_steps"]
+    results["bucketed_steps_over_continuous"] = steps
+    print(f"  decode steps, bucketed / continuous: {steps:.2f}x (load-independent)", flush=True)
   print(json.dumps(results))
   return results
 

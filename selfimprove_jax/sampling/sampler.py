@@ -82,7 +82,8 @@ class Sampler:
   continuous: the number of decode slots). batching: "auto", "bucketed" or
   "continuous" (module docstring). `num_compilations`
   counts traces of the prefill and decode functions (each one compiles once);
-  `traces` lists (function, array shapes) per trace, for diagnostics and tests."""
+  `decode_steps` counts decode-loop iterations (each decodes one token for every
+  row or slot, running or not); `traces` lists (function, array shapes) per trace, for diagnostics and tests."""
 
   def __init__(self, config: ModelConfig, mesh: Optional[Mesh] = None,
                eos_ids: Optional[Sequence[int]] = None, tokenizer=None,
@@ -105,6 +106,7 @@ class Sampler:
     self.min_bucket = int(min_bucket)
     self.pad_id = int(pad_id)
     self.num_compilations = 0
+    self.decode_steps = 0   # decode-loop iterations run, over all calls (benchmarks)
     self.traces: list[tuple[str, tuple]] = []
     self._param_shardings = param_shardings(config, self.mesh)
     self._prefill = jax.jit(
@@ -324,6 +326,7 @@ class Sampler:
         bar.update(max(0, done - finished))
         finished = max(finished, done)
     out = self._fetch({k: getattr(state, k) for k in _OUTPUTS})
+    self.decode_steps += int(state.step)
     results = []
     for u in units:
       for j in range(u.count):
@@ -366,6 +369,7 @@ class Sampler:
 
   def _collect(self, chunk, group, outputs, bar) -> list[Completion]:
     out = self._fetch({k: getattr(outputs, k) for k in _OUTPUTS})
+    self.decode_steps += int(outputs.step)
     results = [self._completion(out, i * group + j, u.prompt, u.sample_start + j)
                for i, u in enumerate(chunk) for j in range(u.count)]
     if bar is not None:
