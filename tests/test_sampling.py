@@ -246,9 +246,14 @@ def test_sharded_8_devices_matches_single_device(tiny, sampler):
   many = Sampler(config, mesh=mesh, eos_ids=(), max_batch=8).generate(sharded, prompts,
                                                                       SAMPLED, n=2, seed=5)
   assert many and len(many) == len(one) == 8
-  for x, y in zip(one, many):
+  # The continuous schedule on the same mesh: 8 rows over 4 slots, so slots refill.
+  slots = Sampler(config, mesh=mesh, eos_ids=(), max_batch=4, batching="continuous").generate(
+      sharded, prompts, SAMPLED, n=2, seed=5)
+  for x, y, z in zip(one, many, slots):
     np.testing.assert_array_equal(x.tokens, y.tokens)
     np.testing.assert_allclose(x.logprobs, y.logprobs, atol=1e-5)
+    np.testing.assert_array_equal(x.tokens, z.tokens)
+    np.testing.assert_allclose(x.logprobs, z.logprobs, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------- stops
