@@ -350,9 +350,9 @@ class Sampler:
         slot[r], row[r] = taken[k], u.prompt * n + u.sample_start + j
         row_prompt[r], row_sample[r] = u.prompt, u.sample_start + j
         k += 1
-    return self._admit(params, state, self._put(tokens), self._put(mask), jnp.asarray(slot),
-                       jnp.asarray(row), jnp.asarray(row_prompt), jnp.asarray(row_sample),
-                       jnp.asarray(limits[row_prompt]), seed, config=self.config,
+    return self._admit(params, state, self._put(tokens), self._put(mask), self._put(slot),
+                       self._put(row), self._put(row_prompt), self._put(row_sample),
+                       self._put(limits[row_prompt]), seed, config=self.config,
                        group=group, mesh=self.mesh)
 
   # --------------------------------------------------------------------------- results
