@@ -15,6 +15,9 @@ compilation. The model math is `model/llama.py`'s (`Transformer` for the prefill
 * All rows are left-padded to one bucket length Tb, so every row writes its t-th new
   token at the same cache slot Tb + t and `block`'s single `cache_index` suffices;
   positions come from the count of real prompt tokens.
+
+`continuous.py` reuses the prefill, the token choice (`next_tokens`) and the decode
+step (`forward_step`) for continuous batching over a ring cache.
 """
 
 from __future__ import annotations
