@@ -246,9 +246,14 @@ def test_sharded_8_devices_matches_single_device(tiny, sampler):
   many = Sampler(config, mesh=mesh, eos_ids=(), max_batch=8).generate(sharded, prompts,
                                                                       SAMPLED, n=2, seed=5)
   assert many and len(many) == len(one) == 8
-  for x, y in zip(one, many):
+  # The continuous schedule on the same mesh: 8 rows over 4 slots, so slots refill.
+  slots = Sampler(config, mesh=mesh, eos_ids=(), max_batch=4, batching="continuous").generate(
+      sharded, prompts, SAMPLED, n=2, seed=5)
+  for x, y, z in zip(one, many, slots):
     np.testing.assert_array_equal(x.tokens, y.tokens)
     np.testing.assert_allclose(x.logprobs, y.logprobs, atol=1e-5)
+    np.testing.assert_array_equal(x.tokens, z.tokens)
+    np.testing.assert_allclose(x.logprobs, z.logprobs, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------- stops
@@ -315,3 +320,113 @@ def test_cli_generate_json_and_prompts_file(tmp_path):
   bad = tmp_path / "bad.jsonl"
   bad.write_text('{"text": "no prompt key"}\n')
   assert main(["generate", "--model", "tiny", "--prompts_file", str(bad)]) == 2
+
+
+# ----------------------------------------------------------------------------- continuous batching
+
+# 9 prompts of 1 to 45 tokens (buckets 32 and 48), each with its own token budget.
+_MIXED = [[5], list(range(1000, 1020)), list(range(7, 47)), [9, 99, 999], list(range(300, 345)),
+          [1, 2], list(range(60, 95)), [44] * 12, list(range(2000, 2003))]
+_BUDGETS = [8, 3, 8, 6, 8, 1, 7, 8, 5]
+
+
+@pytest.fixture(scope="module")
+def schedules(tiny, sampler):
+  """(bucketed, continuous) samplers with 4 slots and an EOS id that ends some of
+  _MIXED's greedy rows early, and a stop sequence that ends others."""
+  config, params = tiny
+  free = sampler.generate(params, _MIXED, GREEDY)
+  eos = (int(free[2].tokens[3]),)
+  stop = tuple(int(t) for t in free[6].tokens[2:4])
+  make = lambda batching: Sampler(config, eos_ids=eos, max_batch=4, batching=batching)
+  return make("bucketed"), make("continuous"), stop
+
+
+def _both(schedules, params, sp, n=2, seed=4):
+  """Completions of _MIXED from both schedules: 18 rows over 4 slots, so the
+  continuous path refills its slots many times."""
+  bucketed, continuous, _ = schedules
+  return [s.generate(params, _MIXED, sp, n=n, seed=seed, max_new_per_prompt=_BUDGETS)
+          for s in (bucketed, continuous)]
+
+
+def test_continuous_greedy_equals_bucketed(tiny, schedules):
+  """Greedy on mixed prompt lengths with EOS, a stop sequence and per-prompt budgets:
+  the same tokens, finish reasons and log-probs from both schedules."""
+  config, params = tiny
+  sp = SamplingParams(greedy=True, max_new_tokens=8, stop_sequences=(schedules[2],))
+  bucketed, continuous = _both(schedules, params, sp)
+  assert any(name == "run" for name, _ in schedules[1].traces), "the continuous loop ran"
+  assert {c.finish_reason for c in bucketed} == {"eos", "stop", "length"}
+  assert len({c.num_tokens for c in bucketed}) >= 4
+  for x, y in zip(bucketed, continuous):
+    assert (x.prompt_index, x.sample_index) == (y.prompt_index, y.sample_index)
+    np.testing.assert_array_equal(x.tokens, y.tokens)
+    assert (x.finish_reason, x.num_stop_tokens) == (y.finish_reason, y.num_stop_tokens)
+    assert x.num_tokens <= _BUDGETS[x.prompt_index]
+    np.testing.assert_allclose(x.logprobs, y.logprobs, atol=1e-5)
+
+
+def test_continuous_sampled_logprobs_match_model(tiny, schedules):
+  """Sampled rows (top-k, top-p): log-probs of the chosen tokens equal a teacher-
+  forced forward, and the same seed gives the bucketed path's samples."""
+  config, params = tiny
+  bucketed, continuous = _both(schedules, params, SAMPLED, seed=8)
+  assert len({tuple(c.tokens) for c in continuous}) > 9
+  for x, c in zip(bucketed, continuous):
+    np.testing.assert_array_equal(x.tokens, c.tokens)
+    logits, ref_lp = _teacher_forced(params, config, np.asarray(_MIXED[c.prompt_index]),
+                                     c.tokens)
+    np.testing.assert_allclose(c.logprobs, ref_lp, atol=1e-4)
+    ref_sample = [_truncated_logprobs(l, SAMPLED.temperature, SAMPLED.top_k, SAMPLED.top_p)[t]
+                  for l, t in zip(logits, c.tokens)]
+    np.testing.assert_allclose(c.sample_logprobs, ref_sample, atol=1e-4)
+
+
+def test_continuous_compilations_bounded(tiny):
+  """Varied prompt lengths, budgets, temperatures and request sizes: one loop, one
+  initial state and one admission per prompt bucket, compiled once each."""
+  config, params = tiny
+  sampler = Sampler(config, eos_ids=(11,), max_batch=8, batching="continuous")
+  rng = np.random.default_rng(1)
+  for i in range(4):
+    prompts = [rng.integers(3, 1000, size=rng.integers(33, 49)).tolist()  # bucket 48
+               for _ in range(9 + 2 * i)]                                  # 18..30 rows: N 32
+    prompts[0] = prompts[0][:5]                                            # bucket 32
+    budgets = rng.integers(1, 7, size=len(prompts)).tolist()
+    sp = SamplingParams(temperature=0.6 + 0.2 * i, top_k=7, max_new_tokens=6)
+    out = sampler.generate(params, prompts, sp, n=2, seed=i, max_new_per_prompt=budgets)
+    assert [c.num_tokens <= budgets[c.prompt_index] for c in out] == [True] * len(out)
+  names = sorted(name for name, _ in sampler.traces)
+  assert names == ["admit", "admit", "init_slots", "run"], names
+
+
+def test_batching_auto_choice(tiny):
+  """auto: continuous only when rows outnumber slots and rows can end early."""
+  config, params = tiny
+  prompts = [[1, 2, 3], [4, 5], [6]]
+  chose = lambda eos, n, limits=None: {name for name, _ in _traced(
+      Sampler(config, eos_ids=eos, max_batch=4), params, prompts, n, limits)}
+  assert "run" in chose((2,), n=2)                    # 6 rows, 4 slots, EOS
+  assert "decode" in chose((), n=2)                   # fixed length: bucketed
+  assert "run" in chose((), n=2, limits=[2, 4, 3])    # budgets make it ragged
+  assert "decode" in chose((2,), n=1)                 # 3 rows fit the slots
+  with pytest.raises(UserError):
+    Sampler(config, batching="paged")
+  with pytest.raises(UserError):
+    Sampler(config).generate(params, prompts, GREEDY, max_new_per_prompt=[1, 2])
+  # sliding-window models (Gemma 3) always stay bucketed: the ring cache would break
+  # the window mask
+  windowed = config.replace(sliding_window=8, sliding_window_pattern=2)
+  assert Sampler(windowed, eos_ids=(2,), max_batch=4).schedule(ragged=True, rows=64) \
+      == "bucketed"
+  assert Sampler(config, eos_ids=(2,), max_batch=4).schedule(ragged=True, rows=64) \
+      == "continuous"
+  with pytest.raises(UserError, match="sliding-window"):
+    Sampler(windowed, batching="continuous")
+
+
+def _traced(sampler, params, prompts, n, limits):
+  sampler.generate(params, prompts, SamplingParams(greedy=True, max_new_tokens=4), n=n,
+                   max_new_per_prompt=limits)
+  return sampler.traces

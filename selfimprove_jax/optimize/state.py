@@ -2,7 +2,8 @@
 
 AdamW (decoupled weight decay) after global-norm clipping, on a warmup + cosine /
 linear / constant learning-rate schedule. Params are fp32 master weights; the model
-casts them to its compute dtype inside, so gradients and Adam moments stay fp32.
+casts them to its compute dtype inside, so gradients stay fp32; the Adam moments are
+fp32 unless optim.moment_dtype stores them in bf16.
 The state is created directly in its sharded layout: the optimizer moments take the
 sharding of the parameter they belong to.
 """
@@ -65,14 +66,36 @@ def decay_mask(params):
 
 
 def make_optimizer(cfg) -> optax.GradientTransformation:
-  """clip_by_global_norm -> AdamW(schedule) with the decay mask."""
+  """clip_by_global_norm -> AdamW(schedule) with the decay mask; moments stored in
+  cfg.moment_dtype."""
   check_optim_config(cfg)
   parts = []
   if cfg.grad_clip_norm > 0:
     parts.append(optax.clip_by_global_norm(cfg.grad_clip_norm))
-  parts.append(optax.adamw(learning_rate_schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
-                           weight_decay=cfg.weight_decay, mask=decay_mask))
+  adamw = optax.adamw(learning_rate_schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
+                      weight_decay=cfg.weight_decay, mask=decay_mask)
+  if cfg.moment_dtype != "float32":
+    adamw = stored_as(adamw, jnp.dtype(cfg.moment_dtype))
+  parts.append(adamw)
   return optax.chain(*parts)
+
+
+def stored_as(inner: optax.GradientTransformation, dtype) -> optax.GradientTransformation:
+  """`inner` with its floating-point state arrays kept in `dtype` between steps and
+  widened to fp32 for the update itself (optax's own `mu_dtype` covers only the
+  first moment)."""
+  def cast(tree, to):
+    return jax.tree.map(
+        lambda x: x.astype(to) if jnp.issubdtype(x.dtype, jnp.floating) and x.ndim else x,
+        tree)
+
+  def init(params):
+    return cast(inner.init(params), dtype)
+
+  def update(updates, state, params=None):
+    updates, state = inner.update(updates, cast(state, jnp.float32), params)
+    return updates, cast(state, dtype)
+  return optax.GradientTransformation(init, update)
 
 
 def _param_path(path) -> tuple:

@@ -6,6 +6,11 @@ per prompt from one shared prefill, per-token log-probs, sharded like the model.
   completions = sampler.generate(params, prompt_ids, sp, n=8, seed=0)
   texts = generate_text(loaded_model, ["2+2?"], sp, n=4)  # chat template + decode
 
+Rows are scheduled by `Sampler(batching=...)`: "bucketed" decodes chunks of
+`max_batch` rows until each chunk's longest row ends; "continuous" keeps `max_batch`
+slots busy, handing a finished row's slot to the next waiting sample; "auto" (the
+default) picks continuous when rows outnumber slots and can end early.
+
 Stop sequences are matched on token ids: a text stop sequence is encoded on its own
 (no special tokens) and a completion stops when its generated ids end with exactly
 those ids; the same text produced through a different tokenisation is not caught.
@@ -13,6 +18,6 @@ those ids; the same text produced through a different tokenisation is not caught
 
 from selfimprove_jax.sampling.decode import CHOOSERS, Choice, DecodeState, make_choice
 from selfimprove_jax.sampling.params import FINISH_REASONS, Completion, SamplingParams
-from selfimprove_jax.sampling.sampler import Sampler, bucket_length
+from selfimprove_jax.sampling.sampler import BATCHING, Sampler, bucket_length
 from selfimprove_jax.sampling.text import (encode_prompts, eos_ids_for, generate_text,
                                            make_sampler, read_prompts)

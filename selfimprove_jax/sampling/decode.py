@@ -15,6 +15,9 @@ compilation. The model math is `model/llama.py`'s (`Transformer` for the prefill
 * All rows are left-padded to one bucket length Tb, so every row writes its t-th new
   token at the same cache slot Tb + t and `block`'s single `cache_index` suffices;
   positions come from the count of real prompt tokens.
+
+`continuous.py` reuses the prefill, the token choice (`next_tokens`) and the decode
+step (`forward_step`) for continuous batching over a ring cache.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ class DecodeState(NamedTuple):
   finish: jax.Array        # [B] int32 finish code
   length: jax.Array        # [B] int32 tokens kept
   stop_len: jax.Array      # [B] int32 trailing tokens that are EOS / stop sequence
+  limit: jax.Array         # [B] int32 new-token budget of the row (<= M)
 
 
 class Choice(NamedTuple):
@@ -161,24 +165,41 @@ def forward_step(top, layers, config: ModelConfig, cache, tok, positions, key_ma
 # ----------------------------------------------------------------------------- prefill
 
 
-def prefill(params, tokens, prompt_mask, row_prompt, row_sample, row_real, seed, *,
-            config: ModelConfig, group: int, max_new: int, stop_width: int,
+def prefill_prompts(params, tokens, prompt_mask, *, config: ModelConfig):
+  """One forward over U left-padded prompts tokens [U,Tb]. Returns (KV cache
+  {"k","v": [L,U,Tb,K,H]}, fp32 next-token logits [U,V], real lengths [U])."""
+  U, Tb = tokens.shape
+  prompt_mask = prompt_mask.astype(bool)
+  positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=-1) - 1, 0)
+  hidden, cache = Transformer(config).apply(
+      {"params": params}, tokens, positions, causal_mask(prompt_mask),
+      cache=init_cache(config, U, Tb), cache_index=0, return_hidden=True)
+  logits = project_logits(params, config, hidden[:, -1])                # [U,V]
+  return cache, logits, prompt_mask.sum(-1).astype(jnp.int32)
+
+
+def row_key_data(seed, row_prompt, row_sample):
+  """uint32 key data [B,2] of each row's PRNG key, derived from (seed, prompt index,
+  sample index) only, so a row's sample does not depend on how the request was
+  chunked, sorted, sharded or scheduled into slots."""
+  base = jax.random.key(seed)
+  keys = jax.vmap(lambda p, s: jax.random.fold_in(jax.random.fold_in(base, p), s))(
+      row_prompt, row_sample)
+  return jax.random.key_data(keys)
+
+
+def prefill(params, tokens, prompt_mask, row_prompt, row_sample, row_real, row_limit, seed,
+            *, config: ModelConfig, group: int, max_new: int, stop_width: int,
             mesh: Optional[Mesh] = None) -> DecodeState:
   """Runs the U left-padded prompts tokens [U,Tb] once and broadcasts each prompt's
   KV cache and next-token logits to its `group` rows (B = U * group).
 
-  row_prompt/row_sample [B] name each row's (prompt, sample) pair; its PRNG key is
-  derived from them and `seed` only, so a row's sample does not depend on how the
-  request was chunked, sorted or sharded. Padding rows (row_real False) start done."""
+  row_prompt/row_sample [B] name each row's (prompt, sample) pair (its PRNG key,
+  `row_key_data`); row_limit [B] is its new-token budget. Padding rows (row_real
+  False) start done."""
   U, Tb = tokens.shape
   B, S = U * group, Tb + max_new
-  prompt_mask = prompt_mask.astype(bool)
-  positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=-1) - 1, 0)
-  model = Transformer(config)
-  hidden, cache = model.apply({"params": params}, tokens, positions, causal_mask(prompt_mask),
-                              cache=init_cache(config, U, Tb), cache_index=0,
-                              return_hidden=True)
-  logits = project_logits(params, config, hidden[:, -1])                # [U,V]
+  cache, logits, lengths = prefill_prompts(params, tokens, prompt_mask, config=config)
 
   def widen(c):  # [L,U,Tb,K,H] -> L x [B,S,K,H]: repeat per sample, room for new tokens
     c = jnp.repeat(c, group, axis=1)
@@ -186,17 +207,15 @@ def prefill(params, tokens, prompt_mask, row_prompt, row_sample, row_real, seed,
     return [_constrain(c[i], _CACHE_AXES, mesh) for i in range(config.num_layers)]
 
   cache = tuple(zip(widen(cache["k"]), widen(cache["v"])))
-  base = jax.random.key(seed)
-  row_keys = jax.vmap(lambda p, s: jax.random.fold_in(jax.random.fold_in(base, p), s))(
-      row_prompt, row_sample)
+  row_keys = jax.random.wrap_key_data(row_key_data(seed, row_prompt, row_sample))
   batch = lambda x: _constrain(x, ("batch",) + (None,) * (x.ndim - 1), mesh)
   zeros_f = jnp.zeros((B, max_new), jnp.float32)
   return DecodeState(
       cache=cache,
       logits=batch(jnp.repeat(logits, group, axis=0)),
       step=jnp.zeros((), jnp.int32),
-      positions=batch(jnp.repeat(prompt_mask.sum(-1).astype(jnp.int32), group, axis=0)),
-      prompt_mask=batch(jnp.repeat(prompt_mask, group, axis=0)),
+      positions=batch(jnp.repeat(lengths, group, axis=0)),
+      prompt_mask=batch(jnp.repeat(prompt_mask.astype(bool), group, axis=0)),
       row_keys=row_keys,
       tokens=batch(jnp.zeros((B, max_new), jnp.int32)),
       logprobs=batch(zeros_f), sample_logprobs=batch(zeros_f),
@@ -204,7 +223,8 @@ def prefill(params, tokens, prompt_mask, row_prompt, row_sample, row_real, seed,
       done=batch(~row_real.astype(bool)),
       finish=batch(jnp.zeros((B,), jnp.int32)),
       length=batch(jnp.zeros((B,), jnp.int32)),
-      stop_len=batch(jnp.zeros((B,), jnp.int32)))
+      stop_len=batch(jnp.zeros((B,), jnp.int32)),
+      limit=batch(jnp.minimum(row_limit.astype(jnp.int32), max_new)))
 
 
 # ----------------------------------------------------------------------------- decode
@@ -217,6 +237,37 @@ def _stop_hits(recent, stop_table, stop_valid):
   hit = jnp.all(eq, axis=-1)                                           # [B,NS]
   lens = stop_valid.sum(-1).astype(jnp.int32)                          # [NS]
   return hit.any(-1), jnp.max(jnp.where(hit, lens[None], 0), axis=-1)
+
+
+class NextTokens(NamedTuple):
+  """One decode step's choice for every row (all [B] except recent [B,W])."""
+  token: jax.Array
+  logprob: jax.Array         # under the model's distribution
+  sample_logprob: jax.Array  # under the sampling distribution
+  recent: jax.Array          # last W tokens including this one
+  code: jax.Array            # finish code if the row ended here, else RUNNING
+  trailing: jax.Array        # tokens of the EOS / stop sequence that ended it
+
+
+def next_tokens(logits, keys, recent, at_limit, eos_ids, stop_table, stop_valid,
+                temperature, top_p, choose) -> NextTokens:
+  """Chooses each row's next token from fp32 logits [B,V] and says whether it ends
+  the row (EOS before a stop sequence before the length budget `at_limit` [B]).
+  Shared by the bucketed and the continuous decode loops."""
+  tok, sample_lp = choose(logits, keys, temperature, top_p)
+  chosen = jnp.take_along_axis(logits, tok[:, None], axis=-1)[:, 0]
+  raw_lp = chosen - jax.nn.logsumexp(logits, axis=-1)
+  recent = jnp.concatenate([recent[:, 1:], tok[:, None]], axis=1)
+  is_eos = jnp.any(tok[:, None] == eos_ids[None, :], axis=-1)
+  if stop_table.shape[0]:
+    is_stop, stop_len = _stop_hits(recent, stop_table, stop_valid)
+    is_stop &= ~is_eos
+  else:
+    is_stop, stop_len = jnp.zeros_like(is_eos), jnp.zeros(tok.shape, jnp.int32)
+  code = jnp.where(is_eos, EOS, jnp.where(is_stop, STOP, jnp.where(at_limit, LENGTH,
+                                                                   RUNNING)))
+  trailing = jnp.where(is_eos, 1, jnp.where(is_stop, stop_len, 0))
+  return NextTokens(tok, raw_lp, sample_lp, recent, code, trailing)
 
 
 def decode(params, state: DecodeState, eos_ids, stop_table, stop_valid, temperature,
@@ -239,37 +290,24 @@ def decode(params, state: DecodeState, eos_ids, stop_table, stop_valid, temperat
   def body(s: DecodeState) -> DecodeState:
     t = s.step
     keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(s.row_keys, t)
-    tok, sample_lp = choose(s.logits, keys, temperature, top_p)
-    chosen = jnp.take_along_axis(s.logits, tok[:, None], axis=-1)[:, 0]
-    raw_lp = chosen - jax.nn.logsumexp(s.logits, axis=-1)
-
     active = ~s.done
+    nt = next_tokens(s.logits, keys, s.recent, t + 1 >= s.limit, eos_ids, stop_table,
+                     stop_valid, temperature, top_p, choose)
     write = lambda buf, val: jax.lax.dynamic_update_slice_in_dim(
         buf, jnp.where(active, val, jnp.zeros_like(val))[:, None], t, axis=1)
-    recent = jnp.concatenate([s.recent[:, 1:], tok[:, None]], axis=1)
-    is_eos = jnp.any(tok[:, None] == eos_ids[None, :], axis=-1)
-    if stop_table.shape[0]:
-      is_stop, stop_len = _stop_hits(recent, stop_table, stop_valid)
-      is_stop &= ~is_eos
-    else:
-      is_stop, stop_len = jnp.zeros_like(is_eos), jnp.zeros_like(s.stop_len)
-    at_limit = t + 1 >= M
-    code = jnp.where(is_eos, EOS, jnp.where(is_stop, STOP, jnp.where(at_limit, LENGTH,
-                                                                     RUNNING)))
-    code = jnp.where(active, code, s.finish)
-    trailing = jnp.where(is_eos, 1, jnp.where(is_stop, stop_len, 0))
+    code = jnp.where(active, nt.code, s.finish)
 
     # Attend to the real prompt slots and to the generated slots up to this one.
     key_mask = jnp.concatenate(
         [s.prompt_mask, jnp.broadcast_to(gen_slots[None] <= t, (B, M))], axis=1)
-    logits, cache = forward_step(top, layers, config, s.cache, tok, s.positions, key_mask,
-                                 Tb + t, mesh)
+    logits, cache = forward_step(top, layers, config, s.cache, nt.token, s.positions,
+                                 key_mask, Tb + t, mesh)
     return s._replace(
         cache=cache, logits=logits, step=t + 1, positions=s.positions + 1,
-        tokens=write(s.tokens, tok), logprobs=write(s.logprobs, raw_lp),
-        sample_logprobs=write(s.sample_logprobs, sample_lp), recent=recent,
+        tokens=write(s.tokens, nt.token), logprobs=write(s.logprobs, nt.logprob),
+        sample_logprobs=write(s.sample_logprobs, nt.sample_logprob), recent=nt.recent,
         done=s.done | (active & (code != RUNNING)), finish=code,
         length=jnp.where(active, t + 1, s.length),
-        stop_len=jnp.where(active, trailing, s.stop_len))
+        stop_len=jnp.where(active, nt.trailing, s.stop_len))
 
   return jax.lax.while_loop(cond, body, state)

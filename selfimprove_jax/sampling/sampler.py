@@ -1,11 +1,22 @@
 """`Sampler`: turns lists of token-id prompts into `Completion`s, G per prompt.
 
 It owns the host side of sampling: validation, grouping prompts with their G samples
-into units that share one prefill, sorting by length and chunking into at most
-`max_batch` rows per device call, left-padding into length buckets, placing the
-batch sharded over data x fsdp, and counting compilations. The device side is
-`decode.py`: one jitted prefill and one jitted decode loop per (bucket, rows,
-max_new_tokens, chooser, stop-table shape).
+into units that share one prefill, sorting by length, left-padding into length
+buckets, placing the batch sharded over data x fsdp, counting compilations, and
+choosing between two schedules (`batching`):
+
+* "bucketed" (`decode.py`): chunks of at most `max_batch` rows, each prefilled
+  together and decoded until its longest row ends. One prefill and one decode loop
+  compiled per (bucket, rows, max_new_tokens, chooser, stop-table shape).
+* "continuous" (`continuous.py`): `max_batch` decode slots; whenever an eighth of
+  them are free, the next waiting prompts are prefilled into them. One ring-cache
+  decode loop per (slots, cache length, result rows, max_new_tokens, chooser,
+  stop-table shape) and one admission per prompt bucket.
+* "auto" (the default) picks continuous when it can gain: more rows than slots
+  (otherwise every row starts at once and the two schedules do the same steps) and
+  rows that can end early (EOS ids, stop sequences or per-prompt budgets). Fixed-
+  length work (EOS ignored, one budget) stays bucketed, which skips the ring mask
+  and the result scatters (benchmarks/sampling.py measures both).
 """
 
 from __future__ import annotations
@@ -24,6 +35,7 @@ from selfimprove_jax import sharding as sharding_lib
 from selfimprove_jax.errors import UserError
 from selfimprove_jax.model.config import ModelConfig
 from selfimprove_jax.model.params import param_shardings
+from selfimprove_jax.sampling import continuous as continuous_lib
 from selfimprove_jax.sampling import decode as decode_lib
 from selfimprove_jax.sampling.params import FINISH_REASONS, Completion, SamplingParams
 
@@ -31,6 +43,10 @@ _FINISH_NAMES = {decode_lib.EOS: "eos", decode_lib.STOP: "stop",
                  decode_lib.LENGTH: "length"}
 assert set(_FINISH_NAMES.values()) == set(FINISH_REASONS)
 _OUTPUTS = ("tokens", "logprobs", "sample_logprobs", "length", "finish", "stop_len")
+BATCHING = ("auto", "bucketed", "continuous")
+# Continuous batching refills once this share of the slots is free: fewer, larger
+# admissions (one host round trip and one prefill each) against slots left idle.
+_REFILL_SHARE = 8
 
 
 def _next_pow2(x: int) -> int:
@@ -62,13 +78,17 @@ class Sampler:
   uses it too). mesh: where params live and the batch is sharded (data x fsdp);
   default one device. eos_ids: tokens that end a completion (default the config's).
   tokenizer: only needed to encode text stop sequences. max_batch: rows per device
-  call; larger requests are chunked and the last chunk padded. `num_compilations`
+  call (bucketed: larger requests are chunked and the last chunk padded;
+  continuous: the number of decode slots). batching: "auto", "bucketed" or
+  "continuous" (module docstring). `num_compilations`
   counts traces of the prefill and decode functions (each one compiles once);
-  `traces` lists (function, array shapes) per trace, for diagnostics and tests."""
+  `decode_steps` counts decode-loop iterations (each decodes one token for every
+  row or slot, running or not); `traces` lists (function, array shapes) per trace, for diagnostics and tests."""
 
   def __init__(self, config: ModelConfig, mesh: Optional[Mesh] = None,
                eos_ids: Optional[Sequence[int]] = None, tokenizer=None,
-               max_batch: int = 256, min_bucket: int = 32, pad_id: int = 0):
+               max_batch: int = 256, min_bucket: int = 32, pad_id: int = 0,
+               batching: str = "auto"):
     self.config = config
     self.mesh = mesh or sharding_lib.single_device_mesh()
     if eos_ids is None:
@@ -80,9 +100,17 @@ class Sampler:
     if max_batch < 1:
       raise UserError(f"max_batch must be >= 1, got {max_batch}")
     self.max_batch = int(max_batch)
+    if batching not in BATCHING:
+      raise UserError(f"batching must be one of {', '.join(BATCHING)}, got {batching!r}")
+    if batching == "continuous" and config.sliding_window is not None:
+      raise UserError("batching='continuous' does not support sliding-window attention "
+                      "(its ring cache breaks the slot = position distance the window mask "
+                      "uses); use 'bucketed' or 'auto'")
+    self.batching = batching
     self.min_bucket = int(min_bucket)
     self.pad_id = int(pad_id)
     self.num_compilations = 0
+    self.decode_steps = 0   # decode-loop iterations run, over all calls (benchmarks)
     self.traces: list[tuple[str, tuple]] = []
     self._param_shardings = param_shardings(config, self.mesh)
     self._prefill = jax.jit(
@@ -92,12 +120,23 @@ class Sampler:
     self._decode = jax.jit(
         self._counted(decode_lib.decode), static_argnames=("config", "choice", "mesh"),
         donate_argnums=(1,))
+    self._init_slots = jax.jit(
+        self._counted(continuous_lib.init_slots, shapes_from=0),
+        static_argnames=("config", "slots", "cache_len", "rows", "max_new", "stop_width",
+                         "mesh"))
+    self._admit = jax.jit(
+        self._counted(continuous_lib.admit), static_argnames=("config", "group", "mesh"),
+        donate_argnums=(1,))
+    self._run = jax.jit(
+        self._counted(continuous_lib.run), static_argnames=("config", "choice", "mesh"),
+        donate_argnums=(1,))
 
-  def _counted(self, fn):
+  def _counted(self, fn, shapes_from=1):
     @functools.wraps(fn)
     def traced(*args, **kwargs):
       self.num_compilations += 1  # runs only when jit traces, i.e. compiles
-      shapes = tuple(tuple(x.shape) for x in jax.tree.leaves(args[1:]) if hasattr(x, "shape"))
+      shapes = tuple(tuple(x.shape) for x in jax.tree.leaves(args[shapes_from:])
+                     if hasattr(x, "shape"))
       self.traces.append((fn.__name__, shapes))
       return fn(*args, **kwargs)
     return traced
@@ -152,11 +191,14 @@ class Sampler:
   # --------------------------------------------------------------------------- api
 
   def generate(self, params, prompts: Sequence[Sequence[int]], sp: SamplingParams,
-               n: int = 1, seed: int = 0, progress: bool = False) -> list[Completion]:
+               n: int = 1, seed: int = 0, progress: bool = False,
+               max_new_per_prompt: Optional[Sequence[int]] = None) -> list[Completion]:
     """`n` completions per prompt (token-id lists), ordered by (prompt, sample).
 
     Samples are reproducible from (seed, prompt index, sample index) alone, whatever
-    the chunking. Rows of one prompt share one prefill (up to max_batch rows)."""
+    the chunking or schedule. Rows of one prompt share one prefill (up to max_batch
+    rows). max_new_per_prompt: an optional new-token budget per prompt (each at most
+    sp.max_new_tokens; a row that reaches it finishes with reason "length")."""
     if n < 1:
       raise UserError(f"n must be >= 1, got {n}")
     if not isinstance(sp, SamplingParams):
@@ -164,6 +206,7 @@ class Sampler:
     prompts = self._check_prompts(prompts)
     if not prompts:
       return []
+    limits = self._limits(max_new_per_prompt, len(prompts), sp.max_new_tokens)
     table, valid = self._stop_table(sp)
     params = jax.device_put(params, self._param_shardings)  # no-op when already placed
     choice = decode_lib.make_choice(sp.is_greedy, sp.top_k, sp.top_p, self.config.vocab_size)
@@ -173,70 +216,176 @@ class Sampler:
     group = min(n, self.max_batch)
     units = [_Unit(p, s, min(group, n - s)) for p in range(len(prompts))
              for s in range(0, n, group)]
-    # Longest first: similar lengths share a chunk, so a chunk pads little.
+    # Longest first: similar lengths share a chunk (or an admission), so it pads little.
     units.sort(key=lambda u: (-len(prompts[u.prompt]), u.prompt, u.sample_start))
-    max_units = max(1, self.max_batch // group)
-    per_call = min(max_units, _next_pow2(len(units)))
-    chunks = [units[i:i + per_call] for i in range(0, len(units), per_call)]
-
     bar = None
     if progress:
       from tqdm.auto import tqdm
       bar = tqdm(total=len(prompts) * n, desc="sampling", unit="seq")
-    results: list[Completion] = []
-    pending = None
-    for chunk in chunks:
-      launched = self._launch(params, prompts, chunk, per_call, group, sp, choice,
-                              table.shape[1], seed, consts)
-      if pending is not None:  # fetch the previous chunk while this one runs
-        results += self._collect(*pending, bar)
-      pending = (chunk, group, launched)
-    results += self._collect(*pending, bar)
+    ragged = bool(self.eos_ids) or len(table) > 0 or len(set(limits.tolist())) > 1
+    continuous = self.schedule(ragged, len(prompts) * n) == "continuous"
+    run = self._generate_continuous if continuous else self._generate_bucketed
+    results = run(params, prompts, units, group, n, sp, choice, table.shape[1], seed, consts,
+                  limits, bar)
     if bar is not None:
       bar.close()
     results.sort(key=lambda c: (c.prompt_index, c.sample_index))
     return results
 
+  def schedule(self, ragged: bool, rows: int) -> str:
+    """The schedule `generate` uses for `rows` rows ("auto" resolved). Sliding-window
+    models (Gemma 3) stay bucketed: the continuous ring cache puts a key's slot at a
+    distance from the query that is not its position distance, which the window mask
+    reads."""
+    if self.batching != "auto":
+      return self.batching
+    if self.config.sliding_window is not None:
+      return "bucketed"
+    return "continuous" if ragged and rows > self.max_batch else "bucketed"
+
+  def _limits(self, per_prompt, num_prompts, max_new) -> np.ndarray:
+    if per_prompt is None:
+      return np.full((num_prompts,), max_new, np.int32)
+    limits = np.asarray(per_prompt, np.int64).reshape(-1)
+    if limits.shape[0] != num_prompts:
+      raise UserError(f"max_new_per_prompt has {limits.shape[0]} entries for "
+                      f"{num_prompts} prompts")
+    if limits.min() < 1:
+      raise UserError("max_new_per_prompt entries must be >= 1")
+    return np.minimum(limits, max_new).astype(np.int32)
+
+  # --------------------------------------------------------------------------- bucketed
+
+  def _generate_bucketed(self, params, prompts, units, group, n, sp, choice, stop_width,
+                         seed, consts, limits, bar) -> list[Completion]:
+    max_units = max(1, self.max_batch // group)
+    per_call = min(max_units, _next_pow2(len(units)))
+    chunks = [units[i:i + per_call] for i in range(0, len(units), per_call)]
+    results: list[Completion] = []
+    pending = None
+    for chunk in chunks:
+      launched = self._launch(params, prompts, chunk, per_call, group, sp, choice,
+                              stop_width, seed, consts, limits)
+      if pending is not None:  # fetch the previous chunk while this one runs
+        results += self._collect(*pending, bar)
+      pending = (chunk, group, launched)
+    return results + self._collect(*pending, bar)
+
   def _launch(self, params, prompts, chunk, per_call, group, sp, choice, stop_width, seed,
-              consts):
+              consts, limits):
     Tb = bucket_length(max(len(prompts[u.prompt]) for u in chunk), self.min_bucket)
     U, B = per_call, per_call * group
-    tokens = np.full((U, Tb), self.pad_id, np.int32)
-    mask = np.zeros((U, Tb), bool)
+    tokens, mask = self._pad_prompts(prompts, chunk, U, Tb)
     row_prompt = np.zeros((B,), np.int32)
     row_sample = np.zeros((B,), np.int32)
     row_real = np.zeros((B,), bool)
     for i in range(U):
       u = chunk[i] if i < len(chunk) else chunk[0]   # padding units repeat a real one
-      p = prompts[u.prompt]
-      tokens[i, Tb - len(p):] = p
-      mask[i, Tb - len(p):] = True
       rows = slice(i * group, (i + 1) * group)
       row_prompt[rows] = u.prompt
       row_sample[rows] = u.sample_start + np.arange(group)
       row_real[rows] = (i < len(chunk)) & (np.arange(group) < u.count)
     state = self._prefill(
         params, self._put(tokens), self._put(mask), self._put(row_prompt),
-        self._put(row_sample), self._put(row_real), jnp.uint32(seed % (1 << 32)),
-        config=self.config, group=group, max_new=sp.max_new_tokens, stop_width=stop_width,
-        mesh=self.mesh)
+        self._put(row_sample), self._put(row_real), self._put(limits[row_prompt]),
+        jnp.uint32(seed % (1 << 32)), config=self.config, group=group,
+        max_new=sp.max_new_tokens, stop_width=stop_width, mesh=self.mesh)
     return self._decode(params, state, *consts, config=self.config, choice=choice,
                         mesh=self.mesh)
 
-  def _collect(self, chunk, group, outputs, bar) -> list[Completion]:
-    out = self._fetch({k: getattr(outputs, k) for k in _OUTPUTS})
+  def _pad_prompts(self, prompts, units, U, Tb):
+    """Left-padded tokens [U,Tb] and mask; rows past len(units) repeat the first."""
+    tokens = np.full((U, Tb), self.pad_id, np.int32)
+    mask = np.zeros((U, Tb), bool)
+    for i in range(U):
+      p = prompts[units[i if i < len(units) else 0].prompt]
+      tokens[i, Tb - len(p):] = p
+      mask[i, Tb - len(p):] = True
+    return tokens, mask
+
+  # --------------------------------------------------------------------------- continuous
+
+  def _generate_continuous(self, params, prompts, units, group, n, sp, choice, stop_width,
+                           seed, consts, limits, bar) -> list[Completion]:
+    """Keeps `max_batch` slots busy: admit waiting prompts whenever a refill's worth
+    of slots is free, decode until the next refill is due, repeat."""
+    rows = len(prompts) * n
+    # Slots: max_batch (whole prompts' groups of them), fewer for a small request.
+    slots = min(self.max_batch, _next_pow2(rows)) // group * group
+    refill_units = max(1, slots // _REFILL_SHARE // group)
+    refill = refill_units * group
+    M = sp.max_new_tokens
+    t_max = bucket_length(max(len(p) for p in prompts), self.min_bucket)
+    N = _next_pow2(rows)     # result rows, a power of two: few compiled shapes
+    state = self._init_slots(config=self.config, slots=slots, cache_len=t_max + M, rows=N,
+                             max_new=M, stop_width=stop_width, mesh=self.mesh)
+    seed = jnp.uint32(seed % (1 << 32))
+    queue = list(units)
+    free = np.ones((slots,), bool)
+    finished = 0
+    while True:
+      while queue and free.sum() >= refill:
+        batch, queue = queue[:refill_units], queue[refill_units:]
+        taken = np.flatnonzero(free)[:refill]
+        state = self._admit_units(params, state, prompts, batch, refill_units, group, n,
+                                  taken, slots, N, limits, seed)
+        free[taken] = False
+      if not queue and free.all():
+        break
+      state = self._run(params, state, jnp.int32(refill if queue else slots), *consts,
+                        config=self.config, choice=choice, mesh=self.mesh)
+      free = self._fetch(state.free).astype(bool)
+      if bar is not None:
+        done = rows - sum(u.count for u in queue) - int((~free).sum())
+        bar.update(max(0, done - finished))
+        finished = max(finished, done)
+    out = self._fetch({k: getattr(state, k) for k in _OUTPUTS})
+    self.decode_steps += int(state.step)
     results = []
-    for i, u in enumerate(chunk):
+    for u in units:
+      for j in range(u.count):
+        results.append(self._completion(out, u.prompt * n + u.sample_start + j, u.prompt,
+                                        u.sample_start + j))
+    return results
+
+  def _admit_units(self, params, state, prompts, batch, R, group, n, taken, slots, N,
+                   limits, seed):
+    """Prefill `batch` (padded to R units) into the free slots `taken`."""
+    Tb = bucket_length(max(len(prompts[u.prompt]) for u in batch), self.min_bucket)
+    tokens, mask = self._pad_prompts(prompts, batch, R, Tb)
+    slot = np.full((R * group,), slots, np.int32)       # `slots`: a dropped padding row
+    row = np.full((R * group,), N, np.int32)
+    row_prompt = np.zeros((R * group,), np.int32)
+    row_sample = np.zeros((R * group,), np.int32)
+    k = 0
+    for i, u in enumerate(batch):
       for j in range(u.count):
         r = i * group + j
-        n_tok = int(out["length"][r])
-        results.append(Completion(
-            prompt_index=u.prompt, sample_index=u.sample_start + j,
-            tokens=out["tokens"][r, :n_tok].astype(np.int32),
-            logprobs=out["logprobs"][r, :n_tok].astype(np.float32),
-            sample_logprobs=out["sample_logprobs"][r, :n_tok].astype(np.float32),
-            finish_reason=_FINISH_NAMES[int(out["finish"][r])],
-            num_stop_tokens=int(out["stop_len"][r])))
+        slot[r], row[r] = taken[k], u.prompt * n + u.sample_start + j
+        row_prompt[r], row_sample[r] = u.prompt, u.sample_start + j
+        k += 1
+    return self._admit(params, state, self._put(tokens), self._put(mask), self._put(slot),
+                       self._put(row), self._put(row_prompt), self._put(row_sample),
+                       self._put(limits[row_prompt]), seed, config=self.config,
+                       group=group, mesh=self.mesh)
+
+  # --------------------------------------------------------------------------- results
+
+  def _completion(self, out, r, prompt, sample) -> Completion:
+    n_tok = int(out["length"][r])
+    return Completion(
+        prompt_index=prompt, sample_index=sample,
+        tokens=out["tokens"][r, :n_tok].astype(np.int32),
+        logprobs=out["logprobs"][r, :n_tok].astype(np.float32),
+        sample_logprobs=out["sample_logprobs"][r, :n_tok].astype(np.float32),
+        finish_reason=_FINISH_NAMES[int(out["finish"][r])],
+        num_stop_tokens=int(out["stop_len"][r]))
+
+  def _collect(self, chunk, group, outputs, bar) -> list[Completion]:
+    out = self._fetch({k: getattr(outputs, k) for k in _OUTPUTS})
+    self.decode_steps += int(outputs.step)
+    results = [self._completion(out, i * group + j, u.prompt, u.sample_start + j)
+               for i, u in enumerate(chunk) for j in range(u.count)]
     if bar is not None:
       bar.update(len(results))
     return results
