@@ -334,7 +334,9 @@ def result_differences(saved: dict, current: dict) -> list[str]:
       else:
         out[f"{prefix}{k}"] = v
     return out
-  a, b = flat(saved), flat(json.loads(json.dumps(current, default=str)))
+  # both sides as JSON would hold them (a tuple default and its saved list agree)
+  a = flat(json.loads(json.dumps(saved, default=str)))
+  b = flat(json.loads(json.dumps(current, default=str)))
   # A key added to base_config() after a workdir was written reads as its default
   # there, so new features (off by default) do not lock out existing runs.
   new = flat(json.loads(json.dumps(base_config().to_dict(), default=str)))

@@ -106,13 +106,16 @@ def _parents(paths) -> list[str]:
 def bwrap_command(binary: str) -> tuple:
   """The bwrap command line of a worker (without the worker file)."""
   pydirs = [d for d in _python_dirs() if d != "/usr" and not d.startswith("/usr/")]
-  args = [binary, *_system_mounts(), *_parents(pydirs + [INSIDE_WORKER])]
+  # bwrap applies its mounts in order: the scratch tmpfs first, so that a Python
+  # installation under /tmp (a checkout's .venv there) is bound on top of it, not
+  # hidden by it
+  args = [binary, *_system_mounts(), "--proc", "/proc", "--dev", "/dev",
+          "--perms", "0755", "--size", str(1 << 20), "--tmpfs", "/dev/shm",
+          "--perms", "0755", "--size", str(TMP_BYTES), "--tmpfs", "/tmp",
+          *_parents(pydirs + [INSIDE_WORKER])]
   for d in pydirs:
     args += ["--ro-bind", d, d]
   args += ["--ro-bind", WORKER_FILE, INSIDE_WORKER,
-           "--proc", "/proc", "--dev", "/dev",
-           "--perms", "0755", "--size", str(1 << 20), "--tmpfs", "/dev/shm",
-           "--perms", "0755", "--size", str(TMP_BYTES), "--tmpfs", "/tmp",
            "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
            "--unshare-cgroup-try", "--die-with-parent", "--new-session", "--clearenv",
            "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/tmp",
