@@ -26,7 +26,7 @@ run: $(STAMP)
 	$(VENV)/bin/selfimprove-jax run --config configs/quickstart.py --workdir runs/quickstart
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadfile
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=20
 
 clean:
 	rm -rf $(VENV)
