@@ -38,6 +38,7 @@ MANIFEST = "manifest.json"
 # is lost or corrupt, it is rebuilt from the entries whose checkpoints still verify.
 ENTRIES = "manifest.d"
 FAULT_ENV = "SELFIMPROVE_JAX_FAULT"
+_NOT_IN_MANIFEST = "not in the manifest (the run stopped between save and manifest update)"
 
 
 def fault_requested(name: str, iteration: Optional[int] = None) -> bool:
@@ -234,7 +235,7 @@ class Checkpointer:
     """None when the checkpoint matches its manifest hash, else what is wrong."""
     entry = self.manifest()["checkpoints"].get(str(iteration))
     if entry is None:
-      return "not in the manifest (the run stopped between save and manifest update)"
+      return _NOT_IN_MANIFEST
     return self._problem(iteration, entry)
 
   def _problem(self, iteration: int, entry: dict) -> Optional[str]:
@@ -288,7 +289,7 @@ class Checkpointer:
       entry = manifest.get(str(it))
       if only_accepted and entry is not None and not entry["accepted"]:
         continue
-      problem = self.verify(it)
+      problem = self._problem(it, entry) if entry is not None else _NOT_IN_MANIFEST
       if problem is None:
         return it
       log(f"checkpoint {self.step_dir(it)}: {problem}; falling back to an earlier one")

@@ -25,7 +25,6 @@ smallest id hashes of the file (code_jsonl).
 
 from __future__ import annotations
 
-import math
 import random
 import re
 from typing import Optional
@@ -35,7 +34,7 @@ from selfimprove_jax.errors import UserError
 from selfimprove_jax.sandbox.worker import normalize
 from selfimprove_jax.tasks import problem as problem_lib
 from selfimprove_jax.tasks.jsonl_task import jsonl_rows
-from selfimprove_jax.tasks.problem import Problem, ProceduralSplits, Verdict
+from selfimprove_jax.tasks.problem import FileSplits, Problem, ProceduralSplits, Verdict
 
 ENTRY_POINT = "solve"
 INSTRUCTION = ("Reply with the complete Python function `{name}` in a ```python code block "
@@ -206,7 +205,7 @@ def read_code_jsonl(path: str) -> list[Problem]:
   return out
 
 
-class CodeJsonlTask:
+class CodeJsonlTask(FileSplits):
   """`code_jsonl:<path>`: a user's code problems with their tests (not procedural)."""
 
   procedural = False
@@ -219,29 +218,7 @@ class CodeJsonlTask:
     self.name, self.path = f"code_jsonl:{path}", path
     self.heldout_fraction = problem_lib.check_fraction(heldout_fraction, self.name)
     self.limits = sandbox.Limits(timeout_s=float(timeout_s), memory_mb=int(memory_mb))
-    problems = read_code_jsonl(path)
-    n_heldout = min(math.ceil(self.heldout_fraction * len(problems)), len(problems) - 1)
-    ranked = sorted(problems, key=lambda p: (problem_lib.id_fraction(p.id), p.id))
-    self._heldout_ids = {p.id for p in ranked[:n_heldout]}
-    self._heldout = [p for p in problems if p.id in self._heldout_ids]
-    self._train = [p for p in problems if p.id not in self._heldout_ids]
-
-  def problem(self, seed: int, index: int, difficulty: Optional[int] = None) -> Problem:
-    epoch, pos = divmod(index, len(self._train))
-    order = list(range(len(self._train)))
-    random.Random(problem_lib.derive_seed(seed, "code_jsonl", epoch)).shuffle(order)
-    return self._train[order[pos]]
-
-  def train_problems(self, seed: int, count: int, difficulty: Optional[int] = None,
-                     start: int = 0) -> list[Problem]:
-    return [self.problem(seed, i) for i in range(start, start + count)]
-
-  def heldout(self, count: Optional[int] = None,
-              difficulty: Optional[int] = None) -> list[Problem]:
-    return list(self._heldout if count is None else self._heldout[:count])
-
-  def is_heldout(self, pid: str) -> bool:
-    return pid in self._heldout_ids
+    self._split(read_code_jsonl(path), "code_jsonl")
 
   def extract_answer(self, completion: str, problem: Optional[Problem] = None):
     return extract_code(completion, problem.metadata["entry_point"] if problem else None)

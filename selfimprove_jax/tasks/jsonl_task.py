@@ -19,15 +19,13 @@ training stream is the rest, reshuffled every epoch from the run's seed.
 from __future__ import annotations
 
 import json
-import math
 import os
-import random
 from typing import Optional
 
 from selfimprove_jax.errors import UserError
 from selfimprove_jax.tasks import answers
 from selfimprove_jax.tasks import problem as problem_lib
-from selfimprove_jax.tasks.problem import Problem
+from selfimprove_jax.tasks.problem import FileSplits, Problem
 
 
 def jsonl_rows(path: str, spec: str) -> list[tuple[int, dict]]:
@@ -78,7 +76,7 @@ def read_jsonl(path: str, instruction: str = "") -> list[Problem]:
   return out
 
 
-class JsonlTask:
+class JsonlTask(FileSplits):
   """Problems read from a JSONL file (no difficulty knob, not procedural)."""
 
   procedural = False
@@ -95,32 +93,7 @@ class JsonlTask:
     problems = read_jsonl(path, instruction)
     if len(problems) < 2:
       raise UserError(f"{path}: needs at least 2 distinct prompts (one is held out)")
-    n_heldout = min(math.ceil(self.heldout_fraction * len(problems)), len(problems) - 1)
-    ranked = sorted(problems, key=lambda p: (problem_lib.id_fraction(p.id), p.id))
-    self._heldout_ids = {p.id for p in ranked[:n_heldout]}
-    self._heldout = [p for p in problems if p.id in self._heldout_ids]
-    self._train = [p for p in problems if p.id not in self._heldout_ids]
-
-  def problem(self, seed: int, index: int, difficulty: Optional[int] = None) -> Problem:
-    """Training problem `index`: epoch `index // n` is a fresh shuffle of the training lines."""
-    epoch, pos = divmod(index, len(self._train))
-    order = list(range(len(self._train)))
-    random.Random(problem_lib.derive_seed(seed, "jsonl", epoch)).shuffle(order)
-    return self._train[order[pos]]
-
-  def train_problems(self, seed: int, count: int, difficulty: Optional[int] = None,
-                     start: int = 0) -> list[Problem]:
-    """Training problems `start .. start+count-1` of stream `seed`."""
-    return [self.problem(seed, i) for i in range(start, start + count)]
-
-  def heldout(self, count: Optional[int] = None,
-              difficulty: Optional[int] = None) -> list[Problem]:
-    """The held-out problems in file order: all of them, or at most `count`."""
-    return list(self._heldout if count is None else self._heldout[:count])
-
-  def is_heldout(self, pid: str) -> bool:
-    """True when the id is one of the file's held-out prompts."""
-    return pid in self._heldout_ids
+    self._split(problems, "jsonl")
 
   def extract_answer(self, completion: str,
                      problem: Optional[Problem] = None) -> Optional[str]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import random
 from typing import Any, Callable, Optional, Protocol, runtime_checkable
 
@@ -161,6 +162,43 @@ class ProceduralSplits:
   def is_heldout(self, pid: str) -> bool:
     """True when the id is on the held-out side of the partition."""
     return in_heldout_partition(pid, self.heldout_fraction)
+
+
+class FileSplits:
+  """The training stream and held-out split of a task read from a file, shared by the
+  file tasks (jsonl:, code_jsonl:). The task calls `_split(problems, stream)` once:
+  the held-out side is the `heldout_fraction` of problems whose ids rank lowest (at
+  least one stays for training); epoch e of the training stream is a shuffle seeded
+  by (seed, `stream`, e)."""
+
+  def _split(self, problems: list[Problem], stream: str) -> None:
+    self._stream = stream
+    n_heldout = min(math.ceil(self.heldout_fraction * len(problems)), len(problems) - 1)
+    ranked = sorted(problems, key=lambda p: (id_fraction(p.id), p.id))
+    self._heldout_ids = {p.id for p in ranked[:n_heldout]}
+    self._heldout = [p for p in problems if p.id in self._heldout_ids]
+    self._train = [p for p in problems if p.id not in self._heldout_ids]
+
+  def problem(self, seed: int, index: int, difficulty: Optional[int] = None) -> Problem:
+    """Training problem `index`: epoch `index // n` is a fresh shuffle of the training rows."""
+    epoch, pos = divmod(index, len(self._train))
+    order = list(range(len(self._train)))
+    random.Random(derive_seed(seed, self._stream, epoch)).shuffle(order)
+    return self._train[order[pos]]
+
+  def train_problems(self, seed: int, count: int, difficulty: Optional[int] = None,
+                     start: int = 0) -> list[Problem]:
+    """Training problems `start .. start+count-1` of stream `seed`."""
+    return [self.problem(seed, i) for i in range(start, start + count)]
+
+  def heldout(self, count: Optional[int] = None,
+              difficulty: Optional[int] = None) -> list[Problem]:
+    """The held-out problems in file order: all of them, or at most `count`."""
+    return list(self._heldout if count is None else self._heldout[:count])
+
+  def is_heldout(self, pid: str) -> bool:
+    """True when the id is one of the file's held-out problems."""
+    return pid in self._heldout_ids
 
 
 @runtime_checkable
