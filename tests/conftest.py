@@ -44,3 +44,21 @@ def smollm2_torch():
   path = tokenizer_lib.smollm2_gguf_path()
   return transformers.AutoModelForCausalLM.from_pretrained(
       os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32).eval()
+
+
+# Module-scoped: each test file that uses them gets its own (test_loop.py and
+# test_resume.py run on different xdist workers, each with its reference run).
+@pytest.fixture(scope="module")
+def cache_dir():
+  """The session's persistent compilation cache (above), shared with subprocesses."""
+  return os.environ["JAX_COMPILATION_CACHE_DIR"]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, cache_dir):
+  """An uninterrupted two-iteration run of configs/tiny.py (through the CLI)."""
+  from run_files import run_cli
+  workdir = tmp_path_factory.mktemp("reference")
+  out = run_cli(workdir, cache_dir)
+  assert out.returncode == 0, out.stderr[-3000:]
+  return workdir, out

@@ -13,21 +13,6 @@ from selfimprove_jax.checkpoint import Checkpointer
 from run_files import ROOT, TINY, assert_same_state, final_state, metrics, run_cli
 
 
-@pytest.fixture(scope="module")
-def cache_dir():
-  """The session's persistent compilation cache (conftest), shared with subprocesses."""
-  return os.environ["JAX_COMPILATION_CACHE_DIR"]
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory, cache_dir):
-  """An uninterrupted two-iteration run of configs/tiny.py."""
-  workdir = tmp_path_factory.mktemp("reference")
-  out = run_cli(workdir, cache_dir)
-  assert out.returncode == 0, out.stderr[-3000:]
-  return workdir, out
-
-
 def test_end_to_end_artifacts(reference):
   workdir, out = reference
   for name in ("manifest.json", "metrics.jsonl", "summary.json", "heldout.png"):

@@ -101,12 +101,6 @@ def assert_same_run(workdir, reference):
 
 
 @pytest.fixture(scope="module")
-def cache_dir():
-  """The session's persistent compilation cache (conftest), shared with subprocesses."""
-  return os.environ["JAX_COMPILATION_CACHE_DIR"]
-
-
-@pytest.fixture(scope="module")
 def single(tmp_path_factory, cache_dir):
   """One process over 8 fake devices: the reference."""
   workdir = tmp_path_factory.mktemp("single")

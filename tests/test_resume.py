@@ -11,21 +11,6 @@ import pytest
 
 from run_files import TINY, assert_same_state, final_state, metrics, run_cli, run_env
 
-@pytest.fixture(scope="module")
-def cache_dir():
-  """The session's persistent compilation cache (conftest), shared with subprocesses."""
-  return os.environ["JAX_COMPILATION_CACHE_DIR"]
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory, cache_dir):
-  """An uninterrupted two-iteration run of configs/tiny.py."""
-  workdir = tmp_path_factory.mktemp("reference")
-  out = run_cli(workdir, cache_dir)
-  assert out.returncode == 0, out.stderr[-3000:]
-  return workdir, out
-
-
 def _garbage(path):
   with open(path, "wb") as f:
     f.write(b"\x00{not json")
