@@ -260,6 +260,18 @@ class Checkpointer:
         state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
     return out["state"], out["meta"]
 
+  def restore_params(self, iteration: int, abstract_params: Any) -> tuple[Any, dict]:
+    """Only the weights of iteration `iteration` (a checkpoint with or without optimizer
+    state), into the shapes/shardings of `abstract_params`."""
+    args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding,
+                                                       global_shape=x.shape, dtype=x.dtype),
+                        abstract_params)
+    out = self._manager.restore(iteration, args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(item={"params": abstract_params},
+                                     restore_args={"params": args}, partial_restore=True),
+        meta=ocp.args.JsonRestore()))
+    return out["state"]["params"], out["meta"]
+
   def restore_arrays(self, iteration: int) -> Any:
     """The saved state as host numpy arrays, without a target (tools and tests). Reads
     a checkpoint of any topology: one written by several processes names devices this

@@ -141,38 +141,58 @@ def _cmd_run(args) -> int:
 
 
 def _add_eval(sub):
-  p = sub.add_parser("eval", help="held-out metrics of a model on a task")
+  p = sub.add_parser(
+      "eval", help="held-out metrics of a model on a task",
+      description="Held-out metrics through the loop's own evaluation. For a run's "
+      "workdir (or DIR@K) the settings are the run's saved config, so it prints the "
+      "run's numbers for those weights; for any other model, the default config. "
+      "Flags override single settings.")
   p.add_argument("--model", default="smollm2-135m-instruct",
                  help="preset, HF directory, .gguf, smollm2-135m-instruct, workdir or DIR@K")
-  p.add_argument("--task", default="arithmetic", help="arithmetic | countdown | "
-                 "reasoning_gym:<name> | jsonl:<path> | code:<family> | code_jsonl:<path>")
-  p.add_argument("--n", type=int, default=100, help="held-out problems")
-  p.add_argument("--k", type=int, default=4, help="samples per problem for maj@k / pass@k")
-  p.add_argument("--max_new_tokens", type=int, default=48)
-  p.add_argument("--temperature", type=float, default=1.0)
-  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--task", default=None, help="arithmetic | countdown | "
+                 "reasoning_gym:<name> | jsonl:<path> | code:<family> | code_jsonl:<path> "
+                 "(default: the run's task, else arithmetic)")
+  p.add_argument("--task_option", action="append", default=[], metavar="KEY=VALUE",
+                 help="a task option, e.g. operators=+- (repeatable)")
+  p.add_argument("--n", type=int, default=None, help="held-out problems (default 100)")
+  p.add_argument("--k", type=int, default=None,
+                 help="samples per problem for maj@k / pass@k (default 4)")
+  p.add_argument("--max_new_tokens", type=int, default=None, help="default 48")
+  p.add_argument("--temperature", type=float, default=None, help="default 1.0")
+  p.add_argument("--seed", type=int, default=None, help="default 0")
   p.add_argument("--json", action="store_true", help="print one JSON object")
-  p.add_argument("--strategies", default="", help="also score refinement strategies, "
+  p.add_argument("--strategies", default=None, help="also score refinement strategies, "
                  "e.g. best_of_n,self_consistency,self_refine,execution_feedback "
                  "(held-out, beside greedy)")
-  p.add_argument("--strategy_n", type=int, default=8,
-                 help="best_of_n candidates / self_consistency samples")
-  p.add_argument("--refine_rounds", type=int, default=2,
-                 help="self_refine / execution_feedback rounds at most")
+  p.add_argument("--strategy_n", type=int, default=None,
+                 help="best_of_n candidates / self_consistency samples (default 8)")
+  p.add_argument("--refine_rounds", type=int, default=None,
+                 help="self_refine / execution_feedback rounds at most (default 2)")
   p.set_defaults(fn=_cmd_eval)
+
+
+def _task_options(items) -> dict:
+  """['key=value', ...] -> {key: value}; values are Python literals or else strings."""
+  import ast
+  out = {}
+  for item in items:
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+      raise UserError(f"--task_option {item!r} is not of the form key=value")
+    try:
+      out[key.strip()] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      out[key.strip()] = value
+  return out
 
 
 def _cmd_eval(args) -> int:
   import json
   from selfimprove_jax import evaluation
   _check_flags(args, at_least_1=("n", "k", "max_new_tokens", "strategy_n", "refine_rounds"),
-               at_least_0=("temperature",))
-  metrics = evaluation.evaluate_model(args.model, args.task, n=args.n, k=args.k,
-                                      max_new_tokens=args.max_new_tokens,
-                                      temperature=args.temperature, seed=args.seed,
-                                      strategies=args.strategies,
-                                      strategy_n=args.strategy_n,
-                                      refine_rounds=args.refine_rounds)
+               at_least_0=("temperature", "seed"))
+  flags = {name: getattr(args, name) for name in evaluation.FLAG_KEYS}
+  metrics = evaluation.evaluate_model(args.model, flags, _task_options(args.task_option))
   if args.json:
     print(json.dumps(metrics))
   else:
@@ -205,6 +225,8 @@ def _check_flags(args, at_least_1=(), at_least_0=(), unit=()) -> None:
                           (unit, lambda v: 0 < v <= 1, "in (0, 1]")):
     for name in names:
       value = getattr(args, name)
+      if value is None:   # not given: the config's value applies
+        continue
       if not math.isfinite(value) or not ok(value):
         raise UserError(f"--{name} {value} must be a finite number {want}")
 

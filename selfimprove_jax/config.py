@@ -16,10 +16,19 @@ import os
 
 import ml_collections
 
-from selfimprove_jax import select
 from selfimprove_jax.errors import UserError
 from selfimprove_jax.optimize.config import (check_lora_config, check_optim_config,
                                              default_lora_config, default_optim_config)
+
+
+# The names in the stages' registries (select.FILTERS, refine.STRATEGIES,
+# refine.SCORERS, algorithms.ALGORITHMS). Validation checks against these lists so that
+# it imports no stage code; tests/test_architecture.py keeps them equal to the registries.
+FILTER_NAMES = ("correct", "pass_rate_band", "dedup", "max_length", "judge", "refined")
+STRATEGY_NAMES = ("greedy", "best_of_n", "self_consistency", "self_refine",
+                  "execution_feedback")
+SCORER_NAMES = ("verifier", "judge", "logprob")
+ALGORITHM_NAMES = ("sft", "dpo", "grpo")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -214,6 +223,26 @@ def apply_overrides(config, overrides) -> ml_collections.ConfigDict:
   return config
 
 
+def merge_saved(config, saved: dict) -> ml_collections.ConfigDict:
+  """`config` with the values of a saved config dict (a run's): keys the saved one
+  lacks keep their values here (the run predates them)."""
+  def merged(base: dict, new: dict) -> dict:
+    out = dict(base)
+    for k, v in new.items():
+      out[k] = merged(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) \
+          and k != "options" else v
+    return out
+  return ml_collections.ConfigDict(merged(config.to_dict(), saved))
+
+
+def with_task_options(config, options: dict) -> ml_collections.ConfigDict:
+  """`config` with task.options set from `options` (name -> value)."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  for key, value in options.items():
+    config.task.options[key] = value
+  return config
+
+
 # (low, high, low_open) bounds of numeric keys; None = unbounded on that side. A value
 # outside is refused before anything runs: it would fail later in a traceback, or
 # worse, run and "accept" an iteration that did nothing (e.g. epochs=0).
@@ -272,12 +301,17 @@ def _check_ranges(config) -> None:
       raise UserError(f"mesh.{key}={size!r} must be -1 (the remaining devices) or >= 1")
 
 
-def _named(key: str, parse, value) -> None:
-  """parse(value), with the config key put in front of its UserError."""
-  try:
-    parse(value)
-  except UserError as e:
-    raise UserError(f"{key}={value!r}: {e}") from None
+def names(value) -> list[str]:
+  """'a,b' or a sequence of names -> the list of non-empty names."""
+  return [s.strip() for s in (value.split(",") if isinstance(value, str) else value)
+          if s.strip()]
+
+
+def _known(key: str, value, known: tuple, what: str) -> None:
+  unknown = [n for n in names(value) if n not in known]
+  if unknown:
+    raise UserError(f"{key}={value!r}: unknown {what} {unknown[0]!r}; known: "
+                    f"{', '.join(known)}")
 
 
 def validate(config) -> None:
@@ -288,9 +322,14 @@ def validate(config) -> None:
   _check_ranges(config)
   check_optim_config(config.optim)
   check_lora_config(config.lora)
-  _named("select.filters", select.parse_filters, config.select.filters)
-  if config.loop.algorithm not in ("sft", "dpo", "grpo"):
-    raise UserError(f"loop.algorithm={config.loop.algorithm!r} is not one of sft, dpo, grpo")
+  _known("select.filters", config.select.filters, FILTER_NAMES, "select filter")
+  if config.loop.algorithm not in ALGORITHM_NAMES:
+    raise UserError(f"loop.algorithm={config.loop.algorithm!r} is not one of "
+                    f"{', '.join(ALGORITHM_NAMES)}")
+  if (config.loop.algorithm == "dpo" and config.loop.dpo_pairs == "verifier"
+      and "correct" in names(config.select.filters)):
+    raise UserError("select.filters: 'correct' keeps only right answers, and loop.algorithm="
+                    "dpo pairs right with wrong ones from the selected samples")
   if config.loop.algorithm == "grpo" and config.loop.samples_per_prompt < 2:
     raise UserError(f"loop.samples_per_prompt={config.loop.samples_per_prompt} must be >= 2 "
                     f"for grpo (group-relative advantages of one sample are all zero)")
@@ -305,12 +344,13 @@ def validate(config) -> None:
   if not isinstance(config.model, str) or not config.model:
     raise UserError(f"model={config.model!r} must name a model (a preset, a path or "
                     f"smollm2-135m-instruct)")
-  from selfimprove_jax import refine   # local: refine imports the sampler (jax)
-  _named("evaluate.strategies", refine.parse_strategies, config.evaluate.strategies)
-  _named("acquire.refine_strategy", refine.parse_strategies, config.acquire.refine_strategy)
-  if config.refine.scorer not in ("auto", *refine.SCORERS):
+  _known("evaluate.strategies", config.evaluate.strategies, STRATEGY_NAMES,
+         "refinement strategy")
+  _known("acquire.refine_strategy", config.acquire.refine_strategy, STRATEGY_NAMES,
+         "refinement strategy")
+  if config.refine.scorer not in ("auto", *SCORER_NAMES):
     raise UserError(f"refine.scorer={config.refine.scorer!r} is not one of auto, "
-                    f"{', '.join(refine.SCORERS)}")
+                    f"{', '.join(SCORER_NAMES)}")
   if config.loop.dpo_pairs not in ("verifier", "judge"):
     raise UserError(f"loop.dpo_pairs={config.loop.dpo_pairs!r} is not one of verifier, judge")
   if config.curriculum.min_pass_rate > config.curriculum.max_pass_rate:
@@ -318,6 +358,13 @@ def validate(config) -> None:
   if config.select.min_pass_rate > config.select.max_pass_rate:
     raise UserError(f"select.min_pass_rate={config.select.min_pass_rate} is above "
                     f"select.max_pass_rate={config.select.max_pass_rate}")
+
+
+def stage_seed(config, iteration: int, stage: str, step: int = 0) -> int:
+  """The seed of one stage of one iteration: every random choice of the loop is a
+  function of (config.seed, iteration, stage, step), so a re-run stage repeats itself."""
+  from selfimprove_jax.tasks.problem import derive_seed
+  return derive_seed(config.seed, iteration, stage, step) % (2**31 - 1)
 
 
 def to_json(config) -> str:

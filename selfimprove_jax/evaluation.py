@@ -1,38 +1,149 @@
-"""Evaluating a model outside the loop: `selfimprove-jax eval`."""
+"""Evaluate: held-out scores of a model, the one path used by the loop (every
+iteration) and by `selfimprove-jax eval`.
+
+`evaluate` scores greedy pass@1 (what the loop's accept / roll back decision reads),
+maj@k / pass@k and the mean reward of k samples, and the held-out score of each
+refinement strategy the settings name. It only reads the problems: nothing here
+trains or writes records.
+
+`evaluate_model` is the `eval` command: it builds its settings the way the loop does,
+from a config. For a run's workdir that is the run's own saved config (task, task
+options, held-out split, sampling and evaluation settings, seed), with the iteration
+of the checkpoint it scores, so it prints the numbers the run printed for those
+weights; flags override single keys. For any other model it is the default config.
+"""
 
 from __future__ import annotations
 
-from selfimprove_jax import stages
+import dataclasses
+from typing import Optional, Sequence
+
+import numpy as np
+
+from selfimprove_jax import refine
+from selfimprove_jax.acquire import acquire
 from selfimprove_jax.errors import UserError
+from selfimprove_jax.policy import GenerateFn, model_generate, sampling_params
+from selfimprove_jax.records import group_by_problem, majority
 from selfimprove_jax.sampling import SamplingParams, make_sampler
-from selfimprove_jax.tasks import get_task
+from selfimprove_jax.tasks import verify
+from selfimprove_jax.tasks.problem import derive_seed
 
 
-def evaluate_model(spec: str, task_name: str, *, n: int = 100, k: int = 4,
-                   max_new_tokens: int = 48, temperature: float = 1.0, seed: int = 0,
-                   progress: bool = True, strategies: str = "", strategy_n: int = 8,
-                   refine_rounds: int = 2) -> dict:
-  """Held-out pass@1 (greedy), maj@k and pass@k of model `spec` on `task_name`, and
-  the held-out score of each refinement strategy named in `strategies` (refine.py)."""
-  from selfimprove_jax import refine
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """What `evaluate` does besides greedy pass@1 (config.evaluate, config.sampling)."""
+  maj_k: int = 4                         # samples per problem for maj@k / pass@k (1: none)
+  sample: SamplingParams = SamplingParams(temperature=1.0, max_new_tokens=48)
+  strategies: tuple = ()                 # refinement strategies scored beside greedy
+  strategy: refine.StrategyConfig = refine.StrategyConfig()
+
+  @classmethod
+  def from_config(cls, config) -> "Settings":
+    sample = sampling_params(config, config.evaluate.max_new_tokens)
+    return cls(config.evaluate.maj_k, sample,
+               tuple(refine.parse_strategies(config.evaluate.strategies)),
+               refine.StrategyConfig.from_config(config, sample))
+
+
+def evaluate(generate: GenerateFn, task, problems: Sequence, settings: Settings, seed: int,
+             judge: Optional[GenerateFn] = None) -> dict:
+  """Held-out metrics of the model behind `generate` on `problems`. `judge` is the
+  judge model's GenerateFn for judge-scored strategies (None: the model judges itself)."""
+  metrics = heldout_scores(generate, task, problems, settings.maj_k, settings.sample, seed)
+  if settings.strategies:   # inference compute's value, beside greedy
+    ctx = refine.Context(generate, task, problems, judge=judge or generate)
+    metrics.update(refine.heldout_metrics(ctx, settings.strategies, settings.strategy,
+                                          derive_seed(seed, "strategies") % (2**31 - 1)))
+  return metrics
+
+
+def heldout_scores(generate: GenerateFn, task, problems: Sequence, k: int,
+                   sample: SamplingParams, seed: int) -> dict:
+  """Greedy pass@1 and mean reward; with k > 1 also maj@k (the majority of k sampled
+  answers, checked by the verifier), pass@k and the sampled answers' mean reward."""
+  greedy = SamplingParams(greedy=True, max_new_tokens=sample.max_new_tokens,
+                          stop_sequences=sample.stop_sequences)
+  g = acquire(generate, task, problems, greedy, 1, seed, -1)
+  metrics = {"pass@1": float(np.mean([s.reward >= 1.0 for s in g])),
+             "mean_reward": float(np.mean([s.reward for s in g]))}
+  if k <= 1:
+    return metrics
+  samples = acquire(generate, task, problems, sample, k, seed + 1, -1)
+  groups = group_by_problem(samples)
+  # each problem's own answer format: jsonl and reasoning-gym tasks extract per problem
+  voted = [majority([task.extract_answer(s.completion, p) for s in groups[p.id]],
+                    [s.logprob for s in groups[p.id]])[0] for p in problems]
+  checked = [(p, a) for p, a in zip(problems, voted) if a is not None]
+  # the voted answers are checked in one batch (sandboxed verifiers run it in parallel)
+  verdicts = iter(verify(task, [p for p, _ in checked],
+                         [ans_as_completion(a) for _, a in checked]))
+  maj = [a is not None and next(verdicts).reward >= 1.0 for a in voted]
+  metrics[f"maj@{k}"] = float(np.mean(maj))
+  metrics[f"pass@{k}"] = float(np.mean([any(s.reward >= 1.0 for s in groups[p.id])
+                                        for p in problems]))
+  # Mean reward of the sampled answers: moves smoothly with the probability of a right
+  # answer, where greedy pass@1 flips only once it becomes the most likely one.
+  metrics["sampled_reward"] = float(np.mean([s.reward for s in samples]))
+  return metrics
+
+
+def ans_as_completion(answer: str) -> str:
+  """A completion text that states `answer` in the declared format of every task."""
+  return f"#### {answer}"
+
+
+# ----------------------------------------------------------------------------- the eval command
+
+# eval's flags -> the config keys they set (both the run's and the loop's meaning)
+FLAG_KEYS = {"task": "task.name", "n": "task.heldout_size", "k": "evaluate.maj_k",
+             "max_new_tokens": "evaluate.max_new_tokens",
+             "temperature": "sampling.temperature", "seed": "seed",
+             "strategies": "evaluate.strategies", "strategy_n": "refine.n",
+             "refine_rounds": "refine.rounds"}
+
+
+def eval_config(spec: str, flags: dict, task_options: dict):
+  """(config, where its settings come from, is a run) of `eval --model spec`: a run's saved config when `spec` names a
+  run's workdir (else the default config), with the given flags (None = not given)
+  and task options applied, validated. Cheap: nothing is loaded yet."""
+  from selfimprove_jax import config as config_lib
+  from selfimprove_jax.weights import run_dir
+  run = run_dir.parse_run_spec(spec)
+  config = config_lib.base_config()
+  source = "the default config"
+  if run is not None:
+    config = config_lib.merge_saved(config, run_dir.saved_config(*run))
+    source = f"the config of run {run[0]}"
+  given = {FLAG_KEYS[f]: v for f, v in flags.items() if v is not None}
+  if "task.name" in given and given["task.name"] != config.task.name:
+    config.task.options = {}   # another task: the run's options do not apply
+  config = config_lib.apply_overrides(config, [f"{k}={v}" for k, v in given.items()])
+  config = config_lib.with_task_options(config, task_options)
+  config_lib.validate(config)
+  return config, source, run is not None
+
+
+def evaluate_model(spec: str, flags: dict, task_options: dict, progress: bool = True) -> dict:
+  """`selfimprove-jax eval`: held-out metrics of model `spec` through `evaluate`, with
+  the settings of `eval_config`. For a run's checkpoint of iteration K the seed is the
+  run's own for iteration K, so every metric repeats what the run printed."""
+  from selfimprove_jax import config as config_lib
+  from selfimprove_jax.tasks import get_task
   from selfimprove_jax.weights import load
-  refine.parse_strategies(strategies)   # a bad name or task fails before the slow load
+  config, source, is_run = eval_config(spec, flags, task_options)
   try:
-    task = get_task(task_name)
+    task = get_task(config.task.name, **config.task.options.to_dict())
   except UserError as e:
-    raise UserError(f"--task {task_name}: {e}") from None
+    raise UserError(f"--task {config.task.name}: {e}") from None
   model = load(spec)
   if model.tokenizer is None:
     raise UserError(f"model {spec!r} has no tokenizer to build prompts with")
-  problems = task.heldout(n)
-  sampler = make_sampler(model)
-  sample = SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens)
-  metrics = stages.evaluate_heldout(sampler, model.params, model.tokenizer, task, problems,
-                                    k=k, sample=sample, seed=seed, progress=progress)
-  if strategies:
-    ctx = refine.Context(refine.model_generate(sampler, model.params, model.tokenizer,
-                                               progress), task, problems)
-    ctx.judge = ctx.generate
-    cfg = refine.StrategyConfig(n=strategy_n, rounds=refine_rounds, sample=sample)
-    metrics.update(refine.heldout_metrics(ctx, strategies, cfg, seed + 2))
-  return {"model": spec, "task": task_name, "heldout": len(problems), **metrics}
+  iteration = int(model.source.rpartition("@")[2]) if is_run else 0
+  problems = task.heldout(config.task.heldout_size, config.task.difficulty)
+  sampler = make_sampler(model, max_batch=config.sampling.max_batch)
+  generate = model_generate(sampler, model.params, model.tokenizer, progress)
+  metrics = evaluate(generate, task, problems, Settings.from_config(config),
+                     config_lib.stage_seed(config, iteration, "evaluate"))
+  return {"model": model.source or spec, "task": config.task.name, "settings": source,
+          "heldout": len(problems), **metrics}

@@ -14,14 +14,13 @@ measures the judge against the verifier every iteration, so its calibration is v
 
 from __future__ import annotations
 
-import collections
 import re
 from typing import Optional, Sequence
 
 import numpy as np
 
+from selfimprove_jax.records import Sample, group_by_problem
 from selfimprove_jax.sampling import SamplingParams
-from selfimprove_jax.select import parse_filters
 
 MAX_POINTS = 5
 RUBRIC = (
@@ -44,7 +43,8 @@ _BARE = re.compile(r"\s*(-?\d+(?:\.\d+)?)\s*(?:/\s*(\d+))?\s*\.?\s*")
 def needed(config) -> bool:
   """True when a run's config makes acquisition judge every sample: the 'judge' filter,
   judge rewards, self-rewarding pairs, a judge-scored best_of_n, or score_records."""
-  return ("judge" in parse_filters(config.select.filters) or config.judge.use_as_reward
+  filters = [f.strip() for f in config.select.filters.split(",")]
+  return ("judge" in filters or config.judge.use_as_reward
           or config.loop.dpo_pairs == "judge" or config.judge.score_records
           or (config.acquire.refine_strategy == "best_of_n" and config.refine.scorer == "judge"))
 
@@ -85,43 +85,44 @@ def judge(generate, questions: Sequence[str], responses: Sequence[str], *, sampl
   out = generate(prompts, sp, samples, seed)
   scores, replies = [], []
   for group in out:
-    texts = [s.text for s in group]
+    texts = [s.completion for s in group]
     parsed = [x for x in (parse_score(t) for t in texts) if x is not None]
     scores.append(float(np.mean(parsed)) if parsed else None)
     replies.append(texts)
   return scores, replies
 
 
-def score_records(generate, records: list, *, samples: int = 1, max_new_tokens: int = 64,
-                  seed: int = 0, use_as_reward: bool = False) -> list:
+def score_records(generate, records: list[Sample], *, samples: int = 1,
+                  max_new_tokens: int = 64, seed: int = 0,
+                  use_as_reward: bool = False) -> list[Sample]:
   """Copies of `records` with `judge_score` (None = unparsed) and `judge_reply`; with
   `use_as_reward` the judge's score becomes `reward` (unparsed: 0) and the verifier's
   is kept as `verifier_reward`."""
-  scores, replies = judge(generate, [r["prompt"] for r in records],
-                          [r["completion"] for r in records], samples=samples,
+  scores, replies = judge(generate, [r.prompt for r in records],
+                          [r.completion for r in records], samples=samples,
                           max_new_tokens=max_new_tokens, seed=seed)
   out = []
   for r, s, rep in zip(records, scores, replies):
-    r = dict(r, judge_score=s, judge_reply=rep[0] if rep else "")
+    r = r.replace(judge_score=s, judge_reply=rep[0] if rep else "")
     if use_as_reward:
-      r["verifier_reward"] = r["reward"]
-      r["reward"] = 0.0 if s is None else s
+      r = r.replace(verifier_reward=r.reward, reward=0.0 if s is None else s)
     out.append(r)
   return out
 
 
-def agreement(records: list, judge_threshold: float, reward_threshold: float) -> dict:
+def agreement(records: list[Sample], judge_threshold: float, reward_threshold: float) -> dict:
   """How well the judge matches the verifier on judged records: the fraction of parsed
   judgments on the verifier's side of the thresholds, the fraction unparsed, and the
   judge's mean score on verifier-correct vs -incorrect completions."""
-  judged = [r for r in records if "judge_score" in r]
+  judged = [r for r in records if r.judged]
   if not judged:
     return {}
-  parsed = [r for r in judged if r["judge_score"] is not None]
-  truth = lambda r: r.get("verifier_reward", r["reward"]) >= reward_threshold
-  agree = [(r["judge_score"] >= judge_threshold) == truth(r) for r in parsed]
-  right = [r["judge_score"] for r in parsed if truth(r)]
-  wrong = [r["judge_score"] for r in parsed if not truth(r)]
+  parsed = [r for r in judged if r.judge_score is not None]
+  truth = lambda r: (r.reward if r.verifier_reward is None else r.verifier_reward) \
+      >= reward_threshold
+  agree = [(r.judge_score >= judge_threshold) == truth(r) for r in parsed]
+  right = [r.judge_score for r in parsed if truth(r)]
+  wrong = [r.judge_score for r in parsed if not truth(r)]
   nan = float("nan")
   return {"judge_agreement": float(np.mean(agree)) if agree else nan,
           "judge_unparsed": 1.0 - len(parsed) / len(judged),
@@ -129,20 +130,17 @@ def agreement(records: list, judge_threshold: float, reward_threshold: float) ->
           "judge_mean_incorrect": float(np.mean(wrong)) if wrong else nan}
 
 
-def best_worst_pairs(records: list, min_gap: float = 0.0) -> list:
+def best_worst_pairs(records: list[Sample], min_gap: float = 0.0) -> list:
   """Self-rewarding DPO pairs: per prompt, the judge's best and worst completions
   (first seen wins ties), when their scores differ by more than `min_gap`; prompts
   with fewer than two parsed judgments give no pair (Yuan et al. drop equal scores)."""
-  by_id = collections.defaultdict(list)
-  for r in records:
-    if r.get("judge_score") is not None:
-      by_id[r["problem_id"]].append(r)
+  scored = [r for r in records if r.judge_score is not None]
   pairs = []
-  for group in by_id.values():
+  for group in group_by_problem(scored).values():
     if len(group) < 2:
       continue
-    best = max(group, key=lambda r: r["judge_score"])
-    worst = min(group, key=lambda r: r["judge_score"])
-    if best["judge_score"] - worst["judge_score"] > min_gap:
+    best = max(group, key=lambda r: r.judge_score)
+    worst = min(group, key=lambda r: r.judge_score)
+    if best.judge_score - worst.judge_score > min_gap:
       pairs.append((best, worst))
   return pairs

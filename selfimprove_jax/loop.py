@@ -1,20 +1,22 @@
-"""The closed loop: `run(config, workdir)` — acquire, select, optimize, evaluate,
-checkpoint, for each iteration, resumable from any interruption.
+"""The closed loop: `run(config, workdir)`, resumable from any interruption.
 
 Iteration 0 evaluates the starting model (the baseline). Each later iteration:
-  1. acquire  — G samples per training prompt from the current model, scored by the
-                task's verifier (records/iter_K/acquire.jsonl);
-  2. select   — the configured filters; the difficulty ledger is updated
-                (records/iter_K/select.jsonl);
-  3. optimize — sft (expert iteration), dpo on (right, wrong) pairs, or grpo (several
-                acquire -> update steps);
-  4. evaluate — held-out pass@1 / maj@k / pass@k, then decide: accept, roll back to the
-                last accepted weights (held-out drop or a non-finite loss), or stop on
-                a plateau;
-  5. checkpoint — Orbax checkpoint of the train state and loop state; manifest with
-                content hashes of the checkpoint and of the stage records.
+  acquire   G samples per training prompt from the current model, scored by the task's
+            verifier, with judge scores / refinement targets where configured
+            (acquire.py; records/iter_K/acquire.jsonl);
+  select    the configured filters and the difficulty ledger (select.py); held-out
+            prompts never pass (records/iter_K/select.jsonl);
+  optimize  the algorithm's batches through the train step (algorithms.py); on-policy
+            RL repeats acquire -> select -> optimize loop.rl_steps times;
+  evaluate  held-out pass@1 / maj@k / pass@k (evaluation.py);
+  decide    accept, roll back to the last accepted weights (held-out drop, a
+            non-finite or exploding update, nothing trained on), stop on a plateau,
+            move the curriculum's difficulty;
+  checkpoint Orbax checkpoint and a manifest with content hashes of it and of the
+            stage records (checkpoint.py).
 Every random choice is derived from (config.seed, iteration, stage), so re-running an
-interrupted iteration reproduces it exactly; finished stages' records are reused.
+interrupted iteration reproduces it exactly; finished stages' records are reused
+(stage_cache.py).
 """
 
 from __future__ import annotations
@@ -27,33 +29,36 @@ import os
 import signal
 import sys
 import time
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import grain
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
+from selfimprove_jax import acquire as acquire_lib
 from selfimprove_jax import config as config_lib
 from selfimprove_jax import curriculum as curriculum_lib
 from selfimprove_jax import distributed
+from selfimprove_jax import evaluation
 from selfimprove_jax import judge as judge_lib
-from selfimprove_jax import refine as refine_lib
 from selfimprove_jax import self_instruct
 from selfimprove_jax import select as select_lib
 from selfimprove_jax import sharding as sharding_lib
-from selfimprove_jax import stages
+from selfimprove_jax import stage_cache
+from selfimprove_jax.algorithms import ALGORITHMS, Algorithm, optimizer_config
 from selfimprove_jax.checkpoint import Checkpointer, fault_point, fault_requested
 from selfimprove_jax.errors import UserError
-from selfimprove_jax.files import (UnreadableFile, WorkdirLock, hash_path, read_json,
-                                   write_json_atomic)
-from selfimprove_jax.optimize import create_train_state, make_logprob_fn, make_train_step
+from selfimprove_jax.files import WorkdirLock
+from selfimprove_jax.optimize import (abstract_train_state, create_train_state,
+                                      make_logprob_fn, make_train_step)
 from selfimprove_jax.optimize import lora as lora_lib
+from selfimprove_jax.policy import GenerateFn, model_generate
+from selfimprove_jax.records import Sample, pass_rate
 from selfimprove_jax.reporting import Reporter
-from selfimprove_jax.sampling import SamplingParams, make_sampler
+from selfimprove_jax.sampling import make_sampler
 from selfimprove_jax.tasks import get_task
-from selfimprove_jax.tasks.problem import Problem, derive_seed
+from selfimprove_jax.tasks.problem import Problem
 
 
 class Preempted(Exception):
@@ -69,20 +74,9 @@ class LoopState:
   no_improve: int = 0
   stopped: Optional[str] = None
   difficulty: Optional[int] = None
-  data_state: Optional[dict] = None   # Grain iterator state of the training stream
+  data_state: Optional[dict] = None   # Grain iterator state of the training prompt stream
   ledger: dict = dataclasses.field(default_factory=dict)
   history: list = dataclasses.field(default_factory=list)
-
-
-def _seed(config, iteration: int, stage: str, step: int = 0) -> int:
-  return derive_seed(config.seed, iteration, stage, step) % (2**31 - 1)
-
-
-def _optim_config(config, total_steps: int, loss: str):
-  cfg = ml_collections.ConfigDict(config.optim.to_dict())
-  cfg.total_steps = max(1, total_steps)
-  cfg.loss = loss
-  return cfg
 
 
 class _Signals:
@@ -141,6 +135,75 @@ def run(config, workdir: str, override_config: bool = False, log=_print) -> dict
     return _run(config, workdir, override_config, log, signals)
 
 
+def _run(config, workdir, override_config, log, signals) -> dict:
+  # The whole loop, top to bottom: one banner per stage, each a few lines calling the
+  # module that owns it (longer than 60 lines on purpose: it is the table of contents).
+  # --- set up: mesh, model, task, sampler, step functions, checkpoints
+  s = _set_up(config, workdir, log)
+  # --- restore, or start from the base model
+  state, kept = _restore(s, override_config)
+  signals.starting = False   # from here a signal stops at the next stage boundary
+  try:
+    # --- iteration 0: the baseline
+    if state.iteration < 0:
+      metrics = _evaluate(s, kept.params, 0)
+      state.best_pass1 = metrics["pass@1"]
+      state.accepted_iteration = state.iteration = 0
+      state.history.append(dict(iteration=0, **metrics, kept=0, accepted=True,
+                                reason="baseline", difficulty=state.difficulty))
+      _checkpoint(s, state, kept, True, {})
+
+    # --- iterations 1..N
+    while state.iteration < config.loop.iterations and not state.stopped:
+      k = state.iteration + 1
+      signals.check()
+      it = Iteration(k, os.path.join(workdir, "records", f"iter_{k:04d}"), state.ledger)
+      prompts = PromptStream(s.task, config.seed, state.data_state, state.difficulty)
+      prompts.add_proposals(_self_instruct(s, kept.params, state.difficulty, it))
+      train = _train_start(s, kept)           # the state this iteration's updates change
+      for r in range(s.algorithm.rounds(config)):
+        # --- acquire: samples of the current policy, scored by the verifier
+        problems = prompts.take(config.loop.prompts_per_iteration,
+                                config.acquire.self_instruct_share)
+        policy = train.params if s.algorithm.on_policy else kept.params
+        acquired = _acquire(s, policy, problems, r, it)
+        signals.check()
+        # --- select: the filters and the ledger; never a held-out prompt
+        selected = _select(s, acquired, r, it)
+        # --- optimize: the algorithm's batches through the train step
+        train = _optimize(s, train, _reference(s, kept), selected, it)
+        if it.problem:
+          break
+        signals.check()
+      train = _final_check(train, it)
+      signals.check()
+
+      # --- evaluate
+      metrics = _evaluate(s, train.params, k)
+      # --- decide: accept or roll back, stop on a plateau, move the difficulty
+      accepted, reason = _decide(state, metrics, it, config)
+      row = dict(iteration=k, **metrics, **it.summary(config), accepted=accepted,
+                 reason=reason, difficulty=state.difficulty)
+      row["curriculum_move"], next_difficulty = _curriculum(s, state, it)
+      if accepted:
+        kept = _kept(s, train)
+        state.accepted_iteration = k
+      state.iteration, state.data_state, state.ledger = k, prompts.state(), it.ledger
+      state.history.append(row)
+      state.difficulty = next_difficulty
+      # --- checkpoint
+      _checkpoint(s, state, kept, accepted, it.hashes)
+  except Preempted as e:
+    s.reporter.log(f"{e}: stopping after the last finished stage; re-run the same "
+                   f"command to continue from iteration {state.iteration + 1}")
+    s.ckpt.close()
+    return dataclasses.asdict(state)
+
+  s.reporter.finish(state.history, state.stopped)
+  s.ckpt.close()
+  return dataclasses.asdict(state)
+
+
 def _make_workdir(workdir: str) -> None:
   if os.path.lexists(workdir) and not os.path.isdir(workdir):
     raise UserError(f"--workdir {workdir} exists and is not a directory")
@@ -155,132 +218,100 @@ def _lock(workdir: str):
   return WorkdirLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
 
 
-def _run(config, workdir, override_config, log, signals) -> dict:
+# ----------------------------------------------------------------------------- set-up
+
+
+@dataclasses.dataclass
+class Setup:
+  """What a run builds once, before its first iteration."""
+  config: Any
+  base: Any                      # weights.LoadedModel: the base model
+  task: Any
+  heldout: list                  # the held-out problems every evaluation scores
+  sampler: Any
+  judge: Optional[GenerateFn]    # a separate judge model; None: the model judges itself
+  ckpt: Checkpointer
+  reporter: Reporter
+  mesh: Any
+  lora: Any                      # LoraConfig, or None: train states hold full weights
+  initial: Any                   # what iteration 1 trains: the base weights or new adapters
+  algorithm: Algorithm
+  optim: Any                     # config.optim with the derived loss and total steps
+  train_step: Callable           # built once per run (jitted, state donated)
+  ref_logprobs: Callable         # reference log-probs for DPO and KL
+
+  def generate(self, trained) -> GenerateFn:
+    """The model with trained weights (adapters merged into the base) as a GenerateFn."""
+    return model_generate(self.sampler, self.model_params(trained), self.base.tokenizer,
+                          self.config.log.progress)
+
+  def model_params(self, trained):
+    return lora_lib.model_params_fn(self.base.params, self.lora)(trained)
+
+  def seed(self, k: int, stage: str, step: int = 0) -> int:
+    return config_lib.stage_seed(self.config, k, stage, step)
+
+
+def _set_up(config, workdir: str, log) -> Setup:
   # heavy imports (transformers) kept local to the run
   from selfimprove_jax.weights import load, without_chat_template
-  from selfimprove_jax.weights.run_dir import abstract_train_state
-
-  # --- set up: mesh, model, task, sampler, checkpoints
   mesh = sharding_lib.make_mesh(dict(config.mesh))
   base = load(config.model, mesh=mesh, dtype=config.dtype)
   if config.prompt_format == "raw":
     base = without_chat_template(base, config.prompt_template)
-  mc = base.config
   if base.tokenizer is None:
     raise UserError(f"model {config.model!r} has no tokenizer; the loop needs one")
   try:
     task = get_task(config.task.name, **config.task.options.to_dict())
   except UserError as e:
     raise UserError(f"task.name={config.task.name!r}: {e}") from None
-  heldout = task.heldout(config.task.heldout_size, config.task.difficulty)
-  heldout_ids = {p.id for p in heldout}
-  sampler = make_sampler(base, mesh=mesh, max_batch=config.sampling.max_batch)
-  judge_model = None   # (sampler, LoadedModel) of a separate judge; None = self-judging
-  if config.judge.model:
-    jm = load(config.judge.model, mesh=mesh, dtype=config.dtype)
-    judge_model = (make_sampler(jm, mesh=mesh, max_batch=config.sampling.max_batch), jm)
   if config.curriculum.enabled and task.difficulty_range is None:
     raise UserError(f"curriculum.enabled: task {task.name} has no difficulty knob")
-  ckpt = Checkpointer(workdir, is_primary=jax.process_index() == 0, log=log)
-  reporter = Reporter(workdir, config, log=log)
-  train_cfg = _optim_config(config, 1, _loss_name(config))
-  # LoRA: the train state holds adapters (what checkpoints save); the model the
-  # stages see is the base with the adapters merged in.
+  sampler = make_sampler(base, mesh=mesh, max_batch=config.sampling.max_batch)
+  judge = None
+  if config.judge.model:
+    jm = load(config.judge.model, mesh=mesh, dtype=config.dtype)
+    judge = model_generate(make_sampler(jm, mesh=mesh, max_batch=config.sampling.max_batch),
+                           jm.params, jm.tokenizer)
+  algorithm = ALGORITHMS[config.loop.algorithm]
+  optim = optimizer_config(config, algorithm)
+  # LoRA: train states hold adapters (what checkpoints save); the stages see the base
+  # with the adapters merged in, and the base is the DPO / KL reference.
   lora = lora_lib.from_config(config.lora)
+  mc = base.config
   initial = base.params if lora is None else lora_lib.init_lora(mc, lora, config.seed, mesh)
-  model_params = lora_lib.model_params_fn(base.params, lora)
-  abstract = abstract_train_state(mc, train_cfg, initial, mesh, lora)
+  return Setup(
+      config, base, task, task.heldout(config.task.heldout_size, config.task.difficulty),
+      sampler, judge, Checkpointer(workdir, is_primary=jax.process_index() == 0, log=log),
+      Reporter(workdir, config, log=log), mesh, lora, initial, algorithm, optim,
+      make_train_step(mc.replace(remat=config.remat), optim, mesh, lora),
+      make_logprob_fn(mc, mesh, config.optim.logprob_chunk))
 
-  # --- restore, or start from the base model
+
+def _restore(s: Setup, override_config: bool):
+  """(loop state, kept train state): the newest checkpoint that verifies, else the
+  start. A fresh-optimizer run keeps (and saves) weights only; with
+  optim.continue_state the whole train state."""
+  config = s.config
   state = LoopState(difficulty=config.task.difficulty)
-  train_state = create_train_state(mc, train_cfg, initial, mesh, lora)
+  continuing = config.optim.continue_state
+  kept = create_train_state(s.base.config, s.optim, s.initial, s.mesh, s.lora)
   # process 0 picks the checkpoint (file checks could race or differ between hosts)
-  latest = distributed.broadcast_json(ckpt.latest_good() if distributed.is_primary()
+  latest = distributed.broadcast_json(s.ckpt.latest_good() if distributed.is_primary()
                                       else None)
   if latest is not None:
-    train_state, meta = ckpt.restore(latest, abstract)
-    _check_compatible(meta["config"], config, workdir, override_config)
+    if continuing:
+      kept, meta = s.ckpt.restore(latest, abstract_train_state(
+          s.base.config, s.optim, s.initial, s.mesh, s.lora))
+    else:
+      abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                                             sharding=x.sharding), kept.params)
+      params, meta = s.ckpt.restore_params(latest, abstract)
+      kept = kept.replace(params=params)
+    _check_compatible(meta["config"], config, s.ckpt.workdir, override_config)
     state = LoopState(**meta["loop"])
-    reporter.log(f"resuming {workdir} after iteration {state.iteration}")
-  # The prompt stream is indices into the task, read whole by every process: sampling
-  # is one SPMD program over the global batch, so every host needs every prompt, and
-  # the saved iterator state then means the same thing for any process count (a run
-  # resumes on more or fewer hosts). Each process feeds devices only its share: the
-  # sampler's and train step's batches are placed with `put_from_host`.
-  data = grain.MapDataset.range(0, 1 << 31)
-  signals.starting = False   # from here a signal stops at the next stage boundary
-
-  try:
-    # --- iteration 0: the baseline
-    if state.iteration < 0:
-      metrics = _evaluate(sampler, model_params(train_state.params), base.tokenizer, task,
-                          heldout, config, 0, reporter, judge_model)
-      state.best_pass1 = metrics["pass@1"]
-      state.accepted_iteration = state.iteration = 0
-      state.history.append(dict(iteration=0, **metrics, kept=0, accepted=True,
-                                reason="baseline", difficulty=state.difficulty))
-      _save(ckpt, 0, train_state, state, config, True, {})
-      reporter.iteration(state.history[-1], state.history)
-
-    # --- iterations 1..N
-    while state.iteration < config.loop.iterations and not state.stopped:
-      k = state.iteration + 1
-      signals.check()
-      it = iter(data.to_iter_dataset())
-      if state.data_state:
-        it.set_state(state.data_state)
-      start_params = initial if config.loop.restart_from_base else train_state.params
-      new_state, info, records_hashes = _iteration(
-          k, config, task, heldout_ids, sampler, base, start_params, train_state, it,
-          state, mesh, workdir, reporter, signals, judge_model, lora, model_params)
-      signals.check()
-      metrics = _evaluate(sampler, model_params(new_state.params), base.tokenizer, task,
-                          heldout, config, k, reporter, judge_model)
-      accepted, reason = _decide(state, metrics, info, config)
-      next_difficulty, move = state.difficulty, None
-      if config.curriculum.enabled:   # move the training difficulty toward the band
-        next_difficulty, move = curriculum_lib.step(
-            state.difficulty, curriculum_lib.ledger_pass_rate(info["ledger"], k),
-            task.difficulty_range, min_pass_rate=config.curriculum.min_pass_rate,
-            max_pass_rate=config.curriculum.max_pass_rate, step_size=config.curriculum.step)
-        info["curriculum_move"] = move
-        if move:
-          reporter.stage(k, "curriculum", f"difficulty {move['from']} -> {move['to']} "
-                         f"({move['reason']})")
-      if accepted:
-        train_state = new_state
-        state.accepted_iteration = k
-      state.iteration = k
-      state.data_state = it.get_state()
-      state.ledger = info.pop("ledger")
-      state.history.append(dict(iteration=k, **metrics, **info, accepted=accepted,
-                                reason=reason, difficulty=state.difficulty))
-      state.difficulty = next_difficulty
-      _save(ckpt, k, train_state, state, config, accepted, records_hashes)
-      # from the loop state, not the manifest: every process must delete the same
-      # checkpoints (Orbax deletes collectively) and only process 0 writes the manifest
-      ckpt.prune({h["iteration"] for h in state.history if h["accepted"]} | {k})
-      reporter.iteration(state.history[-1], state.history)
-  except Preempted as e:
-    reporter.log(f"{e}: stopping after the last finished stage; re-run the same "
-                 f"command to continue from iteration {state.iteration + 1}")
-    ckpt.close()
-    return dataclasses.asdict(state)
-
-  reporter.finish(state.history, state.stopped)
-  ckpt.close()
-  return dataclasses.asdict(state)
-
-
-def _loss_name(config) -> str:
-  return {"sft": "sft", "dpo": "dpo", "grpo": config.optim.loss
-          if config.optim.loss in ("grpo", "rloo", "dr_grpo") else "grpo"}[config.loop.algorithm]
-
-
-def _save(ckpt, k, train_state, state, config, accepted, records_hashes):
-  meta = {"loop": dataclasses.asdict(state), "config": config.to_dict()}
-  meta = json.loads(json.dumps(meta, default=str))
-  ckpt.save(k, train_state, meta, accepted, records_hashes)
+    s.reporter.log(f"resuming {s.ckpt.workdir} after iteration {state.iteration}")
+  return state, _kept(s, kept)
 
 
 def _check_compatible(saved: dict, config, workdir: str, override: bool) -> None:
@@ -294,224 +325,177 @@ def _check_compatible(saved: dict, config, workdir: str, override: bool) -> None
 # ----------------------------------------------------------------------------- one iteration
 
 
-def _next_problems(task, config, it, difficulty, proposed=()):
-  """This step's prompts: the training stream, with up to a `self_instruct_share` of
-  them replaced by the model's own proposals. Returns (problems, proposals used)."""
-  P = config.loop.prompts_per_iteration
-  m = min(len(proposed), round(config.acquire.self_instruct_share * P))
-  idx = [next(it) for _ in range(P - m)]
-  return [task.problem(config.seed, i, difficulty) for i in idx] + list(proposed[:m]), m
+class PromptStream:
+  """The training prompts: a Grain dataset of the task's problems (index -> problem at
+  the iteration's difficulty), iterated from the position the loop state saved; its
+  iterator state after the iteration goes back into the loop state.
+
+  Every process reads the whole stream: sampling is one SPMD program over the global
+  batch, so every host needs every prompt, and the saved position then means the same
+  thing for any process count (a run resumes on more or fewer hosts)."""
+
+  def __init__(self, task, seed: int, saved: Optional[dict], difficulty):
+    ds = grain.MapDataset.range(0, 1 << 31).map(
+        lambda i: task.problem(seed, int(i), difficulty))
+    self._it = iter(ds.to_iter_dataset())
+    if saved:
+      self._it.set_state(saved)
+    self._proposals: list[Problem] = []
+
+  def add_proposals(self, problems: list[Problem]) -> None:
+    """Problems the model proposed (self-instruct), mixed in by `take`."""
+    self._proposals += problems
+
+  def take(self, n: int, proposal_share: float = 0.0) -> list[Problem]:
+    """n problems: the stream's, with up to `proposal_share` of them the proposals'."""
+    m = min(len(self._proposals), round(proposal_share * n))
+    problems = [next(self._it) for _ in range(n - m)] + self._proposals[:m]
+    self._proposals = self._proposals[m:]
+    return problems
+
+  def state(self) -> dict:
+    return self._it.get_state()
 
 
-def _acquire_stage(sampler, params, tok, task, problems, sp, G, seed, k, config, judge_model):
-  """Samples (stages.acquire), then the configured extras on those records: judge
-  scores (judge.py) and a refinement strategy's training targets (refine.py)."""
-  records = stages.acquire(sampler, params, tok, task, problems, sp, G, seed, k,
-                           config.log.progress)
-  generate = refine_lib.model_generate(sampler, params, tok)
-  judge_gen = _judge_generate(judge_model, generate)
-  if judge_lib.needed(config):
-    records = judge_lib.score_records(judge_gen, records, samples=config.judge.samples,
-                                      max_new_tokens=config.judge.max_new_tokens,
-                                      seed=seed + 1, use_as_reward=config.judge.use_as_reward)
-  if config.acquire.refine_strategy:
-    ctx = refine_lib.Context(generate, task, problems, judge=judge_gen)
-    records = refine_lib.refine_records(
-        config.acquire.refine_strategy, records, problems, ctx,
-        refine_lib.StrategyConfig.from_config(config, sp), seed + 2,
-        config.acquire.min_vote_share)
-  return records
+@dataclasses.dataclass
+class Iteration:
+  """One iteration's running account: what was sampled, kept and trained on."""
+  k: int
+  rec_dir: str                    # records/iter_K
+  ledger: dict                    # the difficulty ledger, updated by each select
+  hashes: dict = dataclasses.field(default_factory=dict)   # stage -> records hash
+  acquired: list = dataclasses.field(default_factory=list)
+  selected: list = dataclasses.field(default_factory=list)
+  losses: list = dataclasses.field(default_factory=list)
+  loss_tokens: int = 0
+  problem: Optional[str] = None   # why these weights must not be kept
+  extra: dict = dataclasses.field(default_factory=dict)    # stage summaries for the row
+  started: float = dataclasses.field(default_factory=time.time)
+
+  def stage_name(self, stage: str, r: int, rounds: int) -> str:
+    return stage if rounds == 1 else f"{stage}_{r}"
+
+  def summary(self, config) -> dict:
+    """The iteration's fields of its history row."""
+    thr = config.select.reward_threshold
+    last = self.losses[-max(1, len(self.losses) // max(1, config.train.epochs)):]
+    row = {"kept": len(self.selected), "acquired": len(self.acquired),
+           "train_pass_rate": pass_rate(self.acquired, thr),
+           "train_loss": float(np.mean(last)) if self.losses else float("nan"),
+           "optimizer_steps": len(self.losses), "loss_tokens": self.loss_tokens,
+           "nonfinite": self.problem, "seconds": round(time.time() - self.started, 1),
+           **self.extra,
+           **judge_lib.agreement(self.acquired, config.select.judge_threshold, thr)}
+    if config.acquire.refine_strategy:
+      targets = [x for x in self.acquired if x.refined]
+      row["refined"] = len(targets)
+      row["refined_precision"] = pass_rate(targets, thr) if targets else float("nan")
+    return row
 
 
-def _judge_generate(judge_model, generate):
-  """The judge's generate function: a separate judge model's, else the model's own."""
-  if judge_model is None:
-    return generate
-  judge_sampler, jm = judge_model
-  return refine_lib.model_generate(judge_sampler, jm.params, jm.tokenizer)
+def _self_instruct(s: Setup, params, difficulty, it: Iteration) -> list[Problem]:
+  """The model's proposed problems for this iteration (self_instruct.py); [] when the
+  config mixes in none."""
+  config = s.config
+  if config.acquire.self_instruct_share <= 0:
+    return []
+  settings = self_instruct.Settings.from_config(config)
+  seeds = s.task.train_problems(s.seed(it.k, "self_instruct_seeds"),
+                                max(2 * settings.examples, 8), difficulty)
+  rows, it.hashes["self_instruct"], _ = stage_cache.cached(
+      it.rec_dir, "self_instruct",
+      lambda: self_instruct.propose(s.generate(params), s.task, seeds, s.heldout, settings,
+                                    s.seed(it.k, "self_instruct"), difficulty)[1],
+      it.k, s.reporter.log, samples=False)
+  it.extra.update(self_instruct.summarize(rows))
+  s.reporter.stage(it.k, "self_instruct", ", ".join(
+      f"{n.removeprefix('self_instruct_')} {c}" for n, c in it.extra.items()))
+  return [Problem.from_json(r["problem"]) for r in rows if r["status"] == "kept"]
 
 
-def _self_instruct_stage(sampler, params, tok, task, config, k, difficulty):
-  """The model's proposed problems for iteration k (self_instruct.py), as rows."""
-  si = config.self_instruct
-  seeds = task.train_problems(_seed(config, k, "self_instruct_seeds"),
-                              max(2 * si.examples, 8), difficulty)
-  heldout = task.heldout(config.task.heldout_size, config.task.difficulty)
-  sp = SamplingParams(temperature=config.sampling.temperature, top_k=config.sampling.top_k,
-                      top_p=config.sampling.top_p, max_new_tokens=si.max_new_tokens)
-  _, rows = self_instruct.propose(
-      refine_lib.model_generate(sampler, params, tok), task, seeds, heldout,
-      num_proposals=si.proposals, num_examples=si.examples, sample=sp,
-      seed=_seed(config, k, "self_instruct"), ngram=si.ngram, max_overlap=si.max_overlap,
-      votes=si.votes, min_vote_share=si.min_vote_share, difficulty=difficulty)
-  return rows
-
-
-def _acquire_cached(path_dir, name, fn, iteration, log):
-  """Runs a stage unless its records are on disk with the hash recorded for them.
-  Process 0 looks and broadcasts what it found, so all processes sample or none."""
-  path = os.path.join(path_dir, f"{name}.jsonl")
-  index_path = os.path.join(path_dir, "stages.json")
-  found = None
-  if distributed.is_primary():
-    index = _read_stage_index(index_path, log)
-    if name in index and os.path.exists(path):
-      try:
-        if hash_path(path, root=path_dir) == index[name]:
-          found = [stages.read_records(path), index[name]]
-      except (UnreadableFile, ValueError) as e:   # unreadable: sample again
-        log(f"{path}: {e}; running the stage again")
-  found = distributed.broadcast_json(found)
-  if found is not None:
-    return found[0], found[1], True
-  records = fn()
-  fault_point(name, iteration)   # crash tests: killed after sampling, before the records land
-  digest = _write_records(path, records)
-  if distributed.is_primary():
-    index = _read_stage_index(index_path, lambda _: None)
-    index[name] = digest
-    write_json_atomic(index_path, index)
-  return records, digest, False
-
-
-def _read_stage_index(path: str, log) -> dict:
-  """records/iter_K/stages.json (stage name -> records hash); a corrupt one means no
-  stage is cached: the stages run again and the index is rewritten."""
-  try:
-    index = read_json(path, {})
-  except UnreadableFile as e:
-    log(f"{e}; its stages will run again")
-    return {}
-  if not isinstance(index, dict) or not all(isinstance(v, str) for v in index.values()):
-    log(f"{path} is not a stage index; its stages will run again")
-    return {}
-  return index
-
-
-def _write_records(path, records) -> str:
-  """Process 0 writes (every process holds the same records); all return the hash."""
-  if distributed.is_primary():
-    return stages.write_records(path, records)
-  return stages.records_digest(path, records)
-
-
-def _iteration(k, config, task, heldout_ids, sampler, base, start_params, train_state, it,
-               state, mesh, workdir, reporter, signals, judge_model=None, lora=None,
-               model_params=lambda p: p):
-  """Acquire -> select -> optimize for iteration k; returns (new train state, info,
-  record hashes). With `lora`, params in train states are adapters, `model_params`
-  merges them into the base, and the reference is the base itself."""
-  mc, tok = base.config, base.tokenizer
-  rec_dir = os.path.join(workdir, "records", f"iter_{k:04d}")
-  sp = SamplingParams(temperature=config.sampling.temperature, top_k=config.sampling.top_k,
-                      top_p=config.sampling.top_p,
-                      stop_sequences=tuple(config.sampling.stop_sequences),
-                      max_new_tokens=config.sampling.max_new_tokens)
-  G = config.loop.samples_per_prompt
-  algo = config.loop.algorithm
-  steps = config.loop.rl_steps if algo == "grpo" else 1
-  hashes, all_acquired, all_selected = {}, [], []
-  t0 = time.time()
-
-  # --- acquire + select (grpo: one batch per RL step, all sampled up front from the
-  # current policy would be off-policy, so each RL step samples after the update)
-  params = start_params
-  loss = "sft" if algo == "sft" else ("dpo" if algo == "dpo" else _loss_name(config))
-  n_batches = _planned_steps(config, steps)
-  cfg = _optim_config(config, n_batches, loss)
-  ts = create_train_state(mc, cfg, params, mesh, lora)
-  train_step = make_train_step(mc.replace(remat=config.remat), cfg, mesh, lora)
-  ref_params = start_params if lora is None else base.params
-  ref_fn = make_logprob_fn(mc, mesh, config.optim.logprob_chunk)
-  losses, nonfinite, loss_tokens = [], None, 0
-  ledger = state.ledger
-  proposed, extra_info = [], {}
-  if config.acquire.self_instruct_share > 0:   # self-instruct: the model's own problems
-    rows, hashes["self_instruct"], _ = _acquire_cached(
-        rec_dir, "self_instruct", lambda: _self_instruct_stage(
-            sampler, model_params(train_state.params), tok, task, config, k,
-            state.difficulty),
-        k, reporter.log)
-    proposed = [Problem.from_json(r["problem"]) for r in rows if r["status"] == "kept"]
-    extra_info = self_instruct.summarize(rows)
-    reporter.stage(k, "self_instruct", ", ".join(
-        f"{n.removeprefix('self_instruct_')} {c}" for n, c in extra_info.items()))
-  for s in range(steps):
-    problems, used = _next_problems(task, config, it, state.difficulty, proposed)
-    proposed = proposed[used:]
-    name = "acquire" if steps == 1 else f"acquire_{s}"
-    acquired, h, cached = _acquire_cached(
-        rec_dir, name, lambda: _acquire_stage(
-            sampler, model_params(ts.params if algo == "grpo" else train_state.params), tok,
-            task, problems, sp, G, _seed(config, k, "acquire", s), k, config, judge_model),
-        k, reporter.log)
-    hashes[name] = h
-    reporter.stage(k, name, f"{len(acquired)} samples, train pass rate "
-                   f"{select_lib.pass_rate(acquired, config.select.reward_threshold):.2f}"
+def _acquire(s: Setup, params, problems, r: int, it: Iteration) -> list[Sample]:
+  name = it.stage_name("acquire", r, s.algorithm.rounds(s.config))
+  settings = acquire_lib.Settings.from_config(s.config)
+  samples, it.hashes[name], cached = stage_cache.cached(
+      it.rec_dir, name,
+      lambda: acquire_lib.acquire_round(s.generate(params), s.judge, s.task, problems,
+                                        settings, s.seed(it.k, "acquire", r), it.k),
+      it.k, s.reporter.log)
+  it.acquired += samples
+  s.reporter.stage(it.k, name, f"{len(samples)} samples, train pass rate "
+                   f"{pass_rate(samples, s.config.select.reward_threshold):.2f}"
                    + (" (from disk)" if cached else ""))
-    signals.check()
-    ledger = select_lib.update_ledger(ledger, acquired, k, config.select.reward_threshold)
-    selected, counts = select_lib.apply_filters(acquired, config.select)
-    leaked = [r for r in selected if r["problem_id"] in heldout_ids or task.is_heldout(r["problem_id"])]
-    if leaked:   # never train on held-out prompts, whatever a filter let through
-      selected = [r for r in selected if r not in leaked]
-    sname = "select" if steps == 1 else f"select_{s}"
-    hashes[sname] = _write_records(os.path.join(rec_dir, f"{sname}.jsonl"), selected)
-    all_acquired += acquired
-    all_selected += selected
-    reporter.stage(k, sname, ", ".join(f"{n} {c}" for n, c in counts.items()))
+  return samples
 
-    # --- optimize
-    if algo == "sft":
-      batches = stages.sft_batches(selected, config.train.batch_size, config.train.max_seq_len,
-                                   config.train.epochs, _seed(config, k, "batches"))
-    elif algo == "dpo":
-      pairs = (judge_lib.best_worst_pairs(acquired) if config.loop.dpo_pairs == "judge" else
-               stages.dpo_pairs(acquired, config.select.reward_threshold,
-                                _seed(config, k, "pairs")))
-      batches = stages.dpo_batches(pairs, config.train.batch_size, config.train.max_seq_len,
-                                   config.train.epochs, _seed(config, k, "batches"))
-    else:
-      rows = config.loop.prompts_per_iteration * G
-      batches = [stages.rl_batch(selected, rows, config.train.max_seq_len)] if selected else []
-    needs_ref = algo == "dpo" or (algo == "grpo" and config.optim.kl_coef > 0)
-    for b in reporter.progress(batches, f"iter {k} optimize"):
-      b = _place(_pad_to_shards(b, mesh, 2 if algo == "dpo" else 1), mesh)
-      if needs_ref:
-        b["ref_logprobs"] = ref_fn(ref_params, b["tokens"], b["input_mask"])
-      ts, m = train_step(ts, b) if lora is None else train_step(ts, b, base.params)
-      m = jax.device_get(m)
-      nonfinite = _update_problem(m, config.optim.max_update_ratio, int(ts.step))
-      if nonfinite:
-        break
-      losses.append(float(m["loss"]))
-      loss_tokens += int(m["loss_tokens"])
-      fault_point("optimize", k)
-    if nonfinite:
+
+def _select(s: Setup, acquired: list[Sample], r: int, it: Iteration) -> list[Sample]:
+  cfg = s.config.select
+  it.ledger = select_lib.update_ledger(it.ledger, acquired, it.k, cfg.reward_threshold)
+  selected, counts = select_lib.apply_filters(acquired, cfg)
+  # never train on held-out prompts, whatever a filter let through
+  heldout = {p.id for p in s.heldout}
+  selected = [x for x in selected
+              if x.problem_id not in heldout and not s.task.is_heldout(x.problem_id)]
+  name = it.stage_name("select", r, s.algorithm.rounds(s.config))
+  it.hashes[name] = stage_cache.write(os.path.join(it.rec_dir, f"{name}.jsonl"), selected)
+  it.selected += selected
+  s.reporter.stage(it.k, name, ", ".join(f"{n} {c}" for n, c in counts.items()))
+  return selected
+
+
+def _train_start(s: Setup, kept):
+  """The train state an iteration starts from: with optim.continue_state a copy of the
+  kept one (its optimizer and schedule go on); else a fresh optimizer on the kept
+  weights, or on the start weights with loop.restart_from_base (ReST-EM). A copy,
+  because the train step donates its state and a rollback needs the kept one."""
+  if s.config.optim.continue_state:
+    return jax.tree.map(jnp.copy, kept)
+  start = s.initial if s.config.loop.restart_from_base else kept.params
+  return create_train_state(s.base.config, s.optim, start, s.mesh, s.lora)
+
+
+def _reference(s: Setup, kept):
+  """The DPO / KL reference weights: the iteration's start (LoRA: the base itself)."""
+  if s.lora is not None:
+    return s.base.params
+  return s.initial if s.config.loop.restart_from_base else kept.params
+
+
+def _kept(s: Setup, train):
+  """What an accepted iteration leaves for the next: without optim.continue_state the
+  optimizer state is dropped (the next iteration starts a fresh one)."""
+  return train if s.config.optim.continue_state else train.replace(opt_state=None)
+
+
+def _optimize(s: Setup, train, ref_params, selected: list[Sample], it: Iteration):
+  """The algorithm's batches of the selected samples through the train step; stops at
+  the first update that must not be kept (`_update_problem`)."""
+  batches = s.algorithm.batches(selected, s.config, s.seed(it.k, "batches"))
+  rows = s.algorithm.rows_per_example
+  for b in s.reporter.progress(batches, f"iter {it.k} optimize"):
+    b = _place(_pad_to_shards(b, s.mesh, rows), s.mesh)
+    if s.algorithm.needs_reference(s.config):
+      b["ref_logprobs"] = s.ref_logprobs(ref_params, b["tokens"], b["input_mask"])
+    train, m = (s.train_step(train, b) if s.lora is None else
+                s.train_step(train, b, s.base.params))
+    m = jax.device_get(m)
+    it.problem = _update_problem(m, s.config.optim.max_update_ratio, int(train.step))
+    if it.problem:
       break
-    signals.check()
-  if fault_requested("nan_update", k):   # crash tests: a NaN in the last update
-    ts = ts.replace(params=jax.tree.map(lambda x: x * jnp.nan, ts.params))
-  # The step's metrics check every update; this checks the weights that would be
-  # kept, whatever happened to them after the last step's metrics were taken.
-  if not nonfinite and not bool(_all_finite(ts.params)):
-    nonfinite = "non-finite values in the updated weights"
+    it.losses.append(float(m["loss"]))
+    it.loss_tokens += int(m["loss_tokens"])
+    fault_point("optimize", it.k)
+  return train
 
-  info = {"kept": len(all_selected), "acquired": len(all_acquired),
-          "train_pass_rate": select_lib.pass_rate(all_acquired, config.select.reward_threshold),
-          "train_loss": float(np.mean(losses[-max(1, len(losses) // max(1, config.train.epochs)):]))
-          if losses else float("nan"),
-          "optimizer_steps": len(losses), "loss_tokens": loss_tokens,
-          "nonfinite": nonfinite, "ledger": ledger,
-          "seconds": round(time.time() - t0, 1), **extra_info,
-          **judge_lib.agreement(all_acquired, config.select.judge_threshold,
-                                config.select.reward_threshold)}
-  if config.acquire.refine_strategy:
-    targets = [r for r in all_acquired if r.get("refined")]
-    info["refined"] = len(targets)
-    info["refined_precision"] = (select_lib.pass_rate(targets, config.select.reward_threshold)
-                                 if targets else float("nan"))
-  return ts, info, hashes
+
+def _final_check(train, it: Iteration):
+  """The step's metrics checked every update; this checks the weights that would be
+  kept, whatever happened to them after the last step's metrics were taken."""
+  if fault_requested("nan_update", it.k):   # crash tests: a NaN in the last update
+    train = train.replace(params=jax.tree.map(lambda x: x * jnp.nan, train.params))
+  if not it.problem and not bool(_all_finite(train.params)):
+    it.problem = "non-finite values in the updated weights"
+  return train
 
 
 @jax.jit
@@ -529,13 +513,6 @@ def _update_problem(m: dict, max_update_ratio: float, step: int) -> Optional[str
     return (f"exploding update at optimizer step {step} (||update|| / ||weights|| = "
             f"{ratio:.3g} > optim.max_update_ratio={max_update_ratio})")
   return None
-
-
-def _planned_steps(config, rl_steps: int) -> int:
-  if config.loop.algorithm == "grpo":
-    return rl_steps
-  rows = config.loop.prompts_per_iteration * config.loop.samples_per_prompt
-  return max(1, math.ceil(rows / config.train.batch_size) * config.train.epochs)
 
 
 def _place(batch: dict, mesh) -> dict:
@@ -561,39 +538,26 @@ def _pad_to_shards(batch: dict, mesh, unit: int) -> dict:
   return out
 
 
-# ----------------------------------------------------------------------------- evaluate
+# ----------------------------------------------------------------------------- evaluate, decide, save
 
 
-def _evaluate(sampler, params, tok, task, heldout, config, k, reporter,
-              judge_model=None) -> dict:
-  sample = SamplingParams(temperature=config.sampling.temperature, top_k=config.sampling.top_k,
-                          top_p=config.sampling.top_p,
-                          stop_sequences=tuple(config.sampling.stop_sequences),
-                          max_new_tokens=config.evaluate.max_new_tokens)
-  metrics = stages.evaluate_heldout(sampler, params, tok, task, heldout, k=config.evaluate.maj_k,
-                                    sample=sample, seed=_seed(config, k, "evaluate"),
-                                    progress=config.log.progress)
-  if config.evaluate.strategies:   # inference compute's value, beside greedy
-    generate = refine_lib.model_generate(sampler, params, tok)
-    ctx = refine_lib.Context(generate, task, heldout,
-                             judge=_judge_generate(judge_model, generate))
-    metrics.update(refine_lib.heldout_metrics(
-        ctx, config.evaluate.strategies, refine_lib.StrategyConfig.from_config(config, sample),
-        _seed(config, k, "evaluate_strategies")))
-  reporter.stage(k, "evaluate", ", ".join(f"{n} {v:.3f}" for n, v in metrics.items()))
+def _evaluate(s: Setup, trained, k: int) -> dict:
+  metrics = evaluation.evaluate(s.generate(trained), s.task, s.heldout,
+                                evaluation.Settings.from_config(s.config),
+                                s.seed(k, "evaluate"), judge=s.judge)
+  s.reporter.stage(k, "evaluate", ", ".join(f"{n} {v:.3f}" for n, v in metrics.items()))
   return metrics
 
 
-def _decide(state: LoopState, metrics: dict, info: dict, config) -> tuple[bool, str]:
+def _decide(state: LoopState, metrics: dict, it: Iteration, config) -> tuple[bool, str]:
   """Accept, roll back, and stop on plateau (updates `state` in place). Weights with a
   non-finite or exploding update are never accepted, whatever the held-out score
   says, and neither is an iteration that trained on nothing."""
   p1 = metrics["pass@1"]
-  if info["nonfinite"]:
-    accepted, reason = False, f"rolled back: {info['nonfinite']}"
-  elif not info["optimizer_steps"] or not info["loss_tokens"]:
-    why = (f"0 optimizer steps ({info['kept']} samples selected)"
-           if not info["optimizer_steps"] else
+  if it.problem:
+    accepted, reason = False, f"rolled back: {it.problem}"
+  elif not it.losses or not it.loss_tokens:
+    why = (f"0 optimizer steps ({len(it.selected)} samples selected)" if not it.losses else
            "0 loss tokens (train.max_seq_len cuts off every completion?)")
     accepted, reason = False, f"not accepted: trained on nothing ({why})"
   elif p1 < state.best_pass1 - config.evaluate.max_regression:
@@ -608,3 +572,32 @@ def _decide(state: LoopState, metrics: dict, info: dict, config) -> tuple[bool, 
   if state.no_improve >= config.evaluate.patience:
     state.stopped = f"no held-out improvement for {state.no_improve} iterations"
   return accepted, reason
+
+
+def _curriculum(s: Setup, state: LoopState, it: Iteration):
+  """(the move or None, next iteration's difficulty): toward the pass-rate band."""
+  c = s.config.curriculum
+  if not c.enabled:
+    return None, state.difficulty
+  difficulty, move = curriculum_lib.step(
+      state.difficulty, curriculum_lib.ledger_pass_rate(it.ledger, it.k),
+      s.task.difficulty_range, min_pass_rate=c.min_pass_rate,
+      max_pass_rate=c.max_pass_rate, step_size=c.step)
+  if move:
+    s.reporter.stage(it.k, "curriculum", f"difficulty {move['from']} -> {move['to']} "
+                     f"({move['reason']})")
+  return move, difficulty
+
+
+def _checkpoint(s: Setup, state: LoopState, kept, accepted: bool, hashes: dict) -> None:
+  """Saves iteration `state.iteration` (weights, and the optimizer state when it
+  continues across iterations), prunes, and reports the row."""
+  meta = json.loads(json.dumps({"loop": dataclasses.asdict(state),
+                                "config": s.config.to_dict()}, default=str))
+  arrays = kept if s.config.optim.continue_state else {"params": kept.params}
+  k = state.iteration
+  s.ckpt.save(k, arrays, meta, accepted, hashes)
+  # from the loop state, not the manifest: every process must delete the same
+  # checkpoints (Orbax deletes collectively) and only process 0 writes the manifest
+  s.ckpt.prune({h["iteration"] for h in state.history if h["accepted"]} | {k})
+  s.reporter.iteration(state.history[-1], state.history)

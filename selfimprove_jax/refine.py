@@ -18,10 +18,10 @@ Strategies are functions in a registry, chosen by name:
                     stopping when it passes (self-debugging, Chen et al. 2023; RLEF,
                     Gehring et al. 2024); every round is kept.
 
-All model calls go through one `GenerateFn` (prompt texts -> n samples each), so the
-decisions (`pick_best`, `vote`, `critique_approves`) are unit-testable with scripted
-generations; `model_generate` builds the real one on a sampler. Each step of a
-strategy is one batched generate call for all prompts.
+All model calls go through one `policy.GenerateFn` (prompt texts -> n `Sample`s each),
+so the decisions (`pick_best`, `vote`, `critique_approves`) are unit-testable with
+scripted generations. Each step of a strategy is one batched generate call for all
+prompts.
 
 `refine_records` turns a strategy's final answers into training targets (records marked
 `refined`, kept by the `refined` select filter), and `heldout_metrics` scores each
@@ -30,56 +30,21 @@ strategy on the held-out split beside greedy.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import re
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
 from selfimprove_jax import judge as judge_lib
 from selfimprove_jax import sandbox
 from selfimprove_jax.errors import UserError
-from selfimprove_jax.sampling import SamplingParams, encode_prompts
-from selfimprove_jax.stages import majority
+from selfimprove_jax.policy import GenerateFn, model_generate
+from selfimprove_jax.records import Sample, group_by_problem, majority
+from selfimprove_jax.sampling import SamplingParams
 from selfimprove_jax.tasks import answers, verify
 from selfimprove_jax.tasks.code_task import extract_code
 from selfimprove_jax.tasks.problem import Verdict
-
-
-@dataclasses.dataclass
-class Sample:
-  """One completion as the strategies see it."""
-  text: str
-  logprob: float = 0.0          # summed raw log-prob of the completion tokens
-  num_tokens: int = 1
-  tokens: list = dataclasses.field(default_factory=list)    # incl. EOS (training targets)
-  logprobs: list = dataclasses.field(default_factory=list)
-  finish_reason: str = "eos"
-
-  @property
-  def mean_logprob(self) -> float:
-    return self.logprob / max(1, self.num_tokens)
-
-
-# prompts, sampling params, n, seed -> n samples per prompt
-GenerateFn = Callable[[Sequence[str], SamplingParams, int, int], list]
-
-
-def model_generate(sampler, params, tokenizer, progress: bool = False) -> GenerateFn:
-  """The real GenerateFn: chat-templated prompts through `sampler` with `params`."""
-  def generate(prompts, sp, n, seed):
-    out = [[] for _ in prompts]
-    if not prompts:
-      return out
-    ids = encode_prompts(tokenizer, list(prompts))
-    for c in sampler.generate(params, ids, sp, n=n, seed=seed, progress=progress):
-      text = tokenizer.decode(c.content_tokens.tolist(), skip_special_tokens=True)
-      out[c.prompt_index].append(Sample(
-          text, float(np.sum(c.logprobs, dtype=np.float64)), int(c.num_tokens),
-          [int(t) for t in c.tokens], [float(x) for x in c.logprobs], c.finish_reason))
-    return out
-  return generate
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,7 +102,7 @@ def to_json(r: Refined, prompt_index: int, strategy: str) -> dict:
   """What `generate --strategy --json` prints for one prompt (every candidate and, for
   self_refine, every round)."""
   return {"prompt_index": prompt_index, "strategy": strategy, "text": r.text,
-          "answer": r.answer, "candidates": [c.text for c in r.candidates], **r.info}
+          "answer": r.answer, "candidates": [c.completion for c in r.candidates], **r.info}
 
 
 def default_extract(text: str) -> Optional[str]:
@@ -199,13 +164,13 @@ def revise_prompt(question: str, answer: str, critique: str) -> str:
 
 
 def _verifier_scores(ctx, idx, samples, cfg, seed):
-  verdicts = verify(ctx.task, [ctx.problems[i] for i in idx], [s.text for s in samples])
+  verdicts = verify(ctx.task, [ctx.problems[i] for i in idx], [s.completion for s in samples])
   return [float(v.reward) for v in verdicts]
 
 
 def _judge_scores(ctx, idx, samples, cfg, seed):
   questions = [ctx.prompts[i] for i in idx]
-  scores, _ = judge_lib.judge(ctx.judge or ctx.generate, questions, [s.text for s in samples],
+  scores, _ = judge_lib.judge(ctx.judge or ctx.generate, questions, [s.completion for s in samples],
                               samples=cfg.judge_samples, max_new_tokens=cfg.judge_tokens,
                               seed=seed)
   return [-1.0 if s is None else s for s in scores]   # unparsed ranks last
@@ -238,7 +203,7 @@ def resolve_scorer(name: str, ctx: Context) -> str:
 def greedy(ctx: Context, prompts, cfg: StrategyConfig, seed: int) -> list[Refined]:
   """One greedy completion per prompt."""
   out = ctx.generate(prompts, cfg.greedy, 1, seed)
-  return [Refined(p, s[0].text, ctx.extract(s[0].text, i), s[0], s, {})
+  return [Refined(p, s[0].completion, ctx.extract(s[0].completion, i), s[0], s, {})
           for i, (p, s) in enumerate(zip(prompts, out))]
 
 
@@ -257,7 +222,7 @@ def best_of_n(ctx: Context, prompts, cfg: StrategyConfig, seed: int) -> list[Ref
     sc = scores[pos:pos + len(c)]
     pos += len(c)
     j = pick_best(sc, c)
-    out.append(Refined(p, c[j].text, ctx.extract(c[j].text, i), c[j], c,
+    out.append(Refined(p, c[j].completion, ctx.extract(c[j].completion, i), c[j], c,
                        {"scorer": scorer, "scores": sc, "chosen_index": j}))
   return out
 
@@ -266,9 +231,9 @@ def self_consistency(ctx: Context, prompts, cfg: StrategyConfig, seed: int) -> l
   """N samples per prompt; the majority answer and its vote share."""
   out = []
   for i, (p, c) in enumerate(zip(prompts, ctx.generate(prompts, cfg.sample, cfg.n, seed))):
-    ans = [ctx.extract(s.text, i) for s in c]
+    ans = [ctx.extract(s.completion, i) for s in c]
     best, share, j = vote(ans, c)
-    out.append(Refined(p, "" if j is None else c[j].text, best, None if j is None else c[j],
+    out.append(Refined(p, "" if j is None else c[j].completion, best, None if j is None else c[j],
                        c, {"vote_share": share, "answers": ans}))
   return out
 
@@ -288,23 +253,23 @@ def self_refine(ctx: Context, prompts, cfg: StrategyConfig, seed: int,
   for r in range(cfg.rounds):
     if not active:
       break
-    crit = ctx.generate([critique_prompt(prompts[i], current[i].text) for i in active],
+    crit = ctx.generate([critique_prompt(prompts[i], current[i].completion) for i in active],
                         crit_sp, 1, seed + 2 * r + 1)
     revise = []
     for i, c in zip(active, crit):
-      ok = critique_approves(c[0].text)
-      rounds[i].append({"answer": current[i].text, "critique": c[0].text, "approved": ok})
+      ok = critique_approves(c[0].completion)
+      rounds[i].append({"answer": current[i].completion, "critique": c[0].completion, "approved": ok})
       if ok:
         stopped[i] = "approved"
       else:
-        revise.append((i, c[0].text))
-    revised = ctx.generate([revise_prompt(prompts[i], current[i].text, t) for i, t in revise],
+        revise.append((i, c[0].completion))
+    revised = ctx.generate([revise_prompt(prompts[i], current[i].completion, t) for i, t in revise],
                            cfg.greedy, 1, seed + 2 * r + 2)
     for (i, _), s in zip(revise, revised):
       current[i] = s[0]
-      rounds[i][-1]["revision"] = s[0].text
+      rounds[i][-1]["revision"] = s[0].completion
     active = [i for i, _ in revise]
-  return [Refined(p, current[i].text, ctx.extract(current[i].text, i), current[i],
+  return [Refined(p, current[i].completion, ctx.extract(current[i].completion, i), current[i],
                   [initial[i]], {"rounds": rounds[i], "stopped": stopped[i],
                                  "revised": current[i] is not initial[i]})
           for i, p in enumerate(prompts)]
@@ -362,26 +327,26 @@ def execution_feedback(ctx: Context, prompts, cfg: StrategyConfig, seed: int,
   for r in range(cfg.rounds + 1):    # the last pass only checks the last revision
     if not active:
       break
-    verdicts = check_answers(ctx, active, [current[i].text for i in active])
+    verdicts = check_answers(ctx, active, [current[i].completion for i in active])
     failing = []
     for i, v in zip(active, verdicts):
       final[i] = float(v.reward)
       if v.reward >= 1.0:
         stopped[i] = "passed"
       if r < cfg.rounds:
-        rounds[i].append({"answer": current[i].text, "reward": float(v.reward),
+        rounds[i].append({"answer": current[i].completion, "reward": float(v.reward),
                           "status": v.status, "feedback": v.detail})
         if v.reward < 1.0:
           failing.append(i)
     if not failing:
       break
-    fixed = ctx.generate([feedback_prompt(prompts[i], current[i].text, rounds[i][-1]["feedback"])
+    fixed = ctx.generate([feedback_prompt(prompts[i], current[i].completion, rounds[i][-1]["feedback"])
                           for i in failing], cfg.greedy, 1, seed + r + 1)
     for i, s in zip(failing, fixed):
       current[i] = s[0]
-      rounds[i][-1]["revision"] = s[0].text
+      rounds[i][-1]["revision"] = s[0].completion
     active = failing
-  return [Refined(p, current[i].text, ctx.extract(current[i].text, i), current[i],
+  return [Refined(p, current[i].completion, ctx.extract(current[i].completion, i), current[i],
                   [initial[i]], {"rounds": rounds[i], "stopped": stopped[i], "reward": final[i],
                                  "revised": current[i] is not initial[i]})
           for i, p in enumerate(prompts)]
@@ -447,11 +412,6 @@ def heldout_metrics(ctx: Context, names: Sequence[str], cfg: StrategyConfig,
 # ----------------------------------------------------------------------------- training targets
 
 
-def _sample_of(r: dict) -> Sample:
-  return Sample(r["completion"], float(sum(r["logprobs"])), int(r["num_tokens"]),
-                r["completion_tokens"], r["logprobs"], r["finish_reason"])
-
-
 def refine_records(name: str, records: list, problems: Sequence, ctx: Context,
                    cfg: StrategyConfig, seed: int, min_vote_share: float = 0.0) -> list:
   """Marks (and for self_refine adds) the records a strategy turns into training
@@ -466,51 +426,52 @@ def refine_records(name: str, records: list, problems: Sequence, ctx: Context,
                       revision is added as a new record of the original prompt).
   """
   parse_strategies([name])
-  records = [dict(r, refined=False) for r in records]
-  by_id = collections.defaultdict(list)
-  for r in records:
-    by_id[r["problem_id"]].append(r)
+  records = [r.replace(refined=False) for r in records]
+  by_id = group_by_problem(records)
   index = {p.id: i for i, p in enumerate(problems)}
   if name == "self_consistency":
     for pid, group in by_id.items():
-      i = index[pid]
-      ans = [ctx.task.extract_answer(r["completion"], problems[i]) for r in group]
-      best, share, _ = vote(ans, [_sample_of(r) for r in group])
+      ans = [ctx.task.extract_answer(r.completion, problems[index[pid]]) for r in group]
+      best, share, _ = vote(ans, group)
       for r, a in zip(group, ans):
-        r["vote_share"] = share
-        r["refined"] = best is not None and a == best and share >= min_vote_share
+        r.vote_share = share
+        r.refined = best is not None and a == best and share >= min_vote_share
   elif name == "best_of_n":
     scorer = resolve_scorer(cfg.scorer, ctx)
     for group in by_id.values():
-      samples = [_sample_of(r) for r in group]
       if scorer == "verifier":
-        scores = [r["reward"] for r in group]
+        scores = [r.reward for r in group]
       elif scorer == "judge":
-        scores = [-1.0 if r.get("judge_score") is None else r["judge_score"] for r in group]
+        scores = [-1.0 if r.judge_score is None else r.judge_score for r in group]
       else:
-        scores = [s.mean_logprob for s in samples]
-      group[pick_best(scores, samples)]["refined"] = True
+        scores = [r.mean_logprob for r in group]
+      group[pick_best(scores, group)].refined = True
   elif name in REVISING:
-    firsts = [group[0] for group in by_id.values()]
-    prompts = [r["prompt"] for r in firsts]
-    ctx.prompts = prompts
-    ctx.problems = [problems[index[r["problem_id"]]] for r in firsts]   # align with prompts
-    results = STRATEGIES[name](ctx, prompts, cfg, seed, initial=[_sample_of(r) for r in firsts])
-    verdicts = verify(ctx.task, ctx.problems, [res.text for res in results])
-    for r, res, v in zip(firsts, results, verdicts):
-      reward = float(v.reward)
-      if reward < 1.0:
-        continue
-      if not res.info["revised"]:
-        r["refined"] = True
-        continue
-      s = res.chosen
-      records.append(dict(r, completion=s.text, completion_tokens=list(s.tokens),
-                          logprobs=list(s.logprobs), num_tokens=len(s.tokens),
-                          finish_reason=s.finish_reason, reward=reward, refined=True,
-                          verifier_status=v.status, verifier_detail=v.detail,
-                          sample_index=len(by_id[r["problem_id"]]),
-                          refine_rounds=len(res.info["rounds"])))
-  else:   # greedy: nothing to refine
-    pass
+    records += _revised_targets(name, [group[0] for group in by_id.values()], by_id,
+                                problems, index, ctx, cfg, seed)
   return records
+
+
+def _revised_targets(name, firsts, by_id, problems, index, ctx, cfg, seed) -> list[Sample]:
+  """A revising strategy on each prompt's first sample: an unrevised first sample the
+  verifier accepts is marked; an accepted revision is returned as a new record."""
+  prompts = [r.prompt for r in firsts]
+  ctx.prompts = prompts
+  ctx.problems = [problems[index[r.problem_id]] for r in firsts]   # align with prompts
+  results = STRATEGIES[name](ctx, prompts, cfg, seed, initial=firsts)
+  verdicts = verify(ctx.task, ctx.problems, [res.text for res in results])
+  added = []
+  for r, res, v in zip(firsts, results, verdicts):
+    if v.reward < 1.0:
+      continue
+    if not res.info["revised"]:
+      r.refined = True
+      continue
+    s = res.chosen
+    added.append(r.replace(completion=s.completion, completion_tokens=list(s.completion_tokens),
+                           logprobs=list(s.logprobs), num_tokens=len(s.completion_tokens),
+                           finish_reason=s.finish_reason, reward=float(v.reward), refined=True,
+                           verifier_status=v.status, verifier_detail=v.detail,
+                           sample_index=len(by_id[r.problem_id]),
+                           refine_rounds=len(res.info["rounds"])))
+  return added

@@ -2,31 +2,22 @@
 
 Filters are small functions `(records, cfg) -> records` in a registry, chosen by name
 in `config.select.filters` and applied in order. A record is one sampled completion
-(a dict, see `stages.py`); records of one prompt share a `problem_id`.
+(`records.Sample`); records of one prompt share a `problem_id`.
 """
 
 from __future__ import annotations
 
-import collections
-import re
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 from selfimprove_jax.errors import UserError
+from selfimprove_jax.records import Sample, group_by_problem, jaccard, ngrams, normalise
 
-Record = dict
-Filter = Callable[[list[Record], Any], list[Record]]   # (records, config.select) -> kept
-
-
-def _groups(records: Iterable[Record]) -> dict[str, list[Record]]:
-  out: dict[str, list[Record]] = collections.defaultdict(list)
-  for r in records:
-    out[r["problem_id"]].append(r)
-  return out
+Filter = Callable[[list[Sample], Any], list[Sample]]   # (records, config.select) -> kept
 
 
 def correct(records, cfg):
   """Rejection sampling (STaR / RFT): keep completions the verifier accepts."""
-  return [r for r in records if r["reward"] >= cfg.reward_threshold]
+  return [r for r in records if r.reward >= cfg.reward_threshold]
 
 
 def pass_rate_band(records, cfg):
@@ -34,42 +25,23 @@ def pass_rate_band(records, cfg):
   wrong (too easy / too hard: no learning signal for RL, nothing new for SFT), and
   optionally those outside [cfg.min_pass_rate, cfg.max_pass_rate]."""
   keep = []
-  for group in _groups(records).values():
-    rate = sum(r["reward"] >= cfg.reward_threshold for r in group) / len(group)
+  for group in group_by_problem(records).values():
+    rate = sum(r.reward >= cfg.reward_threshold for r in group) / len(group)
     if 0.0 < rate < 1.0 and cfg.min_pass_rate <= rate <= cfg.max_pass_rate:
       keep.extend(group)
   return keep
-
-
-def _normalise(text: str) -> str:
-  return re.sub(r"\s+", " ", text.strip().lower())
-
-
-def _ngrams(text: str, n: int) -> set:
-  words = _normalise(text).split(" ")
-  if len(words) < n:
-    return {tuple(words)}
-  return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
-
-
-# public names for other modules' overlap checks (self_instruct.py)
-normalise, ngrams = _normalise, _ngrams
-
-
-def jaccard(a: set, b: set) -> float:
-  return len(a & b) / max(1, len(a | b))
 
 
 def dedup(records, cfg):
   """Drop exact (after whitespace/case normalisation) and near-duplicate completions
   of the same prompt (word n-gram Jaccard >= cfg.dedup_threshold); first one wins."""
   keep = []
-  for group in _groups(records).values():
+  for group in group_by_problem(records).values():
     seen_text: set[str] = set()
     seen_grams: list[set] = []
     for r in group:
-      t = _normalise(r["completion"])
-      grams = _ngrams(r["completion"], cfg.dedup_ngram)
+      t = normalise(r.completion)
+      grams = ngrams(r.completion, cfg.dedup_ngram)
       if t in seen_text or any(jaccard(grams, g) >= cfg.dedup_threshold for g in seen_grams):
         continue
       seen_text.add(t)
@@ -82,18 +54,18 @@ def judge(records, cfg):
   """LLM-as-judge: keep completions the judge scored >= cfg.judge_threshold (scores are
   attached at acquire, see judge.py); unparsed judgments are dropped."""
   return [r for r in records
-          if r.get("judge_score") is not None and r["judge_score"] >= cfg.judge_threshold]
+          if r.judge_score is not None and r.judge_score >= cfg.judge_threshold]
 
 
 def refined(records, cfg):
   """Keep the training targets a refinement strategy marked (refine.refine_records)."""
-  return [r for r in records if r.get("refined")]
+  return [r for r in records if r.refined]
 
 
 def max_length(records, cfg):
   """Drop truncated completions and those longer than cfg.max_completion_tokens."""
   return [r for r in records
-          if r["finish_reason"] != "length" and r["num_tokens"] <= cfg.max_completion_tokens]
+          if r.finish_reason != "length" and r.num_tokens <= cfg.max_completion_tokens]
 
 
 FILTERS: dict[str, Filter] = {
@@ -115,7 +87,7 @@ def parse_filters(spec) -> list[str]:
   return names
 
 
-def apply_filters(records: list[Record], cfg) -> tuple[list[Record], dict[str, int]]:
+def apply_filters(records: list[Sample], cfg) -> tuple[list[Sample], dict[str, int]]:
   """Applies the configured filters in order; returns kept records and counts kept
   after each filter (for the metrics)."""
   counts = {"acquired": len(records)}
@@ -128,18 +100,14 @@ def apply_filters(records: list[Record], cfg) -> tuple[list[Record], dict[str, i
 # ----------------------------------------------------------------------------- ledger
 
 
-def update_ledger(ledger: dict, records: list[Record], iteration: int, threshold: float) -> dict:
+def update_ledger(ledger: dict, records: list[Sample], iteration: int, threshold: float) -> dict:
   """Per-prompt difficulty ledger: attempts, successes, last iteration seen. Persisted
   in the loop state, so it survives restarts and drives the curriculum."""
   ledger = dict(ledger)
-  for pid, group in _groups(records).items():
+  for pid, group in group_by_problem(records).items():
     e = dict(ledger.get(pid, {"attempts": 0, "successes": 0, "last_seen": -1}))
     e["attempts"] += len(group)
-    e["successes"] += sum(r["reward"] >= threshold for r in group)
+    e["successes"] += sum(r.reward >= threshold for r in group)
     e["last_seen"] = iteration
     ledger[pid] = e
   return ledger
-
-
-def pass_rate(records: list[Record], threshold: float) -> float:
-  return sum(r["reward"] >= threshold for r in records) / max(1, len(records))

@@ -20,13 +20,13 @@ rejected and why. The loop mixes the kept ones into acquisition at a configured 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from typing import Optional, Sequence
 
+from selfimprove_jax.records import jaccard, majority, ngrams, normalise
 from selfimprove_jax.sampling import SamplingParams
-from selfimprove_jax.select import jaccard, ngrams, normalise
-from selfimprove_jax.stages import majority
 from selfimprove_jax.tasks.problem import Problem, make_problem, problem_id
 
 PROPOSE_PROMPT = (
@@ -109,7 +109,7 @@ def validate(candidates: Sequence[str], task, generate=None, *, votes: int = 4,
   sample = sample or SamplingParams(max_new_tokens=48)
   out = []
   for c, group in zip(candidates, generate(list(candidates), sample, votes, seed)):
-    ans = [task.extract_answer(s.text) for s in group]
+    ans = [task.extract_answer(s.completion) for s in group]
     best, share = majority(ans, [s.logprob for s in group])
     ok = best is not None and share >= min_vote_share
     out.append((make_problem(c, best, difficulty, {"self_instruct": True}) if ok else None,
@@ -117,22 +117,41 @@ def validate(candidates: Sequence[str], task, generate=None, *, votes: int = 4,
   return out
 
 
-def propose(generate, task, seed_problems: Sequence[Problem], heldout: Sequence[Problem], *,
-            num_proposals: int, num_examples: int = 3, sample: SamplingParams, seed: int,
-            ngram: int = 3, max_overlap: float = 0.8, votes: int = 4,
-            min_vote_share: float = 0.6, difficulty: int = 0):
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """The proposer's knobs (config.self_instruct)."""
+  proposals: int = 32                  # candidates per call
+  examples: int = 3                    # seed examples shown per proposal prompt
+  ngram: int = 3                       # word n-grams of the overlap checks
+  max_overlap: float = 0.8             # Jaccard at or above this = duplicate / leak
+  votes: int = 4                       # non-procedural tasks: self-consistency samples
+  min_vote_share: float = 0.6
+  sample: SamplingParams = SamplingParams(max_new_tokens=64)
+
+  @classmethod
+  def from_config(cls, config) -> "Settings":
+    si, sp = config.self_instruct, config.sampling
+    return cls(si.proposals, si.examples, si.ngram, si.max_overlap, si.votes,
+               si.min_vote_share, SamplingParams(temperature=sp.temperature, top_k=sp.top_k,
+                                                 top_p=sp.top_p,
+                                                 max_new_tokens=si.max_new_tokens))
+
+
+def propose(generate, task, seed_problems: Sequence[Problem], heldout: Sequence[Problem],
+            settings: Settings, seed: int, difficulty: int = 0):
   """Runs propose -> clean -> de-duplicate -> validate. Returns (kept problems, one row
   per candidate: {'text', 'status', 'reason', 'problem'})."""
   pool = [p.prompt for p in seed_problems]
-  k = max(1, min(num_examples, len(pool)))
+  k = max(1, min(settings.examples, len(pool)))
   prompts = [proposal_prompt([pool[(i * k + j) % len(pool)] for j in range(k)])
-             for i in range(num_proposals)]
-  replies = generate(prompts, sample, 1, seed)
-  texts = [clean_proposal(r[0].text) for r in replies]
-  status = screen(texts, task, heldout, pool, ngram, max_overlap)
+             for i in range(settings.proposals)]
+  replies = generate(prompts, settings.sample, 1, seed)
+  texts = [clean_proposal(r[0].completion) for r in replies]
+  status = screen(texts, task, heldout, pool, settings.ngram, settings.max_overlap)
   unique = [t for t, s in zip(texts, status) if s == "unique"]
-  checked = iter(validate(unique, task, generate, votes=votes, min_vote_share=min_vote_share,
-                          sample=sample, seed=seed + 1, difficulty=difficulty))
+  checked = iter(validate(unique, task, generate, votes=settings.votes,
+                          min_vote_share=settings.min_vote_share, sample=settings.sample,
+                          seed=seed + 1, difficulty=difficulty))
   rows, kept = [], []
   for t, s in zip(texts, status):
     row = {"text": t, "status": s, "reason": s, "problem": None}

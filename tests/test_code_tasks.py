@@ -10,10 +10,11 @@ import pytest
 
 from selfimprove_jax import refine
 from selfimprove_jax.errors import UserError
-from selfimprove_jax.refine import Context, Sample, StrategyConfig
+from selfimprove_jax.records import Sample
+from selfimprove_jax.refine import Context, StrategyConfig
 from selfimprove_jax.tasks import get_task, verify
 
-from test_refine import Scripted
+from test_refine import S, Scripted
 
 
 def _fenced(code: str) -> str:
@@ -127,16 +128,16 @@ def test_execution_feedback_without_a_task_runs_the_code():
 def test_execution_feedback_training_targets():
   task = get_task("code:list_ops")
   p = _code_problem()
-  rec = {"problem_id": p.id, "prompt": p.prompt, "prompt_tokens": [1, 2],
-         "completion": _fenced("def solve(xs):\n  return []\n"), "completion_tokens": [5, 0],
-         "logprobs": [-1.0, -1.0], "reward": 0.0, "finish_reason": "eos", "num_tokens": 2,
-         "sample_index": 0, "iteration": 1}
-  fix = Sample(_fenced(p.reference), -0.5, 2, [7, 0], [-0.25, -0.25])
+  rec = Sample(problem_id=p.id, prompt=p.prompt, prompt_tokens=[1, 2],
+               completion=_fenced("def solve(xs):\n  return []\n"), completion_tokens=[5, 0],
+               logprobs=[-1.0, -1.0], reward=0.0, finish_reason="eos", num_tokens=2,
+               sample_index=0, iteration=1)
+  fix = S(_fenced(p.reference), -0.5, 2, [7, 0], [-0.25, -0.25])
   ctx = Context(Scripted(lambda prompt, j, g: fix), task, [p])
   out = refine.refine_records("execution_feedback", [rec], [p], ctx,
                               StrategyConfig(rounds=1), 0)
-  assert [r["refined"] for r in out] == [False, True]
-  assert out[1]["reward"] == 1.0 and out[1]["completion_tokens"] == [7, 0]
+  assert [r.refined for r in out] == [False, True]
+  assert out[1].reward == 1.0 and out[1].completion_tokens == [7, 0]
 
 
 class _HostileTokenizer:

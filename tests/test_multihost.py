@@ -18,7 +18,7 @@ import jax
 import numpy as np
 import pytest
 
-from selfimprove_jax import distributed, stages
+from selfimprove_jax import distributed, records
 from selfimprove_jax.checkpoint import FAULT_ENV, Checkpointer, hash_path
 from selfimprove_jax.errors import UserError
 from run_files import final_state, metrics
@@ -205,7 +205,9 @@ def test_one_process_helpers():
 
 
 def test_records_digest_equals_written_hash(tmp_path):
-  records = [{"problem_id": "p", "completion": "ünïcode", "logprobs": [-0.5]}, {"x": 1}]
+  rows = [records.Sample(problem_id="p", completion="ünïcode", logprobs=[-0.5]),
+          records.Sample(problem_id="q", judge_score=0.5, judge_reply="Score: 2.5")]
   path = str(tmp_path / "select.jsonl")
-  assert stages.records_digest(path, records) == stages.write_records(path, records)
-  assert stages.records_digest(path, records[:1]) != stages.write_records(path, records)
+  assert records.records_digest(path, rows) == records.write_records(path, rows)
+  assert records.records_digest(path, rows[:1]) != records.write_records(path, rows)
+  assert records.read_records(path) == rows

@@ -3,11 +3,18 @@ scripted generations (no model), plus the strategies through the tiny model's sa
 
 import pytest
 
-from selfimprove_jax import curriculum, judge, refine, select, self_instruct
+from selfimprove_jax import curriculum, judge, policy, refine, select, self_instruct
 from selfimprove_jax.errors import UserError
-from selfimprove_jax.refine import Context, Sample, StrategyConfig
+from selfimprove_jax.records import Sample
+from selfimprove_jax.refine import Context, StrategyConfig
 from selfimprove_jax.sampling import SamplingParams
 from selfimprove_jax.tasks import get_task, make_problem
+
+
+def S(text, logprob=-1.0, num_tokens=1, tokens=None, logprobs=None):
+  """A scripted completion: its summed log-prob spread evenly over its tokens."""
+  return Sample(completion=text, num_tokens=num_tokens, completion_tokens=tokens or [],
+                logprobs=logprobs or [logprob / num_tokens] * num_tokens)
 
 
 class Scripted:
@@ -25,7 +32,7 @@ class Scripted:
       group = []
       for j in range(n):
         r = self.reply(p, j, sp.is_greedy)
-        group.append(r if isinstance(r, Sample) else Sample(r, -1.0, 4))
+        group.append(r if isinstance(r, Sample) else S(r, -1.0, 4))
       out.append(group)
     return out
 
@@ -41,7 +48,7 @@ def _problems(count=3):
 
 
 def test_vote_majority_and_tie_breaks():
-  s = lambda lp: Sample("x", lp, 1)
+  s = lambda lp: S("x", lp, 1)
   # clear majority, share over all samples (None counts as a vote for nothing)
   assert refine.vote(["5", "7", "5", None], [s(-1), s(-1), s(-2), s(-1)])[:2] == ("5", 0.5)
   # 2-2 tie: higher summed log-prob wins, whatever comes first
@@ -72,10 +79,10 @@ def test_self_consistency_reports_majority_and_share():
 
 
 def test_pick_best_ties_go_to_likelihood_then_first():
-  samples = [Sample("a", -8, 4), Sample("b", -2, 4), Sample("c", -2, 4)]
+  samples = [S("a", -8, 4), S("b", -2, 4), S("c", -2, 4)]
   assert refine.pick_best([1.0, 1.0, 0.0], samples) == 1
   assert refine.pick_best([0.0, 1.0, 1.0], samples) == 1
-  assert refine.pick_best([0.0, 0.0, 0.0], [Sample("x", -1, 1)] * 3) == 0
+  assert refine.pick_best([0.0, 0.0, 0.0], [S("x", -1, 1)] * 3) == 0
 
 
 def test_best_of_n_verifier_never_below_greedy():
@@ -88,7 +95,7 @@ def test_best_of_n_verifier_never_below_greedy():
   def reply(prompt, j, greedy):
     k = prompts.index(prompt)
     right = (k == 0 and greedy) or (k == 1 and not greedy and j == 2)
-    return Sample(f"#### {ref[prompt] if right else '-1'}", -5.0 if right else -1.0, 4)
+    return S(f"#### {ref[prompt] if right else '-1'}", -5.0 if right else -1.0, 4)
   ctx = Context(Scripted(reply), TASK, problems)
   out = refine.run_strategy("best_of_n", ctx, prompts, StrategyConfig(n=4), seed=0)
   assert [TASK.score(p, r.text) for p, r in zip(problems, out)] == [1.0, 1.0, 0.0]
@@ -100,7 +107,7 @@ def test_best_of_n_verifier_never_below_greedy():
 
 
 def test_best_of_n_scorer_fallbacks():
-  gen = Scripted(lambda p, j, g: Sample(f"answer {j}", -float(j if not g else 9), 1))
+  gen = Scripted(lambda p, j, g: S(f"answer {j}", -float(j if not g else 9), 1))
   # no task: logprob unless a judge is given
   ctx = Context(gen)
   out = refine.run_strategy("best_of_n", ctx, ["q"], StrategyConfig(n=3), seed=0)
@@ -176,24 +183,24 @@ def test_judge_score_parsing(text, score):
 
 def test_judge_records_unparsed_agreement_and_pairs():
   records = [
-      {"problem_id": "a", "prompt": "q", "completion": "good", "reward": 1.0},
-      {"problem_id": "a", "prompt": "q", "completion": "bad", "reward": 0.0},
-      {"problem_id": "a", "prompt": "q", "completion": "garbled", "reward": 0.0},
-      {"problem_id": "b", "prompt": "q2", "completion": "good", "reward": 0.0},
+      Sample(problem_id="a", prompt="q", completion="good", reward=1.0),
+      Sample(problem_id="a", prompt="q", completion="bad", reward=0.0),
+      Sample(problem_id="a", prompt="q", completion="garbled", reward=0.0),
+      Sample(problem_id="b", prompt="q2", completion="good", reward=0.0),
   ]
   replies = {"good": "Score: 5", "bad": "Score: 1", "garbled": "blah blah"}
   gen = Scripted(lambda p, j, g: replies[p.split("Response: ")[1].split("\n")[0]])
   scored = judge.score_records(gen, records, use_as_reward=True)
-  assert [r["judge_score"] for r in scored] == [1.0, 0.2, None, 1.0]
-  assert [r["reward"] for r in scored] == [1.0, 0.2, 0.0, 1.0]        # unparsed -> 0
-  assert [r["verifier_reward"] for r in scored] == [1.0, 0.0, 0.0, 0.0]
+  assert [r.judge_score for r in scored] == [1.0, 0.2, None, 1.0]
+  assert [r.reward for r in scored] == [1.0, 0.2, 0.0, 1.0]        # unparsed -> 0
+  assert [r.verifier_reward for r in scored] == [1.0, 0.0, 0.0, 0.0]
   m = judge.agreement(scored, judge_threshold=0.6, reward_threshold=1.0)
   assert m["judge_agreement"] == pytest.approx(2 / 3) and m["judge_unparsed"] == 0.25
   assert m["judge_mean_correct"] == 1.0
   pairs = judge.best_worst_pairs(scored)
-  assert [(a["completion"], b["completion"]) for a, b in pairs] == [("good", "bad")]
+  assert [(a.completion, b.completion) for a, b in pairs] == [("good", "bad")]
   cfg = type("C", (), {"judge_threshold": 0.6})
-  assert [r["completion"] for r in select.judge(scored, cfg)] == ["good", "good"]
+  assert [r.completion for r in select.judge(scored, cfg)] == ["good", "good"]
 
 
 # ----------------------------------------------------------------------------- self-instruct
@@ -227,8 +234,8 @@ def test_self_instruct_propose_validates_procedural_and_by_votes():
                 "Tell me a joke.",                                         # cannot parse
                 "What is 40 + 41? Answer with just the number.\n\nThanks!"])
   gen = Scripted(lambda p, j, g: next(texts))
-  kept, rows = self_instruct.propose(gen, TASK, seeds, heldout, num_proposals=5,
-                                     sample=SamplingParams(), seed=0)
+  kept, rows = self_instruct.propose(gen, TASK, seeds, heldout,
+                                     self_instruct.Settings(proposals=5), seed=0)
   statuses = [r["status"] for r in rows]
   assert statuses.count("duplicate") == 1 and statuses.count("invalid") == 1
   assert "heldout_leak" in statuses
@@ -269,10 +276,10 @@ def test_curriculum_moves_within_band_and_range():
 
 
 def _record(pid, prompt, text, reward, lp=-1.0, idx=0):
-  return {"problem_id": pid, "prompt": prompt, "reference": "", "prompt_tokens": [1, 2],
-          "completion": text, "completion_tokens": [5, 6, 0], "logprobs": [lp, lp, lp],
-          "reward": reward, "finish_reason": "eos", "num_tokens": 3, "sample_index": idx,
-          "iteration": 1}
+  return Sample(problem_id=pid, prompt=prompt, reference="", prompt_tokens=[1, 2],
+                completion=text, completion_tokens=[5, 6, 0], logprobs=[lp, lp, lp],
+                reward=reward, finish_reason="eos", num_tokens=3, sample_index=idx,
+                iteration=1)
 
 
 def test_refine_records_targets():
@@ -286,23 +293,23 @@ def test_refine_records_targets():
   ctx = Context(Scripted(lambda p, j, g: "x"), TASK, problems)
   sc = refine.refine_records("self_consistency", recs, problems, ctx, StrategyConfig(), 0,
                              min_vote_share=0.6)
-  assert [r["refined"] for r in sc] == [True, False, True, False, False]
+  assert [r.refined for r in sc] == [True, False, True, False, False]
   bon = refine.refine_records("best_of_n", recs, problems, ctx, StrategyConfig(), 0)
   # p1: all wrong, equal likelihood -> the first sample
-  assert [r["refined"] for r in bon] == [True, False, False, True, False]
+  assert [r.refined for r in bon] == [True, False, False, True, False]
   cfg = type("C", (), {})
-  assert [r["problem_id"] for r in select.refined(bon, cfg)] == [p0.id, p1.id]
+  assert [r.problem_id for r in select.refined(bon, cfg)] == [p0.id, p1.id]
   # self_refine: p0's first answer approved (kept); p1's revised to the right answer (added)
   def reply(prompt, j, greedy):
     if prompt.startswith("Here is a question"):
       return "NO ISSUES" if f"#### {p0.reference}" in prompt else "wrong"
-    return Sample(f"#### {p1.reference}", -0.5, 2, [7, 0], [-0.25, -0.25])
+    return S(f"#### {p1.reference}", -0.5, 2, [7, 0], [-0.25, -0.25])
   sr = refine.refine_records("self_refine", recs, problems, Context(Scripted(reply), TASK,
                              problems), StrategyConfig(rounds=1), 0)
-  assert len(sr) == 6 and sr[0]["refined"] and not any(r["refined"] for r in sr[1:5])
+  assert len(sr) == 6 and sr[0].refined and not any(r.refined for r in sr[1:5])
   added = sr[5]
-  assert added["refined"] and added["reward"] == 1.0 and added["prompt"] == p1.prompt
-  assert added["completion_tokens"] == [7, 0] and added["prompt_tokens"] == [1, 2]
+  assert added.refined and added.reward == 1.0 and added.prompt == p1.prompt
+  assert added.completion_tokens == [7, 0] and added.prompt_tokens == [1, 2]
 
 
 def test_unknown_strategy_is_a_user_error():
@@ -319,7 +326,7 @@ def test_strategies_through_the_tiny_model_sampler():
   from selfimprove_jax.weights import load
   model = load("tiny")
   sampler = make_sampler(model, max_batch=32)
-  gen = refine.model_generate(sampler, model.params, model.tokenizer)
+  gen = policy.model_generate(sampler, model.params, model.tokenizer)
   problems = _problems(3)
   ctx = Context(gen, TASK, problems, judge=gen)
   cfg = StrategyConfig(n=3, rounds=1, sample=SamplingParams(max_new_tokens=6),
@@ -330,9 +337,9 @@ def test_strategies_through_the_tiny_model_sampler():
   assert set(m1) == {"best_of_n@3", "self_consistency@3", "self_consistency@3_vote_share",
                      "self_refine@1", "self_refine@1_revised"}
   out = refine.run_strategy("best_of_n", ctx, [p.prompt for p in problems], cfg, seed=3)
-  assert all(len(r.candidates) == 3 and r.chosen.tokens for r in out)
+  assert all(len(r.candidates) == 3 and r.chosen.completion_tokens for r in out)
   g = refine.run_strategy("greedy", ctx, [p.prompt for p in problems], cfg, seed=3)
-  assert [r.candidates[0].text for r in out] == [r.text for r in g]   # candidate 0 = greedy
+  assert [r.candidates[0].completion for r in out] == [r.text for r in g]   # candidate 0 = greedy
   # the judge as scorer on real (random) output: unparsed judgments never crash
   jcfg = StrategyConfig(n=2, scorer="judge", sample=SamplingParams(max_new_tokens=4),
                         judge_tokens=4)

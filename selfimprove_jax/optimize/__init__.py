@@ -8,7 +8,8 @@ from selfimprove_jax.optimize.lora import (LoraConfig, count_lora_params, defaul
 from selfimprove_jax.optimize.logprobs import make_logprob_fn, token_logprobs
 from selfimprove_jax.optimize.losses import (ADVANTAGES, LOSSES, advantages, dpo_loss,
                                              policy_gradient_loss, prepare_batch, sft_loss)
-from selfimprove_jax.optimize.state import (TrainState, create_train_state, decay_mask,
+from selfimprove_jax.optimize.state import (TrainState, abstract_train_state,
+                                            create_train_state, decay_mask,
                                             learning_rate_schedule, make_optimizer,
                                             state_shardings)
 from selfimprove_jax.optimize.step import (accumulation_steps, make_train_step,

@@ -30,6 +30,13 @@ def default_optim_config() -> ml_collections.ConfigDict:
   c.learning_rate = 1e-5
   c.warmup_steps = 0             # linear warmup from 0 to learning_rate
   c.total_steps = 1000           # end of the decay (cosine/linear); constant ignores it
+                                 # (the loop derives it: algorithms.optimizer_config)
+  # The loop's optimizer across iterations: False = a fresh optimizer and schedule each
+  # iteration (checkpoints then hold no optimizer state); True = Adam moments, step and
+  # schedule continue across iterations (the schedule spans the whole run), are saved
+  # in every checkpoint and restored on resume; a rollback returns to the accepted
+  # iteration's optimizer state with its weights.
+  c.continue_state = False
   c.schedule = "cosine"          # 'cosine' | 'linear' | 'constant'
   c.min_lr_ratio = 0.0           # decay ends at learning_rate * min_lr_ratio
   c.weight_decay = 0.0           # decoupled; never on norms, biases, embeddings
@@ -57,6 +64,7 @@ def default_optim_config() -> ml_collections.ConfigDict:
   c.seed = 0                     # TrainState.rng
   # Loss, chosen by name from losses.LOSSES.
   c.loss = "sft"                 # 'sft' | 'dpo' | 'grpo' | 'rloo' | 'dr_grpo'
+                                 # (the loop: loop.algorithm's; grpo picks grpo/rloo/dr_grpo)
   c.aggregation = "token"        # 'token' (DAPO) | 'sequence' (GRPO paper); dr_grpo: constant
   c.dpo_beta = 0.1
   c.dpo_label_smoothing = 0.0    # conservative DPO (cDPO) when > 0

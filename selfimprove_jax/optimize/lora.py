@@ -94,6 +94,14 @@ def lora_shardings(model_config: ModelConfig, lora: LoraConfig, mesh: Mesh):
   return sharding_lib.tree_shardings(_boxed(model_config, lora), mesh)
 
 
+def abstract_sharded_lora(model_config: ModelConfig, lora: LoraConfig,
+                          mesh: Optional[Mesh] = None):
+  """ShapeDtypeStructs of the adapters with their shardings (checkpoint restore)."""
+  mesh = mesh or sharding_lib.single_device_mesh()
+  return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                      abstract_lora(model_config, lora), lora_shardings(model_config, lora, mesh))
+
+
 def count_lora_params(model_config: ModelConfig, lora: LoraConfig) -> int:
   """L * r * (in + out) per target, from the config alone."""
   c = model_config

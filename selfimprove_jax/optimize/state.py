@@ -145,3 +145,13 @@ def create_train_state(model_config: ModelConfig, cfg, params, mesh: Mesh,
                       step=jnp.zeros((), jnp.int32),
                       rng=jax.random.key_data(jax.random.key(cfg.seed)))
   return jax.jit(init, out_shardings=shardings)(params)
+
+
+def abstract_train_state(model_config: ModelConfig, cfg, params, mesh: Mesh,
+                         lora: lora_lib.LoraConfig | None = None) -> TrainState:
+  """ShapeDtypeStructs (with shardings) of a TrainState, as checkpoints hold it (with
+  `lora`: `params` are the adapters)."""
+  shapes = jax.eval_shape(
+      lambda p: create_train_state(model_config, cfg, p, mesh, lora), params)
+  return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                      shapes, state_shardings(model_config, cfg, mesh, lora))

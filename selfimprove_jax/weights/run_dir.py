@@ -15,7 +15,6 @@ import ml_collections
 from selfimprove_jax.checkpoint import ENTRIES, MANIFEST, Checkpointer
 from selfimprove_jax.errors import UserError
 from selfimprove_jax.optimize import lora as lora_lib
-from selfimprove_jax.optimize.state import create_train_state, state_shardings
 
 _AT = re.compile(r"^(?P<dir>.+)@(?P<it>\d+)$")
 
@@ -36,18 +35,30 @@ def parse_run_spec(spec: str) -> Optional[tuple[str, Optional[int]]]:
   return None
 
 
+def saved_config(workdir: str, iteration: Optional[int] = None) -> dict:
+  """The config a run saved (with its checkpoint of `iteration`, else its newest one)."""
+  ckpt = Checkpointer(workdir, log=_note, read_only=True)
+  try:
+    steps = ckpt.steps()
+    if not steps:
+      raise UserError(f"run {workdir} has no checkpoint to read its config from")
+    if iteration is not None and iteration not in steps:
+      raise UserError(f"run {workdir} has no checkpoint for iteration {iteration} "
+                      f"(have {steps})")
+    return ckpt.restore_meta(iteration if iteration is not None else max(steps))["config"]
+  finally:
+    ckpt.close()
+
+
 def _note(msg: str) -> None:
   print(f"selfimprove-jax: note: {msg}", file=sys.stderr, flush=True)
 
 
-def abstract_train_state(model_config, optim_config, params, mesh, lora=None):
-  """ShapeDtypeStructs (with shardings) of a TrainState, as checkpoints hold it (with
-  `lora`: `params` are the adapters)."""
-  shapes = jax.eval_shape(
-      lambda p: create_train_state(model_config, optim_config, p, mesh, lora), params)
-  shardings = state_shardings(model_config, optim_config, mesh, lora)
-  return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                      shapes, shardings)
+def abstract_weights(params, dtype=jax.numpy.float32):
+  """ShapeDtypeStructs (with shardings) of `params` as checkpoints hold them: fp32
+  master weights."""
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, dtype, sharding=x.sharding),
+                      params)
 
 
 def load_run(workdir: str, iteration: Optional[int], load_base, mesh, dtype=None):
@@ -71,14 +82,13 @@ def load_run(workdir: str, iteration: Optional[int], load_base, mesh, dtype=None
     saved = ckpt.restore_meta(iteration)["config"]
     base = load_base(saved["model"], mesh=mesh, dtype=dtype or saved["dtype"],
                      check_finite=False)
-    optim = ml_collections.ConfigDict(saved["optim"])
     # A LoRA run's checkpoints hold adapters; the saved model spec is their base.
     lora = lora_lib.from_config(ml_collections.ConfigDict(saved["lora"])) \
         if saved.get("lora") else None
-    start = base.params if lora is None else lora_lib.abstract_lora(base.config, lora)
-    abstract = abstract_train_state(base.config, optim, start, mesh, lora)
-    state, _ = ckpt.restore(iteration, abstract)
+    abstract = (abstract_weights(base.params) if lora is None else
+                lora_lib.abstract_sharded_lora(base.config, lora, mesh))
+    trained, _ = ckpt.restore_params(iteration, abstract)
   finally:
     ckpt.close()
-  params = lora_lib.model_params_fn(base.params, lora)(state.params)
+  params = lora_lib.model_params_fn(base.params, lora)(trained)
   return params, base.config, base.tokenizer, f"{workdir}@{iteration}"

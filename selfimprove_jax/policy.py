@@ -1,0 +1,44 @@
+"""The model as the stages use it: prompt texts in, `Sample`s out.
+
+`GenerateFn` (prompts, sampling params, n, seed -> n samples per prompt) is the one
+interface through which acquisition, evaluation, the judge, refinement strategies and
+self-instruct call a model, so each can be tested with a scripted generator;
+`model_generate` is the real one: encode (chat template) -> sample -> decode, written
+once here.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+from selfimprove_jax.records import Sample
+from selfimprove_jax.sampling import SamplingParams, encode_prompts
+
+GenerateFn = Callable[[Sequence[str], SamplingParams, int, int], list]   # -> list[list[Sample]]
+
+
+def model_generate(sampler, params, tokenizer, progress: bool = False) -> GenerateFn:
+  """The real GenerateFn: chat-templated prompts through `sampler` with `params`;
+  samples come back grouped by prompt, in sample order."""
+  def generate(prompts, sp, n, seed):
+    out = [[] for _ in prompts]
+    if not prompts:
+      return out
+    ids = encode_prompts(tokenizer, list(prompts))
+    for c in sampler.generate(params, ids, sp, n=n, seed=seed, progress=progress):
+      i = c.prompt_index
+      out[i].append(Sample(
+          completion=tokenizer.decode(c.content_tokens.tolist(), skip_special_tokens=True),
+          prompt=prompts[i], prompt_tokens=ids[i],
+          completion_tokens=[int(t) for t in c.tokens],
+          logprobs=[float(x) for x in c.logprobs], finish_reason=c.finish_reason,
+          num_tokens=int(c.num_tokens), sample_index=int(c.sample_index)))
+    return out
+  return generate
+
+
+def sampling_params(config, max_new_tokens: int) -> SamplingParams:
+  """The run's sampling settings (config.sampling) with a stage's token budget."""
+  sp = config.sampling
+  return SamplingParams(temperature=sp.temperature, top_k=sp.top_k, top_p=sp.top_p,
+                        stop_sequences=tuple(sp.stop_sequences), max_new_tokens=max_new_tokens)
