@@ -52,7 +52,7 @@ def main(argv=None):
   from selfimprove_jax import optimize as opt
   from selfimprove_jax.model import abstract_params, get_preset, init_params
   from selfimprove_jax.model.params import param_shardings
-  from selfimprove_jax.optimize import lora as lora_lib
+  from selfimprove_jax.model import lora as lora_lib
   from selfimprove_jax.sharding import single_device_mesh
 
   config = get_preset(args.preset)

@@ -262,15 +262,17 @@ class Checkpointer:
 
   def restore_params(self, iteration: int, abstract_params: Any) -> tuple[Any, dict]:
     """Only the weights of iteration `iteration` (a checkpoint with or without optimizer
-    state), into the shapes/shardings of `abstract_params`."""
+    state), into the shapes/shardings of `abstract_params`. Read with a checkpointer of
+    its own: the manager's item handler must stay the one that saves."""
     args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding,
                                                        global_shape=x.shape, dtype=x.dtype),
                         abstract_params)
-    out = self._manager.restore(iteration, args=ocp.args.Composite(
-        state=ocp.args.PyTreeRestore(item={"params": abstract_params},
-                                     restore_args={"params": args}, partial_restore=True),
-        meta=ocp.args.JsonRestore()))
-    return out["state"]["params"], out["meta"]
+    with ocp.PyTreeCheckpointer() as reader:
+      out = reader.restore(os.path.join(self.step_dir(iteration), "state"),
+                           args=ocp.args.PyTreeRestore(item={"params": abstract_params},
+                                                       restore_args={"params": args},
+                                                       partial_restore=True))
+    return out["params"], self.restore_meta(iteration)
 
   def restore_arrays(self, iteration: int) -> Any:
     """The saved state as host numpy arrays, without a target (tools and tests). Reads

@@ -80,9 +80,9 @@ def _cmd_generate(args) -> int:
     loaded = weights.without_chat_template(loaded)
   sampler = sampling.make_sampler(loaded, max_batch=args.max_batch)
   if args.strategy:
-    results = refine.refine_texts(loaded, prompts, args.strategy, sample=sp, n=args.strategy_n,
-                                  rounds=args.refine_rounds, scorer=args.scorer,
-                                  seed=args.seed, sampler=sampler)
+    cfg = refine.StrategyConfig(n=args.strategy_n, rounds=args.refine_rounds,
+                                scorer=args.scorer, sample=sp)
+    results = refine.refine_texts(loaded, prompts, args.strategy, cfg, args.seed, sampler)
     for i, r in enumerate(results):
       if args.json:
         print(json.dumps(refine.to_json(r, i, args.strategy)))

@@ -17,8 +17,8 @@ import os
 import ml_collections
 
 from selfimprove_jax.errors import UserError
-from selfimprove_jax.optimize.config import (check_lora_config, check_optim_config,
-                                             default_lora_config, default_optim_config)
+from selfimprove_jax.model.lora import check_lora_config, default_lora_config
+from selfimprove_jax.optimize.config import check_optim_config, default_optim_config
 
 
 # The names in the stages' registries (select.FILTERS, refine.STRATEGIES,
@@ -31,6 +31,7 @@ SCORER_NAMES = ("verifier", "judge", "logprob")
 ALGORITHM_NAMES = ("sft", "dpo", "grpo")
 
 
+# size: the table of every config key and its default, one per line
 def base_config() -> ml_collections.ConfigDict:
   """Every key of an experiment, with its default."""
   c = ml_collections.ConfigDict()
@@ -132,7 +133,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.batch_size = 16
   c.train.max_seq_len = 160            # prompt + completion, right-padded
   c.optim = default_optim_config()
-  # LoRA (optimize/lora.py): rank > 0 trains low-rank adapters on the `targets`
+  # LoRA (model/lora.py): rank > 0 trains low-rank adapters on the `targets`
   # matrices instead of every weight.
   c.lora = default_lora_config()
 

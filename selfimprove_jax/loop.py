@@ -52,7 +52,7 @@ from selfimprove_jax.errors import UserError
 from selfimprove_jax.files import WorkdirLock
 from selfimprove_jax.optimize import (abstract_train_state, create_train_state,
                                       make_logprob_fn, make_train_step)
-from selfimprove_jax.optimize import lora as lora_lib
+from selfimprove_jax.model import lora as lora_lib
 from selfimprove_jax.policy import GenerateFn, model_generate
 from selfimprove_jax.records import Sample, pass_rate
 from selfimprove_jax.reporting import Reporter
@@ -135,9 +135,8 @@ def run(config, workdir: str, override_config: bool = False, log=_print) -> dict
     return _run(config, workdir, override_config, log, signals)
 
 
+# size: the loop itself, one banner per stage (the table of contents of a run)
 def _run(config, workdir, override_config, log, signals) -> dict:
-  # The whole loop, top to bottom: one banner per stage, each a few lines calling the
-  # module that owns it (longer than 60 lines on purpose: it is the table of contents).
   # --- set up: mesh, model, task, sampler, step functions, checkpoints
   s = _set_up(config, workdir, log)
   # --- restore, or start from the base model

@@ -36,8 +36,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from selfimprove_jax import judge as judge_lib
-from selfimprove_jax import sandbox
+from selfimprove_jax import rubric, sandbox
 from selfimprove_jax.errors import UserError
 from selfimprove_jax.policy import GenerateFn, model_generate
 from selfimprove_jax.records import Sample, group_by_problem, majority
@@ -170,7 +169,7 @@ def _verifier_scores(ctx, idx, samples, cfg, seed):
 
 def _judge_scores(ctx, idx, samples, cfg, seed):
   questions = [ctx.prompts[i] for i in idx]
-  scores, _ = judge_lib.judge(ctx.judge or ctx.generate, questions, [s.completion for s in samples],
+  scores, _ = rubric.judge(ctx.judge or ctx.generate, questions, [s.completion for s in samples],
                               samples=cfg.judge_samples, max_new_tokens=cfg.judge_tokens,
                               seed=seed)
   return [-1.0 if s is None else s for s in scores]   # unparsed ranks last
@@ -376,14 +375,12 @@ def run_strategy(name: str, ctx: Context, prompts: Sequence[str], cfg: StrategyC
   return STRATEGIES[name](ctx, list(prompts), cfg, seed)
 
 
-def refine_texts(loaded, prompts: Sequence[str], name: str, *, sample: SamplingParams,
-                 n: int = 8, rounds: int = 2, scorer: str = "auto", seed: int = 0,
-                 sampler=None) -> list[Refined]:
+def refine_texts(loaded, prompts: Sequence[str], name: str, cfg: StrategyConfig,
+                 seed: int = 0, sampler=None) -> list[Refined]:
   """Strategy `name` on free-text prompts with a `weights.LoadedModel` (no task: best_of_n
   'auto' lets the model judge its own candidates; answers are extracted generically)."""
   from selfimprove_jax.sampling import make_sampler
   generate = model_generate(sampler or make_sampler(loaded), loaded.params, loaded.tokenizer)
-  cfg = StrategyConfig(n=n, rounds=rounds, scorer=scorer, sample=sample)
   return run_strategy(name, Context(generate, judge=generate), prompts, cfg, seed)
 
 

@@ -4,13 +4,16 @@ test_bad_input.py."""
 
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
 import pytest
 
 from selfimprove_jax.checkpoint import Checkpointer
-from run_files import ROOT, TINY, assert_same_state, final_state, metrics, run_cli
+from run_files import (ROOT, TINY, assert_same_state, final_state, metrics, run_cli,
+                       run_env)
 
 
 def test_end_to_end_artifacts(reference):
@@ -143,3 +146,43 @@ def test_second_ctrl_c_exits_at_once(monkeypatch, capsys):
   assert exits == [128 + signal.SIGINT]
   err = capsys.readouterr().err.strip().splitlines()
   assert err == ["SIGINT (Ctrl-C): stopped at once; re-run the same command to continue"]
+
+
+def test_eval_of_a_run_prints_the_runs_own_numbers(reference, cache_dir):
+  """`eval --model WORKDIR` scores with the run's saved config and the seed of the
+  checkpoint's iteration: every held-out metric equals the run's row for it."""
+  workdir, _ = reference
+  rows = {r["iteration"]: r for r in metrics(workdir)}
+  last = max(i for i, r in rows.items() if r["accepted"])
+  cmd = [sys.executable, "-m", "selfimprove_jax.cli", "eval", "--model", str(workdir),
+         "--json"]
+  out = subprocess.run(cmd, env=run_env(cache_dir), capture_output=True, text=True,
+                       timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  got = json.loads(out.stdout)
+  assert got["model"].endswith(f"@{last}") and got["heldout"] == 8
+  for key in ("pass@1", "mean_reward", "maj@2", "pass@2", "sampled_reward"):
+    assert got[key] == rows[last][key], key
+  # a flag overrides one setting; --task_option sets a task option
+  cmd += ["--k", "1", "--task_option", "operators=+", "--n", "3"]
+  out = subprocess.run(cmd, env=run_env(cache_dir), capture_output=True, text=True,
+                       timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  got = json.loads(out.stdout)
+  assert got["heldout"] == 3 and "maj@2" not in got
+
+
+def test_optimizer_state_continues_across_iterations_when_asked(cache_dir, tmp_path):
+  """optim.continue_state: the checkpoint holds the optimizer state and its step counts
+  every iteration's updates; by default a checkpoint holds the weights only."""
+  fresh, cont = tmp_path / "fresh", tmp_path / "continue"
+  for workdir, extra in ((fresh, []), (cont, ["--config.optim.continue_state=true"])):
+    out = run_cli(workdir, cache_dir, *extra)
+    assert out.returncode == 0, out.stderr[-3000:]
+  rows = metrics(cont)
+  steps = sum(r["optimizer_steps"] for r in rows[1:] if r["accepted"])
+  _, state = final_state(cont)
+  assert set(state) == {"params", "opt_state", "step", "rng"}
+  assert int(state["step"]) == steps and steps >= 2
+  _, state = final_state(fresh)
+  assert set(state) == {"params"}

@@ -25,7 +25,8 @@ from run_files import final_state, metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "configs", "tiny.py")
-ONE_ITERATION = ("--config.loop.iterations=1",)
+# continue_state: checkpoints then hold the optimizer's step and rng too, compared below
+ONE_ITERATION = ("--config.loop.iterations=1", "--config.optim.continue_state=true")
 TIMEOUT = 420
 # Gradients are summed across processes by gloo, in another order than one process's
 # all-reduce: params then agree to float32 round-off (measured: at most 5e-7 after

@@ -3,7 +3,7 @@ scripted generations (no model), plus the strategies through the tiny model's sa
 
 import pytest
 
-from selfimprove_jax import curriculum, judge, policy, refine, select, self_instruct
+from selfimprove_jax import curriculum, judge, policy, refine, rubric, select, self_instruct
 from selfimprove_jax.errors import UserError
 from selfimprove_jax.records import Sample
 from selfimprove_jax.refine import Context, StrategyConfig
@@ -177,7 +177,7 @@ def test_critique_approval_parsing():
     ("Score: 4/0", None),
 ])
 def test_judge_score_parsing(text, score):
-  got = judge.parse_score(text)
+  got = rubric.parse_score(text)
   assert got == pytest.approx(score) if score is not None else got is None
 
 

@@ -32,7 +32,8 @@ def test_self_rewarding_dpo_one_tiny_iteration(tmp_path):
   assert 0.0 <= row["judge_unparsed"] <= 1.0          # logged every iteration
   assert "judge_agreement" in row
   recs = [json.loads(l) for l in open(tmp_path / "records/iter_0001/acquire.jsonl")]
-  assert len(recs) == 8 and all("judge_score" in r and "judge_reply" in r for r in recs)
+  # every sample judged (an unparsed judgment has a reply and no score)
+  assert len(recs) == 8 and all("judge_reply" in r for r in recs)
 
 
 def test_self_instruct_sft_one_tiny_iteration_with_curriculum(tmp_path):

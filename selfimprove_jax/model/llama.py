@@ -185,6 +185,7 @@ def attention(q, k, v, mask, scale=None, window=None, q_offset=0):
   return out.reshape(B, T, N, H)
 
 
+# size: one decoder layer written out whole, both families' differences inline
 def block(p, x, cos, sin, mask, config: ModelConfig, kv=None, cache_index=None, local=False):
   """One decoder layer. x [B,T,D]; kv: optional (k_cache, v_cache) [B,S,K,H] into
   which this call's keys/values are written at `cache_index` (same for all rows).

@@ -3,7 +3,7 @@ token log-probs, and the jitted sharded train step."""
 
 from selfimprove_jax.optimize.config import (LOSS_NAMES, POLICY_GRADIENT_LOSSES,
                                              check_optim_config, default_optim_config)
-from selfimprove_jax.optimize.lora import (LoraConfig, count_lora_params, default_lora_config,
+from selfimprove_jax.model.lora import (LoraConfig, count_lora_params, default_lora_config,
                                            init_lora, merge)
 from selfimprove_jax.optimize.logprobs import make_logprob_fn, token_logprobs
 from selfimprove_jax.optimize.losses import (ADVANTAGES, LOSSES, advantages, dpo_loss,

@@ -6,7 +6,6 @@ override; `check_optim_config` turns a bad value into one `UserError` line.
 
 from __future__ import annotations
 
-import fnmatch
 import math
 
 import ml_collections
@@ -18,8 +17,6 @@ POLICY_GRADIENT_LOSSES = ("grpo", "rloo", "dr_grpo")
 SCHEDULES = ("cosine", "linear", "constant")
 MOMENT_DTYPES = ("float32", "bfloat16")
 AGGREGATIONS = ("token", "sequence")
-# Per-layer matrices a LoRA adapter can target (optimize/lora.py).
-LORA_MATRICES = ("q", "k", "v", "o", "gate", "up", "down")
 
 
 def default_optim_config() -> ml_collections.ConfigDict:
@@ -101,32 +98,3 @@ def check_optim_config(c) -> None:
     raise UserError(f"optim.grad_accum_steps={c.grad_accum_steps!r} must be >= 1")
   if not 0.0 <= c.dpo_label_smoothing < 0.5:
     raise UserError(f"optim.dpo_label_smoothing={c.dpo_label_smoothing!r} must be in [0, 0.5)")
-
-
-def default_lora_config() -> ml_collections.ConfigDict:
-  """`config.lora`: rank 0 = off (full fine-tuning)."""
-  c = ml_collections.ConfigDict()
-  c.rank = 0
-  c.alpha = 16.0
-  c.targets = "q,k,v,o"    # comma-separated patterns over q,k,v,o,gate,up,down ('*' = all)
-  # Dropout on the adapter's input needs the product computed beside W (x @ A @ B);
-  # merged adapters have no separate input, so only 0 is accepted.
-  c.dropout = 0.0
-  return c
-
-
-def check_lora_config(c) -> None:
-  """One-line UserError for a bad `config.lora`."""
-  if c.rank < 0:
-    raise UserError(f"lora.rank={c.rank!r} must be >= 0 (0 = off)")
-  if c.rank and c.alpha <= 0:
-    raise UserError(f"lora.alpha={c.alpha!r} must be > 0")
-  if c.dropout != 0.0:
-    raise UserError(f"lora.dropout={c.dropout!r}: only 0 is supported (adapters are merged "
-                    f"into the weights, see optimize/lora.py)")
-  patterns = [p.strip() for p in str(c.targets).split(",") if p.strip()]
-  if c.rank and not patterns:
-    raise UserError("lora.targets is empty: name parameters such as q,k,v,o")
-  for p in patterns:
-    if not fnmatch.filter(LORA_MATRICES, p):
-      raise UserError(f"lora.targets pattern {p!r} matches none of {', '.join(LORA_MATRICES)}")

@@ -21,7 +21,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from selfimprove_jax.model.config import ModelConfig
 from selfimprove_jax.model.params import abstract_params, param_shardings
-from selfimprove_jax.optimize import lora as lora_lib
+from selfimprove_jax.model import lora as lora_lib
 from selfimprove_jax.optimize.config import check_optim_config
 
 # Weight decay applies to the matmul weights only. Norm gains and biases: decaying
@@ -106,7 +106,7 @@ def state_shardings(model_config: ModelConfig, cfg, mesh: Mesh,
                     lora: lora_lib.LoraConfig | None = None) -> TrainState:
   """NamedShardings of the whole TrainState: params by the rule table, each Adam
   moment like its parameter, scalars (counts, step, rng) replicated. With `lora` the
-  state's params are the adapters only (optimize/lora.py)."""
+  state's params are the adapters only (model/lora.py)."""
   if lora is None:
     p_shard = param_shardings(model_config, mesh)
     shapes = nn.unbox(abstract_params(model_config))

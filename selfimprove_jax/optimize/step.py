@@ -23,7 +23,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from selfimprove_jax.errors import UserError
 from selfimprove_jax.model.config import ModelConfig
 from selfimprove_jax.model.params import param_shardings
-from selfimprove_jax.optimize import lora as lora_lib
+from selfimprove_jax.model import lora as lora_lib
 from selfimprove_jax.optimize.config import POLICY_GRADIENT_LOSSES, check_optim_config
 from selfimprove_jax.optimize.logprobs import token_logprobs
 from selfimprove_jax.optimize.losses import LOSSES, prepare_batch
@@ -65,6 +65,7 @@ def _check_batch(batch: dict, cfg) -> None:
     raise UserError(f"optim.loss={cfg.loss!r} needs batch keys {missing}")
 
 
+# size: the jitted step's closure (loss, accumulation scan, update, metrics)
 def make_train_step(model_config: ModelConfig, cfg, mesh: Mesh,
                     lora: lora_lib.LoraConfig | None = None):
   """`step(state, batch) -> (state, metrics)`, jitted with explicit shardings and

@@ -98,6 +98,7 @@ def init_slots(*, config: ModelConfig, slots: int, cache_len: int, rows: int,
       stop_len=_batch(jnp.zeros((N,), jnp.int32), mesh))
 
 
+# size: a jitted kernel; its arrays and static settings are its parameters
 def admit(params, state: SlotState, tokens, prompt_mask, slot, row, row_prompt, row_sample,
           row_limit, seed, *, config: ModelConfig, group: int,
           mesh: Optional[Mesh] = None) -> SlotState:
@@ -135,6 +136,7 @@ def admit(params, state: SlotState, tokens, prompt_mask, slot, row, row_prompt, 
       free=put(state.free, jnp.zeros(row.shape, bool)))
 
 
+# size: a jitted kernel; its arrays and static settings are its parameters
 def run(params, state: SlotState, min_free, eos_ids, stop_table, stop_valid, temperature,
         top_p, *, config: ModelConfig, choice: Choice,
         mesh: Optional[Mesh] = None) -> SlotState:

@@ -145,6 +145,7 @@ def _logits(top, config: ModelConfig, hidden):
   return project_logits(top, config, hidden)
 
 
+# size: a jitted kernel; its arrays and static settings are its parameters
 def forward_step(top, layers, config: ModelConfig, cache, tok, positions, key_mask,
                  cache_index, mesh=None):
   """One decode step for every row: tok [B] at `positions` [B], written to cache slot
@@ -188,6 +189,7 @@ def row_key_data(seed, row_prompt, row_sample):
   return jax.random.key_data(keys)
 
 
+# size: a jitted kernel; its arrays and static settings are its parameters
 def prefill(params, tokens, prompt_mask, row_prompt, row_sample, row_real, row_limit, seed,
             *, config: ModelConfig, group: int, max_new: int, stop_width: int,
             mesh: Optional[Mesh] = None) -> DecodeState:
@@ -249,6 +251,7 @@ class NextTokens(NamedTuple):
   trailing: jax.Array        # tokens of the EOS / stop sequence that ended it
 
 
+# size: a jitted kernel; its arrays and static settings are its parameters
 def next_tokens(logits, keys, recent, at_limit, eos_ids, stop_table, stop_valid,
                 temperature, top_p, choose) -> NextTokens:
   """Chooses each row's next token from fp32 logits [B,V] and says whether it ends
@@ -270,6 +273,7 @@ def next_tokens(logits, keys, recent, at_limit, eos_ids, stop_table, stop_valid,
   return NextTokens(tok, raw_lp, sample_lp, recent, code, trailing)
 
 
+# size: a jitted kernel; its arrays and static settings are its parameters
 def decode(params, state: DecodeState, eos_ids, stop_table, stop_valid, temperature,
            top_p, *, config: ModelConfig, choice: Choice,
            mesh: Optional[Mesh] = None) -> DecodeState:

@@ -255,6 +255,7 @@ class Sampler:
 
   # --------------------------------------------------------------------------- bucketed
 
+  # size: the sampler's schedule state is passed explicitly, not held on self
   def _generate_bucketed(self, params, prompts, units, group, n, sp, choice, stop_width,
                          seed, consts, limits, bar) -> list[Completion]:
     max_units = max(1, self.max_batch // group)
@@ -270,6 +271,7 @@ class Sampler:
       pending = (chunk, group, launched)
     return results + self._collect(*pending, bar)
 
+  # size: the sampler's schedule state is passed explicitly, not held on self
   def _launch(self, params, prompts, chunk, per_call, group, sp, choice, stop_width, seed,
               consts, limits):
     Tb = bucket_length(max(len(prompts[u.prompt]) for u in chunk), self.min_bucket)
@@ -304,6 +306,7 @@ class Sampler:
 
   # --------------------------------------------------------------------------- continuous
 
+  # size: the sampler's schedule state is passed explicitly, not held on self
   def _generate_continuous(self, params, prompts, units, group, n, sp, choice, stop_width,
                            seed, consts, limits, bar) -> list[Completion]:
     """Keeps `max_batch` slots busy: admit waiting prompts whenever a refill's worth
@@ -347,6 +350,7 @@ class Sampler:
                                         u.sample_start + j))
     return results
 
+  # size: the sampler's schedule state is passed explicitly, not held on self
   def _admit_units(self, params, state, prompts, batch, R, group, n, taken, slots, N,
                    limits, seed):
     """Prefill `batch` (padded to R units) into the free slots `taken`."""

@@ -317,6 +317,7 @@ def _status(wait_status, timed_out: bool, over_output: bool, value) -> tuple[str
   return "ok", 0, ""
 
 
+# size: the sandboxed child's whole life in one place (limits, run, report), read as one
 def run_item(req: dict, scratch_root: str) -> dict:
   """Forks a child for one request, watches it, cleans up after it."""
   limits = req["limits"]

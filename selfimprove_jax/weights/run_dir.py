@@ -14,7 +14,7 @@ import ml_collections
 
 from selfimprove_jax.checkpoint import ENTRIES, MANIFEST, Checkpointer
 from selfimprove_jax.errors import UserError
-from selfimprove_jax.optimize import lora as lora_lib
+from selfimprove_jax.model import lora as lora_lib
 
 _AT = re.compile(r"^(?P<dir>.+)@(?P<it>\d+)$")
 

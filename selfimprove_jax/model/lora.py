@@ -19,6 +19,9 @@ x @ A @ B next to x @ W: the model code stays one path, the sampler runs at the 
 model's speed (merge once per sampling phase), and in the train step the merge is
 one [in, r] x [r, out] product per target, small next to the B*T-token matmuls. The
 DPO / GRPO reference is the base params themselves: no second copy of the weights.
+
+Adapters live in the model package because they are a way of writing the model's
+weights (sampling, export and run directories merge them); optimize trains them.
 """
 
 from __future__ import annotations
@@ -28,19 +31,19 @@ import fnmatch
 from typing import Optional
 
 import flax.linen as nn
+import ml_collections
 import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from selfimprove_jax import sharding as sharding_lib
 from selfimprove_jax.model.config import ModelConfig
+from selfimprove_jax.errors import UserError
 from selfimprove_jax.model.params import abstract_params
-from selfimprove_jax.optimize.config import (LORA_MATRICES, check_lora_config,
-                                             default_lora_config)
 
 # Per-layer matrices an adapter can target, with how many leading dims are input.
 MATRICES = {"q": 1, "k": 1, "v": 1, "o": 2, "gate": 1, "up": 1, "down": 1}
-assert tuple(MATRICES) == LORA_MATRICES
+LORA_MATRICES = tuple(MATRICES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,3 +161,35 @@ def merge(base: dict, adapters: dict, lora: LoraConfig) -> dict:
     w = layers[key]
     layers[key] = w + delta(ab, lora, w.shape).astype(w.dtype)
   return dict(base, layers=layers)
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def default_lora_config() -> ml_collections.ConfigDict:
+  """`config.lora`: rank 0 = off (full fine-tuning)."""
+  c = ml_collections.ConfigDict()
+  c.rank = 0
+  c.alpha = 16.0
+  c.targets = "q,k,v,o"    # comma-separated patterns over q,k,v,o,gate,up,down ('*' = all)
+  # Dropout on the adapter's input needs the product computed beside W (x @ A @ B);
+  # merged adapters have no separate input, so only 0 is accepted.
+  c.dropout = 0.0
+  return c
+
+
+def check_lora_config(c) -> None:
+  """One-line UserError for a bad `config.lora`."""
+  if c.rank < 0:
+    raise UserError(f"lora.rank={c.rank!r} must be >= 0 (0 = off)")
+  if c.rank and c.alpha <= 0:
+    raise UserError(f"lora.alpha={c.alpha!r} must be > 0")
+  if c.dropout != 0.0:
+    raise UserError(f"lora.dropout={c.dropout!r}: only 0 is supported (adapters are merged "
+                    f"into the weights, see model/lora.py)")
+  patterns = [p.strip() for p in str(c.targets).split(",") if p.strip()]
+  if c.rank and not patterns:
+    raise UserError("lora.targets is empty: name parameters such as q,k,v,o")
+  for p in patterns:
+    if not fnmatch.filter(LORA_MATRICES, p):
+      raise UserError(f"lora.targets pattern {p!r} matches none of {', '.join(LORA_MATRICES)}")

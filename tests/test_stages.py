@@ -1,0 +1,67 @@
+"""The stages' wiring in the loop: what each stage hands the next (DPO trains on the
+selected samples only), and evaluation's majority vote in each problem's own format."""
+
+import dataclasses
+import json
+import os
+
+from selfimprove_jax import algorithms, evaluation, loop
+from selfimprove_jax.config import load_config
+from selfimprove_jax.records import read_records
+from selfimprove_jax.sampling import SamplingParams
+from selfimprove_jax.tasks import get_task
+
+from run_files import TINY
+from test_refine import S, Scripted
+
+
+def test_dpo_trains_only_on_selected_samples_never_on_heldout_prompts(monkeypatch, tmp_path):
+  """Half of each round's prompts are held-out problems (as a leaky prompt source
+  would give) and a filter drops some samples: the DPO pairs are built from exactly
+  the selected records, which hold no held-out prompt."""
+  seen = []
+  dpo = algorithms.ALGORITHMS["dpo"]
+  def spy(samples, config, seed):
+    seen.append(list(samples))
+    return dpo.batches(samples, config, seed)
+  monkeypatch.setitem(algorithms.ALGORITHMS, "dpo", dataclasses.replace(dpo, batches=spy))
+  take = loop.PromptStream.take
+  def leaky(self, n, share=0.0):
+    return take(self, n - n // 2, share) + leaked[: n // 2]
+  monkeypatch.setattr(loop.PromptStream, "take", leaky)
+  config = load_config(TINY, ["loop.algorithm=dpo", "loop.iterations=1",
+                              "select.filters=dedup,max_length",
+                              "select.max_completion_tokens=5", "log.tensorboard=false",
+                              "log.plot=false"])
+  task = get_task("arithmetic")
+  leaked = task.heldout(config.task.heldout_size, config.task.difficulty)
+  loop.run(config, str(tmp_path), log=lambda *_: None)
+  rec = tmp_path / "records" / "iter_0001"
+  acquired = read_records(str(rec / "acquire.jsonl"))
+  selected = read_records(str(rec / "select.jsonl"))
+  held = {p.id for p in leaked}
+  assert any(s.problem_id in held for s in acquired)        # the leak reached acquire
+  assert len(selected) < len(acquired)
+  assert seen == [selected]                                 # pairs from these only
+  assert not any(s.problem_id in held for s in seen[0])
+  row = json.loads(open(os.path.join(tmp_path, "metrics.jsonl")).readlines()[1])
+  assert row["kept"] == len(selected)
+
+
+def test_majority_vote_reads_answers_in_each_problems_format(tmp_path):
+  """jsonl task, numeric references: two replies state the answer in words, two say
+  7. Read with the problem both worded ones are the reference and win the tie (first
+  seen); read without it (the whole reply), the two identical '7' replies would win."""
+  path = tmp_path / "qa.jsonl"
+  path.write_text("".join(json.dumps({"prompt": f"What is {i} * 6?", "answer": str(i * 6)})
+                          + "\n" for i in range(1, 21)))
+  task = get_task(f"jsonl:{path}")
+  problems = task.heldout(2)
+  replies = lambda p: [f"I think it is {p.reference}.", f"So {p.reference}, I believe",
+                       "7", "7"]
+  by_prompt = {p.prompt: replies(p) for p in problems}
+  gen = Scripted(lambda prompt, j, greedy: S("7" if greedy else by_prompt[prompt][j]))
+  m = evaluation.heldout_scores(gen, task, problems, 4,
+                                SamplingParams(temperature=1.0, max_new_tokens=8), seed=0)
+  assert m["pass@1"] == 0.0          # greedy says 7
+  assert m["maj@4"] == 1.0 and m["pass@4"] == 1.0
