@@ -10,7 +10,7 @@ on model output.
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from selfimprove_jax import judge as judge_lib
 from selfimprove_jax import refine as refine_lib
@@ -57,20 +57,31 @@ class Settings:
                config.acquire.min_vote_share)
 
 
-def acquire_round(generate: GenerateFn, judge: Optional[GenerateFn], task,
-                  problems: Sequence, settings: Settings, seed: int,
-                  iteration: int) -> list[Sample]:
-  """`acquire`, then what the config adds to those samples: judge scores (judge.py;
-  `judge` is a separate judge model's GenerateFn, None = the model judges itself) and
-  a refinement strategy's training targets (refine.py)."""
-  samples = acquire(generate, task, problems, settings.sample, settings.n, seed, iteration)
-  judge = judge or generate
-  if settings.judge:
-    samples = judge_lib.score_records(judge, samples, samples=settings.judge_samples,
-                                      max_new_tokens=settings.judge_tokens, seed=seed + 1,
-                                      use_as_reward=settings.judge_as_reward)
-  if settings.refine_strategy:
-    ctx = refine_lib.Context(generate, task, problems, judge=judge)
-    samples = refine_lib.refine_records(settings.refine_strategy, samples, problems, ctx,
-                                        settings.strategy, seed + 2, settings.min_vote_share)
+@dataclasses.dataclass(frozen=True)
+class Round:
+  """What one acquisition round may use."""
+  generate: GenerateFn                  # the current policy
+  judge: Optional[GenerateFn]           # a separate judge model; None: the policy judges
+  task: Any
+  heldout: Sequence                     # held-out problems: never trained on, never proposed
+  settings: Settings
+  seed: int
+  iteration: int
+  config: Any                           # the run's config (a paradigm's own sections)
+
+
+def acquire_round(r: Round, problems: Sequence) -> list[Sample]:
+  """`acquire`, then what the config adds to those samples: judge scores (judge.py)
+  and a refinement strategy's training targets (refine.py)."""
+  st = r.settings
+  samples = acquire(r.generate, r.task, problems, st.sample, st.n, r.seed, r.iteration)
+  judge = r.judge or r.generate
+  if st.judge:
+    samples = judge_lib.score_records(judge, samples, samples=st.judge_samples,
+                                      max_new_tokens=st.judge_tokens, seed=r.seed + 1,
+                                      use_as_reward=st.judge_as_reward)
+  if st.refine_strategy:
+    ctx = refine_lib.Context(r.generate, r.task, problems, judge=judge)
+    samples = refine_lib.refine_records(st.refine_strategy, samples, problems, ctx,
+                                        st.strategy, r.seed + 2, st.min_vote_share)
   return samples

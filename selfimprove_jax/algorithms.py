@@ -1,10 +1,12 @@
 """Optimize: how each paradigm turns one round's selected samples into optimizer batches.
 
 An `Algorithm` is the whole difference between paradigms as far as the loop is
-concerned: which loss the train step uses, how many acquire -> update rounds one
-iteration has (on-policy RL samples again after every update; expert iteration and DPO
-sample once), how selected samples become fixed-shape host batches, and whether the
-loss needs reference log-probs. A new paradigm is a new entry in `ALGORITHMS`.
+concerned: how a round's samples are made (by default `acquire.acquire_round`: the
+task's problems, sampled and verified; self-play proposes its own), which loss the
+train step uses, how many acquire -> update rounds one iteration has (on-policy RL
+samples again after every update; expert iteration and DPO sample once), how selected
+samples become fixed-shape host batches, and whether the loss needs reference
+log-probs. A new paradigm is a module defining one and an entry in `ALGORITHMS`.
 
 Batches are built from the iteration's selected samples and a seed derived from
 (config.seed, iteration): rebuilding them after an interruption gives the same batches,
@@ -19,36 +21,47 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import ml_collections
 import numpy as np
 
+from selfimprove_jax import acquire as acquire_lib
 from selfimprove_jax import judge as judge_lib
+from selfimprove_jax.optimize.config import POLICY_GRADIENT_LOSSES
 from selfimprove_jax.records import Sample, group_by_problem
 
 # (selected samples of one round, config, seed) -> host batches
 BatchFn = Callable[[Sequence[Sample], "ml_collections.ConfigDict", int], list]
+# (the round's context, its problems) -> scored samples (acquire.acquire_round's form)
+AcquireFn = Callable[[acquire_lib.Round, Sequence], list]
 
 
 @dataclasses.dataclass(frozen=True)
 class Algorithm:
+  """A paradigm, as the loop sees it."""
   name: str
   batches: BatchFn
+  loss: Optional[str] = None        # the train step's loss; None: the GRPO family's choice
+                                    # in config.optim.loss (grpo | rloo | dr_grpo)
+  acquire: AcquireFn = acquire_lib.acquire_round   # how a round's samples are made
   rows_per_example: int = 1         # DPO: a (chosen, rejected) pair is two rows
   on_policy: bool = False           # True: rl_steps acquire -> update rounds per iteration
+  reference: str = "kl"             # reference log-probs: 'always' | 'kl' (when
+                                    # optim.kl_coef > 0) | 'never'
+  # (an iteration's acquired samples, config) -> the paradigm's own metrics for its row
+  metrics: Callable[[Sequence[Sample], Any], dict] = lambda samples, config: {}
 
-  def loss(self, config) -> str:
-    if self.name == "grpo":   # the GRPO family: grpo | rloo | dr_grpo
-      return config.optim.loss if config.optim.loss in ("grpo", "rloo", "dr_grpo") else "grpo"
-    return self.name
+  def loss_name(self, config) -> str:
+    if self.loss is not None:
+      return self.loss
+    return config.optim.loss if config.optim.loss in POLICY_GRADIENT_LOSSES else "grpo"
 
   def rounds(self, config) -> int:
     return config.loop.rl_steps if self.on_policy else 1
 
   def needs_reference(self, config) -> bool:
-    """DPO always compares with the reference; the GRPO family when its KL term is on."""
-    return self.name == "dpo" or (self.on_policy and config.optim.kl_coef > 0)
+    return self.reference == "always" or (self.reference == "kl" and config.optim.kl_coef > 0)
 
   def steps_per_iteration(self, config) -> int:
     """Optimizer steps one iteration plans for (its upper bound: every sample kept)."""
@@ -66,7 +79,7 @@ def optimizer_config(config, algorithm: Algorithm) -> ml_collections.ConfigDict:
   steps = algorithm.steps_per_iteration(config)
   cfg.total_steps = max(1, steps * (config.loop.iterations if config.optim.continue_state
                                     else 1))
-  cfg.loss = algorithm.loss(config)
+  cfg.loss = algorithm.loss_name(config)
   return cfg
 
 
@@ -162,7 +175,7 @@ def rl_batches(samples: Sequence[Sample], config, seed: int) -> list[dict]:
 
 
 ALGORITHMS = {
-    "sft": Algorithm("sft", sft_batches),
-    "dpo": Algorithm("dpo", dpo_batches, rows_per_example=2),
+    "sft": Algorithm("sft", sft_batches, loss="sft", reference="never"),
+    "dpo": Algorithm("dpo", dpo_batches, loss="dpo", rows_per_example=2, reference="always"),
     "grpo": Algorithm("grpo", rl_batches, on_policy=True),
 }

@@ -181,9 +181,9 @@ def _run(config, workdir, override_config, log, signals) -> dict:
       metrics = _evaluate(s, train.params, k)
       # --- decide: accept or roll back, stop on a plateau, move the difficulty
       accepted, reason = _decide(state, metrics, it, config)
-      row = dict(iteration=k, **metrics, **it.summary(config), accepted=accepted,
+      row = dict(iteration=k, **metrics, **it.summary(config, s.algorithm), accepted=accepted,
                  reason=reason, difficulty=state.difficulty)
-      row["curriculum_move"], next_difficulty = _curriculum(s, state, it)
+      next_difficulty = _curriculum(s, state, it, row)
       if accepted:
         kept = _kept(s, train)
         state.accepted_iteration = k
@@ -374,8 +374,8 @@ class Iteration:
   def stage_name(self, stage: str, r: int, rounds: int) -> str:
     return stage if rounds == 1 else f"{stage}_{r}"
 
-  def summary(self, config) -> dict:
-    """The iteration's fields of its history row."""
+  def summary(self, config, algorithm: Algorithm) -> dict:
+    """The iteration's fields of its history row (the algorithm adds its own)."""
     thr = config.select.reward_threshold
     last = self.losses[-max(1, len(self.losses) // max(1, config.train.epochs)):]
     row = {"kept": len(self.selected), "acquired": len(self.acquired),
@@ -383,7 +383,7 @@ class Iteration:
            "train_loss": float(np.mean(last)) if self.losses else float("nan"),
            "optimizer_steps": len(self.losses), "loss_tokens": self.loss_tokens,
            "nonfinite": self.problem, "seconds": round(time.time() - self.started, 1),
-           **self.extra,
+           **self.extra, **algorithm.metrics(self.acquired, config),
            **judge_lib.agreement(self.acquired, config.select.judge_threshold, thr)}
     if config.acquire.refine_strategy:
       targets = [x for x in self.acquired if x.refined]
@@ -414,12 +414,11 @@ def _self_instruct(s: Setup, params, difficulty, it: Iteration) -> list[Problem]
 
 def _acquire(s: Setup, params, problems, r: int, it: Iteration) -> list[Sample]:
   name = it.stage_name("acquire", r, s.algorithm.rounds(s.config))
-  settings = acquire_lib.Settings.from_config(s.config)
+  round_ = acquire_lib.Round(s.generate(params), s.judge, s.task, s.heldout,
+                             acquire_lib.Settings.from_config(s.config),
+                             s.seed(it.k, "acquire", r), it.k, s.config)
   samples, it.hashes[name], cached = stage_cache.cached(
-      it.rec_dir, name,
-      lambda: acquire_lib.acquire_round(s.generate(params), s.judge, s.task, problems,
-                                        settings, s.seed(it.k, "acquire", r), it.k),
-      it.k, s.reporter.log)
+      it.rec_dir, name, lambda: s.algorithm.acquire(round_, problems), it.k, s.reporter.log)
   it.acquired += samples
   s.reporter.stage(it.k, name, f"{len(samples)} samples, train pass rate "
                    f"{pass_rate(samples, s.config.select.reward_threshold):.2f}"
@@ -573,19 +572,20 @@ def _decide(state: LoopState, metrics: dict, it: Iteration, config) -> tuple[boo
   return accepted, reason
 
 
-def _curriculum(s: Setup, state: LoopState, it: Iteration):
-  """(the move or None, next iteration's difficulty): toward the pass-rate band."""
+def _curriculum(s: Setup, state: LoopState, it: Iteration, row: dict):
+  """The next iteration's difficulty: moved toward the pass-rate band when the
+  curriculum is on (the move goes into the row)."""
   c = s.config.curriculum
   if not c.enabled:
-    return None, state.difficulty
-  difficulty, move = curriculum_lib.step(
+    return state.difficulty
+  difficulty, row["curriculum_move"] = curriculum_lib.step(
       state.difficulty, curriculum_lib.ledger_pass_rate(it.ledger, it.k),
       s.task.difficulty_range, min_pass_rate=c.min_pass_rate,
       max_pass_rate=c.max_pass_rate, step_size=c.step)
-  if move:
+  if move := row["curriculum_move"]:
     s.reporter.stage(it.k, "curriculum", f"difficulty {move['from']} -> {move['to']} "
                      f"({move['reason']})")
-  return move, difficulty
+  return difficulty
 
 
 def _checkpoint(s: Setup, state: LoopState, kept, accepted: bool, hashes: dict) -> None:
