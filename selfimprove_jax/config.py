@@ -334,6 +334,9 @@ def validate(config) -> None:
   if config.loop.algorithm == "grpo" and config.loop.samples_per_prompt < 2:
     raise UserError(f"loop.samples_per_prompt={config.loop.samples_per_prompt} must be >= 2 "
                     f"for grpo (group-relative advantages of one sample are all zero)")
+  if config.optim.continue_state and config.loop.restart_from_base:
+    raise UserError("optim.continue_state carries the optimizer across iterations, and "
+                    "loop.restart_from_base starts each one from the base weights: pick one")
   if config.prompt_format not in ("chat", "raw"):
     raise UserError(f"prompt_format={config.prompt_format!r} is not one of chat, raw")
   if config.prompt_template.count("{prompt}") != 1:
