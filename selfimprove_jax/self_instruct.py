@@ -25,6 +25,7 @@ import json
 import re
 from typing import Optional, Sequence
 
+from selfimprove_jax.policy import sampling_params
 from selfimprove_jax.records import jaccard, majority, ngrams, normalise
 from selfimprove_jax.sampling import SamplingParams
 from selfimprove_jax.tasks.problem import Problem, make_problem, problem_id
@@ -130,11 +131,9 @@ class Settings:
 
   @classmethod
   def from_config(cls, config) -> "Settings":
-    si, sp = config.self_instruct, config.sampling
+    si = config.self_instruct
     return cls(si.proposals, si.examples, si.ngram, si.max_overlap, si.votes,
-               si.min_vote_share, SamplingParams(temperature=sp.temperature, top_k=sp.top_k,
-                                                 top_p=sp.top_p,
-                                                 max_new_tokens=si.max_new_tokens))
+               si.min_vote_share, sampling_params(config, si.max_new_tokens))
 
 
 def propose(generate, task, seed_problems: Sequence[Problem], heldout: Sequence[Problem],

@@ -65,3 +65,17 @@ def test_majority_vote_reads_answers_in_each_problems_format(tmp_path):
                                 SamplingParams(temperature=1.0, max_new_tokens=8), seed=0)
   assert m["pass@1"] == 0.0          # greedy says 7
   assert m["maj@4"] == 1.0 and m["pass@4"] == 1.0
+
+
+def test_greedy_evaluation_stops_where_sampling_stops():
+  """The greedy pass@1 answers end at the configured stop sequences too (a few-shot
+  raw prompt would otherwise run on into the next 'Q:' and its numbers)."""
+  task = get_task("arithmetic", operators="+")
+  calls = []
+  def gen(prompts, sp, n, seed):
+    calls.append(sp)
+    return [[S("1") for _ in range(n)] for _ in prompts]
+  sample = SamplingParams(temperature=0.7, max_new_tokens=8, stop_sequences=("\n",))
+  evaluation.heldout_scores(gen, task, task.heldout(2, 1), 2, sample, seed=0)
+  assert [c.is_greedy for c in calls] == [True, False]
+  assert all(c.stop_sequences == ("\n",) for c in calls)
