@@ -104,9 +104,10 @@ FLAG_KEYS = {"task": "task.name", "n": "task.heldout_size", "k": "evaluate.maj_k
 
 
 def eval_config(spec: str, flags: dict, task_options: dict):
-  """(config, where its settings come from, is a run) of `eval --model spec`: a run's saved config when `spec` names a
-  run's workdir (else the default config), with the given flags (None = not given)
-  and task options applied, validated. Cheap: nothing is loaded yet."""
+  """(config, where its settings come from, is a run) of `eval --model spec`: a run's
+  saved config when `spec` names a run's workdir (else the default config), with the
+  given flags (None = not given) and task options applied, validated. Cheap: nothing
+  is loaded yet."""
   from selfimprove_jax import config as config_lib
   from selfimprove_jax.weights import run_dir
   run = run_dir.parse_run_spec(spec)

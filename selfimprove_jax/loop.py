@@ -536,7 +536,7 @@ def _pad_to_shards(batch: dict, mesh, unit: int) -> dict:
   return out
 
 
-# ----------------------------------------------------------------------------- evaluate, decide, save
+# -------------------------------------------------------------------------- evaluate, decide, save
 
 
 def _evaluate(s: Setup, trained, k: int) -> dict:
