@@ -100,7 +100,9 @@ def test_every_config_file_loads():
     assert "Command:" in doc and "Runtime:" in doc and "Hardware:" in doc, name
 
 
-@pytest.mark.parametrize("name", ["grpo_countdown.py", "star_reasoning_gym.py"])
+@pytest.mark.parametrize("name", ["grpo_countdown.py", "star_reasoning_gym.py",
+                                  "grpo_arithmetic.py", "dpo_arithmetic.py",
+                                  "label_free_sft.py"])
 def test_config_runs_one_tiny_iteration(name, tmp_path):
   """Each experiment config completes one iteration with its model swapped for tiny."""
   from selfimprove_jax import loop
