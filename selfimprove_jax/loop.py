@@ -367,6 +367,7 @@ class Iteration:
   selected: list = dataclasses.field(default_factory=list)
   losses: list = dataclasses.field(default_factory=list)
   loss_tokens: int = 0
+  step_metrics: dict = dataclasses.field(default_factory=dict)   # the loss's own, per step
   problem: Optional[str] = None   # why these weights must not be kept
   extra: dict = dataclasses.field(default_factory=dict)    # stage summaries for the row
   started: float = dataclasses.field(default_factory=time.time)
@@ -383,6 +384,7 @@ class Iteration:
            "train_loss": float(np.mean(last)) if self.losses else float("nan"),
            "optimizer_steps": len(self.losses), "loss_tokens": self.loss_tokens,
            "nonfinite": self.problem, "seconds": round(time.time() - self.started, 1),
+           **{f"train_{n}": float(np.mean(v)) for n, v in self.step_metrics.items()},
            **self.extra, **algorithm.metrics(self.acquired, config),
            **acquire_lib.summary(self.acquired, config),
            **judge_lib.agreement(self.acquired, config.select.judge_threshold, thr)}
@@ -490,8 +492,16 @@ def _optimize(s: Setup, train, ref_params, selected: list[Sample], it: Iteration
       break
     it.losses.append(float(m["loss"]))
     it.loss_tokens += int(m["loss_tokens"])
+    for name in set(m) - _STEP_GUARDS:   # e.g. GRPO's kl and entropy, DPO's accuracy
+      it.step_metrics.setdefault(name, []).append(float(m[name]))
     fault_point("optimize", it.k)
   return train
+
+
+# train step metrics the row reports otherwise (loss, loss_tokens) or that only guard
+# the update (_update_problem); the loss's own metrics are averaged into the row
+_STEP_GUARDS = frozenset(("loss", "loss_tokens", "tokens", "grad_norm", "update_norm",
+                          "param_norm", "prev_param_norm", "learning_rate"))
 
 
 def _final_check(train, it: Iteration):
