@@ -492,7 +492,7 @@ def _optimize(s: Setup, train, ref_params, selected: list[Sample], it: Iteration
       break
     it.losses.append(float(m["loss"]))
     it.loss_tokens += int(m["loss_tokens"])
-    for name in set(m) - _STEP_GUARDS:   # e.g. GRPO's kl and entropy, DPO's accuracy
+    for name in sorted(set(m) - _STEP_GUARDS):   # e.g. GRPO's kl and entropy, DPO's accuracy
       it.step_metrics.setdefault(name, []).append(float(m[name]))
     fault_point("optimize", it.k)
   return train
