@@ -3,7 +3,7 @@
 of 64 two-digit addition / subtraction problems, and on each problem a right answer
 (the verifier accepts it) is preferred to a wrong one; one DPO pass over those pairs per
 iteration, with the iteration's starting weights as the reference. The pairs come from
-the *selected* samples, so the filters keep right and wrong ones alike (no 'correct');
+the *selected* samples, so the filters keep right and wrong ones alike (only 'dedup');
 the held-out split is the quickstart's 100 problems.
 
 Command:   selfimprove-jax run --config configs/dpo_arithmetic.py --workdir runs/dpo_arith
@@ -29,7 +29,9 @@ def get_config():
   config.loop.samples_per_prompt = 8
   config.sampling.temperature = 0.7          # the quickstart's
   config.sampling.max_new_tokens = 16
-  config.select.filters = "dedup,max_length"   # both sides of every pair survive
+  # Right and wrong answers both survive (no 'correct'), and so do answers cut off at
+  # 16 tokens: wrong ones, and as rejected answers they teach brevity
+  config.select.filters = "dedup"
   config.train.epochs = 2
   config.train.batch_size = 8                # pairs per step (16 rows)
   config.train.max_seq_len = 64
