@@ -39,6 +39,12 @@ def get_config():
   # negative advantage teaches brevity; dropping it left 6 of 64 rows in a first try
   config.select.filters = "pass_rate_band"
   config.train.max_seq_len = 64
+  # Memory: the 64-row step runs as 8 accumulated micro-batches of 8 (the group
+  # advantages are computed over the whole batch first), the vocabulary projection in
+  # chunks of 32 positions; at 64 rows in one piece a first try reached 12 GB and was
+  # killed on the 24 GiB dev machine
+  config.optim.micro_batch_size = 8
+  config.optim.logprob_chunk = 32
   config.optim.loss = "grpo"
   config.optim.learning_rate = 2e-5          # 12 updates in all: a small-model, few-step rate
   config.optim.schedule = "constant"
