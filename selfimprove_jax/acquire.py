@@ -1,6 +1,8 @@
 """Acquire: G samples per problem from the current model, scored by the task's verifier,
-with the judge's scores and a refinement strategy's training targets where the config
-asks for them.
+with the judge's scores, a refinement strategy's training targets and STaR's
+rationalizations where the config asks for them. In label-free mode
+(`acquire.label_free`) no reference answer is read here: the verifier never runs, and a
+sample's reward is its agreement with its prompt's self-consistency majority.
 
 A sample the verifier could not finish (a sandbox limit, a scorer that raised) gets
 reward 0 with the reason in `verifier_status` / `verifier_detail`; nothing here raises
@@ -20,17 +22,26 @@ from selfimprove_jax.sampling import SamplingParams
 from selfimprove_jax.tasks import verify
 
 
+def sample(generate: GenerateFn, problems: Sequence, sp: SamplingParams, n: int, seed: int,
+           iteration: int) -> list[Sample]:
+  """n samples per problem (grouped by problem), unverified: nothing here reads a
+  problem's reference (label-free acquisition)."""
+  groups = generate([p.prompt for p in problems], sp, n, seed)
+  return [s.replace(problem_id=p.id, iteration=int(iteration), verifier_status="unverified")
+          for p, group in zip(problems, groups) for s in group]
+
+
 def acquire(generate: GenerateFn, task, problems: Sequence, sp: SamplingParams, n: int,
             seed: int, iteration: int) -> list[Sample]:
   """n samples per problem (grouped by problem), each with its verifier's reward."""
-  groups = generate([p.prompt for p in problems], sp, n, seed)
-  flat = [(p, s) for p, group in zip(problems, groups) for s in group]
+  samples = sample(generate, problems, sp, n, seed, iteration)
+  by_id = {p.id: p for p in problems}
+  flat = [by_id[s.problem_id] for s in samples]
   # all at once: sandboxed verifiers spread the batch over their worker pool
-  verdicts = verify(task, [p for p, _ in flat], [s.completion for _, s in flat])
-  return [s.replace(problem_id=p.id, reference=p.reference, iteration=int(iteration),
-                    reward=float(v.reward), verifier_status=v.status,
+  verdicts = verify(task, flat, [s.completion for s in samples])
+  return [s.replace(reference=p.reference, reward=float(v.reward), verifier_status=v.status,
                     verifier_detail=v.detail)
-          for (p, s), v in zip(flat, verdicts)]
+          for p, s, v in zip(flat, samples, verdicts)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,15 +57,18 @@ class Settings:
   refine_strategy: str = ""              # a strategy whose results mark training targets
   strategy: Optional[refine_lib.StrategyConfig] = None
   min_vote_share: float = 0.0            # self_consistency targets: the vote share needed
+  label_free: bool = False               # no reference read: reward = majority agreement
+  rationalize: bool = False              # STaR: failed problems answered again with a hint
+  reward_threshold: float = 1.0          # a sample at or above it is right (rationalize)
 
   @classmethod
   def from_config(cls, config) -> "Settings":
     sample = sampling_params(config, config.sampling.max_new_tokens)
+    a = config.acquire
     return cls(config.loop.samples_per_prompt, sample, judge_lib.needed(config),
                config.judge.samples, config.judge.max_new_tokens, config.judge.use_as_reward,
-               config.acquire.refine_strategy,
-               refine_lib.StrategyConfig.from_config(config, sample),
-               config.acquire.min_vote_share)
+               a.refine_strategy, refine_lib.StrategyConfig.from_config(config, sample),
+               a.min_vote_share, a.label_free, a.rationalize, config.select.reward_threshold)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,17 +85,46 @@ class Round:
 
 
 def acquire_round(r: Round, problems: Sequence) -> list[Sample]:
-  """`acquire`, then what the config adds to those samples: judge scores (judge.py)
-  and a refinement strategy's training targets (refine.py)."""
+  """`acquire` (label-free: `sample`, no verifier), then what the config adds to those
+  samples: judge scores (judge.py), a refinement strategy's training targets
+  (refine.py), label-free rewards, and STaR's rationalizations."""
   st = r.settings
-  samples = acquire(r.generate, r.task, problems, st.sample, st.n, r.seed, r.iteration)
+  if st.label_free:
+    samples = sample(r.generate, problems, st.sample, st.n, r.seed, r.iteration)
+  else:
+    samples = acquire(r.generate, r.task, problems, st.sample, st.n, r.seed, r.iteration)
   judge = r.judge or r.generate
   if st.judge:
     samples = judge_lib.score_records(judge, samples, samples=st.judge_samples,
                                       max_new_tokens=st.judge_tokens, seed=r.seed + 1,
                                       use_as_reward=st.judge_as_reward)
+  ctx = refine_lib.Context(r.generate, r.task, problems, judge=judge)
   if st.refine_strategy:
-    ctx = refine_lib.Context(r.generate, r.task, problems, judge=judge)
     samples = refine_lib.refine_records(st.refine_strategy, samples, problems, ctx,
                                         st.strategy, r.seed + 2, st.min_vote_share)
+  if st.label_free:
+    # LMSI (Huang et al. 2022) / TTRL (Zuo et al. 2025): the self-consistency majority
+    # is the label, so a sample's reward is whether it agrees with it (the vote share
+    # at least acquire.min_vote_share); every filter and loss then reads that reward
+    samples = [s.replace(reward=float(bool(s.refined))) for s in samples]
+  if st.rationalize:
+    samples += refine_lib.rationalize_records(samples, problems, ctx, st.strategy,
+                                              r.seed + 3, st.reward_threshold)
   return samples
+
+
+def summary(samples: Sequence[Sample], config) -> dict:
+  """What the acquisition extras added to an iteration's samples, for its row:
+  refinement targets (and how often the verifier accepts them, when the verifier ran)
+  and rationalizations."""
+  row = {}
+  if config.acquire.refine_strategy:
+    targets = [x for x in samples if x.refined]
+    row["refined"] = len(targets)
+    if not config.acquire.label_free:   # label-free rewards are the targets' own votes
+      thr = config.select.reward_threshold
+      row["refined_precision"] = (sum(x.reward >= thr for x in targets) / len(targets)
+                                  if targets else float("nan"))
+  if config.acquire.rationalize:
+    row["rationalized"] = sum(bool(x.rationalized) for x in samples)
+  return row

@@ -174,8 +174,16 @@ def rl_batches(samples: Sequence[Sample], config, seed: int) -> list[dict]:
   return [batch]
 
 
+def rl_metrics(samples: Sequence[Sample], config) -> dict:
+  """The share of prompts whose G samples all got one reward: their group-relative
+  advantages are zero (GRPO, Dr. GRPO and RLOO alike), so they teach nothing."""
+  groups = group_by_problem(samples).values()
+  flat = sum(len({s.reward for s in g}) == 1 for g in groups)
+  return {"zero_advantage_groups": flat / max(1, len(groups))}
+
+
 ALGORITHMS = {
     "sft": Algorithm("sft", sft_batches, loss="sft", reference="never"),
     "dpo": Algorithm("dpo", dpo_batches, loss="dpo", rows_per_example=2, reference="always"),
-    "grpo": Algorithm("grpo", rl_batches, on_policy=True),
+    "grpo": Algorithm("grpo", rl_batches, on_policy=True, metrics=rl_metrics),
 }

@@ -74,6 +74,15 @@ def base_config() -> ml_collections.ConfigDict:
                                        # its final answers are marked `refined` (training
                                        # targets; keep them with the 'refined' filter)
   c.acquire.min_vote_share = 0.5       # self_consistency targets need this majority share
+  # Label-free (LMSI, Huang et al. 2022; TTRL's reward, Zuo et al. 2025): no reference
+  # answer is read while acquiring and selecting; a sample's reward is whether it agrees
+  # with its prompt's self_consistency majority. The verifier checks the majority labels
+  # after selection, for the metrics only (pseudo_label_precision).
+  c.acquire.label_free = False
+  # STaR's rationalization (Zelikman et al. 2022): a problem none of whose samples is
+  # right is answered again with the reference answer as a hint; a right answer is
+  # added as a sample of the original prompt (hint removed), marked `rationalized`.
+  c.acquire.rationalize = False
   c.acquire.self_instruct_share = 0.0  # fraction of each iteration's prompts the model proposes
 
   # Inference refinement strategies (refine.py): acquisition and evaluate.strategies
@@ -315,6 +324,22 @@ def _known(key: str, value, known: tuple, what: str) -> None:
                     f"{', '.join(known)}")
 
 
+def _check_acquire(config) -> None:
+  a = config.acquire
+  if a.label_free and a.refine_strategy != "self_consistency":
+    raise UserError(f"acquire.label_free needs acquire.refine_strategy=self_consistency "
+                    f"(its majority answer is the label), not {a.refine_strategy!r}")
+  if a.label_free and a.rationalize:
+    raise UserError("acquire.rationalize shows the reference answer as a hint; "
+                    "acquire.label_free reads no reference")
+  if a.label_free and config.judge.use_as_reward:
+    raise UserError("judge.use_as_reward: with acquire.label_free the reward is the "
+                    "agreement with the majority answer")
+  if a.rationalize and config.loop.algorithm == "grpo":
+    raise UserError("acquire.rationalize: rationalizations are sampled from the hinted "
+                    "prompt, not the policy, and loop.algorithm=grpo needs on-policy samples")
+
+
 def validate(config) -> None:
   """One-line UserErrors for values the loop would otherwise trip over later."""
   if not isinstance(config, ml_collections.ConfigDict):
@@ -331,6 +356,7 @@ def validate(config) -> None:
       and "correct" in names(config.select.filters)):
     raise UserError("select.filters: 'correct' keeps only right answers, and loop.algorithm="
                     "dpo pairs right with wrong ones from the selected samples")
+  _check_acquire(config)
   if config.loop.algorithm == "grpo" and config.loop.samples_per_prompt < 2:
     raise UserError(f"loop.samples_per_prompt={config.loop.samples_per_prompt} must be >= 2 "
                     f"for grpo (group-relative advantages of one sample are all zero)")

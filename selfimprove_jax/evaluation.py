@@ -88,6 +88,25 @@ def heldout_scores(generate: GenerateFn, task, problems: Sequence, k: int,
   return metrics
 
 
+def check_pseudo_labels(task, problems: Sequence, samples: Sequence) -> dict:
+  """Label-free training's labels checked, for the metrics only (the loop calls this
+  after selection, so nothing that chose training data has read a reference): of the
+  prompts whose majority answer became a label (a sample marked `refined` carries it),
+  how many have a reference to check it against, and how many the verifier accepts.
+  A problem without a reference (the attribute missing or empty) is counted, not
+  checked."""
+  labels = {s.problem_id: s.majority_answer for s in samples
+            if s.refined and s.majority_answer is not None}
+  by_id = {p.id: p for p in problems}
+  # getattr: a label-free data set's problems may have no reference at all
+  checkable = [pid for pid in labels if pid in by_id
+               and getattr(by_id[pid], "reference", None) not in (None, "")]
+  verdicts = verify(task, [by_id[pid] for pid in checkable],
+                    [ans_as_completion(labels[pid]) for pid in checkable])
+  return {"pseudo_labels": len(labels), "pseudo_labels_checked": len(checkable),
+          "pseudo_labels_right": sum(v.reward >= 1.0 for v in verdicts)}
+
+
 def ans_as_completion(answer: str) -> str:
   """A completion text that states `answer` in the declared format of every task."""
   return f"#### {answer}"

@@ -168,7 +168,7 @@ def _run(config, workdir, override_config, log, signals) -> dict:
         acquired = _acquire(s, policy, problems, r, it)
         signals.check()
         # --- select: the filters and the ledger; never a held-out prompt
-        selected = _select(s, acquired, r, it)
+        selected = _select(s, acquired, problems, r, it)
         # --- optimize: the algorithm's batches through the train step
         train = _optimize(s, train, _reference(s, kept), selected, it)
         if it.problem:
@@ -367,6 +367,7 @@ class Iteration:
   selected: list = dataclasses.field(default_factory=list)
   losses: list = dataclasses.field(default_factory=list)
   loss_tokens: int = 0
+  step_metrics: dict = dataclasses.field(default_factory=dict)   # the loss's own, per step
   problem: Optional[str] = None   # why these weights must not be kept
   extra: dict = dataclasses.field(default_factory=dict)    # stage summaries for the row
   started: float = dataclasses.field(default_factory=time.time)
@@ -383,13 +384,16 @@ class Iteration:
            "train_loss": float(np.mean(last)) if self.losses else float("nan"),
            "optimizer_steps": len(self.losses), "loss_tokens": self.loss_tokens,
            "nonfinite": self.problem, "seconds": round(time.time() - self.started, 1),
+           **{f"train_{n}": float(np.mean(v)) for n, v in self.step_metrics.items()},
            **self.extra, **algorithm.metrics(self.acquired, config),
+           **acquire_lib.summary(self.acquired, config),
            **judge_lib.agreement(self.acquired, config.select.judge_threshold, thr)}
-    if config.acquire.refine_strategy:
-      targets = [x for x in self.acquired if x.refined]
-      row["refined"] = len(targets)
-      row["refined_precision"] = pass_rate(targets, thr) if targets else float("nan")
     return row
+
+  def add_counts(self, counts: dict) -> None:
+    """Adds a round's counts to the row's (summed over an iteration's rounds)."""
+    for name, n in counts.items():
+      self.extra[name] = self.extra.get(name, 0) + n
 
 
 def _self_instruct(s: Setup, params, difficulty, it: Iteration) -> list[Problem]:
@@ -426,7 +430,8 @@ def _acquire(s: Setup, params, problems, r: int, it: Iteration) -> list[Sample]:
   return samples
 
 
-def _select(s: Setup, acquired: list[Sample], r: int, it: Iteration) -> list[Sample]:
+def _select(s: Setup, acquired: list[Sample], problems, r: int,
+            it: Iteration) -> list[Sample]:
   cfg = s.config.select
   it.ledger = select_lib.update_ledger(it.ledger, acquired, it.k, cfg.reward_threshold)
   selected, counts = select_lib.apply_filters(acquired, cfg)
@@ -438,6 +443,11 @@ def _select(s: Setup, acquired: list[Sample], r: int, it: Iteration) -> list[Sam
   it.hashes[name] = stage_cache.write(os.path.join(it.rec_dir, f"{name}.jsonl"), selected)
   it.selected += selected
   s.reporter.stage(it.k, name, ", ".join(f"{n} {c}" for n, c in counts.items()))
+  if s.config.acquire.label_free:
+    # checked only now, for the metrics: choosing the data above read no reference
+    it.add_counts(evaluation.check_pseudo_labels(s.task, problems, acquired))
+    right, checked = it.extra["pseudo_labels_right"], it.extra["pseudo_labels_checked"]
+    it.extra["pseudo_label_precision"] = right / checked if checked else float("nan")
   return selected
 
 
@@ -482,8 +492,16 @@ def _optimize(s: Setup, train, ref_params, selected: list[Sample], it: Iteration
       break
     it.losses.append(float(m["loss"]))
     it.loss_tokens += int(m["loss_tokens"])
+    for name in sorted(set(m) - _STEP_GUARDS):   # e.g. GRPO's kl and entropy, DPO's accuracy
+      it.step_metrics.setdefault(name, []).append(float(m[name]))
     fault_point("optimize", it.k)
   return train
+
+
+# train step metrics the row reports otherwise (loss, loss_tokens) or that only guard
+# the update (_update_problem); the loss's own metrics are averaged into the row
+_STEP_GUARDS = frozenset(("loss", "loss_tokens", "tokens", "grad_norm", "update_norm",
+                          "param_norm", "prev_param_norm", "learning_rate"))
 
 
 def _final_check(train, it: Iteration):

@@ -49,7 +49,12 @@ class Sample:
   # set by a refinement strategy's training targets (refine.refine_records)
   refined: Optional[bool] = None       # True: a training target the 'refined' filter keeps
   vote_share: Optional[float] = None   # self_consistency: its prompt's majority share
+  majority_answer: Optional[str] = None   # self_consistency: its prompt's majority answer
+                                          # (the label of label-free training)
   refine_rounds: Optional[int] = None  # revising strategies: rounds behind this revision
+  # set by STaR's rationalization (refine.rationalize_records): True = an answer given
+  # with the reference as a hint, recorded under the original prompt (hint removed)
+  rationalized: Optional[bool] = None
 
   @property
   def logprob(self) -> float:
@@ -82,7 +87,7 @@ class Sample:
 
 _FIELDS = frozenset(f.name for f in dataclasses.fields(Sample))
 _OPTIONAL = frozenset(("judge_score", "judge_reply", "verifier_reward", "refined",
-                       "vote_share", "refine_rounds"))
+                       "vote_share", "majority_answer", "refine_rounds", "rationalized"))
 
 
 def group_by_problem(samples: Iterable[Sample]) -> dict[str, list[Sample]]:

@@ -24,8 +24,10 @@ scripted generations. Each step of a strategy is one batched generate call for a
 prompts.
 
 `refine_records` turns a strategy's final answers into training targets (records marked
-`refined`, kept by the `refined` select filter), and `heldout_metrics` scores each
-strategy on the held-out split beside greedy.
+`refined`, kept by the `refined` select filter), `rationalize_records` is STaR's
+rationalization (a failed problem answered again with the reference as a hint, trained
+on without it), and `heldout_metrics` scores each strategy on the held-out split beside
+greedy.
 """
 
 from __future__ import annotations
@@ -431,7 +433,7 @@ def refine_records(name: str, records: list, problems: Sequence, ctx: Context,
       ans = [ctx.task.extract_answer(r.completion, problems[index[pid]]) for r in group]
       best, share, _ = vote(ans, group)
       for r, a in zip(group, ans):
-        r.vote_share = share
+        r.vote_share, r.majority_answer = share, best
         r.refined = best is not None and a == best and share >= min_vote_share
   elif name == "best_of_n":
     scorer = resolve_scorer(cfg.scorer, ctx)
@@ -464,11 +466,51 @@ def _revised_targets(name, firsts, by_id, problems, index, ctx, cfg, seed) -> li
     if not res.info["revised"]:
       r.refined = True
       continue
-    s = res.chosen
-    added.append(r.replace(completion=s.completion, completion_tokens=list(s.completion_tokens),
-                           logprobs=list(s.logprobs), num_tokens=len(s.completion_tokens),
-                           finish_reason=s.finish_reason, reward=float(v.reward), refined=True,
-                           verifier_status=v.status, verifier_detail=v.detail,
-                           sample_index=len(by_id[r.problem_id]),
-                           refine_rounds=len(res.info["rounds"])))
+    added.append(_as_target(r, res.chosen, v, len(by_id[r.problem_id]), refined=True,
+                            refine_rounds=len(res.info["rounds"])))
   return added
+
+
+def _as_target(record: Sample, s: Sample, v: Verdict, index: int, **fields) -> Sample:
+  """A new record of `record`'s prompt (its text and tokens, whatever prompt `s` was
+  generated from) with `s`'s completion and the verifier's verdict on it; the judge's
+  scores of `record` do not carry over to another completion."""
+  return record.replace(completion=s.completion, completion_tokens=list(s.completion_tokens),
+                        logprobs=list(s.logprobs), num_tokens=len(s.completion_tokens),
+                        finish_reason=s.finish_reason, reward=float(v.reward),
+                        verifier_status=v.status, verifier_detail=v.detail,
+                        sample_index=index, judge_score=None, judge_reply=None,
+                        verifier_reward=None, **fields)
+
+
+# ----------------------------------------------------------------------------- STaR rationalization
+
+RATIONALIZE_PROMPT = "{question}\n\nHint: the answer is {answer}."
+
+
+def rationalize_prompt(question: str, answer: str) -> str:
+  return RATIONALIZE_PROMPT.format(question=question, answer=str(answer).strip())
+
+
+def rationalize_records(records: Sequence[Sample], problems: Sequence, ctx: Context,
+                        cfg: StrategyConfig, seed: int, threshold: float) -> list[Sample]:
+  """STaR's rationalization (Zelikman et al. 2022, section 3.2): for each problem none
+  of whose samples the verifier accepted, the model is shown the reference answer as a
+  hint and answers again (greedy, one answer per problem). An answer the verifier
+  accepts is returned as a new record of the *original* prompt (its text and tokens
+  are the failed samples': the hint is not in what is trained on), marked
+  `rationalized`; one that does not reach the answer is dropped, and so is one that
+  mentions the hint, which would teach the model to cite a hint it is never shown.
+  The records' log-probs are the hinted prompt's (not the policy's on the original)."""
+  by_problem = {p.id: p for p in problems}
+  failed = [group for pid, group in group_by_problem(records).items()
+            if pid in by_problem and not any(r.reward >= threshold for r in group)]
+  if not failed:
+    return []
+  hinted = [by_problem[group[0].problem_id] for group in failed]
+  outs = ctx.generate([rationalize_prompt(p.prompt, p.reference) for p in hinted],
+                      cfg.greedy, 1, seed)
+  verdicts = verify(ctx.task, hinted, [o[0].completion for o in outs])
+  return [_as_target(group[0], o[0], v, len(group), rationalized=True)
+          for group, o, v in zip(failed, outs, verdicts)
+          if v.reward >= threshold and "hint" not in o[0].completion.lower()]

@@ -100,7 +100,9 @@ def test_every_config_file_loads():
     assert "Command:" in doc and "Runtime:" in doc and "Hardware:" in doc, name
 
 
-@pytest.mark.parametrize("name", ["grpo_countdown.py", "star_reasoning_gym.py"])
+@pytest.mark.parametrize("name", ["grpo_countdown.py", "star_reasoning_gym.py",
+                                  "grpo_arithmetic.py", "dpo_arithmetic.py",
+                                  "label_free_sft.py"])
 def test_config_runs_one_tiny_iteration(name, tmp_path):
   """Each experiment config completes one iteration with its model swapped for tiny."""
   from selfimprove_jax import loop
@@ -114,6 +116,13 @@ def test_config_runs_one_tiny_iteration(name, tmp_path):
   state = loop.run(config, str(tmp_path), log=lambda *_: None)
   assert state["iteration"] == 1
   assert len(state["history"]) == 2
+  row = state["history"][1]
+  # the loss's own step metrics reach the row (averaged over the iteration's steps)
+  if config.loop.algorithm == "grpo":
+    assert 0.0 <= row["zero_advantage_groups"] <= 1.0
+    assert {"train_reward", "train_entropy", "train_kl"} <= set(row)
+  if config.loop.algorithm == "dpo" and row["optimizer_steps"]:
+    assert 0.0 <= row["train_accuracy"] <= 1.0
 
 
 def test_workdir_loads_as_a_model(reference):
