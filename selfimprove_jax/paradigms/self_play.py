@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from typing import Optional, Sequence
 
 from selfimprove_jax import acquire as acquire_lib
@@ -94,7 +95,7 @@ def check_proposals(texts: Sequence[Optional[str]], task, heldout: Sequence[Prob
   out, seen = [], set()
   for text, s in zip(texts, status):
     p = task.parse_problem(text) if s == "unique" else None
-    canon = json.dumps(p.metadata, sort_keys=True, default=str) if p is not None else None
+    canon = _canonical(p)
     if s != "unique":
       out.append((s, None))
     elif p is None:
@@ -107,6 +108,14 @@ def check_proposals(texts: Sequence[Optional[str]], task, heldout: Sequence[Prob
       seen.add(canon)
       out.append(("valid", p))
   return out
+
+
+def _canonical(problem: Optional[Problem]) -> Optional[str]:
+  """What a parsed proposal is, whatever its wording: its metadata (the expression;
+  countdown's numbers and target) without whitespace."""
+  if problem is None:
+    return None
+  return re.sub(r"\s+", "", json.dumps(problem.metadata, sort_keys=True, default=str))
 
 
 def self_play_round(r: acquire_lib.Round, problems: Sequence[Problem]) -> list[Sample]:
