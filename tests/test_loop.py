@@ -100,7 +100,7 @@ def test_every_config_file_loads():
     assert "Command:" in doc and "Runtime:" in doc and "Hardware:" in doc, name
 
 
-@pytest.mark.parametrize("name", ["grpo_countdown.py", "star_reasoning_gym.py"])
+@pytest.mark.parametrize("name", ["grpo_countdown.py", "star_reasoning_gym.py", "ttrl.py"])
 def test_config_runs_one_tiny_iteration(name, tmp_path):
   """Each experiment config completes one iteration with its model swapped for tiny."""
   from selfimprove_jax import loop

@@ -166,17 +166,17 @@ def test_spin_pairs_targets_with_the_opponents_wrong_generations():
   samples = spin.spin_round(_round(opponent, config), problems)
   assert len(opponent.calls) == 1                  # the opponent generated once
   pairs = spin.spin_pairs(samples, 1.0)
-  by_prompt = {}
+  by_problem = {}
   for chosen, rejected in pairs:
-    by_prompt.setdefault(chosen.prompt, []).append((chosen, rejected))
+    by_problem.setdefault(chosen.problem_id, []).append((chosen, rejected))
   # a: the reference written as a reply (not sampled: no log-probs) vs "1" and "2"
-  assert [r.completion for _, r in by_prompt[a.prompt]] == ["It is 1", "It is 2"]
-  chosen = by_prompt[a.prompt][0][0]
+  assert [r.completion for _, r in by_problem[a.id]] == ["It is 1", "It is 2"]
+  chosen = by_problem[a.id][0][0]
   assert chosen.completion == a.reference and chosen.logprobs == [] and chosen.reward == 1.0
   # b: the verified generation vs the two wrong ones; c gives no pair
-  assert [(x.completion, r.completion) for x, r in by_prompt[b.prompt]] == [
+  assert [(x.completion, r.completion) for x, r in by_problem[b.id]] == [
       (f"It is {b.reference}", "It is 0"), (f"It is {b.reference}", "It is 5")]
-  assert c.prompt not in by_prompt
+  assert c.id not in by_problem
   # every rejected reply is one the opponent generated
   generated = {f"It is {x}" for texts in replies.values() for x in texts}
   assert all(r.completion in generated and r.role == "opponent" for _, r in pairs)

@@ -1,0 +1,49 @@
+"""Proposer-solver self-play on arithmetic (Absolute Zero / R-Zero style): SmolLM2-135M-
+Instruct writes new problems from three examples of the task, the arithmetic verifier
+keeps the valid, new ones (parses, solvable, not a near-duplicate, not held-out, level
+<= 4) and computes their answers; the same model solves each kept proposal 4 times.
+The proposer is rewarded with the learnability 4p(1-p) of the solver's pass rate p
+(-0.5 for a rejected proposal), the solver with the verifier's reward; both roles are
+trained in one GRPO step per round, advantages relative within role groups. Held-out
+evaluation stays on the quickstart's 100 two-digit +/- problems.
+
+Command:   selfimprove-jax run --config configs/self_play_arithmetic.py --workdir runs/self_play
+Hardware:  CPU (2 cores) or one GPU.
+Runtime:   not yet measured.
+Result:    not yet measured. records/iter_K/acquire_R.jsonl shows every proposal (role
+           'proposer': the proposal, its verdict, p and reward) and the solver's answers;
+           each row of metrics.jsonl has the valid share, mean p, the distribution of p
+           and both roles' mean rewards.
+"""
+
+from selfimprove_jax.config import base_config
+
+
+def get_config():
+  config = base_config()
+  config.model = "smollm2-135m-instruct"
+  config.task.name = "arithmetic"
+  config.task.difficulty = 2                 # held-out: two-digit operands, one operation
+  config.task.options.operators = "+-"
+  config.task.heldout_size = 100
+  config.loop.algorithm = "self_play"
+  config.loop.iterations = 3
+  config.loop.rl_steps = 4                   # propose -> solve -> update rounds per iteration
+  config.loop.prompts_per_iteration = 16     # proposals per round
+  config.loop.samples_per_prompt = 4         # solver answers per kept proposal (n >= 2)
+  config.self_instruct.examples = 3
+  config.self_instruct.max_new_tokens = 24
+  config.self_play.invalid_reward = -0.5
+  config.self_play.max_level = 4
+  config.sampling.temperature = 0.7
+  config.sampling.max_new_tokens = 16
+  config.select.filters = ""                 # every proposal and answer is trained on
+  config.train.max_seq_len = 128
+  config.optim.loss = "grpo"
+  config.optim.learning_rate = 5e-6
+  config.optim.schedule = "constant"
+  config.optim.kl_coef = 0.0                 # no reference pass: a CPU budget choice
+  config.evaluate.maj_k = 4
+  config.evaluate.max_new_tokens = 16
+  config.lock()
+  return config
