@@ -8,8 +8,9 @@ names; unset optional fields are left out, so a file written before a field exis
 still loads, and a file with a field this code does not know is refused with one line.
 
 Also here, because several stages need them and none owns them: `group_by_problem`,
-`majority` (the vote of self-consistency, maj@k and label-free targets), `pass_rate`,
-and the text normalisation behind de-duplication and novelty checks.
+`majority` (the vote of self-consistency, maj@k and label-free targets), `pseudo_label`
+and `agreement_rewards` (label-free rewards and targets: a clear majority or nothing),
+`pass_rate`, and the text normalisation behind de-duplication and novelty checks.
 """
 
 from __future__ import annotations
