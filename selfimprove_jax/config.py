@@ -32,7 +32,7 @@ ALGORITHM_NAMES = ("sft", "dpo", "grpo", "self_play", "spin", "ttrl")
 # Algorithms whose advantages are relative within a group of G samples of one prompt
 GROUP_ALGORITHMS = ("grpo", "self_play", "ttrl")
 # Tasks whose verifier can parse and solve a proposed problem (self_play's proposer)
-SELF_PLAY_TASKS = ("arithmetic", "countdown")
+SELF_PLAY_TASKS = ("arithmetic", "countdown", "code:list_ops", "code:string_ops")
 # Algorithms that make their own samples (paradigms/): no refinement targets
 OWN_ACQUIRE = ("self_play", "spin", "ttrl")
 

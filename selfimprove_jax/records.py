@@ -55,7 +55,8 @@ class Sample:
   # plays -- self_play: 'proposer' | 'solver'; spin: 'target' | 'opponent'
   role: Optional[str] = None
   # self_play proposer samples: the cleaned proposal, its verdict ('valid' or why not:
-  # 'empty', 'duplicate', 'copy', 'heldout_leak', 'invalid', 'too_hard') and, when
+  # 'empty', 'duplicate', 'copy', 'heldout_leak', 'invalid', 'too_hard'; programs: how
+  # the sandbox run ended, 'nondeterministic', 'too_long') and, when
   # valid, the problem id its solver samples carry; on both roles the solver's pass
   # rate p on that proposal
   proposal: Optional[str] = None

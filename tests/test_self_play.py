@@ -19,9 +19,9 @@ from selfimprove_jax.checkpoint import Checkpointer
 from selfimprove_jax.config import load_config
 from selfimprove_jax.errors import UserError
 from selfimprove_jax.optimize.losses import advantages
-from selfimprove_jax.paradigms import self_play, spin, ttrl
+from selfimprove_jax.paradigms import programs, self_play, spin, ttrl
 from selfimprove_jax.records import Sample, agreement_rewards, pseudo_label, read_records
-from selfimprove_jax.tasks import get_task, problem_id
+from selfimprove_jax.tasks import get_task, make_problem, problem_id
 
 from run_files import ROOT, TINY, assert_same_state, final_state, metrics, run_env
 from test_refine import S, Scripted
@@ -116,6 +116,46 @@ def test_proposals_are_screened_and_rewarded_by_learnability():
   assert row["self_play_solver_reward"] == 0.75
   # the records keep every field through JSON
   assert [Sample.from_json(json.loads(json.dumps(s.to_json()))) for s in samples] == samples
+
+
+CODE = get_task("code:list_ops")
+
+
+def test_program_proposals_run_in_the_sandbox_for_their_true_output():
+  """Code family: a proposal is a program and a call; valid when two sandboxed runs
+  return the same value, which the solver must predict."""
+  double = "def solve(xs):\n  return [x * 2 for x in xs]\n"
+  proposals = [
+      f"Here you go:\n```python\n{double}```\nCall: solve([1, 2, 5])",      # valid
+      f"```python\n{double}\n\n```\nCall: solve([1, 2, 5])",              # duplicate
+      "```python\ndef solve(xs):\n  return xs[10]\n```\nCall: solve([1])",  # raises
+      "```python\nimport random\ndef solve(xs):\n  return random.random()\n```\n"
+      "Call: solve([])",                                                     # differs
+      "```python\ndef solve(xs):\n  while True:\n    pass\n```\nCall: solve([])",  # hangs
+      "I like code.",                                                        # no program
+  ]
+  seeds = CODE.train_problems(0, 6, 1)
+  def reply(prompt, j, greedy):
+    if prompt.startswith("Here are some example problems"):
+      assert "Call: solve(" in prompt and "def solve" in prompt   # examples: programs
+      return proposals.pop(0)
+    return "#### [2, 4, 10]" if j == 0 else "#### (2, 4, 7)"
+  config = _config("loop.algorithm=self_play", "task.name=code:list_ops",
+                   "loop.samples_per_prompt=4")
+  samples = self_play.self_play_round(_round(Scripted(reply), config, task=CODE), seeds)
+  proposers = [s for s in samples if s.role == "proposer"]
+  assert [s.proposal_status for s in proposers] == [
+      "valid", "duplicate", "error", "nondeterministic", "timeout", "invalid"]
+  assert proposers[0].solver_pass_rate == 0.25
+  assert proposers[0].reward == pytest.approx(self_play.learnability(0.25))
+  solvers = [s for s in samples if s.role == "solver"]
+  assert [s.reward for s in solvers] == [1.0, 0.0, 0.0, 0.0]
+  assert solvers[0].reference == "[2, 4, 10]"                 # the sandbox's answer
+  judge = programs.OutputPrediction()
+  problem = make_problem("p", "[2, 4, 6]")
+  assert judge.score(problem, "It returns\n#### (2, 4, 6)") == 1.0   # by value
+  assert judge.score(problem, "#### [2, 4, 6, 8]") == 0.0
+  assert judge.score(problem, "#### __import__('os').getcwd()") == 0.0   # never run
 
 
 def _sample(role, pid, reward):

@@ -10,7 +10,9 @@ One round:
            example, not on the held-out side (self_instruct.screen); then validity:
            the task's procedural verifier must parse and solve it (arithmetic and
            countdown: `task.parse_problem` computes the true answer) and its level
-           must be within `self_play.max_level`;
+           must be within `self_play.max_level`; on `code:` tasks a proposal is a
+           program and a call, valid when it runs deterministically in the sandbox,
+           whose result is the true output the solver must predict (programs.py);
   solve    the solver samples G = loop.samples_per_prompt answers per valid proposal,
            scored by the verifier (the solver's reward); p = their pass rate;
   reward   the proposer's reward is the learnability 4p(1-p): 1 at p = 1/2, 0 for a
@@ -28,6 +30,7 @@ reward), next to its solver records (role 'solver').
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import re
@@ -37,13 +40,13 @@ from selfimprove_jax import acquire as acquire_lib
 from selfimprove_jax import batches
 from selfimprove_jax import self_instruct
 from selfimprove_jax.errors import UserError
+from selfimprove_jax.paradigms import programs
 from selfimprove_jax.records import Sample, group_by_problem, pass_rate
 from selfimprove_jax.sampling import SamplingParams
 from selfimprove_jax.tasks.problem import MAX_ATTEMPTS, Problem, problem_id
 
 PROPOSER, SOLVER = "proposer", "solver"
 PROPOSER_GROUP = "role:proposer"     # the proposer's advantage group (ids are hex)
-VERDICTS = ("valid", "empty", "duplicate", "copy", "heldout_leak", "invalid", "too_hard")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,22 +121,52 @@ def _canonical(problem: Optional[Problem]) -> Optional[str]:
   return re.sub(r"\s+", "", json.dumps(problem.metadata, sort_keys=True, default=str))
 
 
+def check_programs(texts: Sequence[Optional[str]], task, heldout: Sequence[Problem],
+                   seeds: Sequence[str], st: Settings) -> list[tuple[str, Optional[Problem]]]:
+  """(verdict, solver problem or None) per program proposal (the code family,
+  programs.py): novelty as for `check_proposals`, then a run in the sandbox; a solver
+  problem whose id falls on the task's held-out side is a 'heldout_leak' too."""
+  status = self_instruct.screen(texts, task, heldout, seeds, st.ngram, st.max_overlap)
+  ran = iter(programs.run([t for t, s in zip(texts, status) if s == "unique"]))
+  out, seen = [], set()
+  for s in status:
+    verdict, p = next(ran) if s == "unique" else (s, None)
+    if p is not None and task.is_heldout(p.id):
+      verdict, p = "heldout_leak", None
+    elif p is not None and _canonical(p) in seen:
+      verdict, p = "duplicate", None
+    if p is not None:
+      seen.add(_canonical(p))
+    out.append((verdict, p))
+  return out
+
+
+def is_code(task) -> bool:
+  """Whether self-play runs the code family (programs.py) on this task."""
+  return task.name.startswith("code:")
+
+
 def self_play_round(r: acquire_lib.Round, problems: Sequence[Problem]) -> list[Sample]:
   """One round's proposer and solver samples, rewarded (see the module docstring);
   `problems` (the training stream's) are the examples the proposer prompts show."""
-  if not getattr(r.task, "procedural", False) or not hasattr(r.task, "parse_problem"):
+  code = is_code(r.task)
+  if not code and not (getattr(r.task, "procedural", False)
+                       and hasattr(r.task, "parse_problem")):
     raise UserError(f"loop.algorithm=self_play: task {r.task.name} cannot check proposals "
-                    f"(it needs a procedural verifier: arithmetic or countdown)")
+                    f"(it needs a procedural verifier: arithmetic, countdown or code:)")
   st = Settings.from_config(r.config)
-  seeds = [p.prompt for p in problems]
+  seeds = programs.seeds(problems) if code else [p.prompt for p in problems]
   prompts = proposer_prompts(r.task, seeds, len(problems), st.examples)
   replies = [group[0] for group in r.generate(prompts, st.sample, 1, r.seed)]
-  texts = [self_instruct.clean_proposal(x.completion) for x in replies]
-  verdicts = check_proposals(texts, r.task, r.heldout, seeds, st)
+  if code:   # the canonical program + call, else the raw text (rejected as 'invalid')
+    texts = [programs.clean(x.completion) or x.completion.strip() or None for x in replies]
+  else:
+    texts = [self_instruct.clean_proposal(x.completion) for x in replies]
+  verdicts = (check_programs if code else check_proposals)(texts, r.task, r.heldout, seeds, st)
   valid = [p for _, p in verdicts if p is not None]
-  # the solver: G answers per valid proposal, each scored by the task's verifier
-  solved = acquire_lib.acquire(r.generate, r.task, valid, r.settings.sample, r.settings.n,
-                               r.seed + 1, r.iteration)
+  # the solver: G answers per valid proposal, each scored by the verifier
+  solved = acquire_lib.acquire(r.generate, programs.OutputPrediction() if code else r.task,
+                               valid, r.settings.sample, r.settings.n, r.seed + 1, r.iteration)
   threshold = r.config.select.reward_threshold
   rate = {pid: pass_rate(g, threshold) for pid, g in group_by_problem(solved).items()}
   proposers = []
@@ -175,8 +208,8 @@ def self_play_metrics(samples: Sequence[Sample], config) -> dict:
   return {
       "self_play_proposals": len(proposals),
       "self_play_valid_share": len(p) / max(1, len(proposals)),
-      "self_play_verdicts": {v: sum(s.proposal_status == v for s in proposals)
-                             for v in VERDICTS},
+      "self_play_verdicts": dict(sorted(collections.Counter(
+          s.proposal_status for s in proposals).items())),
       "self_play_mean_p": _mean(p),
       "self_play_p_hist": {"0": sum(x == 0 for x in p), "(0,0.5)": sum(0 < x < 0.5 for x in p),
                            "[0.5,1)": sum(0.5 <= x < 1 for x in p),
