@@ -6,10 +6,9 @@ task's problems, sampled and verified; self-play proposes its own), which loss t
 train step uses, how many acquire -> update rounds one iteration has (on-policy RL
 samples again after every update; expert iteration and DPO sample once), how selected
 samples become fixed-shape host batches, and whether the loss needs reference
-log-probs. A new paradigm is a module defining one and an entry in `ALGORITHMS`.
-
-How samples become batches is in batches.py; the paradigms beyond the three
-classic ones (self-play, SPIN, label-free RL) are modules of `paradigms/`.
+log-probs. A new paradigm is a module giving those functions (`paradigms/`: self-play,
+SPIN, label-free RL) and an entry in `ALGORITHMS`; how samples become batches is in
+batches.py.
 
 The optimizer settings the loop derives from the config (the loss name, the schedule's
 total steps) are computed here, in `optimizer_config`, and nowhere else; the user's
