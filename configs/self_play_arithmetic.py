@@ -29,7 +29,7 @@ def get_config():
   config.loop.algorithm = "self_play"
   config.loop.iterations = 3
   config.loop.rl_steps = 4                   # propose -> solve -> update rounds per iteration
-  config.loop.prompts_per_iteration = 16     # proposals per round
+  config.loop.prompts_per_iteration = 8      # proposals per round
   config.loop.samples_per_prompt = 4         # solver answers per kept proposal (n >= 2)
   config.self_instruct.examples = 3
   config.self_instruct.max_new_tokens = 24
@@ -38,14 +38,15 @@ def get_config():
   config.sampling.temperature = 0.7
   config.sampling.max_new_tokens = 16
   config.select.filters = ""                 # every proposal and answer is trained on
-  config.train.max_seq_len = 128
+  config.train.max_seq_len = 96
   config.optim.loss = "grpo"
   config.optim.learning_rate = 5e-6
   config.optim.schedule = "constant"
   config.optim.kl_coef = 0.0                 # no reference pass: a CPU budget choice
-  config.optim.micro_batch_size = 8          # gradient accumulation bounds the step's
-                                             # memory: 80 rows x 128 tokens in one piece
-                                             # asked for 27 GB on the CPU
+  # memory on a shared 24 GB CPU machine: one 80 x 128 batch asked for 27 GB, and
+  # micro-batches of 8 with whole-sequence logits were OOM-killed at 7.9 GB
+  config.optim.micro_batch_size = 4          # gradient accumulation
+  config.optim.logprob_chunk = 32            # 32 positions' logits at a time
   config.evaluate.maj_k = 4
   config.evaluate.max_new_tokens = 16
   config.lock()

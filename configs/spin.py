@@ -36,8 +36,8 @@ def get_config():
   config.optim.warmup_steps = 2
   config.optim.schedule = "cosine"
   config.optim.dpo_beta = 0.1
-  config.optim.micro_batch_size = 8          # gradient accumulation bounds the step's
-                                             # memory (see self_play_arithmetic.py)
+  config.optim.micro_batch_size = 4          # memory: see self_play_arithmetic.py
+  config.optim.logprob_chunk = 32
   config.evaluate.maj_k = 4
   config.evaluate.max_new_tokens = 16
   config.lock()

@@ -37,8 +37,8 @@ def get_config():
   config.optim.learning_rate = 5e-6
   config.optim.schedule = "constant"
   config.optim.kl_coef = 0.0                 # no reference pass: a CPU budget choice
-  config.optim.micro_batch_size = 8          # gradient accumulation bounds the step's
-                                             # memory (see self_play_arithmetic.py)
+  config.optim.micro_batch_size = 4          # memory: see self_play_arithmetic.py
+  config.optim.logprob_chunk = 32
   config.evaluate.maj_k = 4
   config.evaluate.max_new_tokens = 16
   config.lock()

@@ -91,9 +91,11 @@ def test_proposals_are_screened_and_rewarded_by_learnability():
       leak,                                 # a held-out problem reworded: leak
       "Tell me a joke.",                    # does not parse: invalid
       "What is 123 + 456?",                 # level 3 > max_level 2: too hard
-      "What is 40 + 41?",                   # valid, always solved: p = 1
+      "1. What is 40 + 41?\n2. What is 5 + 6?",  # valid (its first line), always solved
   ]
-  right = {"What is 15 + 30?": 2, "What is 40 + 41?": 4}
+  # the solver is asked in the task's own wording
+  right = {"What is 15 + 30? Answer with just the number.": 2,
+           "What is 40 + 41? Answer with just the number.": 4}
   gen = Proposing(proposals, right)
   config = _config("loop.algorithm=self_play", "loop.samples_per_prompt=4",
                    "self_play.max_level=2", "self_instruct.examples=2")

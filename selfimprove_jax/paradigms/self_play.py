@@ -91,26 +91,36 @@ def proposer_prompts(task, seeds: Sequence[str], count: int, examples: int) -> l
 
 def check_proposals(texts: Sequence[Optional[str]], task, heldout: Sequence[Problem],
                     seeds: Sequence[str], st: Settings) -> list[tuple[str, Optional[Problem]]]:
-  """(verdict, problem or None) per cleaned proposal: novelty (self_instruct.screen,
-  plus: no two valid proposals with the same parsed content), then validity (the
-  task parses and solves it) and limits (its level at most `st.max_level`)."""
+  """(verdict, problem or None) per cleaned proposal. Validity first: the task must
+  parse and solve it ('invalid'); then novelty (self_instruct.screen: 'duplicate',
+  'copy', 'heldout_leak'; and no two valid proposals with the same parsed content) and
+  limits (its level at most `st.max_level`: 'too_hard'). The solver sees the problem
+  in the task's own wording (`parse_problem(..., canonical=True)`), so what it learns
+  is asked as the held-out split asks it; that wording's id must be off the held-out
+  side too."""
   status = self_instruct.screen(texts, task, heldout, seeds, st.ngram, st.max_overlap)
   out, seen = [], set()
   for text, s in zip(texts, status):
-    p = task.parse_problem(text) if s == "unique" else None
-    canon = _canonical(p)
-    if s != "unique":
-      out.append((s, None))
-    elif p is None:
-      out.append(("invalid", None))
-    elif canon in seen:
-      out.append(("duplicate", None))
+    p = task.parse_problem(text, canonical=True) if text else None
+    if s == "empty" or p is None:
+      out.append(("empty" if s == "empty" else "invalid", None))
+    elif s == "unique" and task.is_heldout(p.id):
+      out.append(("heldout_leak", None))
+    elif s != "unique" or _canonical(p) in seen:
+      out.append((s if s != "unique" else "duplicate", None))
     elif st.max_level and p.difficulty > st.max_level:
       out.append(("too_hard", None))
     else:
-      seen.add(canon)
+      seen.add(_canonical(p))
       out.append(("valid", p))
   return out
+
+
+def first_problem(reply: str) -> Optional[str]:
+  """The proposal in a reply: self_instruct's cleaning (first paragraph, prefixes
+  dropped), then its first line -- a model asked for one problem often lists several."""
+  text = self_instruct.clean_proposal(reply)
+  return self_instruct.clean_proposal(text.splitlines()[0]) if text else None
 
 
 def _canonical(problem: Optional[Problem]) -> Optional[str]:
@@ -161,7 +171,7 @@ def self_play_round(r: acquire_lib.Round, problems: Sequence[Problem]) -> list[S
   if code:   # the canonical program + call, else the raw text (rejected as 'invalid')
     texts = [programs.clean(x.completion) or x.completion.strip() or None for x in replies]
   else:
-    texts = [self_instruct.clean_proposal(x.completion) for x in replies]
+    texts = [first_problem(x.completion) for x in replies]
   verdicts = (check_programs if code else check_proposals)(texts, r.task, r.heldout, seeds, st)
   valid = [p for _, p in verdicts if p is not None]
   # the solver: G answers per valid proposal, each scored by the verifier
