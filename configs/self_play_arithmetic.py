@@ -1,7 +1,8 @@
 """Proposer-solver self-play on arithmetic (Absolute Zero / R-Zero style): SmolLM2-135M-
-Instruct writes new problems from three examples of the task, the arithmetic verifier
-keeps the valid, new ones (parses, solvable, not a near-duplicate, not held-out, level
-<= 4) and computes their answers; the same model solves each kept proposal 4 times.
+Instruct writes 8 new problems per round from three examples of the task, the
+arithmetic verifier keeps the valid, new ones (parses, solvable, not a near-duplicate,
+not held-out, level <= 4) and computes their answers; the same model solves each kept
+proposal 4 times, asked in the task's own wording.
 The proposer is rewarded with the learnability 4p(1-p) of the solver's pass rate p
 (-0.5 for a rejected proposal), the solver with the verifier's reward; both roles are
 trained in one GRPO step per round, advantages relative within role groups. Held-out
