@@ -1,6 +1,6 @@
 """SPIN (self-play fine-tuning, Chen et al. 2024) on arithmetic: SmolLM2-135M-Instruct
 learns to tell the target answers from its own previous-iteration replies. Each
-iteration the opponent -- the previous iteration's accepted weights -- answers 64
+iteration the opponent -- the previous iteration's accepted weights -- answers 48
 training problems twice; chosen is a reply the verifier accepts, else the reference
 ("58"); rejected are the opponent's wrong replies; DPO with the opponent as reference.
 
@@ -23,13 +23,13 @@ def get_config():
   config.task.options.operators = "+-"
   config.task.heldout_size = 100
   config.loop.algorithm = "spin"
-  config.loop.iterations = 3
-  config.loop.prompts_per_iteration = 64
+  config.loop.iterations = 2
+  config.loop.prompts_per_iteration = 48
   config.loop.samples_per_prompt = 2
   config.sampling.temperature = 0.7
   config.sampling.max_new_tokens = 16
   config.select.filters = "dedup"            # truncated replies are rejected ones too
-  config.train.epochs = 2
+  config.train.epochs = 1
   config.train.batch_size = 16               # pairs per optimizer step
   config.train.max_seq_len = 64
   config.optim.learning_rate = 5e-6

@@ -24,9 +24,9 @@ def get_config():
   config.task.options.operators = "+-"
   config.task.heldout_size = 100
   config.loop.algorithm = "ttrl"
-  config.loop.iterations = 3
-  config.loop.rl_steps = 4
-  config.loop.prompts_per_iteration = 16
+  config.loop.iterations = 2
+  config.loop.rl_steps = 3
+  config.loop.prompts_per_iteration = 8
   config.loop.samples_per_prompt = 8
   config.acquire.min_vote_share = 0.5        # below it (or on a tie) a group earns nothing
   config.sampling.temperature = 0.7          # samples agree more than at 1.0
