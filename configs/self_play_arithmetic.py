@@ -10,11 +10,21 @@ evaluation stays on the quickstart's 100 two-digit +/- problems.
 
 Command:   selfimprove-jax run --config configs/self_play_arithmetic.py --workdir runs/self_play
 Hardware:  CPU (2 cores) or one GPU.
-Runtime:   not yet measured.
-Result:    not yet measured. records/iter_K/acquire_R.jsonl shows every proposal (role
-           'proposer': the proposal, its verdict, p and reward) and the solver's answers;
-           each row of metrics.jsonl has the valid share, mean p, the distribution of p
-           and both roles' mean rewards.
+Runtime:   measured on the 2-core CPU dev machine (AMD EPYC, 24 GiB), shared with other
+           jobs (load average 10-20), 2026-12-02: baseline evaluation 5 min, iteration 1
+           32 min (12 of them the first GRPO step's compile); stopped (SIGTERM, resumable)
+           during iteration 2 for lack of time, so iterations 2-3 are not measured.
+Result:    held-out greedy pass@1 (100 problems) 0.06 -> 0.06 after iteration 1
+           (accepted: no drop; maj@4 0.10 -> 0.08). Why, from the metrics: 6 of 32
+           proposals were valid (self_play_verdicts: invalid 23 -- mostly statements
+           like "84 - 35 = 41." or chatter --, held-out leaks 2, empty 1), and the solver
+           passed none of its 4 answers on any of them (self_play_mean_p 0.0, p_hist all
+           at 0): at 16 new tokens the 135M model mostly talks past the answer or gets it
+           wrong. With p = 0 everywhere every valid proposal's learnability is 0 and every
+           solver group has zero advantage, so the only signal was the proposer's valid
+           (0) vs rejected (-0.5) contrast (self_play_proposer_reward -0.41); the solver
+           learnt nothing, and the held-out score could not move. Self-play needs a
+           solver that passes its own problems sometimes (p between 0 and 1).
 """
 
 from selfimprove_jax.config import base_config
