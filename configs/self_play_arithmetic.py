@@ -10,7 +10,7 @@ evaluation stays on the quickstart's 100 two-digit +/- problems.
 
 Command:   selfimprove-jax run --config configs/self_play_arithmetic.py --workdir runs/self_play
 Hardware:  CPU (2 cores) or one GPU.
-Runtime:   measured on the 2-core CPU dev machine (AMD EPYC, 24 GiB), shared with other
+Runtime:   measured on a 2-core CPU machine (Intel Xeon, 23 GiB), shared with other
            jobs (load average 10-20), 2026-12-02: baseline evaluation 5 min, iteration 1
            32 min (12 of them the first GRPO step's compile); stopped (SIGTERM, resumable)
            during iteration 2 for lack of time, so iterations 2-3 are not measured.
