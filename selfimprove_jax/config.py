@@ -28,7 +28,13 @@ FILTER_NAMES = ("correct", "pass_rate_band", "dedup", "max_length", "judge", "re
 STRATEGY_NAMES = ("greedy", "best_of_n", "self_consistency", "self_refine",
                   "execution_feedback")
 SCORER_NAMES = ("verifier", "judge", "logprob")
-ALGORITHM_NAMES = ("sft", "dpo", "grpo")
+ALGORITHM_NAMES = ("sft", "dpo", "grpo", "self_play", "spin", "ttrl")
+# Algorithms whose advantages are relative within a group of G samples of one prompt
+GROUP_ALGORITHMS = ("grpo", "self_play", "ttrl")
+# Tasks whose verifier can parse and solve a proposed problem (self_play's proposer)
+SELF_PLAY_TASKS = ("arithmetic", "countdown", "code:list_ops", "code:string_ops")
+# Algorithms that make their own samples (paradigms/): no refinement targets
+OWN_ACQUIRE = ("self_play", "spin", "ttrl")
 
 
 # size: the table of every config key and its default, one per line
@@ -59,7 +65,9 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.loop = ml_collections.ConfigDict()
   c.loop.iterations = 3                # rounds after the baseline evaluation (iteration 0)
-  c.loop.algorithm = "sft"             # 'sft' (expert iteration) | 'dpo' | 'grpo'
+  c.loop.algorithm = "sft"             # 'sft' (expert iteration) | 'dpo' | 'grpo' |
+                                       # 'self_play' (proposer-solver) | 'spin' |
+                                       # 'ttrl' (label-free, majority-vote reward)
   c.loop.prompts_per_iteration = 64
   c.loop.samples_per_prompt = 8        # G
   c.loop.restart_from_base = False     # ReST-EM: fine-tune the base weights each round
@@ -73,7 +81,8 @@ def base_config() -> ml_collections.ConfigDict:
                                        # | execution_feedback:
                                        # its final answers are marked `refined` (training
                                        # targets; keep them with the 'refined' filter)
-  c.acquire.min_vote_share = 0.5       # self_consistency targets need this majority share
+  c.acquire.min_vote_share = 0.5       # self_consistency targets and ttrl pseudo-labels
+                                       # need this majority share
   # Label-free (LMSI, Huang et al. 2022; TTRL's reward, Zuo et al. 2025): no reference
   # answer is read while acquiring and selecting; a sample's reward is whether it agrees
   # with its prompt's self_consistency majority. The verifier checks the majority labels
@@ -110,6 +119,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.self_instruct.votes = 4            # non-procedural tasks: self-consistency samples
   c.self_instruct.min_vote_share = 0.6
   c.self_instruct.max_new_tokens = 64
+
+  # Proposer-solver self-play (paradigms/self_play.py); the proposer's prompt, novelty
+  # checks and token budget are self_instruct's (examples, ngram, max_overlap,
+  # max_new_tokens); the solver samples loop.samples_per_prompt answers per proposal
+  c.self_play = ml_collections.ConfigDict()
+  c.self_play.invalid_reward = -0.5    # the proposer's reward for a rejected proposal
+  c.self_play.max_level = 0            # proposals above this task level are rejected
+                                       # ('too_hard'); 0 = any level
 
   # Curriculum from the ledger (curriculum.py): tasks with a difficulty knob
   c.curriculum = ml_collections.ConfigDict()
@@ -267,6 +284,7 @@ RANGES = {
     "self_instruct.ngram": (1, None), "self_instruct.max_overlap": (0.0, 1.0, True),
     "self_instruct.votes": (1, None), "self_instruct.min_vote_share": (0.0, 1.0),
     "self_instruct.max_new_tokens": (1, None),
+    "self_play.invalid_reward": (-1.0, 0.0), "self_play.max_level": (0, None),
     "curriculum.min_pass_rate": (0.0, 1.0), "curriculum.max_pass_rate": (0.0, 1.0),
     "curriculum.step": (1, None),
     "sampling.temperature": (0.0, None), "sampling.top_k": (0, None),
@@ -357,9 +375,13 @@ def validate(config) -> None:
     raise UserError("select.filters: 'correct' keeps only right answers, and loop.algorithm="
                     "dpo pairs right with wrong ones from the selected samples")
   _check_acquire(config)
-  if config.loop.algorithm == "grpo" and config.loop.samples_per_prompt < 2:
+  if config.loop.algorithm in GROUP_ALGORITHMS and config.loop.samples_per_prompt < 2:
+    why = ("the learnability 4p(1-p) of one solver answer is always 0"
+           if config.loop.algorithm == "self_play" else
+           "group-relative advantages of one sample are all zero")
     raise UserError(f"loop.samples_per_prompt={config.loop.samples_per_prompt} must be >= 2 "
-                    f"for grpo (group-relative advantages of one sample are all zero)")
+                    f"for {config.loop.algorithm} ({why})")
+  _check_paradigm(config)
   if config.optim.continue_state and config.loop.restart_from_base:
     raise UserError("optim.continue_state carries the optimizer across iterations, and "
                     "loop.restart_from_base starts each one from the base weights: pick one")
@@ -388,6 +410,26 @@ def validate(config) -> None:
   if config.select.min_pass_rate > config.select.max_pass_rate:
     raise UserError(f"select.min_pass_rate={config.select.min_pass_rate} is above "
                     f"select.max_pass_rate={config.select.max_pass_rate}")
+
+
+def _check_paradigm(config) -> None:
+  """What the paradigms that make their own samples cannot do."""
+  algorithm, filters = config.loop.algorithm, names(config.select.filters)
+  if algorithm == "self_play" and config.task.name not in SELF_PLAY_TASKS:
+    raise UserError(f"task.name={config.task.name!r}: loop.algorithm=self_play needs a task "
+                    f"whose verifier solves proposals ({', '.join(SELF_PLAY_TASKS)})")
+  drop = {"self_play": ("correct", "pass_rate_band"), "spin": ("correct",)}
+  for f in drop.get(algorithm, ()):
+    if f in filters:
+      raise UserError(f"select.filters: {f!r} would drop the "
+                      f"{'proposer' if algorithm == 'self_play' else 'rejected'} samples "
+                      f"loop.algorithm={algorithm} trains on")
+  if algorithm in OWN_ACQUIRE and config.acquire.refine_strategy:
+    raise UserError(f"acquire.refine_strategy={config.acquire.refine_strategy!r} is not "
+                    f"used by loop.algorithm={algorithm} (it makes its own samples)")
+  if algorithm in OWN_ACQUIRE and config.judge.use_as_reward:
+    raise UserError(f"judge.use_as_reward is not used by loop.algorithm={algorithm} "
+                    f"(it rewards its own way)")
 
 
 def stage_seed(config, iteration: int, stage: str, step: int = 0) -> int:

@@ -17,24 +17,45 @@ from selfimprove_jax.sampling import SamplingParams, encode_prompts
 GenerateFn = Callable[[Sequence[str], SamplingParams, int, int], list]   # -> list[list[Sample]]
 
 
-def model_generate(sampler, params, tokenizer, progress: bool = False) -> GenerateFn:
+class ModelPolicy:
   """The real GenerateFn: chat-templated prompts through `sampler` with `params`;
-  samples come back grouped by prompt, in sample order."""
-  def generate(prompts, sp, n, seed):
+  samples come back grouped by prompt, in sample order. `target` writes a given answer
+  as the model's reply would be tokenized (SPIN's chosen side), so nothing else needs
+  the tokenizer."""
+
+  def __init__(self, sampler, params, tokenizer, progress: bool = False):
+    self.sampler, self.params, self.tokenizer, self.progress = (sampler, params, tokenizer,
+                                                                 progress)
+
+  def __call__(self, prompts, sp, n, seed):
     out = [[] for _ in prompts]
     if not prompts:
       return out
-    ids = encode_prompts(tokenizer, list(prompts))
-    for c in sampler.generate(params, ids, sp, n=n, seed=seed, progress=progress):
+    tok = self.tokenizer
+    ids = encode_prompts(tok, list(prompts))
+    for c in self.sampler.generate(self.params, ids, sp, n=n, seed=seed,
+                                   progress=self.progress):
       i = c.prompt_index
       out[i].append(Sample(
-          completion=tokenizer.decode(c.content_tokens.tolist(), skip_special_tokens=True),
+          completion=tok.decode(c.content_tokens.tolist(), skip_special_tokens=True),
           prompt=prompts[i], prompt_tokens=ids[i],
           completion_tokens=[int(t) for t in c.tokens],
           logprobs=[float(x) for x in c.logprobs], finish_reason=c.finish_reason,
           num_tokens=int(c.num_tokens), sample_index=int(c.sample_index)))
     return out
-  return generate
+
+  def target(self, prompt: str, text: str) -> Sample:
+    """`text` as a completion of `prompt`: its tokens followed by the end-of-turn token
+    a sampled reply ends with (the sampler's first EOS id); no log-probs (not sampled)."""
+    eos = list(self.sampler.eos_ids[:1])
+    tokens = [int(t) for t in self.tokenizer.encode(text, add_special_tokens=False)] + eos
+    return Sample(prompt=prompt, prompt_tokens=encode_prompts(self.tokenizer, [prompt])[0],
+                  completion=text, completion_tokens=tokens, num_tokens=len(tokens))
+
+
+def model_generate(sampler, params, tokenizer, progress: bool = False) -> GenerateFn:
+  """The real GenerateFn (a `ModelPolicy`): encode (chat template) -> sample -> decode."""
+  return ModelPolicy(sampler, params, tokenizer, progress)
 
 
 def sampling_params(config, max_new_tokens: int) -> SamplingParams:

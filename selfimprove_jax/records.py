@@ -8,8 +8,9 @@ names; unset optional fields are left out, so a file written before a field exis
 still loads, and a file with a field this code does not know is refused with one line.
 
 Also here, because several stages need them and none owns them: `group_by_problem`,
-`majority` (the vote of self-consistency, maj@k and label-free targets), `pass_rate`,
-and the text normalisation behind de-duplication and novelty checks.
+`majority` (the vote of self-consistency, maj@k and label-free targets), `pseudo_label`
+and `agreement_rewards` (label-free rewards and targets: a clear majority or nothing),
+`pass_rate`, and the text normalisation behind de-duplication and novelty checks.
 """
 
 from __future__ import annotations
@@ -55,6 +56,22 @@ class Sample:
   # set by STaR's rationalization (refine.rationalize_records): True = an answer given
   # with the reference as a hint, recorded under the original prompt (hint removed)
   rationalized: Optional[bool] = None
+  # set by paradigms that make their own samples (paradigms/): which role a sample
+  # plays -- self_play: 'proposer' | 'solver'; spin: 'target' | 'opponent'
+  role: Optional[str] = None
+  # self_play proposer samples: the cleaned proposal, its verdict ('valid' or why not:
+  # 'empty', 'duplicate', 'copy', 'heldout_leak', 'invalid', 'too_hard'; programs: how
+  # the sandbox run ended, 'nondeterministic', 'too_long') and, when
+  # valid, the problem id its solver samples carry; on both roles the solver's pass
+  # rate p on that proposal
+  proposal: Optional[str] = None
+  proposal_status: Optional[str] = None
+  proposal_id: Optional[str] = None
+  solver_pass_rate: Optional[float] = None
+  # label-free rewards (ttrl): the answer read from this completion and its group's
+  # pseudo-label (the majority answer; None when no answer reached the vote share)
+  answer: Optional[str] = None
+  pseudo_label: Optional[str] = None
 
   @property
   def logprob(self) -> float:
@@ -86,8 +103,10 @@ class Sample:
 
 
 _FIELDS = frozenset(f.name for f in dataclasses.fields(Sample))
-_OPTIONAL = frozenset(("judge_score", "judge_reply", "verifier_reward", "refined",
-                       "vote_share", "majority_answer", "refine_rounds", "rationalized"))
+# every field whose default is None is left out of JSON while unset; `reference` is
+# the exception, written as null (records predating the optional fields have it)
+_OPTIONAL = frozenset(f.name for f in dataclasses.fields(Sample)
+                      if f.default is None and f.name != "reference")
 
 
 def group_by_problem(samples: Iterable[Sample]) -> dict[str, list[Sample]]:
@@ -115,6 +134,27 @@ def majority(answers: Sequence[Optional[str]], scores: Optional[Sequence[float]]
   order = {a: i for i, a in reversed(list(enumerate(answers))) if a}
   best = max(counts, key=lambda a: (counts[a], total[a], -order[a]))
   return best, counts[best] / len(answers)
+
+
+def pseudo_label(answers: Sequence[Optional[str]], min_share: float):
+  """A group's label-free target (TTRL, Zuo et al. 2025; the self-consistency labels
+  of Huang et al. 2022): its majority answer when that answer holds at least
+  `min_share` of all the group's votes (None votes count, for nothing) and no other
+  answer has as many. A tie or a thin majority gives no label: such majorities are
+  often spurious, and rewarding them teaches a guess. Returns (label or None, share)."""
+  counts = collections.Counter(a for a in answers if a)
+  if not counts:
+    return None, 0.0
+  (best, top), *rest = counts.most_common()
+  share = top / len(answers)
+  if (rest and rest[0][1] == top) or share < min_share:
+    return None, share
+  return best, share
+
+
+def agreement_rewards(answers: Sequence[Optional[str]], label: Optional[str]) -> list[float]:
+  """1.0 for each answer equal to the group's pseudo-label, else 0.0 (all 0 without one)."""
+  return [float(label is not None and a == label) for a in answers]
 
 
 # ----------------------------------------------------------------------------- text overlap

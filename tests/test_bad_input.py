@@ -29,6 +29,9 @@ def files(tmp_path_factory):
   f["bad_json"] = write("bad.jsonl", b'{"prompt": "1+1", "answer": \n')
   f["no_answer"] = write("noanswer.jsonl", b'{"prompt": "1+1"}\n')
   f["empty"] = write("empty.jsonl", b"\n\n")
+  f["both_answers"] = write("both.jsonl", b'{"prompt": "1+1", "answer": "2", "hidden_answer": "2"}\n'
+                            b'{"prompt": "2+2", "answer": "4"}\n')
+  f["all_unlabeled"] = write("unlabeled.jsonl", b'{"prompt": "1+1"}\n{"prompt": "2+2"}\n')
   f["prompts_not_utf8"] = write("prompts.jsonl", b'{"prompt": "\xff\xfe"}\n')
   f["prompts_no_key"] = write("prompts2.jsonl", b'{"text": "hi"}\n')
   f["cfg_none"] = write("none_config.py", b"def get_config():\n  return None\n")
@@ -88,6 +91,23 @@ CASES = [
     (_run("--config.loop.algorithm=dpo", "--config.select.filters=correct"), "select.filters"),
     (_run("--config.optim.continue_state=true", "--config.loop.restart_from_base=true"),
      "optim.continue_state"),
+    # ---- paradigms (paradigms/): what each cannot do
+    (_run("--config.loop.algorithm=self_play", "--config.loop.samples_per_prompt=1"),
+     "loop.samples_per_prompt"),
+    (_run("--config.loop.algorithm=ttrl", "--config.loop.samples_per_prompt=1"),
+     "loop.samples_per_prompt"),
+    (_run("--config.loop.algorithm=self_play", "--config.select.filters=correct"),
+     "select.filters"),
+    (_run("--config.loop.algorithm=self_play", "--config.task.name=code_jsonl:x.jsonl"),
+     "task.name"),
+    (_run("--config.loop.algorithm=spin", "--config.select.filters=correct,dedup"),
+     "select.filters"),
+    (_run("--config.loop.algorithm=ttrl", "--config.acquire.refine_strategy=self_consistency"),
+     "acquire.refine_strategy"),
+    (_run("--config.loop.algorithm=spin", "--config.judge.use_as_reward=true"),
+     "judge.use_as_reward"),
+    (_run("--config.self_play.invalid_reward=0.5"), "self_play.invalid_reward"),
+    (_run("--config.self_play.max_level=-1"), "self_play.max_level"),
     (_run("--config.loop.no_such_key=1"), "loop.no_such_key"),
     (_run("--config.task.heldout_size=0"), "task.heldout_size"),
     (_run("--config.select.dedup_threshold=2"), "select.dedup_threshold"),
@@ -123,6 +143,10 @@ CASES = [
     (_run("--config.task.name=jsonl:{bad_json}"), "{bad_json}"),
     (_run("--config.task.name=jsonl:{no_answer}"), "{no_answer}"),
     (_run("--config.task.name=jsonl:{empty}"), "{empty}"),
+    (_run("--config.task.name=jsonl:{both_answers}"), "{both_answers}"),
+    (_run("--config.task.name=jsonl:{all_unlabeled}"), "{all_unlabeled}"),
+    (["eval", "--task", "jsonl:{no_answer}", "--task_option", "answer_kind=roman"],
+     "{no_answer}"),
     (_run("--config.task.name=code:no_such_family"), "code:no_such_family"),
     (_run("--config.task.name=code_jsonl:{not_utf8}"), "{not_utf8}"),
     (_run("--config.task.name=code_jsonl:{no_answer}"), "{no_answer}"),

@@ -12,7 +12,7 @@ import os
 import numpy as np
 
 from selfimprove_jax import optimize as opt
-from selfimprove_jax import algorithms, weights
+from selfimprove_jax import batches, weights
 from selfimprove_jax.config import load_config
 from selfimprove_jax.loop import run
 from selfimprove_jax.sampling import encode_prompts
@@ -29,7 +29,7 @@ def _weak_start(task, out_dir):
   answer = tok.encode("7", add_special_tokens=False) + [tok.convert_tokens_to_ids("<|im_end|>")]
   rows = [(ids + answer, len(ids)) for ids in
           encode_prompts(tok, [p.prompt for p in task.train_problems(0, 8)])]
-  batch = algorithms._pad_rows(rows, 8, 64)
+  batch = batches.pad_rows(rows, 8, 64)
   cfg = opt.default_optim_config()
   cfg.learning_rate, cfg.schedule = 1e-2, "constant"
   mesh = single_device_mesh()

@@ -39,6 +39,11 @@ LEVELS = {1: (1, 1), 2: (2, 1), 3: (3, 1), 4: (2, 2), 5: (3, 2), 6: (4, 2), 7: (
 _QUESTION = re.compile(r"what is\s+(.+?)\s*\?", re.IGNORECASE | re.DOTALL)
 
 
+def format_prompt(expression: str) -> str:
+  """The task's prompt for an expression."""
+  return f"What is {expression}? Answer with just the number."
+
+
 def level_of(digits: int, operations: int) -> int:
   """Smallest level whose digits and operations cover the given ones (max level if none)."""
   for level, (d, o) in sorted(LEVELS.items()):
@@ -84,7 +89,7 @@ class ArithmeticTask(problem_lib.ProceduralSplits):
     for op, x in zip(ops, operands[1:]):
       text += f" {op} {x}"
     value, _ = expressions.evaluate(text)
-    prompt = f"What is {text}? Answer with just the number."
+    prompt = format_prompt(text)
     return problem_lib.make_problem(prompt, expressions.format_value(value), level,
                                     {"expression": text})
 
@@ -97,8 +102,9 @@ class ArithmeticTask(problem_lib.ProceduralSplits):
     """1.0 when the extracted number equals the reference, else 0.0."""
     return float(answers.numbers_equal(self.extract_answer(completion), problem.reference))
 
-  def parse_problem(self, prompt: str) -> Optional[Problem]:
-    """A `Problem` from a prompt in this task's format ("What is <expr>?"), or None."""
+  def parse_problem(self, prompt: str, canonical: bool = False) -> Optional[Problem]:
+    """A `Problem` from a prompt in this task's format ("What is <expr>?"), or None;
+    `canonical`: with the prompt rewritten as the task writes its own."""
     if not isinstance(prompt, str):
       return None
     m = _QUESTION.search(prompt)
@@ -113,8 +119,11 @@ class ArithmeticTask(problem_lib.ProceduralSplits):
     value, used = parsed
     digits = max(len(str(abs(x))) for x in used)
     level = level_of(digits, len(used) - 1)
+    expression = " ".join(text.split())
+    if canonical:
+      prompt = format_prompt(expression)
     return problem_lib.make_problem(prompt, expressions.format_value(value), level,
-                                    {"expression": " ".join(text.split())})
+                                    {"expression": expression})
 
   def can_solve(self, prompt: str) -> Optional[str]:
     """Reference answer of a "What is <expr>?" prompt, or None when it does not parse."""

@@ -189,8 +189,9 @@ class CountdownTask(problem_lib.ProceduralSplits):
     value, used = result
     return float(value == target and _uses_allowed(used, list(numbers)))
 
-  def parse_problem(self, prompt: str) -> Optional[Problem]:
-    """A solvable `Problem` from a prompt in this task's format, or None."""
+  def parse_problem(self, prompt: str, canonical: bool = False) -> Optional[Problem]:
+    """A solvable `Problem` from a prompt in this task's format, or None; `canonical`:
+    with the prompt rewritten as the task writes its own (`format_prompt`)."""
     parsed = _parse_prompt(prompt)
     if parsed is None:
       return None
@@ -199,6 +200,8 @@ class CountdownTask(problem_lib.ProceduralSplits):
     if solution is None:
       return None
     level = min(max(len(numbers) - 1, MIN_LEVEL), MAX_LEVEL)
+    if canonical:
+      prompt = format_prompt(numbers, target)
     return problem_lib.make_problem(prompt, solution, level,
                                     {"numbers": numbers, "target": target})
 

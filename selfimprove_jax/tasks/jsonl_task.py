@@ -5,21 +5,32 @@ is accepted instead of "answer"); blank lines are skipped, a repeated prompt kee
 first answer. The prompt is used as written, followed by the `instruction` option when
 one is given (e.g. "Give your final answer after '####'.").
 
+Rows without an answer, for label-free training (`loop.algorithm=ttrl`): a row may give
+`hidden_answer` instead, or nothing. A hidden answer is withheld from training: a
+training problem of such a row has reference "" (no verifier can count it right) and
+keeps the answer only in `metadata["hidden_reference"]`, which label-free metrics read
+to log how often the majority was right; on the held-out side it is the reference
+every evaluation scores against. A row with no answer at all is only ever trained on.
+Which rows are numeric cannot be read from an absent reference: `answer_kind="number"`
+(or "text") says it for every row; "auto" (default) reads it from each reference.
+
 Extraction and match: when the reference is a number, the numeric policy of
 `answers.py` (marker, else the last number) and numeric equality; otherwise the marked
 answer (as many of its lines as the reference has) or, without a marker, the whole reply
 must equal the reference after normalisation (case, whitespace, quotes, trailing
 punctuation).
 
-Held-out: the ceil(heldout_fraction * n) prompts with the smallest id hash. It is fixed by
-the file's content (not by any seed), never empty for two or more prompts, and the
-training stream is the rest, reshuffled every epoch from the run's seed.
+Held-out: of the n prompts with an answer or a hidden answer, the ceil(heldout_fraction
+* n) with the smallest id hash. It is fixed by the file's content (not by any seed),
+never empty for two or more prompts, and the training stream is the rest, reshuffled
+every epoch from the run's seed.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import dataclasses
 from typing import Optional
 
 from selfimprove_jax.errors import UserError
@@ -60,20 +71,36 @@ def read_jsonl(path: str, instruction: str = "") -> list[Problem]:
   out, seen = [], set()
   for lineno, row in jsonl_rows(path, f"jsonl:{path}"):
     answer = row.get("answer", row.get("reference"))
+    hidden = row.get("hidden_answer")
     prompt = row.get("prompt")
-    if not isinstance(prompt, str) or not prompt.strip() or answer is None:
-      raise UserError(f"{path}:{lineno}: needs a non-empty string 'prompt' and an 'answer' "
-                      f"(or 'reference')")
-    if isinstance(answer, (dict, list)):
+    if not isinstance(prompt, str) or not prompt.strip():
+      raise UserError(f"{path}:{lineno}: needs a non-empty string 'prompt' (and an "
+                      f"'answer', 'reference' or 'hidden_answer')")
+    if any(isinstance(a, (dict, list)) for a in (answer, hidden)):
       raise UserError(f"{path}:{lineno}: 'answer' must be a string or a number")
+    if answer is not None and hidden is not None:
+      raise UserError(f"{path}:{lineno}: give 'answer' or 'hidden_answer', not both")
     text = f"{prompt.rstrip()}\n\n{instruction}" if instruction else prompt
-    p = problem_lib.make_problem(text, answer, 0, {"line": lineno})
+    meta = {"line": lineno}
+    if hidden is not None:
+      meta["hidden_reference"] = str(hidden)
+    p = problem_lib.make_problem(text, "" if answer is None else answer, 0, meta)
     if p.id not in seen:
       seen.add(p.id)
       out.append(p)
   if not out:
     raise UserError(f"{path}: no problems in the file")
   return out
+
+
+def _gradable(p: Problem) -> bool:
+  return bool(p.reference or p.metadata.get("hidden_reference"))
+
+
+def _revealed(p: Problem) -> Problem:
+  """A held-out problem: its hidden answer, if any, is the reference it is scored by."""
+  hidden = p.metadata.get("hidden_reference")
+  return dataclasses.replace(p, reference=hidden) if hidden else p
 
 
 class JsonlTask(FileSplits):
@@ -86,21 +113,30 @@ class JsonlTask(FileSplits):
                    "marked answer ('####', <answer>, \\boxed{}) or the whole reply")
 
   def __init__(self, path: str, heldout_fraction: float = problem_lib.DEFAULT_HELDOUT_FRACTION,
-               instruction: str = ""):
+               instruction: str = "", answer_kind: str = "auto"):
     self.name = f"jsonl:{path}"
     self.path = path
     self.heldout_fraction = problem_lib.check_fraction(heldout_fraction, self.name)
+    if answer_kind not in ("auto", "number", "text"):
+      raise UserError(f"task {self.name}: answer_kind must be auto, number or text, got "
+                      f"{answer_kind!r}")
+    self.answer_kind = answer_kind
     problems = read_jsonl(path, instruction)
     if len(problems) < 2:
       raise UserError(f"{path}: needs at least 2 distinct prompts (one is held out)")
-    self._split(problems, "jsonl")
+    if not any(_gradable(p) for p in problems):
+      raise UserError(f"{path}: no row has an 'answer' or 'hidden_answer' to hold out")
+    self._split(problems, "jsonl", _gradable)
+    self._heldout = [_revealed(p) for p in self._heldout]
 
   def extract_answer(self, completion: str,
                      problem: Optional[Problem] = None) -> Optional[str]:
     """Numeric policy when the reference is a number, else the marked answer or the reply."""
     if not isinstance(completion, str):
       return None
-    if problem is not None and answers.parse_number(problem.reference) is not None:
+    numeric = (self.answer_kind == "number" or self.answer_kind == "auto"
+               and problem is not None and answers.parse_number(problem.reference) is not None)
+    if numeric:
       return answers.extract_numeric(completion)
     marked = answers.extract_marked(completion)
     if marked is not None and problem is not None:
@@ -110,9 +146,10 @@ class JsonlTask(FileSplits):
     return completion.strip() or None
 
   def score(self, problem: Problem, completion: str) -> float:
-    """1.0 on a numeric or normalised exact match with the reference, else 0.0."""
+    """1.0 on a numeric or normalised exact match with the reference, else 0.0 (always
+    0.0 without a reference: a training row whose answer is hidden or absent)."""
     answer = self.extract_answer(completion, problem)
-    if answer is None:
+    if answer is None or not problem.reference:
       return 0.0
     if answers.numbers_equal(answer, problem.reference):
       return 1.0

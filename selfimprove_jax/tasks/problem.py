@@ -169,12 +169,15 @@ class FileSplits:
   file tasks (jsonl:, code_jsonl:). The task calls `_split(problems, stream)` once:
   the held-out side is the `heldout_fraction` of problems whose ids rank lowest (at
   least one stays for training); epoch e of the training stream is a shuffle seeded
-  by (seed, `stream`, e)."""
+  by (seed, `stream`, e). Only problems with a reference can be held out (a score
+  needs one): `_split(..., gradable=...)` names them, the rest always train."""
 
-  def _split(self, problems: list[Problem], stream: str) -> None:
+  def _split(self, problems: list[Problem], stream: str,
+             gradable: Optional[Callable[[Problem], bool]] = None) -> None:
     self._stream = stream
-    n_heldout = min(math.ceil(self.heldout_fraction * len(problems)), len(problems) - 1)
-    ranked = sorted(problems, key=lambda p: (id_fraction(p.id), p.id))
+    candidates = [p for p in problems if gradable is None or gradable(p)]
+    n_heldout = min(math.ceil(self.heldout_fraction * len(candidates)), len(problems) - 1)
+    ranked = sorted(candidates, key=lambda p: (id_fraction(p.id), p.id))
     self._heldout_ids = {p.id for p in ranked[:n_heldout]}
     self._heldout = [p for p in problems if p.id in self._heldout_ids]
     self._train = [p for p in problems if p.id not in self._heldout_ids]

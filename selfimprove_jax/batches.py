@@ -1,0 +1,121 @@
+"""Optimizer batches from samples: fixed-shape, right-padded host arrays in the format
+of `optimize/losses.py`, for every paradigm (algorithms.py names which one it uses).
+
+Batches are built from an iteration's selected samples and a seed derived from
+(config.seed, iteration): rebuilding them after an interruption gives the same batches,
+so they need no iterator state of their own in the checkpoint.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+
+from selfimprove_jax import judge as judge_lib
+from selfimprove_jax.records import Sample, group_by_problem
+
+
+def pad_rows(rows: list[tuple[list[int], int]], batch_size: int, max_len: int) -> dict:
+  """rows of (tokens, prompt_len) -> right-padded numpy batch with a completion mask."""
+  B = max(batch_size, len(rows))
+  tokens = np.zeros((B, max_len), np.int32)
+  input_mask = np.zeros((B, max_len), np.int32)
+  loss_mask = np.zeros((B, max_len), np.int32)
+  for i, (toks, plen) in enumerate(rows):
+    toks = toks[:max_len]
+    tokens[i, :len(toks)] = toks
+    input_mask[i, :len(toks)] = 1
+    loss_mask[i, plen:len(toks)] = 1
+  return {"tokens": tokens, "input_mask": input_mask, "loss_mask": loss_mask}
+
+
+def row(s: Sample) -> tuple[list[int], int]:
+  """A sample as (prompt + completion tokens, prompt length)."""
+  return s.prompt_tokens + s.completion_tokens, len(s.prompt_tokens)
+
+
+def epochs(n: int, batch_size: int, num_epochs: int, seed: int):
+  """Index lists of shuffled batches over `num_epochs` passes of n items."""
+  rng = np.random.default_rng(seed)
+  for _ in range(num_epochs):
+    order = rng.permutation(n)
+    for s in range(0, n, batch_size):
+      yield order[s:s + batch_size]
+
+
+def sft_batches(samples: Sequence[Sample], config, seed: int) -> list[dict]:
+  """Shuffled fixed-shape SFT batches over train.epochs passes; the last partial batch
+  is padded with empty rows (loss_mask 0), so every batch has the same shape."""
+  t = config.train
+  return [pad_rows([row(samples[i]) for i in idx], t.batch_size, t.max_seq_len)
+          for idx in epochs(len(samples), t.batch_size, t.epochs, seed)]
+
+
+def verifier_pairs(samples: Sequence[Sample], threshold: float,
+                   seed: int) -> list[tuple[Sample, Sample]]:
+  """(chosen, rejected) pairs from one prompt's samples: a correct and an incorrect
+  completion (the verifier decides); at most one pair per prompt per distinct pair."""
+  pairs = []
+  for group in group_by_problem(samples).values():
+    good = [s for s in group if s.reward >= threshold]
+    bad = [s for s in group if s.reward < threshold]
+    pairs += list(zip(good, bad))
+  np.random.default_rng(seed).shuffle(pairs)
+  return pairs
+
+
+def pair_batches(pairs: Sequence[tuple[Sample, Sample]], config, seed: int) -> list[dict]:
+  """DPO batches of (chosen, rejected) pairs over train.epochs shuffled passes: chosen
+  at even rows, rejected at odd."""
+  t = config.train
+  batches = []
+  for idx in epochs(len(pairs), t.batch_size, t.epochs, seed):
+    rows = [r for i in idx for r in (row(pairs[i][0]), row(pairs[i][1]))]
+    batches.append(pad_rows(rows, 2 * t.batch_size, t.max_seq_len))
+  return batches
+
+
+def dpo_batches(samples: Sequence[Sample], config, seed: int) -> list[dict]:
+  """Pairs from the *selected* samples only (so the select filters and the held-out
+  guard apply to DPO too): the verifier's right vs wrong, or the judge's best vs worst
+  (self-rewarding, loop.dpo_pairs='judge')."""
+  if config.loop.dpo_pairs == "judge":
+    pairs = judge_lib.best_worst_pairs(samples)
+  else:
+    pairs = verifier_pairs(samples, config.select.reward_threshold, seed)
+  return pair_batches(pairs, config, seed + 1)
+
+
+def policy_gradient_batch(samples: Sequence[Sample], config, num_rows: int,
+                          group_of: Callable[[Sample], str]) -> list[dict]:
+  """One GRPO-family batch: every sample a row (padded to `num_rows`, each empty row a
+  group of its own), with rewards, group ids (samples with equal `group_of` share a
+  group: their advantages are relative to each other) and the sampler's log-probs as
+  `old_logprobs` at the completion positions."""
+  if not samples:
+    return []
+  max_len = config.train.max_seq_len
+  batch = pad_rows([row(s) for s in samples], num_rows, max_len)
+  B = batch["tokens"].shape[0]
+  old = np.zeros(batch["tokens"].shape, np.float32)
+  for i, s in enumerate(samples):
+    plen = len(s.prompt_tokens)
+    lp = s.logprobs[:max(0, max_len - plen)]
+    old[i, plen:plen + len(lp)] = lp
+  ids: dict[str, int] = {}
+  for s in samples:
+    ids.setdefault(group_of(s), len(ids))
+  rewards = np.zeros((B,), np.float32)
+  rewards[:len(samples)] = [s.reward for s in samples]
+  group_ids = np.arange(B, dtype=np.int32) + len(ids)
+  group_ids[:len(samples)] = [ids[group_of(s)] for s in samples]
+  batch.update(old_logprobs=old, rewards=rewards, group_ids=group_ids)
+  return [batch]
+
+
+def rl_batches(samples: Sequence[Sample], config, seed: int) -> list[dict]:
+  """One GRPO-family batch of prompts x G rows, grouped by problem."""
+  del seed
+  num_rows = config.loop.prompts_per_iteration * config.loop.samples_per_prompt
+  return policy_gradient_batch(samples, config, num_rows, lambda s: s.problem_id)

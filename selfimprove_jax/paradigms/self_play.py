@@ -1,0 +1,229 @@
+"""Proposer-solver self-play (`loop.algorithm=self_play`): one model in two roles
+(Absolute Zero, Zhao et al. 2025; R-Zero, Huang et al. 2025).
+
+One round:
+  propose  each proposer prompt shows `self_instruct.examples` problems of the task
+           (from the training stream) and asks for a new one (self_instruct's prompt);
+  check    the reply is cleaned (self_instruct.clean_proposal) and screened for
+           novelty: not empty, not a near-duplicate of an earlier proposal of the
+           round (word n-grams, or the same parsed expression) nor of a shown
+           example, not on the held-out side (self_instruct.screen); then validity:
+           the task's procedural verifier must parse and solve it (arithmetic and
+           countdown: `task.parse_problem` computes the true answer) and its level
+           must be within `self_play.max_level`; on `code:` tasks a proposal is a
+           program and a call, valid when it runs deterministically in the sandbox,
+           whose result is the true output the solver must predict (programs.py);
+  solve    the solver samples G = loop.samples_per_prompt answers per valid proposal,
+           scored by the verifier (the solver's reward); p = their pass rate;
+  reward   the proposer's reward is the learnability 4p(1-p): 1 at p = 1/2, 0 for a
+           problem the solver always or never solves (R-Zero's uncertainty reward;
+           Absolute Zero's learnability reward also vanishes at both ends). A rejected
+           proposal gets `self_play.invalid_reward`. With G = 1, p is 0 or 1 and the
+           reward is identically zero, so the config refuses G < 2.
+Both roles are trained in the same GRPO-family step, with advantages relative within
+role groups: the solver's per proposal (its G answers), the proposer's over all the
+round's proposals (Absolute Zero's per-role baselines, "TRR++"). Evaluation stays on the
+task's fixed held-out split, so the gate measures what self-play buys on the target
+task. Every proposal is a record (role 'proposer': the proposal, its verdict, p and its
+reward), next to its solver records (role 'solver').
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import re
+from typing import Optional, Sequence
+
+from selfimprove_jax import acquire as acquire_lib
+from selfimprove_jax import batches
+from selfimprove_jax import self_instruct
+from selfimprove_jax.errors import UserError
+from selfimprove_jax.paradigms import programs
+from selfimprove_jax.records import Sample, group_by_problem, pass_rate
+from selfimprove_jax.sampling import SamplingParams
+from selfimprove_jax.tasks.problem import MAX_ATTEMPTS, Problem, problem_id
+
+PROPOSER, SOLVER = "proposer", "solver"
+PROPOSER_GROUP = "role:proposer"     # the proposer's advantage group (ids are hex)
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """The proposer's knobs (config.self_instruct's proposer keys, config.self_play)."""
+  examples: int = 3                    # seed problems shown per proposer prompt
+  ngram: int = 3                       # word n-grams of the novelty checks
+  max_overlap: float = 0.8             # Jaccard at or above this = near-duplicate
+  invalid_reward: float = -0.5         # the proposer's reward for a rejected proposal
+  max_level: int = 0                   # proposals above this task level: 'too_hard' (0: any)
+  sample: SamplingParams = SamplingParams(max_new_tokens=64)
+
+  @classmethod
+  def from_config(cls, config) -> "Settings":
+    si, sp = config.self_instruct, config.sampling
+    return cls(si.examples, si.ngram, si.max_overlap, config.self_play.invalid_reward,
+               config.self_play.max_level,
+               SamplingParams(temperature=sp.temperature, top_k=sp.top_k, top_p=sp.top_p,
+                              max_new_tokens=si.max_new_tokens))
+
+
+def learnability(p: float) -> float:
+  """The proposer's reward for a valid proposal the solver passes at rate p: 4p(1-p)."""
+  return 4.0 * p * (1.0 - p)
+
+
+def proposer_prompts(task, seeds: Sequence[str], count: int, examples: int) -> list[str]:
+  """`count` proposer prompts, each showing `examples` of the seed problems (a
+  different window per prompt). Like every training prompt, a proposer prompt stays off
+  the held-out side of the task's id partition: on a hit the window shifts by one."""
+  k = max(1, min(examples, len(seeds)))
+  out = []
+  for i in range(count):
+    for attempt in range(MAX_ATTEMPTS):
+      prompt = self_instruct.proposal_prompt(
+          [seeds[(i * k + j + attempt) % len(seeds)] for j in range(k)])
+      if not task.is_heldout(problem_id(prompt)):
+        break
+    out.append(prompt)
+  return out
+
+
+def check_proposals(texts: Sequence[Optional[str]], task, heldout: Sequence[Problem],
+                    seeds: Sequence[str], st: Settings) -> list[tuple[str, Optional[Problem]]]:
+  """(verdict, problem or None) per cleaned proposal. Validity first: the task must
+  parse and solve it ('invalid'); then novelty (self_instruct.screen: 'duplicate',
+  'copy', 'heldout_leak'; and no two valid proposals with the same parsed content) and
+  limits (its level at most `st.max_level`: 'too_hard'). The solver sees the problem
+  in the task's own wording (`parse_problem(..., canonical=True)`), so what it learns
+  is asked as the held-out split asks it; that wording's id must be off the held-out
+  side too."""
+  status = self_instruct.screen(texts, task, heldout, seeds, st.ngram, st.max_overlap)
+  out, seen = [], set()
+  for text, s in zip(texts, status):
+    p = task.parse_problem(text, canonical=True) if text else None
+    if s == "empty" or p is None:
+      out.append(("empty" if s == "empty" else "invalid", None))
+    elif s == "unique" and task.is_heldout(p.id):
+      out.append(("heldout_leak", None))
+    elif s != "unique" or _canonical(p) in seen:
+      out.append((s if s != "unique" else "duplicate", None))
+    elif st.max_level and p.difficulty > st.max_level:
+      out.append(("too_hard", None))
+    else:
+      seen.add(_canonical(p))
+      out.append(("valid", p))
+  return out
+
+
+def first_problem(reply: str) -> Optional[str]:
+  """The proposal in a reply: self_instruct's cleaning (first paragraph, prefixes
+  dropped), then its first line -- a model asked for one problem often lists several."""
+  text = self_instruct.clean_proposal(reply)
+  return self_instruct.clean_proposal(text.splitlines()[0]) if text else None
+
+
+def _canonical(problem: Optional[Problem]) -> Optional[str]:
+  """What a parsed proposal is, whatever its wording: its metadata (the expression;
+  countdown's numbers and target) without whitespace."""
+  if problem is None:
+    return None
+  return re.sub(r"\s+", "", json.dumps(problem.metadata, sort_keys=True, default=str))
+
+
+def check_programs(texts: Sequence[Optional[str]], task, heldout: Sequence[Problem],
+                   seeds: Sequence[str], st: Settings) -> list[tuple[str, Optional[Problem]]]:
+  """(verdict, solver problem or None) per program proposal (the code family,
+  programs.py): novelty as for `check_proposals`, then a run in the sandbox; a solver
+  problem whose id falls on the task's held-out side is a 'heldout_leak' too."""
+  status = self_instruct.screen(texts, task, heldout, seeds, st.ngram, st.max_overlap)
+  ran = iter(programs.run([t for t, s in zip(texts, status) if s == "unique"]))
+  out, seen = [], set()
+  for s in status:
+    verdict, p = next(ran) if s == "unique" else (s, None)
+    if p is not None and task.is_heldout(p.id):
+      verdict, p = "heldout_leak", None
+    elif p is not None and _canonical(p) in seen:
+      verdict, p = "duplicate", None
+    if p is not None:
+      seen.add(_canonical(p))
+    out.append((verdict, p))
+  return out
+
+
+def is_code(task) -> bool:
+  """Whether self-play runs the code family (programs.py) on this task."""
+  return task.name.startswith("code:")
+
+
+def self_play_round(r: acquire_lib.Round, problems: Sequence[Problem]) -> list[Sample]:
+  """One round's proposer and solver samples, rewarded (see the module docstring);
+  `problems` (the training stream's) are the examples the proposer prompts show."""
+  code = is_code(r.task)
+  if not code and not (getattr(r.task, "procedural", False)
+                       and hasattr(r.task, "parse_problem")):
+    raise UserError(f"loop.algorithm=self_play: task {r.task.name} cannot check proposals "
+                    f"(it needs a procedural verifier: arithmetic, countdown or code:)")
+  st = Settings.from_config(r.config)
+  seeds = programs.seeds(problems) if code else [p.prompt for p in problems]
+  prompts = proposer_prompts(r.task, seeds, len(problems), st.examples)
+  replies = [group[0] for group in r.generate(prompts, st.sample, 1, r.seed)]
+  if code:   # the canonical program + call, else the raw text (rejected as 'invalid')
+    texts = [programs.clean(x.completion) or x.completion.strip() or None for x in replies]
+  else:
+    texts = [first_problem(x.completion) for x in replies]
+  verdicts = (check_programs if code else check_proposals)(texts, r.task, r.heldout, seeds, st)
+  valid = [p for _, p in verdicts if p is not None]
+  # the solver: G answers per valid proposal, each scored by the verifier
+  solved = acquire_lib.acquire(r.generate, programs.OutputPrediction() if code else r.task,
+                               valid, r.settings.sample, r.settings.n, r.seed + 1, r.iteration)
+  threshold = r.config.select.reward_threshold
+  rate = {pid: pass_rate(g, threshold) for pid, g in group_by_problem(solved).items()}
+  proposers = []
+  for reply, prompt, text, (verdict, p) in zip(replies, prompts, texts, verdicts):
+    proposers.append(reply.replace(
+        problem_id=problem_id(prompt), prompt=prompt, iteration=int(r.iteration),
+        reward=learnability(rate[p.id]) if p else st.invalid_reward, role=PROPOSER,
+        proposal=text, proposal_status=verdict, proposal_id=p.id if p else None,
+        solver_pass_rate=rate[p.id] if p else None))
+  solvers = [s.replace(role=SOLVER, solver_pass_rate=rate[s.problem_id]) for s in solved]
+  return proposers + solvers
+
+
+def role_group(s: Sample) -> str:
+  """The advantage group of a sample: all proposals of a round together, the solver's
+  answers per proposal."""
+  return PROPOSER_GROUP if s.role == PROPOSER else s.problem_id
+
+
+def self_play_batches(samples: Sequence[Sample], config, seed: int) -> list[dict]:
+  """One GRPO-family batch of both roles (P proposals + P x G answers at most),
+  advantages relative within role groups (`role_group`)."""
+  del seed
+  P, G = config.loop.prompts_per_iteration, config.loop.samples_per_prompt
+  return batches.policy_gradient_batch(samples, config, P * (G + 1), role_group)
+
+
+def _mean(values) -> Optional[float]:
+  values = list(values)
+  return float(sum(values) / len(values)) if values else None
+
+
+def self_play_metrics(samples: Sequence[Sample], config) -> dict:
+  """The iteration's row: how many proposals were valid, the solver's pass rate p on
+  them (its mean and distribution: the difficulty the proposer found), both rewards."""
+  del config
+  proposals = [s for s in samples if s.role == PROPOSER]
+  p = [s.solver_pass_rate for s in proposals if s.proposal_status == "valid"]
+  return {
+      "self_play_proposals": len(proposals),
+      "self_play_valid_share": len(p) / max(1, len(proposals)),
+      "self_play_verdicts": dict(sorted(collections.Counter(
+          s.proposal_status for s in proposals).items())),
+      "self_play_mean_p": _mean(p),
+      "self_play_p_hist": {"0": sum(x == 0 for x in p), "(0,0.5)": sum(0 < x < 0.5 for x in p),
+                           "[0.5,1)": sum(0.5 <= x < 1 for x in p),
+                           "1": sum(x == 1 for x in p)},
+      "self_play_proposer_reward": _mean(s.reward for s in proposals),
+      "self_play_solver_reward": _mean(s.reward for s in samples if s.role == SOLVER),
+  }
