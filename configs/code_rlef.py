@@ -32,8 +32,9 @@ def get_config():
   config.task.heldout_size = 50
   config.task.options.timeout_s = 2.0   # per program, all of its tests together
   config.loop.algorithm = "sft"
-  config.loop.iterations = 3
-  config.loop.prompts_per_iteration = 64
+  # 2 x 32 prompts (was 3 x 64): sized so a run fits about 20 minutes of the 2-core CPU
+  config.loop.iterations = 2
+  config.loop.prompts_per_iteration = 32
   config.loop.samples_per_prompt = 4
   config.sampling.max_new_tokens = 128
   config.acquire.refine_strategy = "execution_feedback"
