@@ -102,7 +102,8 @@ def main(argv=None):
   p.add_argument("--preset", default="smollm2_135m")
   p.add_argument("--batch", type=int, default=64, help="rows (the sampler's batch)")
   p.add_argument("--cache", type=int, default=256, help="KV cache slots S")
-  p.add_argument("--prefill", type=int, default=128, help="prefill tokens per row T")
+  p.add_argument("--prefill", type=int, default=128,
+                 help="prefill tokens per row T (0: time the decode step only)")
   p.add_argument("--rank", type=int, default=16)
   p.add_argument("--targets", default="q,k,v,o")
   p.add_argument("--repeats", type=int, default=10)
@@ -138,7 +139,7 @@ def main(argv=None):
   cache = {"k": jnp.asarray(rng.randn(*shape), jnp.float32),
            "v": jnp.asarray(rng.randn(*shape), jnp.float32)}
   one = jnp.asarray(rng.randint(0, config.vocab_size, (B, 1)), jnp.int32)
-  many = jnp.asarray(rng.randint(0, config.vocab_size, (B, T)), jnp.int32)
+  many = jnp.asarray(rng.randint(0, config.vocab_size, (B, max(T, 1))), jnp.int32)
   step = jax.jit(functools.partial(local_step, config=config, scale=lora.scale))
   model = Transformer(config)
 
@@ -151,7 +152,8 @@ def main(argv=None):
                        cache_index=index)
 
   # a decode step writes slot S - 1 (the cache full before it), a prefill slots 0..T-1
-  for phase, tokens, index in (("decode", one, S - 1), ("prefill", many, 0)):
+  phases = [("decode", one, S - 1)] + ([("prefill", many, 0)] if T else [])
+  for phase, tokens, index in phases:
     idx = jnp.int32(index)
     res = {"merged_s": median_seconds(lambda: step(merged, None, tokens, cache, idx),
                                       args.repeats),
