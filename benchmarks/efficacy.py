@@ -140,6 +140,12 @@ def make_row(name: str, exp: Experiment, seed: int, run: dict, seconds: float,
   baseline = history[0]
   best = max((r for r in history if r["accepted"]), key=lambda r: (r["pass@1"], -r["iteration"]))
   maj = next((k for k in baseline if k.startswith("maj@")), None)
+  # held-out scores of the inference strategies (evaluate.strategies), e.g.
+  # 'execution_feedback@2', beside greedy pass@1
+  names = [n.strip() for n in config["evaluate"]["strategies"].split(",") if n.strip()]
+  strategies = {k: [baseline[k], best[k]] for k in baseline
+                if any(k.startswith(n + "@") for n in names) and k in best
+                and not k.endswith("_revised")}
   task = config["task"]
   options = ", ".join(f"{k}={v}" for k, v in sorted(task["options"].items()))
   return {
@@ -152,6 +158,7 @@ def make_row(name: str, exp: Experiment, seed: int, run: dict, seconds: float,
       "maj_key": maj,
       "baseline_maj": baseline.get(maj) if maj else None,
       "best_maj": best.get(maj) if maj else None,
+      "strategies": strategies,
       "iterations_run": sum(1 for r in history if r["iteration"] > 0),
       "iterations_accepted": sum(1 for r in history if r["iteration"] > 0 and r["accepted"]),
       "stopped": run["stopped"],
@@ -179,7 +186,7 @@ def store_row(row: dict, workdir: str, results_dir: str) -> None:
 
 HEADER = ("| experiment | paradigm | model | task | held-out pass@1: baseline -> best accepted "
           "[95% interval] | gain | maj@k: baseline -> best | iterations run / accepted "
-          "| wall min | machine | seed | plot |")
+          "| inference strategies: baseline -> best | wall min | machine | seed | plot |")
 
 
 def _cell(p: float, n: int) -> str:
@@ -193,12 +200,13 @@ def table_line(row: dict) -> str:
   maj = "-"
   if row["maj_key"]:
     maj = f"{row['baseline_maj']:.2f} -> {row['best_maj']:.2f} ({row['maj_key']})"
+  strategies = "; ".join(f"{k} {a:.2f} -> {b:.2f}" for k, (a, b) in row["strategies"].items())
   wall = f"{row['wall_seconds'] / 60:.1f}" + (" (resumed)" if row["resumed"] else "")
   cells = [row["name"], row["paradigm"], row["model"], row["task"],
            f"{_cell(row['baseline_pass@1'], n)} -> {_cell(row['best_pass@1'], n)} "
            f"(iter {row['best_iteration']}; n={n})",
            gain_text(row["baseline_pass@1"], row["best_pass@1"], n), maj,
-           f"{row['iterations_run']} / {row['iterations_accepted']}", wall,
+           f"{row['iterations_run']} / {row['iterations_accepted']}", strategies or "-", wall,
            row["machine"], str(row["seed"]), f"[heldout.png](efficacy/{rn}.png)"]
   return "| " + " | ".join(cells) + " |"
 

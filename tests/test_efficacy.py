@@ -75,3 +75,28 @@ def test_tiny_run_becomes_a_table_row(tmp_path, capsys):
   # a second from-scratch run must not silently resume the first
   with pytest.raises(SystemExit, match="already exists"):
     efficacy.main(["--only", "tiny"] + dirs, experiments)
+
+
+def test_best_accepted_ignores_rolled_back_iterations():
+  """A rolled-back iteration's higher score is not the result; strategies' scores are
+  read from the same two rows."""
+  history = [
+      {"iteration": 0, "pass@1": 0.42, "execution_feedback@2": 0.42,
+       "execution_feedback@2_revised": 0.58, "accepted": True, "reason": "baseline"},
+      {"iteration": 1, "pass@1": 0.44, "execution_feedback@2": 0.46, "accepted": True,
+       "reason": "accepted"},
+      {"iteration": 2, "pass@1": 0.60, "execution_feedback@2": 0.62, "accepted": False,
+       "reason": "rolled back: exploding update"},
+  ]
+  config = {"model": "m", "task": {"name": "code:list_ops", "difficulty": 1, "options": {},
+                                   "heldout_size": 50},
+            "evaluate": {"strategies": "execution_feedback"}}
+  exp = efficacy.Experiment("p", "configs/code_rlef.py", (0,))
+  row = efficacy.make_row("code_rlef", exp, 0, {"history": history, "stopped": None,
+                                                "config": config}, 60.0, False)
+  assert (row["best_pass@1"], row["best_iteration"]) == (0.44, 1)
+  assert row["iterations_run"] == 2 and row["iterations_accepted"] == 1
+  assert row["strategies"] == {"execution_feedback@2": [0.42, 0.46]}
+  line = efficacy.table_line(row)
+  assert "execution_feedback@2 0.42 -> 0.46" in line and "no measurable gain" in line
+  assert "| - |" in line   # no maj@k column value
