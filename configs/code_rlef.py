@@ -11,12 +11,21 @@ Command:   selfimprove-jax run --config configs/code_rlef.py --workdir runs/code
            (online RL on the same reward instead: --config.loop.algorithm=grpo
             --config.select.filters=dedup,max_length)
 Hardware:  CPU or one GPU; code runs in the sandbox's worker pool (one per CPU).
-Runtime:   not yet measured (a full run did not fit the shared 2-core dev machine).
-Result:    the loop itself is not yet measured. Measured instead, its starting point
-           (2-core CPU shared with other jobs, 16 min): SmolLM2-135M-Instruct before any
-           training, 20 held-out `code:list_ops` problems at difficulty 2, 96 new tokens:
-           greedy pass@1 0.05 (mean fraction of tests passed 0.125), execution_feedback@1
-           0.05 (19 of 20 answers revised, none fixed). Command:
+Runtime:   not yet measured. A first run (2 x 32 prompts, train batch 16, sampling
+           temperature 1.0; 2-core Intel Xeon CPU shared with other jobs, load average
+           up to 14, 2026-12-02) took 14 min for its baseline evaluation (load and
+           compile included) and 14 min for iteration 1's acquire, and was then killed
+           by the kernel's OOM killer at 22.6 GB resident as its first optimize stage
+           began; hence the smaller sizes below.
+Result:    the loop is not yet measured. What that first run printed before it was
+           killed, `code:list_ops` at difficulty 1, 50 held-out problems:
+           SmolLM2-135M-Instruct's greedy pass@1 0.42 (mean fraction of tests passed
+           0.45), execution_feedback@2 0.42 (29 of 50 answers revised, none fixed);
+           iteration 1's 128 samples at temperature 1.0 plus feedback fixes: 4 of 129
+           passed all tests (2 of them fixes), 87 ran into max_new_tokens, 3 were kept.
+           Earlier, at difficulty 2 (2-core CPU shared, 16 min): greedy pass@1 0.05 on
+           20 problems at 96 new tokens (mean fraction of tests passed 0.125),
+           execution_feedback@1 0.05 (19 of 20 revised, none fixed). Command:
            selfimprove-jax eval --model smollm2-135m-instruct --task code:list_ops --n 20
              --k 1 --max_new_tokens 96 --strategies execution_feedback --refine_rounds 1
 """
