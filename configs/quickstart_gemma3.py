@@ -9,7 +9,9 @@ Hardware:  CPU or GPU; on the 2-core CPU dev machine a 262k-token vocabulary mak
            log-prob and sampling step about 5x the SmolLM2 quickstart's head cost.
 Runtime:   not yet measured: a run did not fit the shared 2-core CPU in the time the
            work had (loading the model took 31 s alone, 189 s with the CPU shared;
-           greedy answers to 20 problems took 107 s shared).
+           greedy answers to 20 problems took 107 s shared). Reduced since to 2 x 32
+           prompts and 2 epochs (below) for `benchmarks/efficacy.py`; not yet run at
+           that size either (the shared CPU ran out of time and memory first).
 Result:    not yet measured. Measured so far, with this prompt: the base model's
            greedy answers to 20 held-out problems were all wrong (0/20; it mostly
            repeats the expression, e.g. " 61 - 25"), so expert iteration here depends
