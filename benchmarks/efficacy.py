@@ -247,7 +247,10 @@ def write_table(results_dir: str, table_path: str, experiments: dict) -> None:
       "best accepted pass@1 lies inside the baseline's 95% interval.",
       "- **wall min**: the `selfimprove-jax run` subprocess from start to exit, model "
       "loading and compilation included. CPU rows ran on a 2-core machine shared with "
-      "other jobs, so their wall times are upper bounds of an idle machine's.",
+      "other jobs, so their wall times are upper bounds of an idle machine's. A row "
+      "marked (resumed) was interrupted and continued with `--resume`: its wall time "
+      "covers only the continuation (the loop resumes at the last finished stage with "
+      "the same results).",
       "",
       HEADER,
       "|" + "---|" * HEADER.count(" | ") + "---|",
