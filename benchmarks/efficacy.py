@@ -65,6 +65,19 @@ EXPERIMENTS = {
                                     "configs/quickstart_gemma3.py", (0,)),
 }
 
+# Why a row is still missing, when a run was tried (shown under "Not yet measured").
+ATTEMPTS = {
+    "quickstart-seed0": "tried 2026-12-02 on the 2-core CPU shared with other jobs: the "
+                        "kernel's OOM killer ended it three times at 6.4-8.4 GB resident "
+                        "(once sampling iteration 1, twice in iteration 1's optimize "
+                        "stage, the second time after `--resume`); until then it printed "
+                        "the documented baseline (pass@1 0.06, maj@4 0.10) and iteration "
+                        "1's 13 kept samples",
+    "code_rlef-seed0": "tried 2026-12-02 at 2 x 32 prompts and train batch 16: killed by "
+                       "the OOM killer at 22.6 GB as iteration 1's optimize stage began; "
+                       "the config is smaller since (see its docstring)",
+}
+
 Z95 = 1.959964   # two-sided 95% normal quantile
 
 
@@ -259,7 +272,9 @@ def write_table(results_dir: str, table_path: str, experiments: dict) -> None:
   lines += ["", "## Not yet measured", ""]
   if missing:
     lines += [f"- {name} (seed {seed}): `{experiments[name].config}`, "
-              f"{experiments[name].paradigm}" for name, seed in missing]
+              f"{experiments[name].paradigm}"
+              + (f"; {ATTEMPTS[row_name(name, seed)]}" if row_name(name, seed) in ATTEMPTS
+                 else "") for name, seed in missing]
   else:
     lines.append("(none)")
   with open(table_path, "w") as f:
