@@ -1,0 +1,108 @@
+"""benchmarks/efficacy.py: the Wilson interval, the "no measurable gain" rule, the
+unknown-name error, and the table written from a real tiny run through the CLI."""
+
+import json
+import math
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+import efficacy  # noqa: E402
+
+
+def test_wilson_interval_matches_a_hand_computation():
+  # 46 of 100, z = 1.96: centre (0.46 + 1.96^2/200) / (1 + 1.96^2/100),
+  # half 1.96 / (1 + 1.96^2/100) * sqrt(0.46 * 0.54 / 100 + 1.96^2 / 40000)
+  z = 1.96
+  denom = 1 + z * z / 100
+  centre = (0.46 + z * z / 200) / denom
+  half = z / denom * math.sqrt(0.46 * 0.54 / 100 + z * z / 40000)
+  lo, hi = efficacy.wilson_interval(46, 100, z=z)
+  assert lo == pytest.approx(centre - half, abs=1e-12)
+  assert hi == pytest.approx(centre + half, abs=1e-12)
+  # by hand: centre 0.479208 / 1.038416 = 0.46148, half 1.88749 * 0.050794 = 0.09587
+  assert (round(lo, 4), round(hi, 4)) == (0.3656, 0.5574)
+  # 0 of 100 still has an upper bound above 0 (the normal approximation gives [0, 0])
+  lo, hi = efficacy.wilson_interval(0, 100)
+  assert lo == 0.0 and hi == pytest.approx(0.0370, abs=1e-4)
+
+
+def test_gain_inside_the_baseline_interval_is_no_measurable_gain():
+  # baseline 0.06 of 100: Wilson [0.028, 0.125]
+  assert efficacy.gain_text(0.06, 0.10, 100) == "no measurable gain"
+  assert efficacy.gain_text(0.06, 0.06, 100) == "no measurable gain"
+  assert efficacy.gain_text(0.06, 0.30, 100) == "+0.24"
+  # the same difference over fewer problems is inside the wider interval
+  assert efficacy.gain_text(0.05, 0.15, 20) == "no measurable gain"
+
+
+def test_unknown_experiment_name_is_a_one_line_error():
+  with pytest.raises(SystemExit) as e:
+    efficacy.main(["--only", "quickstart,nope", "--table_only"])
+  assert str(e.value).startswith("efficacy: unknown experiment nope; known: quickstart,")
+  assert "\n" not in str(e.value)
+
+
+def test_tiny_run_becomes_a_table_row(tmp_path, capsys):
+  """configs/tiny.py through the CLI: the stored row holds what the run printed, the
+  table shows it with its plot, and an experiment without a row is 'not yet measured'."""
+  experiments = {"tiny": efficacy.Experiment("test paradigm", "configs/tiny.py", (1,)),
+                 "other": efficacy.Experiment("never run", "configs/quickstart.py", (0,))}
+  dirs = ["--runs_dir", str(tmp_path / "runs"), "--results_dir", str(tmp_path / "results"),
+          "--table", str(tmp_path / "EFFICACY.md")]
+  assert efficacy.main(["--only", "tiny"] + dirs, experiments) == 0
+
+  with open(tmp_path / "runs" / "tiny-seed1" / "summary.json") as f:
+    printed = json.load(f)["history"]
+  with open(tmp_path / "results" / "tiny-seed1.json") as f:
+    row = json.load(f)
+  assert row["history"] == printed
+  assert row["baseline_pass@1"] == printed[0]["pass@1"]
+  assert row["heldout_n"] == 8 and row["seed"] == 1 and row["maj_key"] == "maj@2"
+  assert row["iterations_run"] == 2 and row["wall_seconds"] > 0
+  assert (tmp_path / "results" / "tiny-seed1.png").stat().st_size > 1000
+
+  table = (tmp_path / "EFFICACY.md").read_text()
+  line = next(l for l in table.splitlines() if l.startswith("| tiny |"))
+  assert "test paradigm" in line and "(iter " in line and "n=8" in line
+  assert "[heldout.png](efficacy/tiny-seed1.png)" in line
+  assert "Wilson score interval" in table
+  assert table.split("## Not yet measured")[1].strip().startswith("- other (seed 0)")
+
+  # a second from-scratch run must not silently resume the first
+  with pytest.raises(SystemExit, match="already exists"):
+    efficacy.main(["--only", "tiny"] + dirs, experiments)
+
+
+def test_best_accepted_ignores_rolled_back_iterations():
+  """A rolled-back iteration's higher score is not the result; strategies' scores are
+  read from the same two rows."""
+  history = [
+      {"iteration": 0, "pass@1": 0.42, "execution_feedback@2": 0.42,
+       "execution_feedback@2_revised": 0.58, "accepted": True, "reason": "baseline"},
+      {"iteration": 1, "pass@1": 0.44, "execution_feedback@2": 0.46, "accepted": True,
+       "reason": "accepted"},
+      {"iteration": 2, "pass@1": 0.60, "execution_feedback@2": 0.62, "accepted": False,
+       "reason": "rolled back: exploding update"},
+  ]
+  config = {"model": "m", "task": {"name": "code:list_ops", "difficulty": 1, "options": {},
+                                   "heldout_size": 50},
+            "evaluate": {"strategies": "execution_feedback"}}
+  exp = efficacy.Experiment("p", "configs/code_rlef.py", (0,))
+  row = efficacy.make_row("code_rlef", exp, 0, {"history": history, "stopped": None,
+                                                "config": config}, 60.0, False)
+  assert (row["best_pass@1"], row["best_iteration"]) == (0.44, 1)
+  assert row["iterations_run"] == 2 and row["iterations_accepted"] == 1
+  assert row["strategies"] == {"execution_feedback@2": [0.42, 0.46]}
+  line = efficacy.table_line(row)
+  assert "execution_feedback@2 0.42 -> 0.46" in line and "no measurable gain" in line
+  assert "| - |" in line   # no maj@k column value
+
+
+def test_every_config_is_an_experiment():
+  names = {os.path.basename(e.config) for e in efficacy.EXPERIMENTS.values()}
+  on_disk = {n for n in os.listdir(os.path.join(ROOT, "configs")) if n.endswith(".py")}
+  assert names == on_disk - {"tiny.py"}
