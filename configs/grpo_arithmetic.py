@@ -13,12 +13,12 @@ Command:   selfimprove-jax run --config configs/grpo_arithmetic.py --workdir run
            KL off (no reference pass; DAPO drops it too): --config.optim.kl_coef=0
 Hardware:  CPU (2 cores) or one GPU.
 Runtime:   63 min wall on the 2-core CPU dev machine (Intel Xeon, 24 GiB), 2026-12-02,
-           shared with other agents' runs (load average 8-30; one iteration-1 GRPO
-           step took ~3 min, under light load well under 1), so inflated well past the
-           20-minute target; the baseline evaluation with maj@4 alone took 12 min. The
+           shared with other agents' runs (load average 8-30), so inflated well past
+           the 20-minute target: the baseline evaluation with maj@4 alone took 12 min,
+           iterations 1-3 took 15, 18 and 6 min (as the load fell). The
            run was stopped once (SIGTERM) in iteration 1 and resumed with
            --config.evaluate.maj_k=1 --override_config (greedy pass@1 is unaffected),
-           so maj@4 exists for the baseline only. Peak RSS 7.0 GB.
+           so maj@4 exists for the baseline only. Peak RSS 7.0 GB (resumed part).
 Result:    held-out greedy pass@1 (the quickstart's 100 problems) 0.06 -> 0.34 -> 0.35
            -> 0.36 after iterations 1-3, all accepted (GRPO, KL 0.04; 11 updates in
            all). It does not match the SFT quickstart (0.06 -> 0.30 -> 0.46). From the
