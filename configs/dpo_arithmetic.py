@@ -8,7 +8,9 @@ the held-out split is the quickstart's 100 problems.
 
 Command:   selfimprove-jax run --config configs/dpo_arithmetic.py --workdir runs/dpo_arith
 Hardware:  CPU (2 cores) or one GPU.
-Runtime:   not yet measured.
+Runtime:   not yet measured: on 2026-12-02 the shared 2-core dev machine (load average
+           8-30, other agents' runs) spent the measuring window on grpo_arithmetic.py
+           (one held-out evaluation with maj@4 took 12 min there); see its docstring.
 Result:    not yet measured.
 """
 

@@ -12,8 +12,32 @@ Command:   selfimprove-jax run --config configs/grpo_arithmetic.py --workdir run
              --config.optim.loss=dr_grpo
            KL off (no reference pass; DAPO drops it too): --config.optim.kl_coef=0
 Hardware:  CPU (2 cores) or one GPU.
-Runtime:   not yet measured.
-Result:    not yet measured.
+Runtime:   63 min wall on the 2-core CPU dev machine (Intel Xeon, 24 GiB), 2026-12-02,
+           shared with other agents' runs (load average 8-30), so inflated well past
+           the 20-minute target: the baseline evaluation with maj@4 alone took 12 min,
+           iterations 1-3 took 15, 18 and 6 min (as the load fell). The
+           run was stopped once (SIGTERM) in iteration 1 and resumed with
+           --config.evaluate.maj_k=1 --override_config (greedy pass@1 is unaffected),
+           so maj@4 exists for the baseline only. Peak RSS 7.0 GB (resumed part).
+Result:    held-out greedy pass@1 (the quickstart's 100 problems) 0.06 -> 0.34 -> 0.35
+           -> 0.36 after iterations 1-3, all accepted (GRPO, KL 0.04; 11 updates in
+           all). It does not match the SFT quickstart (0.06 -> 0.30 -> 0.46). From the
+           logged metrics (metrics.jsonl, the acquire lines):
+           - reward per round (train pass rate of the 64 samples): 0.06 0.09 0.16 0.06
+             | 0.22 0.23 0.27 0.30 | 0.16 0.02 0.38 0.50: it climbs, noisily;
+           - most groups carry no signal: zero_advantage_groups 0.62, 0.47, 0.78 (all 8
+             answers right or all wrong); in iteration 3's last round all 8 groups did,
+             each prompt's 8 answers were one identical string, and no update was taken.
+             Entropy per token fell 1.55 -> 0.69 -> 0.35: the policy collapsed to
+             near-greedy answers at temperature 0.7, so the group-relative signal dried
+             up just as the reward rose;
+           - KL to the iteration's start stayed small (0.056, 0.064, 0.007 per token)
+             and clip_fraction was 0 (one update per batch: on-policy ratios are 1), so
+             neither the KL anchor nor clipping held it back.
+           So the first 4 updates did most of the work (0.06 -> 0.34) and later ones,
+           with 22-53% of rows carrying advantage, added 0.02. Untried here: a higher
+           sampling temperature or more samples per prompt against the collapse, and
+           more rl_steps; RLOO, Dr. GRPO and KL off are not yet measured.
 """
 
 from selfimprove_jax.config import base_config

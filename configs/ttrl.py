@@ -9,8 +9,12 @@ and precision only) and set task.options.answer_kind = "number" for numeric answ
 
 Command:   selfimprove-jax run --config configs/ttrl.py --workdir runs/ttrl
 Hardware:  CPU (2 cores) or one GPU.
-Runtime:   not yet measured.
-Result:    not yet measured.
+Runtime:   not yet measured: on the shared 2-core CPU machine the session's time went to
+           the self-play and SPIN runs (each 33-38 min there, sharing the CPU with
+           other jobs); expect about 30 min there for two iterations.
+Result:    not yet measured. ttrl_labeled_share, ttrl_mean_vote_share,
+           ttrl_label_precision and ttrl_hidden_pass_rate in metrics.jsonl say how often
+           a group had a clear majority and how often that majority was right.
 """
 
 from selfimprove_jax.config import base_config
