@@ -222,10 +222,13 @@ def table_line(row: dict) -> str:
   n = row["heldout_n"]
   rn = row_name(row["name"], row["seed"])
   maj = "-"
-  if row["maj_key"]:
+  if row["maj_key"] and None not in (row["baseline_maj"], row["best_maj"]):
     maj = f"{row['baseline_maj']:.2f} -> {row['best_maj']:.2f} ({row['maj_key']})"
   strategies = "; ".join(f"{k} {a:.2f} -> {b:.2f}" for k, (a, b) in row["strategies"].items())
-  wall = f"{row['wall_seconds'] / 60:.1f}" + (" (resumed)" if row["resumed"] else "")
+  if row["wall_seconds"] is None:   # imported: run outside this script
+    wall = "run outside the script (imported; see the config's docstring)"
+  else:
+    wall = f"{row['wall_seconds'] / 60:.1f}" + (" (resumed)" if row["resumed"] else "")
   cells = [row["name"], row["paradigm"], row["model"], row["task"],
            f"{_cell(row['baseline_pass@1'], n)} -> {_cell(row['best_pass@1'], n)} "
            f"(iter {row['best_iteration']}; n={n})",
@@ -303,6 +306,8 @@ def parse_args(argv, experiments: dict):
   p.add_argument("--resume", action="store_true", help="continue an existing workdir")
   p.add_argument("--restart", action="store_true", help="delete an existing workdir first")
   p.add_argument("--table_only", action="store_true", help="only rewrite the table")
+  p.add_argument("--import_workdir", default="", help="store the row of a finished run "
+                 "made outside this script (with one --only name); its wall time is unknown")
   p.add_argument("--runs_dir", default=os.path.join(HERE, "efficacy_runs"))
   p.add_argument("--results_dir", default=os.path.join(HERE, "efficacy"))
   p.add_argument("--table", default=os.path.join(HERE, "EFFICACY.md"))
@@ -322,11 +327,29 @@ def chosen(only: str, experiments: dict) -> list[str]:
   return names
 
 
+def import_row(workdir: str, names: list, experiments: dict, results_dir: str) -> None:
+  """The row of a finished run made outside this script, from its own files."""
+  if len(names) != 1:
+    raise SystemExit("efficacy: --import_workdir needs exactly one --only name")
+  try:
+    run = read_run(workdir)
+  except (RuntimeError, OSError, ValueError) as e:
+    raise SystemExit(f"efficacy: --import_workdir {workdir}: {e}") from None
+  seed = int(run["config"]["seed"])
+  row = make_row(names[0], experiments[names[0]], seed, run, 0.0, False)
+  row["wall_seconds"], row["command"] = None, f"imported from {workdir}"
+  store_row(row, workdir, results_dir)
+  print(f"[efficacy] {row_name(names[0], seed)}: imported from {workdir}", flush=True)
+
+
 def main(argv=None, experiments: dict = EXPERIMENTS) -> int:
   args = parse_args(argv, experiments)
   names = chosen(args.only, experiments)
   seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
   failed = []
+  if args.import_workdir:
+    import_row(args.import_workdir, names, experiments, args.results_dir)
+    args.table_only = True
   for name in [] if args.table_only else names:
     exp = experiments[name]
     for seed in seeds or exp.seeds:
