@@ -76,6 +76,16 @@ def test_tiny_run_becomes_a_table_row(tmp_path, capsys):
   with pytest.raises(SystemExit, match="already exists"):
     efficacy.main(["--only", "tiny"] + dirs, experiments)
 
+  # a finished run made outside the script is imported from its own files, and the
+  # row says its wall time is unknown
+  dirs[dirs.index("--results_dir") + 1] = str(tmp_path / "imported")
+  assert efficacy.main(["--only", "tiny", "--import_workdir",
+                        str(tmp_path / "runs" / "tiny-seed1")] + dirs, experiments) == 0
+  with open(tmp_path / "imported" / "tiny-seed1.json") as f:
+    imported = json.load(f)
+  assert imported["history"] == printed and imported["wall_seconds"] is None
+  assert "run outside the script" in efficacy.table_line(imported)
+
 
 def test_best_accepted_ignores_rolled_back_iterations():
   """A rolled-back iteration's higher score is not the result; strategies' scores are
