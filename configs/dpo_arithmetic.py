@@ -10,7 +10,8 @@ Command:   selfimprove-jax run --config configs/dpo_arithmetic.py --workdir runs
 Hardware:  CPU (2 cores) or one GPU.
 Runtime:   not yet measured: on 2026-12-02 the shared 2-core dev machine (load average
            8-30, other agents' runs) spent the measuring window on grpo_arithmetic.py
-           (one held-out evaluation with maj@4 took 12 min there); see its docstring.
+           (63 min; one held-out evaluation with maj@4 took 12 min there) and
+           label_free_sft.py; see their docstrings.
 Result:    not yet measured.
 """
 
