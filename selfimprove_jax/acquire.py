@@ -17,7 +17,7 @@ from typing import Any, Optional, Sequence
 from selfimprove_jax import judge as judge_lib
 from selfimprove_jax import refine as refine_lib
 from selfimprove_jax.policy import GenerateFn, sampling_params
-from selfimprove_jax.records import Sample
+from selfimprove_jax.records import Sample, pass_rate
 from selfimprove_jax.sampling import SamplingParams
 from selfimprove_jax.tasks import verify
 
@@ -122,8 +122,7 @@ def summary(samples: Sequence[Sample], config) -> dict:
     targets = [x for x in samples if x.refined]
     row["refined"] = len(targets)
     if not config.acquire.label_free:   # label-free rewards are the targets' own votes
-      thr = config.select.reward_threshold
-      row["refined_precision"] = (sum(x.reward >= thr for x in targets) / len(targets)
+      row["refined_precision"] = (pass_rate(targets, config.select.reward_threshold)
                                   if targets else float("nan"))
   if config.acquire.rationalize:
     row["rationalized"] = sum(bool(x.rationalized) for x in samples)
