@@ -41,11 +41,11 @@ import numpy as np
 from selfimprove_jax import rubric, sandbox
 from selfimprove_jax.errors import UserError
 from selfimprove_jax.policy import GenerateFn, model_generate
-from selfimprove_jax.records import Sample, group_by_problem, majority
+from selfimprove_jax.records import Sample, group_by_problem, majority, pseudo_label
 from selfimprove_jax.sampling import SamplingParams
 from selfimprove_jax.tasks import answers, verify
 from selfimprove_jax.tasks.code_task import extract_code
-from selfimprove_jax.tasks.problem import Verdict
+from selfimprove_jax.tasks.problem import Problem, Verdict
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,6 +131,22 @@ def vote(answers_: Sequence[Optional[str]], samples: Sequence[Sample]):
     return None, 0.0, None
   idx = [j for j, a in enumerate(answers_) if a == best]
   return best, share, max(idx, key=lambda j: (samples[j].logprob, -j))
+
+
+def label_votes(task, problem, samples: Sequence[Sample], min_share: float):
+  """A label-free training label for one prompt's samples: (votes, label, share).
+
+  The rule every self-labelled target shares (label-free SFT's self_consistency targets,
+  TTRL's agreement reward): each sample's answer, extracted as if the problem had no
+  reference (nothing to leak) and keyed by `answers.vote_key` (numbers as numbers),
+  votes; `records.pseudo_label` elects the majority when it holds at least `min_share`
+  and is not tied, else there is no label (None). An inference answer must always be
+  given and breaks ties by log-prob instead (`vote`)."""
+  meta = {k: v for k, v in problem.metadata.items() if k != "hidden_reference"}
+  blind = Problem(problem.id, problem.prompt, "", problem.difficulty, meta)
+  votes = [answers.vote_key(task.extract_answer(s.completion, blind)) for s in samples]
+  label, share = pseudo_label(votes, min_share)
+  return votes, label, share
 
 
 _APPROVE = re.compile(r"\bno (?:issues?|errors?|mistakes?|problems?)\b|"
@@ -416,8 +432,9 @@ def refine_records(name: str, records: list, problems: Sequence, ctx: Context,
   """Marks (and for self_refine adds) the records a strategy turns into training
   targets, with `refined=True`; the `refined` select filter keeps exactly those.
 
-    self_consistency: samples whose answer is their prompt's majority answer, when the
-                      vote share is at least `min_vote_share` (no verifier involved);
+    self_consistency: samples whose answer is their prompt's label (`label_votes`:
+                      the majority, untied, with a vote share of at least
+                      `min_vote_share`; no verifier or reference involved);
     best_of_n:        the scorer's pick among each prompt's samples (verifier: the
                       record's reward, judge: its `judge_score`, logprob);
     self_refine:      the first sample of each prompt is critiqued and revised; the
@@ -430,11 +447,10 @@ def refine_records(name: str, records: list, problems: Sequence, ctx: Context,
   index = {p.id: i for i, p in enumerate(problems)}
   if name == "self_consistency":
     for pid, group in by_id.items():
-      ans = [ctx.task.extract_answer(r.completion, problems[index[pid]]) for r in group]
-      best, share, _ = vote(ans, group)
-      for r, a in zip(group, ans):
-        r.vote_share, r.majority_answer = share, best
-        r.refined = best is not None and a == best and share >= min_vote_share
+      votes, label, share = label_votes(ctx.task, problems[index[pid]], group, min_vote_share)
+      for r, a in zip(group, votes):
+        r.vote_share, r.majority_answer = share, label
+        r.refined = label is not None and a == label
   elif name == "best_of_n":
     scorer = resolve_scorer(cfg.scorer, ctx)
     for group in by_id.values():

@@ -26,7 +26,7 @@ import re
 from typing import Optional, Sequence
 
 from selfimprove_jax.policy import sampling_params
-from selfimprove_jax.records import jaccard, majority, ngrams, normalise
+from selfimprove_jax.records import jaccard, ngrams, normalise, pseudo_label
 from selfimprove_jax.sampling import SamplingParams
 from selfimprove_jax.tasks.problem import Problem, make_problem, problem_id
 
@@ -111,8 +111,8 @@ def validate(candidates: Sequence[str], task, generate=None, *, votes: int = 4,
   out = []
   for c, group in zip(candidates, generate(list(candidates), sample, votes, seed)):
     ans = [task.extract_answer(s.completion) for s in group]
-    best, share = majority(ans, [s.logprob for s in group])
-    ok = best is not None and share >= min_vote_share
+    best, share = pseudo_label(ans, min_vote_share)   # None on a tie or a thin majority
+    ok = best is not None
     out.append((make_problem(c, best, difficulty, {"self_instruct": True}) if ok else None,
                 {"reason": f"vote share {share:.2f}", "vote_share": share}))
   return out

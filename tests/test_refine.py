@@ -312,6 +312,35 @@ def test_refine_records_targets():
   assert added.completion_tokens == [7, 0] and added.prompt_tokens == [1, 2]
 
 
+def test_one_labelling_rule_for_self_labelled_targets():
+  """label_votes is the rule label-free SFT targets, TTRL rewards and self-instruct
+  references share: numbers vote by value, a tie or a thin majority gives no label,
+  and neither the reference nor a hidden reference is read (other metadata is)."""
+  p = make_problem("What is 2 + 2? Answer with just the number.", "4", 1,
+                   {"hidden_reference": "4", "entry_point": "f"})
+  seen = []
+  task = type("T", (), {"extract_answer": lambda self, t, pr=None: (
+      seen.append((pr.reference, dict(pr.metadata))), t.split()[-1])[1]})()
+  votes, label, share = refine.label_votes(task, p, [S("it is 4.0"), S("so 4"), S("5")], 0.5)
+  assert votes == ["4", "4", "5"] and label == "4" and share == pytest.approx(2 / 3)
+  assert seen == [("", {"entry_point": "f"})] * 3
+  # a 2-2 tie: no label, even though inference (vote) would break it by log-prob
+  tie = [S("4", -1.0), S("4", -1.0), S("5", -0.1), S("5", -0.1)]
+  assert refine.label_votes(task, p, tie, 0.0)[1] is None
+  assert refine.vote(["4", "4", "5", "5"], tie)[0] == "5"
+  assert refine.label_votes(task, p, [S("4"), S("5"), S("6")], 0.5)[1] is None   # thin
+  # label-free SFT: a tied prompt contributes no target
+  p0, p1 = _problems(2)
+  recs = [_record(p0.id, p0.prompt, "#### 7", 0.0, idx=0),
+          _record(p0.id, p0.prompt, "#### 8", 0.0, idx=1),
+          _record(p1.id, p1.prompt, "#### 3", 0.0, idx=0),
+          _record(p1.id, p1.prompt, "#### 3.0", 0.0, idx=1)]
+  ctx = Context(Scripted(lambda pr, j, g: "x"), TASK, [p0, p1])
+  sc = refine.refine_records("self_consistency", recs, [p0, p1], ctx, StrategyConfig(), 0)
+  assert [r.refined for r in sc] == [False, False, True, True]
+  assert sc[0].majority_answer is None and sc[2].majority_answer == "3"
+
+
 def test_unknown_strategy_is_a_user_error():
   with pytest.raises(UserError, match="unknown refinement strategy 'beam'"):
     refine.parse_strategies("best_of_n,beam")

@@ -2,8 +2,9 @@
 majority of the group's answers (TTRL, Zuo et al. 2025, "Test-Time Reinforcement
 Learning"; the self-consistency pseudo-labels of Huang et al. 2022).
 
-Each prompt's G samples vote: the answers the task's declared extraction reads
-(numbers compared as numbers) elect a pseudo-label (`records.pseudo_label`) when the
+Each prompt's G samples vote (`refine.label_votes`, the one labelling rule that
+label-free SFT and self-instruct share): the answers the task's declared extraction
+reads (numbers compared as numbers) elect a pseudo-label when the
 majority holds at least `acquire.min_vote_share` of the votes and is not tied; each
 sample's reward is 1 when its answer is the label, else 0, and a group without a label
 gets no reward at all (a thin or tied majority is a guess, and rewarding it teaches
@@ -25,17 +26,9 @@ import dataclasses
 from typing import Optional, Sequence
 
 from selfimprove_jax import acquire as acquire_lib
-from selfimprove_jax.records import Sample, agreement_rewards, group_by_problem, pseudo_label
-from selfimprove_jax.tasks import answers, verify
-
-
-def vote_key(answer: Optional[str]) -> Optional[str]:
-  """What a vote counts: a number by its exact value ('4.0' = '4'), else the text
-  normalised (case, whitespace, quotes, trailing punctuation)."""
-  if answer is None:
-    return None
-  number = answers.parse_number(answer)
-  return str(number) if number is not None else answers.normalize_text(answer) or None
+from selfimprove_jax import refine as refine_lib
+from selfimprove_jax.records import Sample, agreement_rewards, group_by_problem
+from selfimprove_jax.tasks import verify
 
 
 def hidden_reference(problem) -> Optional[str]:
@@ -51,9 +44,7 @@ def ttrl_round(r: acquire_lib.Round, problems: Sequence) -> list[Sample]:
   groups = r.generate([p.prompt for p in problems], st.sample, st.n, r.seed)
   out = []
   for p, group in zip(problems, groups):
-    blind = dataclasses.replace(p, reference="", metadata={})   # nothing to read from
-    votes = [vote_key(r.task.extract_answer(s.completion, blind)) for s in group]
-    label, share = pseudo_label(votes, st.min_vote_share)
+    votes, label, share = refine_lib.label_votes(r.task, p, group, st.min_vote_share)
     out += [s.replace(problem_id=p.id, reference=hidden_reference(p),
                       iteration=int(r.iteration), reward=reward, answer=vote,
                       pseudo_label=label, vote_share=share)

@@ -116,6 +116,15 @@ def numbers_equal(a: Optional[str], b: Optional[str]) -> bool:
   return abs(x - y) <= abs(y) * fractions.Fraction(1, 10**9)
 
 
+def vote_key(answer: Optional[str]) -> Optional[str]:
+  """What a vote counts: a number by its exact value ('4.0' = '4'), else the text
+  normalised (case, whitespace, quotes, trailing punctuation)."""
+  if answer is None:
+    return None
+  number = parse_number(answer)
+  return str(number) if number is not None else normalize_text(answer) or None
+
+
 def normalize_text(text: str) -> str:
   """Lower case, collapsed whitespace, surrounding quotes and trailing punctuation dropped."""
   s = " ".join(str(text).split()).lower()
