@@ -12,7 +12,7 @@ on model output.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from selfimprove_jax import judge as judge_lib
 from selfimprove_jax import refine as refine_lib
@@ -82,6 +82,9 @@ class Round:
   seed: int
   iteration: int
   config: Any                           # the run's config (a paradigm's own sections)
+  # the samples this run acquired before this round (earlier rounds and iterations,
+  # rolled-back ones included), read when called: what "new" is measured against
+  earlier: Callable[[], list] = lambda: []
 
 
 def acquire_round(r: Round, problems: Sequence) -> list[Sample]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import glob
 import json
 import math
 import os
@@ -54,7 +55,7 @@ from selfimprove_jax.optimize import (abstract_train_state, create_train_state,
                                       make_logprob_fn, make_train_step)
 from selfimprove_jax.model import lora as lora_lib
 from selfimprove_jax.policy import GenerateFn, model_generate
-from selfimprove_jax.records import Sample, pass_rate
+from selfimprove_jax.records import Sample, pass_rate, read_records
 from selfimprove_jax.reporting import Reporter
 from selfimprove_jax.sampling import make_sampler
 from selfimprove_jax.tasks import get_task
@@ -416,11 +417,23 @@ def _self_instruct(s: Setup, params, difficulty, it: Iteration) -> list[Problem]
   return [Problem.from_json(r["problem"]) for r in rows if r["status"] == "kept"]
 
 
+def _earlier_samples(it: Iteration) -> list[Sample]:
+  """What earlier iterations acquired (their records on disk, so a resumed run sees
+  the same), for the rounds that measure novelty against it."""
+  root = os.path.dirname(it.rec_dir)
+  out = []
+  for k in range(1, it.k):
+    for path in sorted(glob.glob(os.path.join(root, f"iter_{k:04d}", "acquire*.jsonl"))):
+      out += read_records(path)
+  return out
+
+
 def _acquire(s: Setup, params, problems, r: int, it: Iteration) -> list[Sample]:
   name = it.stage_name("acquire", r, s.algorithm.rounds(s.config))
   round_ = acquire_lib.Round(s.generate(params), s.judge, s.task, s.heldout,
                              acquire_lib.Settings.from_config(s.config),
-                             s.seed(it.k, "acquire", r), it.k, s.config)
+                             s.seed(it.k, "acquire", r), it.k, s.config,
+                             lambda: _earlier_samples(it) + it.acquired)
   samples, it.hashes[name], cached = stage_cache.cached(
       it.rec_dir, name, lambda: s.algorithm.acquire(round_, problems), it.k, s.reporter.log)
   it.acquired += samples

@@ -117,6 +117,14 @@ def test_proposals_are_screened_and_rewarded_by_learnability():
   assert row["self_play_solver_reward"] == 0.75
   # the records keep every field through JSON
   assert [Sample.from_json(json.loads(json.dumps(s.to_json()))) for s in samples] == samples
+  # a later round or iteration: a problem that was already a valid proposal is a repeat
+  # (the invalid penalty, no solver samples); one that was only rejected may come back
+  again = ["What is 15+30?", "What is 40 + 41?", "What is 123 + 456?"] + ["Hi."] * 5
+  later = dataclasses.replace(_round(Proposing(again, right), config, heldout=heldout),
+                              earlier=lambda: samples)
+  proposers = [s for s in self_play.self_play_round(later, seeds) if s.role == "proposer"]
+  assert [s.proposal_status for s in proposers[:3]] == ["repeat", "repeat", "too_hard"]
+  assert proposers[0].reward == -0.5 and proposers[0].solver_pass_rate is None
 
 
 CODE = get_task("code:list_ops")
@@ -152,6 +160,12 @@ def test_program_proposals_run_in_the_sandbox_for_their_true_output():
   solvers = [s for s in samples if s.role == "solver"]
   assert [s.reward for s in solvers] == [1.0, 0.0, 0.0, 0.0]
   assert solvers[0].reference == "[2, 4, 10]"                 # the sandbox's answer
+  # the same program and call in a later round: a repeat, not run again for the solver
+  proposals = [f"```python\n{double}```\nCall: solve([1, 2, 5])"] * 6
+  later = dataclasses.replace(_round(Scripted(reply), config, task=CODE),
+                              earlier=lambda: samples)
+  again = [s for s in self_play.self_play_round(later, seeds) if s.role == "proposer"]
+  assert [s.proposal_status for s in again] == ["repeat"] + ["duplicate"] * 5
   judge = programs.OutputPrediction()
   problem = make_problem("p", "[2, 4, 6]")
   assert judge.score(problem, "It returns\n#### (2, 4, 6)") == 1.0   # by value
@@ -350,6 +364,10 @@ def test_tiny_self_play_run_resumes_after_sigkill_to_the_same_result(cache_dir, 
     assert r["self_play_valid_share"] > 0 and r["self_play_mean_p"] is not None
   records = read_records(str(reference / "records" / "iter_0002" / "acquire_1.jsonl"))
   assert {s.role for s in records} == {"proposer", "solver"}
+  # no problem is a valid proposal twice in a run, across rounds and iterations
+  valid = [s.proposal_id for path in sorted(reference.glob("records/iter_*/acquire_*.jsonl"))
+           for s in read_records(str(path)) if s.proposal_status == "valid"]
+  assert valid and len(valid) == len(set(valid))
   assert all(s.proposal_status for s in records if s.role == "proposer")
   killed = _run_self_play(resumed, cache_dir, fault="optimize@2")
   assert killed.returncode == -9, killed.stderr[-2000:]

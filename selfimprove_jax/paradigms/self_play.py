@@ -7,7 +7,9 @@ One round:
   check    the reply is cleaned (self_instruct.clean_proposal) and screened for
            novelty: not empty, not a near-duplicate of an earlier proposal of the
            round (word n-grams, or the same parsed expression) nor of a shown
-           example, not on the held-out side (self_instruct.screen); then validity:
+           example, not a problem that was a valid proposal in an earlier round or
+           iteration of the run ('repeat'; read from the records, so a resumed run
+           judges alike), not on the held-out side (self_instruct.screen); then validity:
            the task's procedural verifier must parse and solve it (arithmetic and
            countdown: `task.parse_problem` computes the true answer) and its level
            must be within `self_play.max_level`; on `code:` tasks a proposal is a
@@ -90,11 +92,15 @@ def proposer_prompts(task, seeds: Sequence[str], count: int, examples: int) -> l
 
 
 def check_proposals(texts: Sequence[Optional[str]], task, heldout: Sequence[Problem],
-                    seeds: Sequence[str], st: Settings) -> list[tuple[str, Optional[Problem]]]:
+                    seeds: Sequence[str], st: Settings,
+                    earlier: frozenset = frozenset()) -> list[tuple[str, Optional[Problem]]]:
   """(verdict, problem or None) per cleaned proposal. Validity first: the task must
   parse and solve it ('invalid'); then novelty (self_instruct.screen: 'duplicate',
   'copy', 'heldout_leak'; and no two valid proposals with the same parsed content) and
-  limits (its level at most `st.max_level`: 'too_hard'). The solver sees the problem
+  limits (its level at most `st.max_level`: 'too_hard'); a problem an earlier round
+  or iteration already had as a valid proposal (its `_canonical` key in `earlier`) is a
+  'repeat'.
+  The solver sees the problem
   in the task's own wording (`parse_problem(..., canonical=True)`), so what it learns
   is asked as the held-out split asks it; that wording's id must be off the held-out
   side too."""
@@ -108,6 +114,8 @@ def check_proposals(texts: Sequence[Optional[str]], task, heldout: Sequence[Prob
       out.append(("heldout_leak", None))
     elif s != "unique" or _canonical(p) in seen:
       out.append((s if s != "unique" else "duplicate", None))
+    elif _canonical(p) in earlier:
+      out.append(("repeat", None))
     elif st.max_level and p.difficulty > st.max_level:
       out.append(("too_hard", None))
     else:
@@ -132,7 +140,8 @@ def _canonical(problem: Optional[Problem]) -> Optional[str]:
 
 
 def check_programs(texts: Sequence[Optional[str]], task, heldout: Sequence[Problem],
-                   seeds: Sequence[str], st: Settings) -> list[tuple[str, Optional[Problem]]]:
+                   seeds: Sequence[str], st: Settings,
+                   earlier: frozenset = frozenset()) -> list[tuple[str, Optional[Problem]]]:
   """(verdict, solver problem or None) per program proposal (the code family,
   programs.py): novelty as for `check_proposals`, then a run in the sandbox; a solver
   problem whose id falls on the task's held-out side is a 'heldout_leak' too."""
@@ -145,10 +154,21 @@ def check_programs(texts: Sequence[Optional[str]], task, heldout: Sequence[Probl
       verdict, p = "heldout_leak", None
     elif p is not None and _canonical(p) in seen:
       verdict, p = "duplicate", None
+    elif p is not None and p.id in earlier:     # a program's id is its program + call
+      verdict, p = "repeat", None
     if p is not None:
       seen.add(_canonical(p))
     out.append((verdict, p))
   return out
+
+
+def _earlier_keys(r: acquire_lib.Round, code: bool) -> frozenset:
+  """What the run's earlier valid proposals were: a program's solver-problem id, else
+  the parsed problem's `_canonical` key (parsing is cheap; running programs is not)."""
+  valid = [x for x in r.earlier() if x.role == PROPOSER and x.proposal_status == "valid"]
+  if code:
+    return frozenset(x.proposal_id for x in valid)
+  return frozenset(_canonical(r.task.parse_problem(x.proposal, canonical=True)) for x in valid)
 
 
 def is_code(task) -> bool:
@@ -172,7 +192,9 @@ def self_play_round(r: acquire_lib.Round, problems: Sequence[Problem]) -> list[S
     texts = [programs.clean(x.completion) or x.completion.strip() or None for x in replies]
   else:
     texts = [first_problem(x.completion) for x in replies]
-  verdicts = (check_programs if code else check_proposals)(texts, r.task, r.heldout, seeds, st)
+  earlier = _earlier_keys(r, code)
+  verdicts = (check_programs if code else check_proposals)(texts, r.task, r.heldout, seeds,
+                                                           st, earlier)
   valid = [p for _, p in verdicts if p is not None]
   # the solver: G answers per valid proposal, each scored by the verifier
   solved = acquire_lib.acquire(r.generate, programs.OutputPrediction() if code else r.task,
