@@ -38,8 +38,9 @@ def get_config():
   config.task.options.operators = "+-"
   config.task.heldout_size = 100
   config.loop.algorithm = "self_play"
-  config.loop.iterations = 3
-  config.loop.rl_steps = 4                   # propose -> solve -> update rounds per iteration
+  # 2 x 2 rounds (was 3 x 4): sized for about 20 minutes of the idle 2-core CPU
+  config.loop.iterations = 2
+  config.loop.rl_steps = 2                   # propose -> solve -> update rounds per iteration
   config.loop.prompts_per_iteration = 8      # proposals per round
   config.loop.samples_per_prompt = 4         # solver answers per kept proposal (n >= 2)
   config.self_instruct.examples = 3
