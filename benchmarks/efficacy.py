@@ -20,6 +20,7 @@ was never run is listed as not yet measured.
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import datetime
 import glob
@@ -247,6 +248,23 @@ def load_rows(results_dir: str) -> dict:
   return rows
 
 
+def result_text(config_path: str) -> str:
+  """The `Result:` paragraph of a config's docstring (to its end, or to the next
+  `Name:` heading), where each config says what its runs measured and why; '' if none."""
+  path = os.path.join(ROOT, config_path)
+  if not os.path.exists(path):
+    return ""
+  with open(path) as f:
+    doc = ast.get_docstring(ast.parse(f.read())) or ""
+  lines, out = doc.splitlines(), []
+  for line in lines:
+    if out and line[:1].isalpha() and ":" in line.split(" ")[0]:
+      break               # the next heading
+    if out or line.startswith("Result:"):
+      out.append(line.removeprefix("Result:").strip())
+  return " ".join(x for x in out if x)
+
+
 def write_table(results_dir: str, table_path: str, experiments: dict) -> None:
   """EFFICACY.md from every stored row; experiments/seeds without one are listed."""
   rows = load_rows(results_dir)
@@ -283,6 +301,12 @@ def write_table(results_dir: str, table_path: str, experiments: dict) -> None:
       "|" + "---|" * HEADER.count(" | ") + "---|",
   ]
   lines += [table_line(rows[k]) for k in measured]
+  # what each measured experiment's config says its runs showed, and why (the logged
+  # metrics behind a gain or its absence)
+  said = [(name, result_text(experiments[name].config))
+          for name in dict.fromkeys(k[0] for k in measured)]
+  lines += ["", "## What the runs say (each config's docstring, `Result:`)", ""]
+  lines += [f"- **{name}**: {text}" for name, text in said if text] or ["(none)"]
   lines += ["", "## Not yet measured", ""]
   if missing:
     lines += [f"- {name} (seed {seed}): `{experiments[name].config}`, "

@@ -71,6 +71,9 @@ def test_tiny_run_becomes_a_table_row(tmp_path, capsys):
   assert "[heldout.png](efficacy/tiny-seed1.png)" in line
   assert "Wilson score interval" in table
   assert table.split("## Not yet measured")[1].strip().startswith("- other (seed 0)")
+  # the measured config's own account of its result is quoted under the table
+  said = table.split("## What the runs say")[1].split("## Not yet measured")[0]
+  assert "- **tiny**: " in said and "other" not in said
 
   # a second from-scratch run must not silently resume the first
   with pytest.raises(SystemExit, match="already exists"):
