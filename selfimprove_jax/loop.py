@@ -52,7 +52,7 @@ from selfimprove_jax.checkpoint import Checkpointer, fault_point, fault_requeste
 from selfimprove_jax.errors import UserError
 from selfimprove_jax.files import WorkdirLock
 from selfimprove_jax.optimize import (abstract_train_state, create_train_state,
-                                      make_logprob_fn, make_train_step)
+                                      make_logprob_fn, make_train_step, with_horizon)
 from selfimprove_jax.model import lora as lora_lib
 from selfimprove_jax.policy import GenerateFn, model_generate
 from selfimprove_jax.records import Sample, pass_rate, read_records
@@ -492,6 +492,12 @@ def _optimize(s: Setup, train, ref_params, selected: list[Sample], it: Iteration
   """The algorithm's batches of the selected samples through the train step; stops at
   the first update that must not be kept (`_update_problem`)."""
   batches = s.algorithm.batches(selected, s.config, s.seed(it.k, "batches"))
+  o = s.config.optim
+  if not o.continue_state and o.schedule_horizon == "batches" and s.algorithm.rounds(
+      s.config) == 1:
+    # a fresh schedule spans the steps this iteration takes, not the planned bound
+    # (every sample kept), which a filtered iteration never comes near
+    train = with_horizon(train, len(batches))
   rows = s.algorithm.rows_per_example
   for b in s.reporter.progress(batches, f"iter {it.k} optimize"):
     b = _place(_pad_to_shards(b, s.mesh, rows), s.mesh)

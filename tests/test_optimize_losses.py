@@ -128,6 +128,22 @@ def test_schedule_and_decay_mask():
   assert float(lin(25)) == pytest.approx(0.75)
   const = opt.learning_rate_schedule(_cfg(learning_rate=2.0, schedule="constant"))
   assert float(const(10**6)) == pytest.approx(2.0)
+  # the horizon is optimizer state: a fresh optimizer sized to 4 steps decays in 4
+  # (SGD-like check: Adam's first update of a constant gradient is -lr * sign)
+  cfg = _cfg(learning_rate=1.0, warmup_steps=0, total_steps=1000, schedule="cosine",
+             min_lr_ratio=0.0, weight_decay=0.0, grad_clip_norm=0.0, eps=1e-12)
+  tx = opt.make_optimizer(cfg)
+  state = opt.TrainState(params={"w": jnp.zeros(())}, opt_state=tx.init({"w": jnp.zeros(())}),
+                         step=jnp.zeros((), jnp.int32), rng=jnp.zeros(2, jnp.uint32))
+  state = opt.with_horizon(state, 4)
+  seen = []
+  for _ in range(5):
+    seen.append(float(opt.state.current_learning_rate(cfg, state.opt_state)))
+    upd, o = tx.update({"w": jnp.ones(())}, state.opt_state, state.params)
+    state = state.replace(opt_state=o)
+    assert float(upd["w"]) == pytest.approx(-seen[-1], abs=1e-6)
+  want = [0.5 * (1 + math.cos(math.pi * k / 4)) for k in range(4)] + [0.0]
+  assert seen == pytest.approx(want, abs=1e-6)
   params = {"embedding": 0, "final_norm": 0,
             "layers": {"q": 0, "attn_norm": 0, "q_bias": 0, "down": 0}}
   assert opt.decay_mask(params) == {"embedding": False, "final_norm": False,

@@ -11,6 +11,6 @@ from selfimprove_jax.optimize.losses import (ADVANTAGES, LOSSES, advantages, dpo
 from selfimprove_jax.optimize.state import (TrainState, abstract_train_state,
                                             create_train_state, decay_mask,
                                             learning_rate_schedule, make_optimizer,
-                                            state_shardings)
+                                            state_shardings, with_horizon)
 from selfimprove_jax.optimize.step import (accumulation_steps, make_train_step,
                                            split_micro_batches)

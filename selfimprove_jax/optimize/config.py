@@ -15,6 +15,7 @@ from selfimprove_jax.errors import UserError
 LOSS_NAMES = ("sft", "dpo", "grpo", "rloo", "dr_grpo")
 POLICY_GRADIENT_LOSSES = ("grpo", "rloo", "dr_grpo")
 SCHEDULES = ("cosine", "linear", "constant")
+HORIZONS = ("batches", "planned")
 MOMENT_DTYPES = ("float32", "bfloat16")
 AGGREGATIONS = ("token", "sequence")
 
@@ -27,7 +28,8 @@ def default_optim_config() -> ml_collections.ConfigDict:
   c.learning_rate = 1e-5
   c.warmup_steps = 0             # linear warmup from 0 to learning_rate
   c.total_steps = 1000           # end of the decay (cosine/linear); constant ignores it
-                                 # (the loop derives it: algorithms.optimizer_config)
+                                 # (the loop derives it: algorithms.optimizer_config;
+                                 # see schedule_horizon)
   # The loop's optimizer across iterations: False = a fresh optimizer and schedule each
   # iteration (checkpoints then hold no optimizer state); True = Adam moments, step and
   # schedule continue across iterations (the schedule spans the whole run), are saved
@@ -35,6 +37,10 @@ def default_optim_config() -> ml_collections.ConfigDict:
   # iteration's optimizer state with its weights.
   c.continue_state = False
   c.schedule = "cosine"          # 'cosine' | 'linear' | 'constant'
+  # Where a fresh (continue_state=False) SFT/DPO schedule ends: 'batches' = after the
+  # steps the iteration's selected data makes; 'planned' = at total_steps, the bound
+  # for every sample kept (a filtered iteration then stops early in its warm phase).
+  c.schedule_horizon = "batches"
   c.min_lr_ratio = 0.0           # decay ends at learning_rate * min_lr_ratio
   c.weight_decay = 0.0           # decoupled; never on norms, biases, embeddings
   c.b1 = 0.9
@@ -78,7 +84,7 @@ def check_optim_config(c) -> None:
     if isinstance(value, float) and not math.isfinite(value):
       raise UserError(f"optim.{key}={value!r} is not a finite number")
   choices = {"loss": LOSS_NAMES, "schedule": SCHEDULES, "aggregation": AGGREGATIONS,
-             "moment_dtype": MOMENT_DTYPES}
+             "moment_dtype": MOMENT_DTYPES, "schedule_horizon": HORIZONS}
   for key, allowed in choices.items():
     if c[key] not in allowed:
       raise UserError(f"optim.{key}={c[key]!r} is not one of {', '.join(allowed)}")

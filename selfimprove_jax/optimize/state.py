@@ -10,12 +10,13 @@ sharding of the parameter they belong to.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -42,21 +43,69 @@ class TrainState:
   rng: jax.Array    # uint32 [2] raw key (plain array: checkpoints without key types)
 
 
-def learning_rate_schedule(cfg) -> optax.Schedule:
-  """Linear warmup from 0 over warmup_steps, then cosine / linear decay to
-  learning_rate * min_lr_ratio at total_steps, or constant."""
+def learning_rate_at(cfg, count, horizon) -> jax.Array:
+  """The learning rate at optimizer step `count` of a schedule that ends at step
+  `horizon`: linear warmup from 0 over warmup_steps, then cosine / linear decay to
+  learning_rate * min_lr_ratio at `horizon`, or constant. Traceable in both."""
   lr, warmup = cfg.learning_rate, cfg.warmup_steps
   end = lr * cfg.min_lr_ratio
-  decay_steps = max(cfg.total_steps - warmup, 1)
+  count = jnp.asarray(count, jnp.float32)
+  t = jnp.clip((count - warmup) / jnp.maximum(jnp.asarray(horizon, jnp.float32) - warmup, 1.0),
+               0.0, 1.0)
   if cfg.schedule == "cosine":
-    after = optax.cosine_decay_schedule(lr, decay_steps, alpha=cfg.min_lr_ratio)
+    after = end + (lr - end) * 0.5 * (1.0 + jnp.cos(jnp.pi * t))
   elif cfg.schedule == "linear":
-    after = optax.linear_schedule(lr, end, decay_steps)
+    after = lr + (end - lr) * t
   else:
-    after = optax.constant_schedule(lr)
+    after = jnp.asarray(lr, jnp.float32)
   if warmup == 0:
     return after
-  return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), after], [warmup])
+  return jnp.where(count < warmup, lr * count / warmup, after)
+
+
+def learning_rate_schedule(cfg) -> optax.Schedule:
+  """`learning_rate_at` with the horizon at cfg.total_steps."""
+  return lambda count: learning_rate_at(cfg, count, cfg.total_steps)
+
+
+class ScheduleState(NamedTuple):
+  """The schedule's place: steps taken and the step its decay ends at. The horizon is
+  state, not a constant of the compiled step, so the loop can size a fresh
+  optimizer's schedule to the steps an iteration will actually take (`with_horizon`)
+  without compiling again."""
+  count: jax.Array     # int32
+  horizon: jax.Array   # int32
+
+
+def scale_by_horizon_schedule(cfg) -> optax.GradientTransformation:
+  """Scales updates by -learning_rate_at(count, horizon) (optax's scale_by_learning_rate
+  with the horizon in the state)."""
+  def init(params):
+    del params
+    return ScheduleState(jnp.zeros([], jnp.int32), jnp.asarray(cfg.total_steps, jnp.int32))
+
+  def update(updates, state, params=None):
+    del params
+    lr = learning_rate_at(cfg, state.count, state.horizon)
+    updates = jax.tree.map(lambda g: (-lr * g).astype(g.dtype), updates)
+    return updates, ScheduleState(optax.safe_increment(state.count), state.horizon)
+  return optax.GradientTransformation(init, update)
+
+
+def with_horizon(state: "TrainState", steps: int) -> "TrainState":
+  """`state` whose learning-rate schedule ends after `steps` optimizer steps (the new
+  value laid out like the old one, so any process count can call it)."""
+  old = optax.tree.get(state.opt_state, "horizon")
+  value = np.int32(max(1, steps))
+  new = jax.make_array_from_callback((), old.sharding, lambda _: value)
+  return state.replace(opt_state=optax.tree.set(state.opt_state, horizon=new))
+
+
+def current_learning_rate(cfg, opt_state) -> jax.Array:
+  """The learning rate the next update of `opt_state` will use."""
+  [sched] = [x for x in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, ScheduleState))
+             if isinstance(x, ScheduleState)]
+  return learning_rate_at(cfg, sched.count, sched.horizon)
 
 
 def decay_mask(params):
@@ -72,8 +121,10 @@ def make_optimizer(cfg) -> optax.GradientTransformation:
   parts = []
   if cfg.grad_clip_norm > 0:
     parts.append(optax.clip_by_global_norm(cfg.grad_clip_norm))
-  adamw = optax.adamw(learning_rate_schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
-                      weight_decay=cfg.weight_decay, mask=decay_mask)
+  # optax.adamw's own chain, with the schedule's horizon in the state
+  adamw = optax.chain(optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps),
+                      optax.add_decayed_weights(cfg.weight_decay, decay_mask),
+                      scale_by_horizon_schedule(cfg))
   if cfg.moment_dtype != "float32":
     adamw = stored_as(adamw, jnp.dtype(cfg.moment_dtype))
   parts.append(adamw)

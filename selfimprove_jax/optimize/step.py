@@ -27,7 +27,7 @@ from selfimprove_jax.model import lora as lora_lib
 from selfimprove_jax.optimize.config import POLICY_GRADIENT_LOSSES, check_optim_config
 from selfimprove_jax.optimize.logprobs import token_logprobs
 from selfimprove_jax.optimize.losses import LOSSES, prepare_batch
-from selfimprove_jax.optimize.state import (TrainState, learning_rate_schedule,
+from selfimprove_jax.optimize.state import (TrainState, current_learning_rate,
                                             make_optimizer, state_shardings)
 
 BATCH_AXES = ("data", "fsdp")
@@ -80,7 +80,6 @@ def make_train_step(model_config: ModelConfig, cfg, mesh: Mesh,
   updates exist for the adapters only."""
   check_optim_config(cfg)
   tx = make_optimizer(cfg)
-  schedule = learning_rate_schedule(cfg)
   loss_fn = LOSSES[cfg.loss]
   want_entropy = cfg.loss in POLICY_GRADIENT_LOSSES
   shardings = state_shardings(model_config, cfg, mesh, lora)
@@ -132,7 +131,7 @@ def make_train_step(model_config: ModelConfig, cfg, mesh: Mesh,
     metrics = dict(metrics, loss=loss, grad_norm=grad_norm,
                    update_norm=optax.tree.norm(updates), param_norm=optax.tree.norm(params),
                    prev_param_norm=optax.tree.norm(state.params),
-                   learning_rate=schedule(state.step),
+                   learning_rate=current_learning_rate(cfg, state.opt_state),
                    tokens=jnp.sum(jnp.asarray(batch["input_mask"], jnp.float32)),
                    loss_tokens=jnp.sum(full["loss_mask"]))
     return new_state, jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), metrics)
