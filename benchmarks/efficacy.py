@@ -85,9 +85,6 @@ ATTEMPTS = {
                         "optimize stage, the last two after `--resume`); it printed "
                         "the documented baseline (pass@1 0.06, maj@4 0.10) and iteration "
                         "1's 13 kept samples",
-    "code_rlef-seed0": "tried 2026-12-02 at 2 x 32 prompts and train batch 16: killed by "
-                       "the OOM killer at 22.6 GB as iteration 1's optimize stage began; "
-                       "the config is smaller since (see its docstring)",
 }
 
 Z95 = 1.959964   # two-sided 95% normal quantile

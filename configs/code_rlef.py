@@ -11,18 +11,28 @@ Command:   selfimprove-jax run --config configs/code_rlef.py --workdir runs/code
            (online RL on the same reward instead: --config.loop.algorithm=grpo
             --config.select.filters=dedup,max_length)
 Hardware:  CPU or one GPU; code runs in the sandbox's worker pool (one per CPU).
-Runtime:   not yet measured. A first run (2 x 32 prompts, train batch 16, sampling
-           temperature 1.0; 2-core Intel Xeon CPU shared with other jobs, load average
-           up to 14, 2026-12-02) took 14 min for its baseline evaluation (load and
-           compile included) and 14 min for iteration 1's acquire, and was then killed
-           by the kernel's OOM killer at 22.6 GB resident as its first optimize stage
-           began; hence the smaller sizes below.
-Result:    the loop is not yet measured. What that first run printed before it was
-           killed, `code:list_ops` at difficulty 1, 50 held-out problems:
-           SmolLM2-135M-Instruct's greedy pass@1 0.42 (mean fraction of tests passed
-           0.45), execution_feedback@2 0.42 (29 of 50 answers revised, none fixed);
-           iteration 1's 128 samples at temperature 1.0 plus feedback fixes: 4 of 129
-           passed all tests (2 of them fixes), 87 ran into max_new_tokens, 3 were kept.
+Runtime:   31.7 min wall (`benchmarks/efficacy.py --only code_rlef`, 2026-12-02, the
+           2-core Intel Xeon dev machine, shared with test runs for part of it):
+           baseline evaluation 15 min (model load and compile included; greedy and
+           two feedback rounds over 50 problems at 128 new tokens), iteration 1's
+           acquire + optimize (8 steps of 4 x 384 tokens, ~28 s each) + evaluation
+           the rest. Peak RSS 12.4 GB.
+Result:    held-out greedy pass@1 (`code:list_ops`, difficulty 1, 50 held-out
+           problems) 0.42 [0.29, 0.56] -> 0.58 [0.44, 0.71] after one iteration
+           (accepted; mean fraction of tests passed 0.45 -> 0.62; Wilson 95%
+           intervals): a gain of +0.16, just outside the baseline's interval, on 50
+           problems (not the 100 of the arithmetic rows: each costs seconds of
+           sampling here). From the logged metrics: of iteration 1's 128 samples at
+           temperature 0.7, 47 ran into max_new_tokens and 39 raised an error in the
+           sandbox; 16 passed every test and execution feedback fixed 2 more of the
+           prompts whose first attempt failed (refined 2, refined_precision 1.0);
+           after de-duplication and the length filter 15 were trained on (2 epochs,
+           8 steps). At inference, feedback fixed nothing: execution_feedback@2
+           equals greedy pass@1 before (0.42) and after (0.58) training, with 58% and
+           then 42% of answers revised. So the gain is the SFT on the model's own
+           passing programs, not the feedback. Measured before
+           `optim.schedule_horizon=batches` became the default (commit 97edd8b); a
+           rerun with `--config.optim.schedule_horizon=planned` uses that schedule.
            Earlier, at difficulty 2 (2-core CPU shared, 16 min): greedy pass@1 0.05 on
            20 problems at 96 new tokens (mean fraction of tests passed 0.125),
            execution_feedback@1 0.05 (19 of 20 revised, none fixed). Command:
