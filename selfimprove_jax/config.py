@@ -153,6 +153,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.select.dedup_threshold = 0.9
   c.select.max_completion_tokens = 256
   c.select.judge_threshold = 0.6       # 'judge' filter: keep judge scores >= this (0-1)
+  # ReST-style growing data (sft, dpo): the selected samples of up to this many earlier
+  # accepted iterations train again beside this iteration's; 0 = this iteration's only
+  c.select.replay = 0
 
   c.train = ml_collections.ConfigDict()
   c.train.epochs = 2
@@ -293,7 +296,7 @@ RANGES = {
     "select.reward_threshold": (0.0, 1.0), "select.min_pass_rate": (0.0, 1.0),
     "select.max_pass_rate": (0.0, 1.0), "select.dedup_ngram": (1, None),
     "select.dedup_threshold": (0.0, 1.0, True), "select.max_completion_tokens": (1, None),
-    "select.judge_threshold": (0.0, 1.0),
+    "select.judge_threshold": (0.0, 1.0), "select.replay": (0, None),
     "train.epochs": (1, None), "train.batch_size": (1, None), "train.max_seq_len": (2, None),
     "evaluate.maj_k": (1, None), "evaluate.max_regression": (0.0, 1.0),
     "evaluate.patience": (1, None), "evaluate.max_new_tokens": (1, None),
@@ -382,6 +385,10 @@ def validate(config) -> None:
     raise UserError(f"loop.samples_per_prompt={config.loop.samples_per_prompt} must be >= 2 "
                     f"for {config.loop.algorithm} ({why})")
   _check_paradigm(config)
+  if config.select.replay and config.loop.algorithm not in ("sft", "dpo"):
+    raise UserError(f"select.replay={config.select.replay} trains on earlier iterations' "
+                    f"samples again, which only sft and dpo can (loop.algorithm="
+                    f"{config.loop.algorithm} learns from its current policy's samples)")
   if config.optim.continue_state and config.loop.restart_from_base:
     raise UserError("optim.continue_state carries the optimizer across iterations, and "
                     "loop.restart_from_base starts each one from the base weights: pick one")

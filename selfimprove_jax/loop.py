@@ -171,7 +171,7 @@ def _run(config, workdir, override_config, log, signals) -> dict:
         # --- select: the filters and the ledger; never a held-out prompt
         selected = _select(s, acquired, problems, r, it)
         # --- optimize: the algorithm's batches through the train step
-        train = _optimize(s, train, _reference(s, kept), selected, it)
+        train = _optimize(s, train, _reference(s, kept), selected + _replay(s, state, it), it)
         if it.problem:
           break
         signals.check()
@@ -415,6 +415,27 @@ def _self_instruct(s: Setup, params, difficulty, it: Iteration) -> list[Problem]
   s.reporter.stage(it.k, "self_instruct", ", ".join(
       f"{n.removeprefix('self_instruct_')} {c}" for n, c in it.extra.items()))
   return [Problem.from_json(r["problem"]) for r in rows if r["status"] == "kept"]
+
+
+def _replay(s: Setup, state: LoopState, it: Iteration) -> list[Sample]:
+  """select.replay: the selected samples of the last accepted iterations (their
+  records on disk), minus those this iteration selected again (same prompt and
+  completion)."""
+  n = s.config.select.replay
+  accepted = [row["iteration"] for row in state.history
+              if row["accepted"] and 0 < row["iteration"] < it.k][-n:] if n else []
+  seen = {(x.prompt, x.completion) for x in it.selected}
+  out = []
+  for k in accepted:
+    folder = os.path.join(os.path.dirname(it.rec_dir), f"iter_{k:04d}")
+    for path in sorted(glob.glob(os.path.join(folder, "select*.jsonl"))):
+      for x in read_records(path):
+        if (x.prompt, x.completion) not in seen:
+          seen.add((x.prompt, x.completion))
+          out.append(x)
+  if out:
+    it.extra["replayed"] = it.extra.get("replayed", 0) + len(out)
+  return out
 
 
 def _earlier_samples(it: Iteration) -> list[Sample]:

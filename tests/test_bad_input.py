@@ -79,6 +79,7 @@ CASES = [
     (_run("--config.optim.max_update_ratio=-1"), "optim.max_update_ratio"),
     (_run("--config.optim.loss=ppo"), "optim.loss"),
     (_run("--config.optim.schedule_horizon=whole_run"), "optim.schedule_horizon"),
+    (_run("--config.select.replay=-1"), "select.replay"),
     (_run("--config.train.batch_size=0"), "train.batch_size"),
     (_run("--config.train.epochs=0"), "train.epochs"),
     (_run("--config.train.max_seq_len=1"), "train.max_seq_len"),

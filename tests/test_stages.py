@@ -5,8 +5,11 @@ import dataclasses
 import json
 import os
 
+import pytest
+
 from selfimprove_jax import algorithms, evaluation, loop
 from selfimprove_jax.config import load_config
+from selfimprove_jax.errors import UserError
 from selfimprove_jax.records import read_records
 from selfimprove_jax.sampling import SamplingParams
 from selfimprove_jax.tasks import get_task
@@ -79,3 +82,29 @@ def test_greedy_evaluation_stops_where_sampling_stops():
   evaluation.heldout_scores(gen, task, task.heldout(2, 1), 2, sample, seed=0)
   assert [c.is_greedy for c in calls] == [True, False]
   assert all(c.stop_sequences == ("\n",) for c in calls)
+
+
+def test_replay_trains_on_earlier_accepted_iterations_selected_samples(monkeypatch, tmp_path):
+  """select.replay=1: iteration 2 trains on its own selected samples plus iteration
+  1's (read from its records), each (prompt, completion) once; iteration 1 had none to
+  replay. An on-policy algorithm refuses the key."""
+  seen = []
+  sft = algorithms.ALGORITHMS["sft"]
+  def spy(samples, config, seed):
+    seen.append(list(samples))
+    return sft.batches(samples, config, seed)
+  monkeypatch.setitem(algorithms.ALGORITHMS, "sft", dataclasses.replace(sft, batches=spy))
+  config = load_config(TINY, ["loop.iterations=2", "select.replay=1", "select.filters=dedup",
+                              "evaluate.max_regression=1.0", "log.tensorboard=false",
+                              "log.plot=false"])
+  state = loop.run(config, str(tmp_path), log=lambda *_: None)
+  assert [r["accepted"] for r in state["history"]] == [True, True, True]
+  first = read_records(str(tmp_path / "records" / "iter_0001" / "select.jsonl"))
+  second = read_records(str(tmp_path / "records" / "iter_0002" / "select.jsonl"))
+  assert seen[0] == first and "replayed" not in state["history"][1]
+  own = {(x.prompt, x.completion) for x in second}
+  again = [x for x in first if (x.prompt, x.completion) not in own]
+  assert again and seen[1] == second + again
+  assert state["history"][2]["replayed"] == len(again)
+  with pytest.raises(UserError, match="select.replay=1 .*algorithm=grpo"):
+    load_config(TINY, ["loop.algorithm=grpo", "select.replay=1"])
