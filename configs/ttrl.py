@@ -9,12 +9,21 @@ and precision only) and set task.options.answer_kind = "number" for numeric answ
 
 Command:   selfimprove-jax run --config configs/ttrl.py --workdir runs/ttrl
 Hardware:  CPU (2 cores) or one GPU.
-Runtime:   not yet measured: on the shared 2-core CPU machine the session's time went to
-           the self-play and SPIN runs (each 33-38 min there, sharing the CPU with
-           other jobs); expect about 30 min there for two iterations.
-Result:    not yet measured. ttrl_labeled_share, ttrl_mean_vote_share,
-           ttrl_label_precision and ttrl_hidden_pass_rate in metrics.jsonl say how often
-           a group had a clear majority and how often that majority was right.
+Runtime:   11.6 min wall (`benchmarks/efficacy.py --only ttrl`, 2026-12-02, the 2-core
+           Intel Xeon dev machine, partly shared with test runs); peak RSS 7.6 GB.
+Result:    held-out greedy pass@1 (the quickstart's 100 problems) 0.06 -> 0.01 -> 0.03:
+           both iterations were rolled back (the gate kept the base weights) and the
+           run stopped on the plateau rule; no gain. Why, from the metrics and
+           records: every pseudo-label was wrong (ttrl_label_precision 0.0 in both
+           iterations). Replies were cut at 16 new tokens mid-explanation ("To add 67
+           and 53, we need to keep track ...") and the last number such a reply holds
+           is an operand it restated, so the majorities elected the second operand
+           (67 + 53 -> "53", 77 + 39 -> "39"). In iteration 1's third round the
+           agreement reward reached 0.45 as the policy learned to restate operands,
+           and held-out pass@1 fell to 0.01. Labelled groups: 33% then 4% of them.
+           Since this run, a reply cut off at its token budget casts no vote
+           (`refine.label_votes`), so such groups get no label and no reward; that
+           rule is not yet measured here. Measured at commit f59c80d.
 """
 
 from selfimprove_jax.config import base_config

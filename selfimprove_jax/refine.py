@@ -139,12 +139,15 @@ def label_votes(task, problem, samples: Sequence[Sample], min_share: float):
   The rule every self-labelled target shares (label-free SFT's self_consistency targets,
   TTRL's agreement reward): each sample's answer, extracted as if the problem had no
   reference (nothing to leak) and keyed by `answers.vote_key` (numbers as numbers),
-  votes; `records.pseudo_label` elects the majority when it holds at least `min_share`
-  and is not tied, else there is no label (None). An inference answer must always be
-  given and breaks ties by log-prob instead (`vote`)."""
+  votes; a sample cut off at its token budget (finish_reason 'length') casts no vote,
+  since the last number of an unfinished reply is usually one restated from the
+  question, not an answer. `records.pseudo_label` elects the majority when it holds at
+  least `min_share` of all the samples and is not tied, else there is no label (None).
+  An inference answer must always be given and breaks ties by log-prob (`vote`)."""
   meta = {k: v for k, v in problem.metadata.items() if k != "hidden_reference"}
   blind = Problem(problem.id, problem.prompt, "", problem.difficulty, meta)
-  votes = [answers.vote_key(task.extract_answer(s.completion, blind)) for s in samples]
+  votes = [None if s.finish_reason == "length" else
+           answers.vote_key(task.extract_answer(s.completion, blind)) for s in samples]
   label, share = pseudo_label(votes, min_share)
   return votes, label, share
 

@@ -329,6 +329,13 @@ def test_one_labelling_rule_for_self_labelled_targets():
   assert refine.label_votes(task, p, tie, 0.0)[1] is None
   assert refine.vote(["4", "4", "5", "5"], tie)[0] == "5"
   assert refine.label_votes(task, p, [S("4"), S("5"), S("6")], 0.5)[1] is None   # thin
+  # a reply cut off at its token budget casts no vote: here the cut replies would
+  # have elected the operand they restate
+  cut = [S("first add 2"), S("we take 2"), S("so 4"), S("4")]
+  for c in cut[:2]:
+    c.finish_reason = "length"
+  votes, label, share = refine.label_votes(task, p, cut, 0.5)
+  assert votes == [None, None, "4", "4"] and label == "4" and share == 0.5
   # label-free SFT: a tied prompt contributes no target
   p0, p1 = _problems(2)
   recs = [_record(p0.id, p0.prompt, "#### 7", 0.0, idx=0),
