@@ -79,12 +79,6 @@ EXPERIMENTS = {
 
 # Why a row is still missing, when a run was tried (shown under "Not yet measured").
 ATTEMPTS = {
-    "quickstart-seed0": "tried 2026-12-02 on the 2-core CPU shared with other jobs: the "
-                        "kernel's OOM killer ended it four times at 6.4-8.4 GB resident "
-                        "(once sampling iteration 1, three times in iteration 1's "
-                        "optimize stage, the last two after `--resume`); it printed "
-                        "the documented baseline (pass@1 0.06, maj@4 0.10) and iteration "
-                        "1's 13 kept samples",
 }
 
 Z95 = 1.959964   # two-sided 95% normal quantile

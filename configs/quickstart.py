@@ -4,11 +4,17 @@ by expert iteration (sample 8 answers per problem, keep the verified ones, fine-
 Command:   make run
            (= selfimprove-jax run --config configs/quickstart.py --workdir runs/quickstart)
 Hardware:  CPU (2 cores is enough); the same config runs on a GPU or TPU unchanged.
-Runtime:   12 min 56 s on the 2-core CPU dev machine (AMD EPYC, 24 GiB), 2026-11-26,
-           after the one-time set-up; 14-17 min when other jobs shared the CPU.
-Result:    held-out greedy pass@1 (100 problems) 0.06 -> 0.30 -> 0.46 after iterations
-           1-2; iteration 3 fell to 0.32 and was rolled back, so the run ends on the
-           iteration-2 weights (0.46). Two runs from scratch gave identical tables.
+Runtime:   8.7 min wall on the 2-core CPU dev machine (Intel Xeon, 23 GiB), 2026-12-02,
+           after the one-time set-up (`benchmarks/efficacy.py --only quickstart`; peak
+           RSS 9.5 GB); 12 min 56 s on an AMD EPYC 2-core machine, 2026-11-26.
+Result:    held-out greedy pass@1 (100 problems) 0.06 -> 0.30 -> 0.50 after iterations
+           1-2 (maj@4 0.10 -> 0.28 -> 0.48); iteration 3 fell to 0.37 and was rolled
+           back, so the run ends on the iteration-2 weights (0.50). The kept samples per
+           iteration were 13, 41 and 58 (train pass rate 0.03, 0.22, 0.42), trained for
+           3, 9 and 12 steps. Since 2026-12-02 each iteration's cosine schedule ends
+           with its own batches (`optim.schedule_horizon=batches`); with the earlier
+           planned horizon (96 steps, never reached) the same samples gave 0.30 -> 0.46
+           -> 0.32 (rolled back) on 2026-11-26.
 """
 
 from selfimprove_jax.config import base_config
