@@ -23,7 +23,10 @@ Result:    held-out greedy pass@1 (the quickstart's 100 problems) 0.06 -> 0.05 -
            was trained on 4, then 63 samples of mostly wrong answers (the agreement
            rate, "train pass", rose 0.06 -> 0.25 as it grew more self-consistent, not
            more right). For this model and task, the verifier's labels (the quickstart,
-           0.06 -> 0.46) are what make the loop work.
+           0.06 -> 0.50) are what make the loop work. Measured before the labelling
+           rule of `refine.label_votes` (ties and replies cut at the token budget give
+           no vote or label), which the TTRL row's wrong majorities led to; with it,
+           not yet measured.
 """
 
 from selfimprove_jax.config import base_config
