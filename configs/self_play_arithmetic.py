@@ -10,20 +10,23 @@ evaluation stays on the quickstart's 100 two-digit +/- problems.
 
 Command:   selfimprove-jax run --config configs/self_play_arithmetic.py --workdir runs/self_play
 Hardware:  CPU (2 cores) or one GPU.
-Runtime:   measured on a 2-core CPU machine (Intel Xeon, 23 GiB), shared with other
-           jobs (load average 10-20), 2026-12-02: baseline evaluation 5 min, iteration 1
-           32 min (12 of them the first GRPO step's compile); stopped (SIGTERM, resumable)
-           during iteration 2 for lack of time, so iterations 2-3 are not measured.
-Result:    held-out greedy pass@1 (100 problems) 0.06 -> 0.06 after iteration 1
-           (accepted: no drop; maj@4 0.10 -> 0.08). Why, from the metrics: 6 of 32
-           proposals were valid (self_play_verdicts: invalid 23 -- mostly statements
-           like "84 - 35 = 41." or chatter --, held-out leaks 2, empty 1), and the solver
-           passed none of its 4 answers on any of them (self_play_mean_p 0.0, p_hist all
-           at 0): at 16 new tokens the 135M model mostly talks past the answer or gets it
-           wrong. With p = 0 everywhere every valid proposal's learnability is 0 and every
-           solver group has zero advantage, so the only signal was the proposer's valid
-           (0) vs rejected (-0.5) contrast (self_play_proposer_reward -0.41); the solver
-           learnt nothing, and the held-out score could not move. Self-play needs a
+Runtime:   5.1 min wall on the 2-core Intel Xeon dev machine (23 GiB), 2026-12-02
+           (`benchmarks/efficacy.py --only self_play_arithmetic`, 2 iterations x 2
+           rounds); peak RSS 7.6 GB. An earlier run at 3 x 4 rounds on the same machine
+           shared with other jobs (load average 10-20) took 32 min for iteration 1.
+Result:    held-out greedy pass@1 (100 problems) 0.06 -> 0.06 -> 0.06 (both iterations
+           accepted, no drop; maj@4 0.10 -> 0.08 -> 0.11); no gain, and the run stopped
+           on the plateau rule. Why, from the metrics: 3 of 16 and then 2 of 16
+           proposals were valid (self_play_valid_share 0.19, 0.12; the rest mostly
+           statements with an answer, "88 - 51 = 9.", or chatter, "Here are two new
+           problems:"; 2 held-out leaks rejected), and the solver passed none of its 4
+           answers to any valid one (self_play_mean_p 0.0, p_hist all at 0): at 16 new
+           tokens the 135M model mostly talks past the answer or gets it wrong. With
+           p = 0 every valid proposal's learnability is 0 and every solver group has
+           zero advantage, so the only signal was the proposer's valid (0) vs rejected
+           (-0.5) contrast (self_play_proposer_reward -0.41, -0.44); the solver learnt
+           nothing, and the held-out score could not move. The earlier 3 x 4 run's first
+           iteration showed the same (6 of 32 valid, p = 0 on all). Self-play needs a
            solver that passes its own problems sometimes (p between 0 and 1).
 """
 
