@@ -14,7 +14,10 @@ Result:    held-out greedy pass@1 (100 problems) 0.06 -> 0.30 -> 0.50 after iter
            3, 9 and 12 steps. Since 2026-12-02 each iteration's cosine schedule ends
            with its own batches (`optim.schedule_horizon=batches`); with the earlier
            planned horizon (96 steps, never reached) the same samples gave 0.30 -> 0.46
-           -> 0.32 (rolled back) on 2026-11-26. Tried against the iteration-3 drop,
+           -> 0.32 (rolled back) on 2026-11-26. Seed 1 (`--config.seed=1`, 6.2 min):
+           0.06 -> 0.38 -> 0.38 -> 0.31 (rolled back; kept 11, 28, 35 samples), best
+           0.38, so the seed moves the best accepted score by about 0.1 here, as the
+           95% intervals (about +-0.1 at n=100) suggest. Tried against the iteration-3 drop,
            same machine and seed: `--config.select.replay=2` (ReST-style: iterations 2
            and 3 also train on the earlier iterations' selected samples) gave 0.30 ->
            0.44 -> 0.43 with iteration 3 accepted (no rollback) but a lower best (0.44;
