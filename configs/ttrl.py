@@ -9,21 +9,24 @@ and precision only) and set task.options.answer_kind = "number" for numeric answ
 
 Command:   selfimprove-jax run --config configs/ttrl.py --workdir runs/ttrl
 Hardware:  CPU (2 cores) or one GPU.
-Runtime:   11.6 min wall (`benchmarks/efficacy.py --only ttrl`, 2026-12-02, the 2-core
-           Intel Xeon dev machine, partly shared with test runs); peak RSS 7.6 GB.
-Result:    held-out greedy pass@1 (the quickstart's 100 problems) 0.06 -> 0.01 -> 0.03:
-           both iterations were rolled back (the gate kept the base weights) and the
-           run stopped on the plateau rule; no gain. Why, from the metrics and
-           records: every pseudo-label was wrong (ttrl_label_precision 0.0 in both
-           iterations). Replies were cut at 16 new tokens mid-explanation ("To add 67
-           and 53, we need to keep track ...") and the last number such a reply holds
-           is an operand it restated, so the majorities elected the second operand
-           (67 + 53 -> "53", 77 + 39 -> "39"). In iteration 1's third round the
-           agreement reward reached 0.45 as the policy learned to restate operands,
-           and held-out pass@1 fell to 0.01. Labelled groups: 33% then 4% of them.
-           Since this run, a reply cut off at its token budget casts no vote
-           (`refine.label_votes`), so such groups get no label and no reward; that
-           rule is not yet measured here. Measured at commit f59c80d.
+Runtime:   5.5 min wall on the 2-core Intel Xeon dev machine, idle, 2026-12-02
+           (`benchmarks/efficacy.py --only ttrl`, commit 0c45867); peak RSS 7.4 GB.
+Result:    held-out greedy pass@1 (the quickstart's 100 problems) 0.06 -> 0.19 -> 0.19,
+           both iterations accepted: +0.13, outside the baseline's 95% interval
+           [0.03, 0.12], on one seed. From the metrics: few groups earn a label at all
+           (ttrl_labeled_share 0.125, then 0.0; mean vote share 0.21, 0.19), and the
+           labels it made were mostly right (ttrl_label_precision 0.67: 2 of 3). So
+           iteration 1's 3 updates pushed toward 2 right answers and 1 wrong one, which
+           moved greedy answers (pass@1 0.19) but not sampled ones (sampled reward 0.06
+           before and after, pass@4 0.18 -> 0.16); iteration 2 found no label, so its
+           updates carried no advantage and the score stayed.
+           The label rule matters: an earlier run (commit f59c80d, 11.6 min, partly
+           shared with tests), before replies cut off at the 16-token budget lost
+           their vote, fell to 0.01 and 0.03 (both rolled back) with
+           ttrl_label_precision 0.0: such replies ("To add 67 and 53, we need to keep
+           track ...") end on an operand they restate, and the majorities elected it
+           (67 + 53 -> "53"); the agreement reward reached 0.45 as the policy learned
+           to restate operands.
 """
 
 from selfimprove_jax.config import base_config
