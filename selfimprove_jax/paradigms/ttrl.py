@@ -2,8 +2,8 @@
 majority of the group's answers (TTRL, Zuo et al. 2025, "Test-Time Reinforcement
 Learning"; the self-consistency pseudo-labels of Huang et al. 2022).
 
-Each prompt's G samples vote (`refine.label_votes`, the one labelling rule that
-label-free SFT and self-instruct share): the answers the task's declared extraction
+Each prompt's G samples vote (`refine.label_votes`, the labelling rule label-free SFT
+shares): the answers the task's declared extraction
 reads (numbers compared as numbers) elect a pseudo-label when the
 majority holds at least `acquire.min_vote_share` of the votes and is not tied; each
 sample's reward is 1 when its answer is the label, else 0, and a group without a label
