@@ -157,7 +157,7 @@ def _run(config, workdir, override_config, log, signals) -> dict:
     while state.iteration < config.loop.iterations and not state.stopped:
       k = state.iteration + 1
       signals.check()
-      it = Iteration(k, os.path.join(workdir, "records", f"iter_{k:04d}"), state.ledger)
+      it = Iteration(k, _iteration_dir(os.path.join(workdir, "records"), k), state.ledger)
       prompts = PromptStream(s.task, config.seed, state.data_state, state.difficulty)
       prompts.add_proposals(_self_instruct(s, kept.params, state.difficulty, it))
       train = _train_start(s, kept)           # the state this iteration's updates change
@@ -417,6 +417,18 @@ def _self_instruct(s: Setup, params, difficulty, it: Iteration) -> list[Problem]
   return [Problem.from_json(r["problem"]) for r in rows if r["status"] == "kept"]
 
 
+def _iteration_dir(records_root: str, k: int) -> str:
+  """records/iter_K: iteration K's stage files."""
+  return os.path.join(records_root, f"iter_{k:04d}")
+
+
+def _stage_records(it: Iteration, k: int, stage: str) -> list[Sample]:
+  """Iteration k's records of `stage` as on disk (every round's file, `stage_R`)."""
+  folder = _iteration_dir(os.path.dirname(it.rec_dir), k)
+  return [x for path in sorted(glob.glob(os.path.join(folder, f"{stage}*.jsonl")))
+          for x in read_records(path)]
+
+
 def _replay(s: Setup, state: LoopState, it: Iteration) -> list[Sample]:
   """select.replay: the selected samples of the last accepted iterations (their
   records on disk), minus those this iteration selected again (same prompt and
@@ -426,27 +438,19 @@ def _replay(s: Setup, state: LoopState, it: Iteration) -> list[Sample]:
               if row["accepted"] and 0 < row["iteration"] < it.k][-n:] if n else []
   seen = {(x.prompt, x.completion) for x in it.selected}
   out = []
-  for k in accepted:
-    folder = os.path.join(os.path.dirname(it.rec_dir), f"iter_{k:04d}")
-    for path in sorted(glob.glob(os.path.join(folder, "select*.jsonl"))):
-      for x in read_records(path):
-        if (x.prompt, x.completion) not in seen:
-          seen.add((x.prompt, x.completion))
-          out.append(x)
+  for x in (x for k in accepted for x in _stage_records(it, k, "select")):
+    if (x.prompt, x.completion) not in seen:
+      seen.add((x.prompt, x.completion))
+      out.append(x)
   if out:
-    it.extra["replayed"] = it.extra.get("replayed", 0) + len(out)
+    it.add_counts({"replayed": len(out)})
   return out
 
 
 def _earlier_samples(it: Iteration) -> list[Sample]:
   """What earlier iterations acquired (their records on disk, so a resumed run sees
   the same), for the rounds that measure novelty against it."""
-  root = os.path.dirname(it.rec_dir)
-  out = []
-  for k in range(1, it.k):
-    for path in sorted(glob.glob(os.path.join(root, f"iter_{k:04d}", "acquire*.jsonl"))):
-      out += read_records(path)
-  return out
+  return [x for k in range(1, it.k) for x in _stage_records(it, k, "acquire")]
 
 
 def _acquire(s: Setup, params, problems, r: int, it: Iteration) -> list[Sample]:

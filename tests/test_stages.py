@@ -18,16 +18,22 @@ from run_files import TINY
 from test_refine import S, Scripted
 
 
+def _spy_on_batches(monkeypatch, name: str) -> list:
+  """The samples each call of algorithm `name`'s batch builder receives, in order."""
+  seen = []
+  algo = algorithms.ALGORITHMS[name]
+  def spy(samples, config, seed):
+    seen.append(list(samples))
+    return algo.batches(samples, config, seed)
+  monkeypatch.setitem(algorithms.ALGORITHMS, name, dataclasses.replace(algo, batches=spy))
+  return seen
+
+
 def test_dpo_trains_only_on_selected_samples_never_on_heldout_prompts(monkeypatch, tmp_path):
   """Half of each round's prompts are held-out problems (as a leaky prompt source
   would give) and a filter drops some samples: the DPO pairs are built from exactly
   the selected records, which hold no held-out prompt."""
-  seen = []
-  dpo = algorithms.ALGORITHMS["dpo"]
-  def spy(samples, config, seed):
-    seen.append(list(samples))
-    return dpo.batches(samples, config, seed)
-  monkeypatch.setitem(algorithms.ALGORITHMS, "dpo", dataclasses.replace(dpo, batches=spy))
+  seen = _spy_on_batches(monkeypatch, "dpo")
   take = loop.PromptStream.take
   def leaky(self, n, share=0.0):
     return take(self, n - n // 2, share) + leaked[: n // 2]
@@ -88,12 +94,7 @@ def test_replay_trains_on_earlier_accepted_iterations_selected_samples(monkeypat
   """select.replay=1: iteration 2 trains on its own selected samples plus iteration
   1's (read from its records), each (prompt, completion) once; iteration 1 had none to
   replay. An on-policy algorithm refuses the key."""
-  seen = []
-  sft = algorithms.ALGORITHMS["sft"]
-  def spy(samples, config, seed):
-    seen.append(list(samples))
-    return sft.batches(samples, config, seed)
-  monkeypatch.setitem(algorithms.ALGORITHMS, "sft", dataclasses.replace(sft, batches=spy))
+  seen = _spy_on_batches(monkeypatch, "sft")
   config = load_config(TINY, ["loop.iterations=2", "select.replay=1", "select.filters=dedup",
                               "evaluate.max_regression=1.0", "log.tensorboard=false",
                               "log.plot=false"])
