@@ -43,6 +43,7 @@ from selfimprove_jax import curriculum as curriculum_lib
 from selfimprove_jax import distributed
 from selfimprove_jax import evaluation
 from selfimprove_jax import judge as judge_lib
+from selfimprove_jax import memory as memory_lib
 from selfimprove_jax import self_instruct
 from selfimprove_jax import select as select_lib
 from selfimprove_jax import sharding as sharding_lib
@@ -142,6 +143,7 @@ def _run(config, workdir, override_config, log, signals) -> dict:
   s = _set_up(config, workdir, log)
   # --- restore, or start from the base model
   state, kept = _restore(s, override_config)
+  s = _release_base(s)
   signals.starting = False   # from here a signal stops at the next stage boundary
   try:
     # --- iteration 0: the baseline
@@ -160,34 +162,47 @@ def _run(config, workdir, override_config, log, signals) -> dict:
       it = Iteration(k, _iteration_dir(os.path.join(workdir, "records"), k), state.ledger)
       prompts = PromptStream(s.task, config.seed, state.data_state, state.difficulty)
       prompts.add_proposals(_self_instruct(s, kept.params, state.difficulty, it))
-      train = _train_start(s, kept)           # the state this iteration's updates change
+      # the state this iteration's updates change; off-policy algorithms make it after
+      # sampling, so the optimizer state and the sampler's cache are never held together
+      train = None
       for r in range(s.algorithm.rounds(config)):
+        if train is None and s.algorithm.on_policy:
+          train, kept = _train_start(s, kept)
         # --- acquire: samples of the current policy, scored by the verifier
         problems = prompts.take(config.loop.prompts_per_iteration,
                                 config.acquire.self_instruct_share)
-        policy = train.params if s.algorithm.on_policy else kept.params
-        acquired = _acquire(s, policy, problems, r, it)
+        with _peak_memory(it, "acquire"):
+          acquired = _acquire(s, (kept if train is None else train).params, problems, r, it)
         signals.check()
         # --- select: the filters and the ledger; never a held-out prompt
         selected = _select(s, acquired, problems, r, it)
         # --- optimize: the algorithm's batches through the train step
-        train = _optimize(s, train, _reference(s, kept), selected + _replay(s, state, it), it)
+        if train is None:
+          train, kept = _train_start(s, kept)
+        with _peak_memory(it, "optimize"):
+          train = _optimize(s, train, _reference(s, kept), selected + _replay(s, state, it),
+                            it)
         if it.problem:
           break
         signals.check()
-      train = _final_check(train, it)
+      trained = _kept(s, _final_check(train, it))   # the optimizer state is done with
+      del train
       signals.check()
 
       # --- evaluate
-      metrics = _evaluate(s, train.params, k)
+      with _peak_memory(it, "evaluate"):
+        metrics = _evaluate(s, trained.params, k)
       # --- decide: accept or roll back, stop on a plateau, move the difficulty
       accepted, reason = _decide(state, metrics, it, config)
       row = dict(iteration=k, **metrics, **it.summary(config, s.algorithm), accepted=accepted,
                  reason=reason, difficulty=state.difficulty)
       next_difficulty = _curriculum(s, state, it, row)
       if accepted:
-        kept = _kept(s, train)
+        kept = trained
         state.accepted_iteration = k
+      del trained
+      if kept is None:   # rolled back, and the kept weights were handed to the train state
+        kept = _reread_kept(s, state.accepted_iteration)
       state.iteration, state.data_state, state.ledger = k, prompts.state(), it.ledger
       state.history.append(row)
       state.difficulty = next_difficulty
@@ -235,6 +250,8 @@ class Setup:
   mesh: Any
   lora: Any                      # LoraConfig, or None: train states hold full weights
   initial: Any                   # what iteration 1 trains: the base weights or new adapters
+                                 # (None once nothing reads them: `_release_base`)
+  shapes: Any                    # ShapeDtypeStructs (with shardings) of `initial`
   algorithm: Algorithm
   optim: Any                     # config.optim with the derived loss and total steps
   train_step: Callable           # built once per run (jitted, state donated)
@@ -283,7 +300,8 @@ def _set_up(config, workdir: str, log) -> Setup:
   return Setup(
       config, base, task, task.heldout(config.task.heldout_size, config.task.difficulty),
       sampler, judge, Checkpointer(workdir, is_primary=jax.process_index() == 0, log=log),
-      Reporter(workdir, config, log=log), mesh, lora, initial, algorithm, optim,
+      Reporter(workdir, config, log=log), mesh, lora, initial, _shapes(initial), algorithm,
+      optim,
       make_train_step(mc.replace(remat=config.remat), optim, mesh, lora),
       make_logprob_fn(mc, mesh, config.optim.logprob_chunk))
 
@@ -304,14 +322,17 @@ def _restore(s: Setup, override_config: bool):
       kept, meta = s.ckpt.restore(latest, abstract_train_state(
           s.base.config, s.optim, s.initial, s.mesh, s.lora))
     else:
-      abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
-                                                             sharding=x.sharding), kept.params)
-      params, meta = s.ckpt.restore_params(latest, abstract)
+      params, meta = s.ckpt.restore_params(latest, s.shapes)
       kept = kept.replace(params=params)
     _check_compatible(meta["config"], config, s.ckpt.workdir, override_config)
     state = LoopState(**meta["loop"])
     s.reporter.log(f"resuming {s.ckpt.workdir} after iteration {state.iteration}")
   return state, _kept(s, kept)
+
+
+def _shapes(tree):
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                      tree)
 
 
 def _check_compatible(saved: dict, config, workdir: str, override: bool) -> None:
@@ -490,21 +511,70 @@ def _select(s: Setup, acquired: list[Sample], problems, r: int,
 
 
 def _train_start(s: Setup, kept):
-  """The train state an iteration starts from: with optim.continue_state a copy of the
-  kept one (its optimizer and schedule go on); else a fresh optimizer on the kept
-  weights, or on the start weights with loop.restart_from_base (ReST-EM). A copy,
-  because the train step donates its state and a rollback needs the kept one."""
+  """(the train state an iteration starts from, what stays of `kept`). With
+  optim.continue_state a copy of the kept state (its optimizer and schedule go on);
+  else a fresh optimizer on the kept weights, or on the start weights with
+  loop.restart_from_base (ReST-EM). A copy, because the train step donates its state
+  and a rollback needs the kept one; but when nothing reads the kept weights during the
+  iteration (`_holds_kept`), the train state takes over their buffers and `kept`
+  becomes None: one copy of the weights fewer, and a rollback re-reads them from
+  their checkpoint (`_reread_kept`)."""
   if s.config.optim.continue_state:
-    return jax.tree.map(jnp.copy, kept)
-  start = s.initial if s.config.loop.restart_from_base else kept.params
-  return create_train_state(s.base.config, s.optim, start, s.mesh, s.lora)
+    return jax.tree.map(jnp.copy, kept), kept
+  hold = _holds_kept(s)
+  restart = s.config.loop.restart_from_base
+  start = s.initial if restart else kept.params
+  train = create_train_state(s.base.config, s.optim, start, s.mesh, s.lora,
+                             donate=not hold and not restart)
+  return train, (kept if hold else None)
+
+
+def _holds_kept(s: Setup) -> bool:
+  """Whether the kept weights stay in memory while an iteration trains: the DPO / KL
+  reference is them, LoRA's adapters are small, a continued optimizer state is
+  copied. Otherwise their checkpoint is the copy a rollback needs."""
+  return (s.config.optim.continue_state or s.lora is not None
+          or s.algorithm.needs_reference(s.config))
+
+
+def _reread_kept(s: Setup, iteration: int):
+  """The kept weights of a rolled-back iteration, read back from their checkpoint."""
+  params, _ = s.ckpt.restore_params(iteration, s.shapes)
+  return _kept(s, create_train_state(s.base.config, s.optim, params, s.mesh, s.lora,
+                                     donate=True))
+
+
+def _release_base(s: Setup) -> Setup:
+  """Drops the base weights when nothing reads them after start-up (no LoRA, no
+  loop.restart_from_base): the kept weights are the only copy the loop needs."""
+  if s.lora is not None or s.config.loop.restart_from_base:
+    return s
+  return dataclasses.replace(s, base=dataclasses.replace(s.base, params=None), initial=None)
 
 
 def _reference(s: Setup, kept):
-  """The DPO / KL reference weights: the iteration's start (LoRA: the base itself)."""
+  """The DPO / KL reference weights: the iteration's start (LoRA: the base itself);
+  None when the loss needs none."""
+  if not s.algorithm.needs_reference(s.config):
+    return None
   if s.lora is not None:
     return s.base.params
   return s.initial if s.config.loop.restart_from_base else kept.params
+
+
+@contextlib.contextmanager
+def _peak_memory(it: Iteration, stage: str):
+  """The row's `peak_rss_<stage>_gb`: the process's peak resident memory during the
+  stage (the largest over an iteration's rounds), where Linux can reset the peak."""
+  if not memory_lib.reset_host_peak():
+    yield
+    return
+  try:
+    yield
+  finally:
+    key = f"peak_rss_{stage}_gb"
+    peak = round(memory_lib.host_peak_rss() / 1e9, 2)
+    it.extra[key] = max(it.extra.get(key, 0.0), peak)
 
 
 def _kept(s: Setup, train):

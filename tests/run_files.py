@@ -25,12 +25,12 @@ def final_state(workdir):
 
 
 def metrics(workdir):
-  """metrics.jsonl rows without their wall-clock `seconds` (not reproducible)."""
+  """metrics.jsonl rows without their wall-clock `seconds` and peak memory
+  (`peak_rss_<stage>_gb`): measurements of the machine, not results."""
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     rows = [json.loads(line) for line in f]
-  for r in rows:
-    r.pop("seconds", None)
-  return rows
+  return [{k: v for k, v in r.items() if k != "seconds" and not k.startswith("peak_rss_")}
+          for r in rows]
 
 
 def run_env(cache_dir, fault=None):

@@ -89,3 +89,77 @@ def test_train_step_memory_and_bf16_moments(params):
   np.testing.assert_allclose(l16, l32, rtol=2e-3, atol=1e-4)
   diff = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), p32, p16)
   assert 0 < max(jax.tree.leaves(diff)) < 1e-4   # 3 steps of lr 1e-3: bf16 rounding only
+
+
+def _buffer_bytes(arrays) -> int:
+  """Bytes of the distinct device buffers behind `arrays` (a replicated array's copy on
+  each device counted once per device; a shard view of a buffer already counted, not
+  again)."""
+  seen = {}
+  for x in arrays:
+    for shard in x.addressable_shards:
+      seen[shard.data.unsafe_buffer_pointer()] = shard.data.nbytes
+  return sum(seen.values())
+
+
+def _tiny_loop(tmp_path, overrides=()):
+  import os
+  from selfimprove_jax.config import load_config
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  return load_config(os.path.join(root, "configs", "tiny.py"),
+                     ["log.plot=false", "log.tensorboard=false", *overrides])
+
+
+@pytest.mark.parametrize("algorithm", ["sft", "dpo"])
+def test_loop_trains_with_one_copy_of_the_weights(algorithm, tmp_path, monkeypatch):
+  """While an SFT iteration trains, the only weights alive are the train state's (no
+  base copy, no kept copy: the checkpoint is the rollback's copy); DPO also keeps its
+  reference, the kept weights. Counted in live arrays born during the run, at the
+  first train step, in units of the weights' buffer bytes P: the train state is 3P
+  (params and two Adam moments); before this rule the loop held 5P for SFT."""
+  from selfimprove_jax import loop
+  seen = []
+  optimize = loop._optimize
+
+  def spy(s, train, ref, selected, it):
+    gc.collect()
+    born = [x for x in jax.live_arrays() if id(x) not in before]
+    seen.append(_buffer_bytes(born) / _buffer_bytes(jax.tree.leaves(train.params)))
+    return optimize(s, train, ref, selected, it)
+
+  monkeypatch.setattr(loop, "_optimize", spy)
+  config = _tiny_loop(tmp_path, [f"loop.algorithm={algorithm}", "loop.iterations=1",
+                                 "select.filters=" + ("" if algorithm == "dpo" else "dedup")])
+  gc.collect()
+  before = {id(x) for x in jax.live_arrays()}
+  loop.run(config, str(tmp_path), log=lambda *_: None)
+  assert seen, "no train step ran"
+  want = 3 if algorithm == "sft" else 4
+  assert want - 0.05 < seen[0] < want + 0.5, seen
+
+
+def test_rollback_rereads_the_kept_weights(tmp_path, monkeypatch):
+  """A rolled-back iteration whose kept weights were handed to the train state reads
+  them back from their checkpoint: the next iteration trains from exactly the weights
+  a run that held them in memory trains from (same rows, same final weights)."""
+  from selfimprove_jax import loop
+  from selfimprove_jax.checkpoint import FAULT_ENV, Checkpointer
+  monkeypatch.setenv(FAULT_ENV, "nan_update@1")
+  results = []
+  for hold in (False, True):
+    if hold:
+      monkeypatch.setattr(loop, "_holds_kept", lambda s: True)
+    workdir = tmp_path / f"hold{hold}"
+    state = loop.run(_tiny_loop(tmp_path, ["loop.iterations=2"]), str(workdir),
+                     log=lambda *_: None)
+    ckpt = Checkpointer(str(workdir))
+    params = jax.tree.map(np.asarray, ckpt.restore_arrays(2))["params"]
+    ckpt.close()
+    rows = [{k: v for k, v in r.items() if k != "seconds" and not k.startswith("peak_rss")}
+            for r in state["history"]]
+    results.append((rows, params))
+  (rows_a, params_a), (rows_b, params_b) = results
+  assert rows_a[1]["accepted"] is False and rows_a[2]["accepted"] is True, rows_a
+  assert rows_a == rows_b
+  for x, y in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b)):
+    np.testing.assert_array_equal(x, y)

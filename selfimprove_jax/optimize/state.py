@@ -181,12 +181,15 @@ def state_shardings(model_config: ModelConfig, cfg, mesh: Mesh,
 
 
 def create_train_state(model_config: ModelConfig, cfg, params, mesh: Mesh,
-                       lora: lora_lib.LoraConfig | None = None) -> TrainState:
+                       lora: lora_lib.LoraConfig | None = None,
+                       donate: bool = False) -> TrainState:
   """A TrainState laid out on `mesh`, created by one jit with out_shardings (the
   optimizer state is never whole on one device). The state gets its own copy of
   `params`, so donating it to the step never invalidates the caller's arrays (the
-  loop keeps the start weights as the DPO / KL reference). With `lora`, `params`
-  are the adapters (`lora.init_lora`): only they are trained and held by Adam."""
+  loop keeps the start weights as the DPO / KL reference); with `donate` it takes
+  over their buffers instead (no second copy; the caller's arrays are then deleted).
+  With `lora`, `params` are the adapters (`lora.init_lora`): only they are trained
+  and held by Adam."""
   tx = make_optimizer(cfg)
   shardings = state_shardings(model_config, cfg, mesh, lora)
 
@@ -195,7 +198,7 @@ def create_train_state(model_config: ModelConfig, cfg, params, mesh: Mesh,
     return TrainState(params=params, opt_state=tx.init(params),
                       step=jnp.zeros((), jnp.int32),
                       rng=jax.random.key_data(jax.random.key(cfg.seed)))
-  return jax.jit(init, out_shardings=shardings)(params)
+  return jax.jit(init, out_shardings=shardings, donate_argnums=(0,) if donate else ())(params)
 
 
 def abstract_train_state(model_config: ModelConfig, cfg, params, mesh: Mesh,
