@@ -565,7 +565,10 @@ def _reference(s: Setup, kept):
 @contextlib.contextmanager
 def _peak_memory(it: Iteration, stage: str):
   """The row's `peak_rss_<stage>_gb`: the process's peak resident memory during the
-  stage (the largest over an iteration's rounds), where Linux can reset the peak."""
+  stage (the largest over an iteration's rounds), where Linux can reset the peak.
+  Free heap pages go back to the OS first: what the last stage freed but the C heap
+  kept (about a GB after sampling on the quickstart) would otherwise stay resident."""
+  memory_lib.trim_host_heap()
   if not memory_lib.reset_host_peak():
     yield
     return

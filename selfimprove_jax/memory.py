@@ -57,6 +57,27 @@ def reset_host_peak() -> bool:
     return False
 
 
+def trim_host_heap() -> bool:
+  """Hands the C heap's free pages back to the OS (glibc's malloc_trim), so memory a
+  finished stage freed (the sampler's KV cache, a train step's temporaries) stops
+  counting as resident and the next stage's peak is its own use plus what is alive.
+  False where the C library has no malloc_trim (macOS, musl)."""
+  global _malloc_trim
+  if _malloc_trim is None:
+    try:
+      import ctypes
+      _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+      _malloc_trim = False
+  if not _malloc_trim:
+    return False
+  _malloc_trim(0)
+  return True
+
+
+_malloc_trim = None
+
+
 def live_array_bytes() -> int:
   """Bytes held by every live jax array on this process's devices (all shards)."""
   total = 0

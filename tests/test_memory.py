@@ -163,3 +163,25 @@ def test_rollback_rereads_the_kept_weights(tmp_path, monkeypatch):
   assert rows_a == rows_b
   for x, y in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b)):
     np.testing.assert_array_equal(x, y)
+
+
+def test_trim_host_heap_returns_freed_pages():
+  """Memory freed into the C heap stays resident until `trim_host_heap`: 128 MB of
+  64 kB blocks (below glibc's mmap threshold, so they live in the heap), freed under
+  one block still held at the top, are resident until the trim hands them back."""
+  import ctypes
+  libc = ctypes.CDLL("libc.so.6")
+  libc.malloc.restype = ctypes.c_void_p
+  libc.free.argtypes = [ctypes.c_void_p]
+  blocks = [libc.malloc(64 << 10) for _ in range(2048)]
+  for b in blocks:
+    ctypes.memset(b, 1, 64 << 10)
+  top = libc.malloc(64 << 10)
+  ctypes.memset(top, 1, 64 << 10)
+  for b in blocks:
+    libc.free(b)
+  held = memory.host_rss()
+  assert memory.trim_host_heap()
+  released = held - memory.host_rss()
+  libc.free(top)
+  assert released > 64 * MB, released / MB
