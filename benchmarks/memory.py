@@ -5,6 +5,8 @@ measured table rather than a guess.
   python benchmarks/memory.py                                   # tiny,smollm2_135m,smollm2_360m
   python benchmarks/memory.py --models llama3_2_1b --compile_only 1  # XLA account only
   python benchmarks/memory.py --models smollm2_135m --moment_dtype bfloat16 --states 1
+  python benchmarks/memory.py --models llama3_2_1b --loss sft --states 1 --remat 1 \
+      --moment_dtype bfloat16 --micro_batch 4             # an SFT iteration as loop.py runs it
 
 Each model runs in its own process (the peak RSS of one must not carry into the
 next), with random weights and short budgets. The stages are those of a GRPO
@@ -16,7 +18,10 @@ reference, the accepted train state and the round's new one):
              lives only inside the call)
   reference  reference log-probs of the sampled rows
   update     one grpo train step on the newest state (state donated)
-Per stage: the peak RSS inside it (Linux resets the high-water mark per stage), RSS
+With --loss sft the stages are an expert-iteration step as loop.py holds it: no
+reference pass, and with --states 1 the train state takes over the weights' buffers
+(loop.py's one-copy rule: the kept weights' checkpoint is the rollback's copy).
+Per stage: the peak RSS inside it (free C-heap pages handed back first, as loop.py does) (Linux resets the high-water mark per stage), RSS
 and live jax array bytes at its end, the device allocator's peak where reported.
 """
 
@@ -38,7 +43,7 @@ GB = 1e9
 def optim_config(args):
   from selfimprove_jax import optimize as opt
   cfg = opt.default_optim_config()
-  cfg.update(loss="grpo", learning_rate=1e-6, schedule="constant",
+  cfg.update(loss=args.loss, learning_rate=1e-6, schedule="constant",
              moment_dtype=args.moment_dtype, micro_batch_size=args.micro_batch)
   return cfg
 
@@ -71,24 +76,34 @@ def measure(args) -> dict:
   from selfimprove_jax.model import get_preset, init_params
   from selfimprove_jax.sampling import Sampler, SamplingParams
   from selfimprove_jax.sharding import make_mesh
-  config = get_preset(args.models).replace(dtype=args.dtype)
+  config = get_preset(args.models).replace(dtype=args.dtype, remat=bool(args.remat))
   mesh = make_mesh({"data": -1})
   cfg = optim_config(args)
   log: list = []
+  sft = args.loss == "sft"
   rows = args.prompts * args.n
   with memory.stage("load", log):
     base = init_params(config, 0, mesh)
   with memory.stage("state", log):
-    states = [opt.create_train_state(config, cfg, base, mesh) for _ in range(args.states)]
+    # sft, one state: the state takes over the weights (loop.py, `_train_start`)
+    one = sft and args.states == 1
+    states = [opt.create_train_state(config, cfg, base, mesh, donate=one)
+              for _ in range(args.states)]
+    if one:
+      base = None
   sampler = Sampler(config, mesh=mesh, max_batch=rows)
   sp = SamplingParams(temperature=1.0, max_new_tokens=args.new_tokens)
   prompts = np.random.RandomState(1).randint(3, config.vocab_size, (args.prompts, args.prompt_len))
   with memory.stage("sample", log):
     out = sampler.generate(states[-1].params, prompts.tolist(), sp, n=args.n)
   batch = batch_for(rows, args.prompt_len, args.new_tokens, config.vocab_size, args.n, out)
-  logprob_fn = opt.make_logprob_fn(config, mesh)
-  with memory.stage("reference", log):
-    batch["ref_logprobs"] = np.asarray(logprob_fn(base, batch["tokens"], batch["input_mask"]))
+  if not sft:
+    logprob_fn = opt.make_logprob_fn(config, mesh)
+    with memory.stage("reference", log):
+      batch["ref_logprobs"] = np.asarray(logprob_fn(base, batch["tokens"],
+                                                    batch["input_mask"]))
+  else:
+    batch = {k: batch[k] for k in ("tokens", "input_mask", "loss_mask")}
   step = opt.make_train_step(config, cfg, mesh)
   with memory.stage("update", log):
     states[-1], metrics = step(states[-1], batch)
@@ -107,14 +122,16 @@ def compile_only(args) -> dict:
   from selfimprove_jax.model.params import abstract_params
   from selfimprove_jax.sharding import make_mesh
   import flax.linen as nn
-  config = get_preset(args.models).replace(dtype=args.dtype)
+  config = get_preset(args.models).replace(dtype=args.dtype, remat=bool(args.remat))
   mesh = make_mesh({"data": -1})
   cfg = optim_config(args)
   params = nn.unbox(abstract_params(config))
   state = jax.eval_shape(lambda p: opt.create_train_state(config, cfg, p, mesh), params)
   rows = args.prompts * args.n
-  batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
-                       batch_for(rows, args.prompt_len, args.new_tokens, 10, args.n))
+  batch = batch_for(rows, args.prompt_len, args.new_tokens, 10, args.n)
+  if args.loss == "sft":
+    batch = {k: batch[k] for k in ("tokens", "input_mask", "loss_mask")}
+  batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), batch)
   step = opt.make_train_step(config, cfg, mesh)
   nbytes = lambda tree: sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
   return {"model": args.models, "params": config.num_params, "compile_only": True,
@@ -160,6 +177,8 @@ def main(argv=None):
   p.add_argument("--prompt_len", type=int, default=64)
   p.add_argument("--new_tokens", type=int, default=32)
   p.add_argument("--micro_batch", type=int, default=0)
+  p.add_argument("--loss", default="grpo", choices=("grpo", "sft"))
+  p.add_argument("--remat", type=int, default=0, help="rematerialise blocks in the step")
   p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
   p.add_argument("--compile_only", type=int, default=0, help="XLA's account only")
   p.add_argument("--child", type=int, default=0, help=argparse.SUPPRESS)

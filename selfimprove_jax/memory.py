@@ -122,7 +122,9 @@ class StageMemory:
 
 @contextlib.contextmanager
 def stage(name: str, log: list):
-  """Times the block and appends its StageMemory to `log`."""
+  """Times the block and appends its StageMemory to `log` (free C-heap pages are handed
+  back first, so the peak is this stage's use plus what is alive)."""
+  trim_host_heap()
   per_stage = reset_host_peak()
   t0 = time.perf_counter()
   yield
