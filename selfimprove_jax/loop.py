@@ -565,7 +565,8 @@ def _reference(s: Setup, kept):
 @contextlib.contextmanager
 def _peak_memory(it: Iteration, stage: str):
   """The row's `peak_rss_<stage>_gb`: the process's peak resident memory during the
-  stage (the largest over an iteration's rounds), where Linux can reset the peak.
+  stage (the largest over an iteration's rounds), where Linux can reset the peak;
+  and `peak_rss_gb`, the process's peak since it started (start-up included).
   Free heap pages go back to the OS first: what the last stage freed but the C heap
   kept (about a GB after sampling on the quickstart) would otherwise stay resident."""
   memory_lib.trim_host_heap()
@@ -578,6 +579,7 @@ def _peak_memory(it: Iteration, stage: str):
     key = f"peak_rss_{stage}_gb"
     peak = round(memory_lib.host_peak_rss() / 1e9, 2)
     it.extra[key] = max(it.extra.get(key, 0.0), peak)
+    it.extra["peak_rss_gb"] = round(memory_lib.process_peak_rss() / 1e9, 2)
 
 
 def _kept(s: Setup, train):

@@ -48,13 +48,27 @@ def host_peak_rss() -> Optional[int]:
 
 
 def reset_host_peak() -> bool:
-  """Resets the peak RSS to the current RSS (Linux); False where that is not possible."""
+  """Resets the peak RSS to the current RSS (Linux); False where that is not possible.
+  The peak before the reset is folded into `process_peak_rss` first: the kernel keeps
+  one high-water mark, which is also what `time -v` and a parent's getrusage read at
+  exit, so after a reset only this process still knows its whole-run peak."""
+  global _process_peak
+  _process_peak = max(_process_peak, host_peak_rss() or 0)
   try:
     with open("/proc/self/clear_refs", "w") as f:
       f.write("5")
     return True
   except OSError:
     return False
+
+
+_process_peak = 0
+
+
+def process_peak_rss() -> Optional[int]:
+  """Peak resident set size since the process started, across `reset_host_peak`s."""
+  now = host_peak_rss()
+  return None if now is None else max(now, _process_peak)
 
 
 def trim_host_heap() -> bool:

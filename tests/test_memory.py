@@ -185,3 +185,14 @@ def test_trim_host_heap_returns_freed_pages():
   released = held - memory.host_rss()
   libc.free(top)
   assert released > 64 * MB, released / MB
+
+
+def test_process_peak_survives_stage_resets():
+  """Resetting the kernel's high-water mark per stage must not lose the run's peak:
+  a 200 MB block touched and freed before a reset still counts in process_peak_rss."""
+  block = np.ones(200 * MB // 8)
+  del block
+  before = memory.process_peak_rss()
+  assert memory.reset_host_peak()
+  assert memory.host_peak_rss() < before          # the kernel's mark was reset
+  assert memory.process_peak_rss() >= before
