@@ -10,23 +10,23 @@ the references, as every evaluation is) is the quickstart's 100 problems.
 
 Command:   selfimprove-jax run --config configs/label_free_sft.py --workdir runs/label_free
 Hardware:  CPU (2 cores) or one GPU.
-Runtime:   9 min 21 s wall on the 2-core CPU dev machine (Intel Xeon, 24 GiB),
-           2026-12-02, shared with other agents' runs (load average ~9), run with
-           --config.evaluate.maj_k=1 (greedy pass@1 only, to fit the time left); it
-           stopped after iteration 2 (patience 2). Peak RSS 8.5 GB.
-Result:    held-out greedy pass@1 (the quickstart's 100 problems) 0.06 -> 0.05 -> 0.04;
-           both iterations within evaluate.max_regression and accepted, no gain, so the
-           best is the baseline's 0.06. The labels are the reason: at temperature 0.7
-           the 8 samples of a problem rarely agree (a majority of >= 0.5 on 8 of 64
-           problems in iteration 1, 27 of 64 in iteration 2), and the majorities were
-           wrong: pseudo_label_precision 0.00 (0 of 8), then 0.07 (2 of 27). The model
-           was trained on 4, then 63 samples of mostly wrong answers (the agreement
-           rate, "train pass", rose 0.06 -> 0.25 as it grew more self-consistent, not
-           more right). For this model and task, the verifier's labels (the quickstart,
-           0.06 -> 0.50) are what make the loop work. Measured before the labelling
-           rule of `refine.label_votes` (ties and replies cut at the token budget give
-           no vote or label), which the TTRL row's wrong majorities led to; with it,
-           not yet measured.
+Runtime:   8.3 min wall on the 2-core CPU dev machine (Intel Xeon, 24 GiB), 2026-12-02,
+           through `benchmarks/efficacy.py --only label_free_sft`, shared for about 2
+           of those minutes with small compile-only probes; peak RSS 9.0 GB (before the
+           loop's one-copy memory rule).
+Result:    held-out greedy pass@1 (the quickstart's 100 problems) 0.06 -> 0.10 -> 0.12
+           -> 0.11, all three iterations accepted; the best, 0.12, is the upper edge of
+           the baseline's 95% interval [0.03, 0.12]: no measurable gain. Under the
+           labelling rule of `refine.label_votes` (ties, thin majorities and replies
+           cut at the token budget give no vote or label) the labels are still mostly
+           wrong: pseudo_label_precision 0.00 (1 label, in iteration 1), 0.17 (53
+           labels), 0.12 (59 labels). The agreement rate ("train pass") rose 0.01 ->
+           0.64 -> 0.77 and the model trained on 1, 62 and 73 majority answers: it grew
+           self-consistent, not right. The first measurement, before the rule (9.4 min,
+           machine shared): 0.06 -> 0.05 -> 0.04 with precision 0.00 and 0.07. For this
+           model and task the verifier's labels (the quickstart) or TTRL's on-policy
+           use of the same votes (0.06 -> 0.19) do better than fine-tuning on the
+           majorities.
 """
 
 from selfimprove_jax.config import base_config
