@@ -37,7 +37,9 @@ Result:    held-out greedy pass@1 (the quickstart's 100 problems) 0.06 -> 0.34 -
            So the first 4 updates did most of the work (0.06 -> 0.34) and later ones,
            with 22-53% of rows carrying advantage, added 0.02. Untried here: a higher
            sampling temperature or more samples per prompt against the collapse, and
-           more rl_steps; RLOO, Dr. GRPO and KL off are not yet measured.
+           more rl_steps; RLOO, Dr. GRPO and KL off have rows of their own
+           (configs/rloo_arithmetic.py 0.34, dr_grpo_arithmetic.py 0.32,
+           grpo_arithmetic_no_kl.py 0.34: the same plateau).
            Seed 1 (`benchmarks/efficacy.py --only grpo_arithmetic --seeds 1`, from
            scratch on the idle machine, 10.0 min, peak RSS 8.3 GB): 0.06 -> 0.41 after
            iteration 1 (3 updates), then 0.25 and 0.33, both rolled back, so the best
