@@ -1,27 +1,27 @@
 """Quickstart: SmolLM2-135M-Instruct teaches itself two-digit addition and subtraction
-by expert iteration (sample 8 answers per problem, keep the verified ones, fine-tune).
+by expert iteration (sample 2 answers to each of 256 problems, keep the verified ones,
+fine-tune).
 
 Command:   make run
            (= selfimprove-jax run --config configs/quickstart.py --workdir runs/quickstart)
 Hardware:  CPU (2 cores is enough); the same config runs on a GPU or TPU unchanged.
-Runtime:   8.7 min wall on the 2-core CPU dev machine (Intel Xeon, 23 GiB), 2026-12-02,
-           after the one-time set-up (`benchmarks/efficacy.py --only quickstart`; peak
-           RSS 9.5 GB); 12 min 56 s on an AMD EPYC 2-core machine, 2026-11-26.
-Result:    held-out greedy pass@1 (100 problems) 0.06 -> 0.30 -> 0.50 after iterations
-           1-2 (maj@4 0.10 -> 0.28 -> 0.48); iteration 3 fell to 0.37 and was rolled
-           back, so the run ends on the iteration-2 weights (0.50). The kept samples per
-           iteration were 13, 41 and 58 (train pass rate 0.03, 0.22, 0.42), trained for
-           3, 9 and 12 steps. Since 2026-12-02 each iteration's cosine schedule ends
-           with its own batches (`optim.schedule_horizon=batches`); with the earlier
-           planned horizon (96 steps, never reached) the same samples gave 0.30 -> 0.46
-           -> 0.32 (rolled back) on 2026-11-26. Seed 1 (`--config.seed=1`, 6.2 min):
-           0.06 -> 0.38 -> 0.38 -> 0.31 (rolled back; kept 11, 28, 35 samples), best
-           0.38, so the seed moves the best accepted score by about 0.1 here, as the
-           95% intervals (about +-0.1 at n=100) suggest. Tried against the iteration-3 drop,
-           same machine and seed: `--config.select.replay=2` (ReST-style: iterations 2
-           and 3 also train on the earlier iterations' selected samples) gave 0.30 ->
-           0.44 -> 0.43 with iteration 3 accepted (no rollback) but a lower best (0.44;
-           10.3 min); so the default stays without replay.
+Runtime:   27.1 min wall on the 2-core CPU dev machine (Intel Xeon, 23 GiB), 2026-12-02,
+           after the one-time set-up (`benchmarks/efficacy.py --only quickstart`), the
+           machine shared with a test-suite run of this project for most of it (idle
+           is faster; not measured idle); peak resident memory 3.7-3.8 (in the trial run of the same config) GB (the rows'
+           peak_rss_gb; the earlier 64 x 8 config without remat: 9.5 GB).
+Result:    held-out greedy pass@1 (100 problems) 0.06 -> 0.32 -> 0.44 -> 0.51 -> 0.55,
+           every iteration accepted (maj@4 0.10 -> 0.55, pass@4 0.18 -> 0.57); the same
+           numbers as the trial run this config came from. Kept examples per iteration
+           18, 88, 123, 129 (train pass rate 0.05, 0.27, 0.40, 0.44), trained for 6, 18,
+           24, 27 steps. Why 256 problems x 2 samples: de-duplication keeps about one
+           right answer per problem, so the earlier 64 x 8 (same number of samples)
+           trained on 13, 41, 58 examples and gave 0.06 -> 0.30 -> 0.50 -> 0.37 (rolled
+           back; seed 1: best 0.38). Other trials, same machine and seed, remat and 128
+           slots: 64 x 8 with STaR's rationalization (`acquire.rationalize`) 0.34 ->
+           0.43 -> 0.46, all accepted; 128 x 8 (1,024 samples) 0.34 -> 0.44 -> 0.43;
+           64 x 8 with `select.replay=2` 0.30 -> 0.44 -> 0.43. Only one seed of this
+           config is measured; at n=100 the 95% interval of 0.55 is [0.45, 0.64].
 """
 
 from selfimprove_jax.config import base_config
