@@ -8,8 +8,9 @@ Hardware:  CPU (2 cores is enough); the same config runs on a GPU or TPU unchang
 Runtime:   27.1 min wall on the 2-core CPU dev machine (Intel Xeon, 23 GiB), 2026-12-02,
            after the one-time set-up (`benchmarks/efficacy.py --only quickstart`), the
            machine shared with a test-suite run of this project for most of it (idle
-           is faster; not measured idle); peak resident memory 3.7-3.8 GB (in a trial run of the same config) (the rows'
-           peak_rss_gb; the earlier 64 x 8 config without remat: 9.5 GB).
+           is faster; not measured idle). Peak resident memory 3.7-3.8 GB (the rows'
+           peak_rss_gb, in a trial run of the same config; the earlier 64 x 8 config
+           without remat: 9.5 GB).
 Result:    held-out greedy pass@1 (100 problems) 0.06 -> 0.32 -> 0.44 -> 0.51 -> 0.55,
            every iteration accepted (maj@4 0.10 -> 0.55, pass@4 0.18 -> 0.57); the same
            numbers as the trial run this config came from. Kept examples per iteration
