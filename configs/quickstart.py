@@ -5,12 +5,12 @@ fine-tune).
 Command:   make run
            (= selfimprove-jax run --config configs/quickstart.py --workdir runs/quickstart)
 Hardware:  CPU (2 cores is enough); the same config runs on a GPU or TPU unchanged.
-Runtime:   27.1 min wall on the 2-core CPU dev machine (Intel Xeon, 23 GiB), 2026-12-02,
-           after the one-time set-up (`benchmarks/efficacy.py --only quickstart`), the
-           machine shared with a test-suite run of this project for most of it (idle
-           is faster; not measured idle). Peak resident memory 3.7-3.8 GB (the rows'
-           peak_rss_gb, in a trial run of the same config; the earlier 64 x 8 config
-           without remat: 9.5 GB).
+Runtime:   11.4 min wall on the idle 2-core CPU dev machine (Intel Xeon, 23 GiB),
+           2026-12-02, after the one-time set-up (`benchmarks/efficacy.py --only
+           quickstart`; an earlier run of it on the machine shared with the test suite:
+           27.1 min, same numbers). Peak resident memory 3.8 GB (the rows' peak_rss_gb;
+           per stage: acquire 2.5-2.6, optimize 3.6-3.8, evaluate 2.5-2.7; the earlier
+           64 x 8 config without remat: 9.5 GB).
 Result:    held-out greedy pass@1 (100 problems) 0.06 -> 0.32 -> 0.44 -> 0.51 -> 0.55,
            every iteration accepted (maj@4 0.10 -> 0.55, pass@4 0.18 -> 0.57); the same
            numbers as the trial run this config came from. Kept examples per iteration
