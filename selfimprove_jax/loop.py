@@ -565,20 +565,16 @@ def _reference(s: Setup, kept):
 @contextlib.contextmanager
 def _peak_memory(it: Iteration, stage: str):
   """The row's `peak_rss_<stage>_gb`: the process's peak resident memory during the
-  stage (the largest over an iteration's rounds), where Linux can reset the peak;
-  and `peak_rss_gb`, the process's peak since it started (start-up included).
-  Free heap pages go back to the OS first: what the last stage freed but the C heap
-  kept (about a GB after sampling on the quickstart) would otherwise stay resident."""
-  memory_lib.trim_host_heap()
-  if not memory_lib.reset_host_peak():
+  stage (`memory.stage`: the C heap's free pages handed back first; the largest over an
+  iteration's rounds), where Linux can reset the peak; and `peak_rss_gb`, the
+  process's peak since it started (start-up included)."""
+  log: list = []
+  with memory_lib.stage(stage, log):
     yield
-    return
-  try:
-    yield
-  finally:
+  m = log[-1]
+  if m.peak_is_per_stage:
     key = f"peak_rss_{stage}_gb"
-    peak = round(memory_lib.host_peak_rss() / 1e9, 2)
-    it.extra[key] = max(it.extra.get(key, 0.0), peak)
+    it.extra[key] = max(it.extra.get(key, 0.0), round(m.host_peak / 1e9, 2))
     it.extra["peak_rss_gb"] = round(memory_lib.process_peak_rss() / 1e9, 2)
 
 

@@ -24,13 +24,16 @@ def final_state(workdir):
   return last, arrays
 
 
+def results(row: dict) -> dict:
+  """A history row without its wall-clock `seconds` and peak memory
+  (`peak_rss_*`): measurements of the machine, not results."""
+  return {k: v for k, v in row.items() if k != "seconds" and not k.startswith("peak_rss")}
+
+
 def metrics(workdir):
-  """metrics.jsonl rows without their wall-clock `seconds` and peak memory
-  (`peak_rss_<stage>_gb`): measurements of the machine, not results."""
+  """metrics.jsonl rows, each as `results` keeps it."""
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    rows = [json.loads(line) for line in f]
-  return [{k: v for k, v in r.items() if k != "seconds" and not k.startswith("peak_rss_")}
-          for r in rows]
+    return [results(json.loads(line)) for line in f]
 
 
 def run_env(cache_dir, fault=None):

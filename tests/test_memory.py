@@ -132,8 +132,11 @@ def test_loop_trains_with_one_copy_of_the_weights(algorithm, tmp_path, monkeypat
                                  "select.filters=" + ("" if algorithm == "dpo" else "dedup")])
   gc.collect()
   before = {id(x) for x in jax.live_arrays()}
-  loop.run(config, str(tmp_path), log=lambda *_: None)
+  row = loop.run(config, str(tmp_path), log=lambda *_: None)["history"][1]
   assert seen, "no train step ran"
+  # the row reports each stage's peak and the run's, which no stage exceeds
+  stages = [row[f"peak_rss_{n}_gb"] for n in ("acquire", "optimize", "evaluate")]
+  assert 0 < max(stages) <= row["peak_rss_gb"], row
   want = 3 if algorithm == "sft" else 4
   assert want - 0.05 < seen[0] < want + 0.5, seen
 
@@ -142,10 +145,11 @@ def test_rollback_rereads_the_kept_weights(tmp_path, monkeypatch):
   """A rolled-back iteration whose kept weights were handed to the train state reads
   them back from their checkpoint: the next iteration trains from exactly the weights
   a run that held them in memory trains from (same rows, same final weights)."""
+  from run_files import results
   from selfimprove_jax import loop
   from selfimprove_jax.checkpoint import FAULT_ENV, Checkpointer
   monkeypatch.setenv(FAULT_ENV, "nan_update@1")
-  results = []
+  runs = []
   for hold in (False, True):
     if hold:
       monkeypatch.setattr(loop, "_holds_kept", lambda s: True)
@@ -155,10 +159,9 @@ def test_rollback_rereads_the_kept_weights(tmp_path, monkeypatch):
     ckpt = Checkpointer(str(workdir))
     params = jax.tree.map(np.asarray, ckpt.restore_arrays(2))["params"]
     ckpt.close()
-    rows = [{k: v for k, v in r.items() if k != "seconds" and not k.startswith("peak_rss")}
-            for r in state["history"]]
-    results.append((rows, params))
-  (rows_a, params_a), (rows_b, params_b) = results
+    rows = [results(r) for r in state["history"]]
+    runs.append((rows, params))
+  (rows_a, params_a), (rows_b, params_b) = runs
   assert rows_a[1]["accepted"] is False and rows_a[2]["accepted"] is True, rows_a
   assert rows_a == rows_b
   for x, y in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b)):
