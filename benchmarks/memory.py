@@ -44,7 +44,8 @@ def optim_config(args):
   from selfimprove_jax import optimize as opt
   cfg = opt.default_optim_config()
   cfg.update(loss=args.loss, learning_rate=1e-6, schedule="constant",
-             moment_dtype=args.moment_dtype, micro_batch_size=args.micro_batch)
+             moment_dtype=args.moment_dtype, micro_batch_size=args.micro_batch,
+             update_per_array=bool(args.update_per_array))
   return cfg
 
 
@@ -82,13 +83,13 @@ def measure(args) -> dict:
   log: list = []
   sft = args.loss == "sft"
   rows = args.prompts * args.n
-  with memory.stage("load", log):
-    base = init_params(config, 0, mesh)
+  with memory.stage("load", log):   # each stage waits for its arrays (jax runs async)
+    base = jax.block_until_ready(init_params(config, 0, mesh))
   with memory.stage("state", log):
     # sft, one state: the state takes over the weights (loop.py, `_train_start`)
     one = sft and args.states == 1
-    states = [opt.create_train_state(config, cfg, base, mesh, donate=one)
-              for _ in range(args.states)]
+    states = jax.block_until_ready([opt.create_train_state(config, cfg, base, mesh, donate=one)
+                                    for _ in range(args.states)])
     if one:
       base = None
   sampler = Sampler(config, mesh=mesh, max_batch=rows)
@@ -109,7 +110,15 @@ def measure(args) -> dict:
     states[-1], metrics = step(states[-1], batch)
     jax.block_until_ready(metrics)
   return {"model": args.models, "params": config.num_params, "stages":
-          [vars(s) for s in log], "train_step_xla": memory.compiled_bytes(step.lower(states[-1], batch).compile())}
+          [vars(s) for s in log], "train_step_xla": step_account(step, states[-1], batch)}
+
+
+def step_account(step, state, batch) -> dict:
+  """XLA's account of the jitted step (with optim.update_per_array: of its gradient
+  pass, the part that holds the most; each array's update adds one array)."""
+  from selfimprove_jax import memory
+  jitted = getattr(step, "gradients", step)
+  return memory.compiled_bytes(jitted.lower(state, batch).compile())
 
 
 def compile_only(args) -> dict:
@@ -136,7 +145,7 @@ def compile_only(args) -> dict:
   nbytes = lambda tree: sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
   return {"model": args.models, "params": config.num_params, "compile_only": True,
           "param_bytes": nbytes(params), "state_bytes": nbytes(state),
-          "train_step_xla": memory.compiled_bytes(step.lower(state, batch).compile())}
+          "train_step_xla": step_account(step, state, batch)}
 
 
 def table(results, args) -> str:
@@ -179,6 +188,8 @@ def main(argv=None):
   p.add_argument("--micro_batch", type=int, default=0)
   p.add_argument("--loss", default="grpo", choices=("grpo", "sft"))
   p.add_argument("--remat", type=int, default=0, help="rematerialise blocks in the step")
+  p.add_argument("--update_per_array", type=int, default=0,
+                 help="optim.update_per_array: the update one parameter array at a time")
   p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
   p.add_argument("--compile_only", type=int, default=0, help="XLA's account only")
   p.add_argument("--child", type=int, default=0, help=argparse.SUPPRESS)

@@ -219,7 +219,7 @@ def _parse_value(text: str, current):
       return True
     if text.lower() in ("0", "false", "no"):
       return False
-    raise UserError(f"expected true/false, got {text!r}")
+    raise ValueError("expected true or false")
   if isinstance(current, int):
     return int(text)
   if isinstance(current, float):

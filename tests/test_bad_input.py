@@ -93,6 +93,7 @@ CASES = [
     (_run("--config.loop.algorithm=dpo", "--config.select.filters=correct"), "select.filters"),
     (_run("--config.optim.continue_state=true", "--config.loop.restart_from_base=true"),
      "optim.continue_state"),
+    (_run("--config.optim.update_per_array=maybe"), "optim.update_per_array"),
     # ---- paradigms (paradigms/): what each cannot do
     (_run("--config.loop.algorithm=self_play", "--config.loop.samples_per_prompt=1"),
      "loop.samples_per_prompt"),

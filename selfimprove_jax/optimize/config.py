@@ -20,6 +20,7 @@ MOMENT_DTYPES = ("float32", "bfloat16")
 AGGREGATIONS = ("token", "sequence")
 
 
+# size: the table of every optimizer key and its default, one per line
 def default_optim_config() -> ml_collections.ConfigDict:
   """Defaults for the optimizer, the schedule, accumulation and the losses."""
   c = ml_collections.ConfigDict()
@@ -55,6 +56,13 @@ def default_optim_config() -> ml_collections.ConfigDict:
   # in fp32 either way. bf16 halves the optimizer state: 2 x 4 -> 2 x 2 bytes per
   # parameter, 5.0 GB less for a 1.24B model (benchmarks/memory.py).
   c.moment_dtype = "float32"
+  # The update one parameter array at a time, each in its own compiled call, instead
+  # of inside the one jitted step: in one jit XLA (on the CPU) keeps a copy of the
+  # weights and moments while it updates them in place; per array that copy is one
+  # array's. For full-weight training of a model whose state only just fits (a 1.24B
+  # model on a 24 GB host: benchmarks/RESULTS.md); the same results to float rounding,
+  # a few dispatches more per step.
+  c.update_per_array = False
   # Gradient accumulation inside one jitted step (lax.scan over micro-batches).
   # micro_batch_size > 0 wins: accumulation steps = batch // micro_batch_size.
   c.grad_accum_steps = 1

@@ -10,6 +10,7 @@ sharding of the parameter they belong to.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -121,14 +122,80 @@ def make_optimizer(cfg) -> optax.GradientTransformation:
   parts = []
   if cfg.grad_clip_norm > 0:
     parts.append(optax.clip_by_global_norm(cfg.grad_clip_norm))
+  parts.append(_adamw(cfg))
+  return optax.chain(*parts)
+
+
+def _adamw(cfg) -> optax.GradientTransformation:
   # optax.adamw's own chain, with the schedule's horizon in the state
   adamw = optax.chain(optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps),
                       optax.add_decayed_weights(cfg.weight_decay, decay_mask),
                       scale_by_horizon_schedule(cfg))
   if cfg.moment_dtype != "float32":
     adamw = stored_as(adamw, jnp.dtype(cfg.moment_dtype))
-  parts.append(adamw)
-  return optax.chain(*parts)
+  return adamw
+
+
+# size: the optimizer state split per array and joined again, around one jitted update
+def make_array_update(cfg):
+  """`update(params, grads, opt_state, grad_norm) -> (params, opt_state, sums)`:
+  `make_optimizer(cfg)`'s update applied one parameter array at a time, each in its
+  own compiled call that donates that array and its Adam moments, so
+  the update never holds more than one array's intermediates. In one jit, XLA's CPU
+  backend keeps a copy of every donated weight and moment while it updates them in
+  place (2 x the fp32 weights' bytes for bf16 moments); here that costs one array.
+  Same arithmetic as `tx.update` + `optax.apply_updates` (clipping by the global
+  `grad_norm` as optax.clip_by_global_norm does); `sums` = the sums of squares of the
+  update, the new and the old params. `params`, `grads` and `opt_state` are consumed."""
+  adamw = _adamw(cfg)
+
+  def one(path, p, g, moments, scalars, grad_norm):
+    if cfg.grad_clip_norm > 0:
+      g = jax.lax.select(grad_norm < cfg.grad_clip_norm, g,
+                         (g / grad_norm.astype(g.dtype)) * cfg.grad_clip_norm)
+    nest = lambda x: functools.reduce(lambda t, key: {key: t}, reversed(path), x)
+    state = slots.unflatten([nest(moments[i]) if i in moments else scalars[i]
+                             for i in range(slots.num_leaves)])
+    u, new_state = adamw.update(nest(g), state, nest(p))
+    [u] = jax.tree.leaves(u)
+    new = optax.apply_updates(p, u)
+    flat = slots.flatten_up_to(new_state)
+    sq = lambda x: jnp.sum(jnp.square(x.astype(jnp.float32)))
+    return (new, {i: jax.tree.leaves(flat[i])[0] for i in moments},
+            {i: flat[i] for i in scalars}, jnp.stack([sq(u), sq(new), sq(p)]))
+
+  jitted = jax.jit(one, static_argnums=0, donate_argnums=(1, 3))
+  slots = None   # the AdamW state's structure down to its moments (params-shaped trees)
+
+  def update(params, grads, opt_state, grad_norm):
+    nonlocal slots
+    *clip_state, adamw_state = opt_state
+    treedef = jax.tree.structure(params)
+    is_moments = lambda x: isinstance(x, dict) and jax.tree.structure(x) == treedef
+    flat, slots = jax.tree.flatten(adamw_state, is_leaf=is_moments)
+    moment_slots = {i: jax.tree.leaves(x) for i, x in enumerate(flat) if is_moments(x)}
+    scalars = {i: x for i, x in enumerate(flat) if i not in moment_slots}
+    paths = [tuple(k.key for k in path)
+             for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    p_leaves, g_leaves = jax.tree.leaves(params), jax.tree.leaves(grads)
+    del params, grads, opt_state, adamw_state, flat
+    new_p, new_moments, sums, new_scalars = [], {i: [] for i in moment_slots}, 0.0, None
+    for n, path in enumerate(paths):
+      p, g = p_leaves[n], g_leaves[n]
+      p_leaves[n] = g_leaves[n] = None   # the call donates them: hold no reference
+      moments = {i: leaves[n] for i, leaves in moment_slots.items()}
+      for leaves in moment_slots.values():
+        leaves[n] = None
+      p, moments, new_scalars, sq = jitted(path, p, g, moments, scalars, grad_norm)
+      new_p.append(p)
+      for i, m in moments.items():
+        new_moments[i].append(m)
+      sums = sums + sq
+    joined = [jax.tree.unflatten(treedef, new_moments[i]) if i in new_moments
+              else new_scalars[i] for i in range(slots.num_leaves)]
+    return (jax.tree.unflatten(treedef, new_p),
+            (*clip_state, slots.unflatten(joined)), sums)
+  return update
 
 
 def stored_as(inner: optax.GradientTransformation, dtype) -> optax.GradientTransformation:

@@ -28,7 +28,8 @@ from selfimprove_jax.optimize.config import POLICY_GRADIENT_LOSSES, check_optim_
 from selfimprove_jax.optimize.logprobs import token_logprobs
 from selfimprove_jax.optimize.losses import LOSSES, prepare_batch
 from selfimprove_jax.optimize.state import (TrainState, current_learning_rate,
-                                            make_optimizer, state_shardings)
+                                            make_array_update, make_optimizer,
+                                            state_shardings)
 
 BATCH_AXES = ("data", "fsdp")
 
@@ -96,7 +97,9 @@ def make_train_step(model_config: ModelConfig, cfg, mesh: Mesh,
 
   grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
 
-  def step(state: TrainState, batch: dict, base=None):
+  def gradients(state: TrainState, batch: dict, base=None):
+    """The summed gradients of the batch, the metrics known before the update, and
+    the next (step, rng)."""
     _check_batch(batch, cfg)
     B = batch["tokens"].shape[0]
     A = accumulation_steps(cfg, B)
@@ -119,28 +122,59 @@ def make_train_step(model_config: ModelConfig, cfg, mesh: Mesh,
         return jax.tree.map(jnp.add, carry, (l, m, g)), None
       (loss, metrics, grads), _ = jax.lax.scan(
           body, (jnp.zeros((), jnp.float32), zeros(aux_shape), grads0), mbs)
-
-    grad_norm = optax.tree.norm(grads)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    rng = jax.random.key_data(jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step))
-    new_state = TrainState(params=params, opt_state=opt_state, step=state.step + 1, rng=rng)
-    # The loop's guard reads these: a non-finite or exploding update (relative to the
-    # weights it changed) rolls the iteration back; param_norm is also non-finite
-    # exactly when some new parameter is.
-    metrics = dict(metrics, loss=loss, grad_norm=grad_norm,
-                   update_norm=optax.tree.norm(updates), param_norm=optax.tree.norm(params),
-                   prev_param_norm=optax.tree.norm(state.params),
+    metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads),
                    learning_rate=current_learning_rate(cfg, state.opt_state),
                    tokens=jnp.sum(jnp.asarray(batch["input_mask"], jnp.float32)),
                    loss_tokens=jnp.sum(full["loss_mask"]))
-    return new_state, jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), metrics)
+    rng = jax.random.key_data(jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step))
+    return grads, as_f32(metrics), (state.step + 1, rng)
+
+  # The loop's guard reads update_norm, param_norm (after) and prev_param_norm
+  # (before): a non-finite or exploding update (relative to the weights it changed)
+  # rolls the iteration back; param_norm is also non-finite exactly when some new
+  # parameter is.
+  def step(state: TrainState, batch: dict, base=None):
+    grads, metrics, (step_, rng) = gradients(state, batch, base)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics.update(as_f32(dict(update_norm=optax.tree.norm(updates),
+                               param_norm=optax.tree.norm(params),
+                               prev_param_norm=optax.tree.norm(state.params))))
+    return TrainState(params=params, opt_state=opt_state, step=step_, rng=rng), metrics
 
   batch_sharding = NamedSharding(mesh, P(BATCH_AXES))   # prefix for every batch key
-  out_shardings = (shardings, NamedSharding(mesh, P()))
-  if lora is not None:
-    return jax.jit(step, in_shardings=(shardings, batch_sharding,
-                                       param_shardings(model_config, mesh)),
-                   out_shardings=out_shardings, donate_argnums=(0,))
-  return jax.jit(lambda state, batch: step(state, batch), in_shardings=(shardings, batch_sharding),
-                 out_shardings=out_shardings, donate_argnums=(0,))
+  replicated = NamedSharding(mesh, P())
+  in_shardings = (shardings, batch_sharding) + (
+      (param_shardings(model_config, mesh),) if lora is not None else ())
+  if not cfg.update_per_array:
+    fused = jax.jit(step, in_shardings=in_shardings, out_shardings=(shardings, replicated),
+                    donate_argnums=(0,))
+    return fused if lora is not None else jax.jit(
+        lambda state, batch: step(state, batch), in_shardings=in_shardings,
+        out_shardings=(shardings, replicated), donate_argnums=(0,))
+  return _per_array_step(cfg, jax.jit(gradients, in_shardings=in_shardings,
+                                      out_shardings=(shardings.params, replicated, replicated)),
+                         lora is not None)
+
+
+def as_f32(metrics: dict) -> dict:
+  return {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
+
+
+def _per_array_step(cfg, gradients, with_base: bool):
+  """optim.update_per_array: the step as one jitted gradient pass, then the update
+  one parameter array at a time (`state.make_array_update`: no second copy of the
+  weights or moments while they are updated). Same signature, results and metrics as
+  the fused step; the state is consumed."""
+  update = make_array_update(cfg)
+
+  def step(state: TrainState, batch: dict, *base):
+    grads, metrics, (step_, rng) = gradients(state, batch, *base)
+    params, opt_state, sums = update(state.params, grads, state.opt_state,
+                                     metrics["grad_norm"])
+    norms = jnp.sqrt(sums)
+    metrics.update(update_norm=norms[0], param_norm=norms[1], prev_param_norm=norms[2])
+    return TrainState(params=params, opt_state=opt_state, step=step_, rng=rng), metrics
+  out = step if with_base else (lambda state, batch: step(state, batch))
+  out.gradients = gradients   # the jitted gradient pass (benchmarks/memory.py reads its account)
+  return out
