@@ -140,16 +140,16 @@ def _adamw(cfg) -> optax.GradientTransformation:
 def make_array_update(cfg):
   """`update(params, grads, opt_state, grad_norm) -> (params, opt_state, sums)`:
   `make_optimizer(cfg)`'s update applied one parameter array at a time, each in its
-  own compiled call that donates that array and its Adam moments, so
-  the update never holds more than one array's intermediates. In one jit, XLA's CPU
-  backend keeps a copy of every donated weight and moment while it updates them in
-  place (2 x the fp32 weights' bytes for bf16 moments); here that costs one array.
+  own compiled call that donates that array and its Adam moments, so the update never
+  holds more than one array's intermediates. In one jit, XLA's CPU backend copies
+  every donated weight and moment before updating them in place (about the state's
+  bytes again); here that copy is one array's.
   Same arithmetic as `tx.update` + `optax.apply_updates` (clipping by the global
   `grad_norm` as optax.clip_by_global_norm does); `sums` = the sums of squares of the
   update, the new and the old params. `params`, `grads` and `opt_state` are consumed."""
   adamw = _adamw(cfg)
 
-  def one(path, p, g, moments, scalars, grad_norm):
+  def one(path, slots, p, g, moments, scalars, grad_norm):
     if cfg.grad_clip_norm > 0:
       g = jax.lax.select(grad_norm < cfg.grad_clip_norm, g,
                          (g / grad_norm.astype(g.dtype)) * cfg.grad_clip_norm)
@@ -164,11 +164,10 @@ def make_array_update(cfg):
     return (new, {i: jax.tree.leaves(flat[i])[0] for i in moments},
             {i: flat[i] for i in scalars}, jnp.stack([sq(u), sq(new), sq(p)]))
 
-  jitted = jax.jit(one, static_argnums=0, donate_argnums=(1, 3))
-  slots = None   # the AdamW state's structure down to its moments (params-shaped trees)
+  # slots: the AdamW state's structure down to its moments (params-shaped trees)
+  jitted = jax.jit(one, static_argnums=(0, 1), donate_argnums=(2, 4))
 
   def update(params, grads, opt_state, grad_norm):
-    nonlocal slots
     *clip_state, adamw_state = opt_state
     treedef = jax.tree.structure(params)
     is_moments = lambda x: isinstance(x, dict) and jax.tree.structure(x) == treedef
@@ -182,11 +181,11 @@ def make_array_update(cfg):
     new_p, new_moments, sums, new_scalars = [], {i: [] for i in moment_slots}, 0.0, None
     for n, path in enumerate(paths):
       p, g = p_leaves[n], g_leaves[n]
-      p_leaves[n] = g_leaves[n] = None   # the call donates them: hold no reference
+      p_leaves[n] = g_leaves[n] = None   # p is donated, g freed once the call is done
       moments = {i: leaves[n] for i, leaves in moment_slots.items()}
       for leaves in moment_slots.values():
         leaves[n] = None
-      p, moments, new_scalars, sq = jitted(path, p, g, moments, scalars, grad_norm)
+      p, moments, new_scalars, sq = jitted(path, slots, p, g, moments, scalars, grad_norm)
       new_p.append(p)
       for i, m in moments.items():
         new_moments[i].append(m)
