@@ -2,18 +2,18 @@
 per stage, and XLA's account of the train step, so the loop's memory budget is a
 measured table rather than a guess.
 
-  python benchmarks/memory.py                                   # tiny,smollm2_135m,smollm2_360m
+  python benchmarks/memory.py --states 1                        # tiny,smollm2_135m,smollm2_360m
   python benchmarks/memory.py --models llama3_2_1b --compile_only 1  # XLA account only
-  python benchmarks/memory.py --models smollm2_135m --moment_dtype bfloat16 --states 1
   python benchmarks/memory.py --models llama3_2_1b --loss sft --states 1 --remat 1 \
-      --moment_dtype bfloat16 --micro_batch 4             # an SFT iteration as loop.py runs it
+      --moment_dtype bfloat16 --update_per_array 1     # the 1B SFT iteration in 17.5 GB
 
 Each model runs in its own process (the peak RSS of one must not carry into the
 next), with random weights and short budgets. The stages are those of a GRPO
-iteration as the loop holds them (loop.py keeps the base weights as the KL
-reference, the accepted train state and the round's new one):
+iteration with a KL reference as loop.py holds it with `--states 1` (the kept
+weights, which are the reference, and one train state; `--states 2` adds the second
+train state the loop held before its one-copy rule):
   load       base params (fp32), the reference
-  state      --states train states (1: one at a time; 2: accepted + new, as loop.py)
+  state      --states train states
   sample     Sampler.generate: --prompts x --n samples x --new_tokens (its KV cache
              lives only inside the call)
   reference  reference log-probs of the sampled rows
@@ -21,8 +21,10 @@ reference, the accepted train state and the round's new one):
 With --loss sft the stages are an expert-iteration step as loop.py holds it: no
 reference pass, and with --states 1 the train state takes over the weights' buffers
 (loop.py's one-copy rule: the kept weights' checkpoint is the rollback's copy).
-Per stage: the peak RSS inside it (free C-heap pages handed back first, as loop.py does) (Linux resets the high-water mark per stage), RSS
-and live jax array bytes at its end, the device allocator's peak where reported.
+Per stage: the peak RSS inside it (free C-heap pages handed back first and the
+high-water mark reset, as loop.py does), RSS and live jax array bytes at its end, the
+device allocator's peak where reported. Each stage waits for its arrays, so a
+stage's figure is its own work, not an earlier stage's computation finishing late.
 """
 
 from __future__ import annotations
