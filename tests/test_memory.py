@@ -140,13 +140,18 @@ def _tiny_loop(tmp_path, overrides=()):
                      ["log.plot=false", "log.tensorboard=false", *overrides])
 
 
-@pytest.mark.parametrize("algorithm", ["sft", "dpo"])
-def test_loop_trains_with_one_copy_of_the_weights(algorithm, tmp_path, monkeypatch):
+@pytest.mark.parametrize("algorithm,extra,want", [
+    ("sft", [], 3), ("dpo", [], 4),
+    # the 1B options: bf16 moments (P/2 each), the update one array at a time
+    ("sft", ["optim.moment_dtype=bfloat16", "optim.update_per_array=true"], 2)])
+def test_loop_trains_with_one_copy_of_the_weights(algorithm, extra, want, tmp_path,
+                                                  monkeypatch):
   """While an SFT iteration trains, the only weights alive are the train state's (no
   base copy, no kept copy: the checkpoint is the rollback's copy); DPO also keeps its
   reference, the kept weights. Counted in live arrays born during the run, at the
   first train step, in units of the weights' buffer bytes P: the train state is 3P
-  (params and two Adam moments); before this rule the loop held 5P for SFT."""
+  (params and two Adam moments; 2P with bf16 moments); before this rule the loop held
+  5P for SFT."""
   from selfimprove_jax import loop
   seen = []
   optimize = loop._optimize
@@ -159,7 +164,8 @@ def test_loop_trains_with_one_copy_of_the_weights(algorithm, tmp_path, monkeypat
 
   monkeypatch.setattr(loop, "_optimize", spy)
   config = _tiny_loop(tmp_path, [f"loop.algorithm={algorithm}", "loop.iterations=1",
-                                 "select.filters=" + ("" if algorithm == "dpo" else "dedup")])
+                                 "select.filters=" + ("" if algorithm == "dpo" else "dedup"),
+                                 *extra])
   gc.collect()
   before = {id(x) for x in jax.live_arrays()}
   row = loop.run(config, str(tmp_path), log=lambda *_: None)["history"][1]
@@ -167,7 +173,6 @@ def test_loop_trains_with_one_copy_of_the_weights(algorithm, tmp_path, monkeypat
   # the row reports each stage's peak and the run's, which no stage exceeds
   stages = [row[f"peak_rss_{n}_gb"] for n in ("acquire", "optimize", "evaluate")]
   assert 0 < max(stages) <= row["peak_rss_gb"], row
-  want = 3 if algorithm == "sft" else 4
   assert want - 0.05 < seen[0] < want + 0.5, seen
 
 
