@@ -45,7 +45,7 @@ from selfimprove_jax.records import Sample, group_by_problem, majority, pseudo_l
 from selfimprove_jax.sampling import SamplingParams
 from selfimprove_jax.tasks import answers, verify
 from selfimprove_jax.tasks.code_task import extract_code
-from selfimprove_jax.tasks.problem import Problem, Verdict
+from selfimprove_jax.tasks.problem import HIDDEN_REFERENCE, Problem, Verdict
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,7 +144,7 @@ def label_votes(task, problem, samples: Sequence[Sample], min_share: float):
   question, not an answer. `records.pseudo_label` elects the majority when it holds at
   least `min_share` of all the samples and is not tied, else there is no label (None).
   An inference answer must always be given and breaks ties by log-prob (`vote`)."""
-  meta = {k: v for k, v in problem.metadata.items() if k != "hidden_reference"}
+  meta = {k: v for k, v in problem.metadata.items() if k != HIDDEN_REFERENCE}
   blind = Problem(problem.id, problem.prompt, "", problem.difficulty, meta)
   votes = [None if s.finish_reason == "length" else
            answers.vote_key(task.extract_answer(s.completion, blind)) for s in samples]

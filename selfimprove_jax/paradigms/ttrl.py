@@ -29,12 +29,13 @@ from selfimprove_jax import acquire as acquire_lib
 from selfimprove_jax import refine as refine_lib
 from selfimprove_jax.records import Sample, agreement_rewards, group_by_problem
 from selfimprove_jax.tasks import verify
+from selfimprove_jax.tasks.problem import HIDDEN_REFERENCE
 
 
 def hidden_reference(problem) -> Optional[str]:
   """The reference the logs may check against (never the reward): a jsonl row's
   hidden answer, else the problem's own reference, else None."""
-  return problem.metadata.get("hidden_reference") or problem.reference or None
+  return problem.metadata.get(HIDDEN_REFERENCE) or problem.reference or None
 
 
 def ttrl_round(r: acquire_lib.Round, problems: Sequence) -> list[Sample]:

@@ -36,7 +36,7 @@ from typing import Optional
 from selfimprove_jax.errors import UserError
 from selfimprove_jax.tasks import answers
 from selfimprove_jax.tasks import problem as problem_lib
-from selfimprove_jax.tasks.problem import FileSplits, Problem
+from selfimprove_jax.tasks.problem import HIDDEN_REFERENCE, FileSplits, Problem
 
 
 def jsonl_rows(path: str, spec: str) -> list[tuple[int, dict]]:
@@ -83,7 +83,7 @@ def read_jsonl(path: str, instruction: str = "") -> list[Problem]:
     text = f"{prompt.rstrip()}\n\n{instruction}" if instruction else prompt
     meta = {"line": lineno}
     if hidden is not None:
-      meta["hidden_reference"] = str(hidden)
+      meta[HIDDEN_REFERENCE] = str(hidden)
     p = problem_lib.make_problem(text, "" if answer is None else answer, 0, meta)
     if p.id not in seen:
       seen.add(p.id)
@@ -94,12 +94,12 @@ def read_jsonl(path: str, instruction: str = "") -> list[Problem]:
 
 
 def _gradable(p: Problem) -> bool:
-  return bool(p.reference or p.metadata.get("hidden_reference"))
+  return bool(p.reference or p.metadata.get(HIDDEN_REFERENCE))
 
 
 def _revealed(p: Problem) -> Problem:
   """A held-out problem: its hidden answer, if any, is the reference it is scored by."""
-  hidden = p.metadata.get("hidden_reference")
+  hidden = p.metadata.get(HIDDEN_REFERENCE)
   return dataclasses.replace(p, reference=hidden) if hidden else p
 
 

@@ -30,6 +30,12 @@ DEFAULT_HELDOUT_FRACTION = 0.1
 MAX_ATTEMPTS = 64
 
 
+# The metadata key of a label-free problem's answer: the task keeps it out of
+# `Problem.reference` so nothing trains on it, and only the label-free metrics (TTRL,
+# pseudo-label precision) read it (tasks/jsonl_task.py).
+HIDDEN_REFERENCE = "hidden_reference"
+
+
 @dataclasses.dataclass(frozen=True)
 class Problem:
   """One prompt with its reference answer.
