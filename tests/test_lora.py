@@ -114,12 +114,14 @@ def test_merged_weights_equal_the_low_rank_product_on_the_fly(base):
   np.testing.assert_allclose(c.logprobs, np.asarray(lp), atol=1e-5)
 
 
-def test_lora_sft_reduces_the_loss_and_leaves_the_base_alone(learnable_base):
+@pytest.mark.parametrize("per_array", [False, True])   # optim.update_per_array too
+def test_lora_sft_reduces_the_loss_and_leaves_the_base_alone(learnable_base, per_array):
   base = learnable_base
   mesh = single_device_mesh()
   batch = _batch(np.random.RandomState(3), 8, 16, prompt=1)
   batch["tokens"] = ((np.arange(8)[:, None] + 5 * np.arange(16)[None]) % V).astype(np.int32)
-  cfg = _cfg(learning_rate=3e-2, schedule="constant", logprob_chunk=8)
+  cfg = _cfg(learning_rate=3e-2, schedule="constant", logprob_chunk=8,
+             update_per_array=per_array)
   lora = lora_lib.LoraConfig(rank=8, alpha=16.0, targets=("*",))
   state = opt.create_train_state(CONFIG, cfg, lora_lib.init_lora(CONFIG, lora), mesh,
                                  lora=lora)
