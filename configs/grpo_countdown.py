@@ -29,6 +29,10 @@ def get_config():
   config.select.filters = "pass_rate_band,max_length"
   config.select.max_completion_tokens = 64
   config.train.max_seq_len = 192
+  # memory: the whole 128 x 192 batch's logits at once asked for 67.7 GB on the CPU
+  config.remat = True
+  config.optim.micro_batch_size = 16
+  config.optim.logprob_chunk = 64
   config.optim.loss = "grpo"
   config.optim.learning_rate = 1e-6
   config.optim.schedule = "constant"

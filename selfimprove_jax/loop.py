@@ -599,9 +599,7 @@ def _optimize(s: Setup, train, ref_params, selected: list[Sample], it: Iteration
     b = _place(_pad_to_shards(b, s.mesh, rows), s.mesh)
     if s.algorithm.needs_reference(s.config):
       b["ref_logprobs"] = s.ref_logprobs(ref_params, b["tokens"], b["input_mask"])
-    train, m = (s.train_step(train, b) if s.lora is None else
-                s.train_step(train, b, s.base.params))
-    m = jax.device_get(m)
+    train, m = _train_step(s, train, b)
     it.problem = _update_problem(m, s.config.optim.max_update_ratio, int(train.step))
     if it.problem:
       break
@@ -611,6 +609,25 @@ def _optimize(s: Setup, train, ref_params, selected: list[Sample], it: Iteration
       it.step_metrics.setdefault(name, []).append(float(m[name]))
     fault_point("optimize", it.k)
   return train
+
+
+def _train_step(s: Setup, train, b: dict):
+  """One train step and its metrics on the host. Running out of memory there (an XLA
+  error, reported when the metrics are fetched) becomes a one-line error naming the
+  settings that make the step smaller; the run resumes from its last checkpoint."""
+  try:
+    train, m = (s.train_step(train, b) if s.lora is None else
+                s.train_step(train, b, s.base.params))
+    return train, jax.device_get(m)
+  except jax.errors.JaxRuntimeError as e:
+    if "RESOURCE_EXHAUSTED" not in str(e):
+      raise
+    rows, T = b["tokens"].shape
+    raise UserError(
+        f"the train step on {rows} rows x {T} tokens ran out of memory "
+        f"({str(e).splitlines()[0][:100]}); make it smaller with optim.micro_batch_size, "
+        f"optim.logprob_chunk, remat=true or train.max_seq_len (benchmarks/RESULTS.md, "
+        f"'Memory of one iteration')") from None
 
 
 # train step metrics the row reports otherwise (loss, loss_tokens) or that only guard

@@ -176,6 +176,27 @@ def test_loop_trains_with_one_copy_of_the_weights(algorithm, extra, want, tmp_pa
   assert want - 0.05 < seen[0] < want + 0.5, seen
 
 
+def test_a_train_step_out_of_memory_is_a_one_line_error(tmp_path, monkeypatch):
+  """XLA's RESOURCE_EXHAUSTED from the train step (surfacing when its metrics are
+  fetched) ends the run with a UserError that names the batch and the settings that
+  shrink the step, not a bare runtime error (configs/grpo_countdown.py once asked for
+  67.7 GB on a 24 GB machine this way)."""
+  from selfimprove_jax import loop
+  from selfimprove_jax.errors import UserError
+
+  def oom_step(*args, **kwargs):
+    def step(state, batch, *base):
+      raise jax.errors.JaxRuntimeError(
+          "RESOURCE_EXHAUSTED: Out of memory allocating 67689956528 bytes.")
+    return step
+  monkeypatch.setattr(loop, "make_train_step", oom_step)
+  config = _tiny_loop(tmp_path, ["loop.iterations=1", "select.filters=dedup"])
+  with pytest.raises(UserError) as e:
+    loop.run(config, str(tmp_path), log=lambda *_: None)
+  text = str(e.value)
+  assert "ran out of memory" in text and "optim.micro_batch_size" in text, text
+  assert "rows x" in text and "\n" not in text, text
+
 def test_rollback_rereads_the_kept_weights(tmp_path, monkeypatch):
   """A rolled-back iteration whose kept weights were handed to the train state reads
   them back from their checkpoint: the next iteration trains from exactly the weights
