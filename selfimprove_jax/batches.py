@@ -115,7 +115,16 @@ def policy_gradient_batch(samples: Sequence[Sample], config, num_rows: int,
 
 
 def rl_batches(samples: Sequence[Sample], config, seed: int) -> list[dict]:
-  """One GRPO-family batch of prompts x G rows, grouped by problem."""
+  """One GRPO-family batch of the kept samples, grouped by problem: prompts x G rows,
+  halved while the kept samples still fit (and the step's micro-batches still split
+  it), so an iteration whose filters kept a few groups computes on a few rows, and
+  the step compiles for a handful of shapes. Empty rows carry no loss weight, so the
+  loss is the same whatever the padding."""
   del seed
   num_rows = config.loop.prompts_per_iteration * config.loop.samples_per_prompt
+  o = config.optim
+  unit = o.micro_batch_size if o.micro_batch_size > 0 else o.grad_accum_steps
+  while (num_rows % 2 == 0 and num_rows // 2 >= len(samples)
+         and (num_rows // 2) % unit == 0):
+    num_rows //= 2
   return policy_gradient_batch(samples, config, num_rows, lambda s: s.problem_id)

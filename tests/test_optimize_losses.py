@@ -156,3 +156,45 @@ def test_bad_config_is_one_user_error():
     opt.check_optim_config(_cfg(loss="ppo"))
   with pytest.raises(UserError, match="optim.schedule"):
     opt.check_optim_config(_cfg(schedule="step"))
+
+
+@pytest.mark.parametrize("loss,aggregation", [("grpo", "token"), ("grpo", "sequence"),
+                                              ("dr_grpo", "token")])
+def test_rl_batch_rows_follow_the_kept_samples_and_padding_leaves_the_loss(loss, aggregation):
+  """rl_batches pads the kept samples to prompts x G rows halved while they fit (and the
+  micro-batches still split them); the loss, its gradient and its metrics on the small
+  batch equal those on the full prompts x G batch."""
+  from selfimprove_jax import batches as batches_lib
+  from selfimprove_jax.config import base_config
+  from selfimprove_jax.model import get_preset, init_params
+  from selfimprove_jax.records import Sample
+  from selfimprove_jax.sharding import single_device_mesh
+  config = base_config()
+  config.loop.prompts_per_iteration, config.loop.samples_per_prompt = 16, 8
+  config.train.max_seq_len = 24
+  rs = np.random.RandomState(0)
+  samples = [Sample(problem_id=f"p{i // 4}", prompt_tokens=rs.randint(3, 60, 5).tolist(),
+                    completion_tokens=rs.randint(3, 60, 3 + i % 5).tolist(),
+                    logprobs=list(-rs.rand(3 + i % 5)), reward=float(i % 3 == 0))
+                 for i in range(10)]
+  rows = lambda: batches_lib.rl_batches(samples, config, 0)[0]["tokens"].shape[0]
+  assert rows() == 16
+  config.optim.micro_batch_size = 32
+  assert rows() == 32                       # still splits into micro-batches of 32
+  config.optim.micro_batch_size = 0
+  config.optim.grad_accum_steps = 3          # 128 rows cannot halve into thirds
+  assert rows() == 128
+  config.optim.grad_accum_steps = 1
+  small = batches_lib.rl_batches(samples, config, 0)[0]
+  full = batches_lib.policy_gradient_batch(samples, config, 128, lambda s: s.problem_id)[0]
+  model = get_preset("tiny").replace(vocab_size=64)
+  params = init_params(model, seed=0)
+  cfg = _cfg(loss=loss, aggregation=aggregation, kl_coef=0.0)
+  out = []
+  for b in (small, full):
+    state = opt.create_train_state(model, cfg, params, single_device_mesh())
+    state, m = opt.make_train_step(model, cfg, single_device_mesh())(state, b)
+    out.append((float(m["loss"]), float(m["grad_norm"]), jax.tree.leaves(state.params)[1]))
+  assert out[0][0] == pytest.approx(out[1][0], rel=1e-5, abs=1e-7)
+  assert out[0][1] == pytest.approx(out[1][1], rel=1e-4)
+  np.testing.assert_allclose(np.asarray(out[0][2]), np.asarray(out[1][2]), rtol=1e-5, atol=1e-7)
