@@ -127,7 +127,7 @@ def make_train_step(model_config: ModelConfig, cfg, mesh: Mesh,
                    tokens=jnp.sum(jnp.asarray(batch["input_mask"], jnp.float32)),
                    loss_tokens=jnp.sum(full["loss_mask"]))
     rng = jax.random.key_data(jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step))
-    return grads, as_f32(metrics), (state.step + 1, rng)
+    return grads, _as_f32(metrics), (state.step + 1, rng)
 
   # The loop's guard reads update_norm, param_norm (after) and prev_param_norm
   # (before): a non-finite or exploding update (relative to the weights it changed)
@@ -137,7 +137,7 @@ def make_train_step(model_config: ModelConfig, cfg, mesh: Mesh,
     grads, metrics, (step_, rng) = gradients(state, batch, base)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics.update(as_f32(dict(update_norm=optax.tree.norm(updates),
+    metrics.update(_as_f32(dict(update_norm=optax.tree.norm(updates),
                                param_norm=optax.tree.norm(params),
                                prev_param_norm=optax.tree.norm(state.params))))
     return TrainState(params=params, opt_state=opt_state, step=step_, rng=rng), metrics
@@ -146,18 +146,16 @@ def make_train_step(model_config: ModelConfig, cfg, mesh: Mesh,
   replicated = NamedSharding(mesh, P())
   in_shardings = (shardings, batch_sharding) + (
       (param_shardings(model_config, mesh),) if lora is not None else ())
-  if not cfg.update_per_array:
-    fused = jax.jit(step, in_shardings=in_shardings, out_shardings=(shardings, replicated),
-                    donate_argnums=(0,))
-    return fused if lora is not None else jax.jit(
-        lambda state, batch: step(state, batch), in_shardings=in_shardings,
-        out_shardings=(shardings, replicated), donate_argnums=(0,))
-  return _per_array_step(cfg, jax.jit(gradients, in_shardings=in_shardings,
-                                      out_shardings=(shardings.params, replicated, replicated)),
-                         lora is not None)
+  if cfg.update_per_array:
+    return _per_array_step(cfg, jax.jit(
+        gradients, in_shardings=in_shardings,
+        out_shardings=(shardings.params, replicated, replicated)), lora is not None)
+  return jax.jit(step if lora is not None else (lambda state, batch: step(state, batch)),
+                 in_shardings=in_shardings, out_shardings=(shardings, replicated),
+                 donate_argnums=(0,))
 
 
-def as_f32(metrics: dict) -> dict:
+def _as_f32(metrics: dict) -> dict:
   return {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
 
 
