@@ -14,7 +14,7 @@ weights, random adapters (B not zero, so nothing folds away), fp32.
 
 Timed: a decode step (B rows, one new token, a KV cache of S slots) and a prefill
 (B rows x T tokens), each the median of --repeats calls after a compiling one, and the
-one-off merge (`optimize.lora.merge`, jitted) that the merged variant pays per
+one-off merge (`model.lora.merge`, jitted) that the merged variant pays per
 sampling phase.
 """
 
@@ -49,7 +49,7 @@ def local_step(params, adapters, tokens, cache, index, config, scale):
   import jax
   import jax.numpy as jnp
   from selfimprove_jax.model.llama import attention, mlp_activation, norm
-  from selfimprove_jax.optimize.lora import MATRICES
+  from selfimprove_jax.model.lora import MATRICES
   c = config
   x = jnp.take(params["embedding"], tokens, axis=0)
   B, T = tokens.shape
@@ -113,7 +113,7 @@ def main(argv=None):
   import jax.numpy as jnp
   import numpy as np
   from selfimprove_jax.model import Transformer, get_preset, init_params
-  from selfimprove_jax.optimize import lora as lora_lib
+  from selfimprove_jax.model import lora as lora_lib
 
   config = get_preset(args.preset)
   if config.sliding_window is not None or config.tie_embeddings is False:
