@@ -14,7 +14,9 @@ read: summary.json (the history the run printed), the last checkpoint's resolved
 (held-out size, task) and heldout.png. Each row is stored as
 benchmarks/efficacy/NAME-seedS.json beside a copy of its plot, and the table is
 regenerated from all stored rows, so re-running one row keeps the others. A row that
-was never run is listed as not yet measured.
+was never run is listed as not yet measured. The table file's hand-written tail, from its
+`## Trial notes` heading on (what each config's trials showed, one `### NAME` section
+per experiment), is kept as it is, and each experiment with a section links to it.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import glob
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -216,7 +219,9 @@ def _cell(p: float, n: int) -> str:
   return f"{p:.2f} [{lo:.2f}, {hi:.2f}]"
 
 
-def table_line(row: dict) -> str:
+def table_line(row: dict, noted: frozenset = frozenset()) -> str:
+  """One table row; the experiment's name links to its trial notes when it is in
+  `noted`."""
   n = row["heldout_n"]
   rn = row_name(row["name"], row["seed"])
   maj = "-"
@@ -227,7 +232,8 @@ def table_line(row: dict) -> str:
     wall = "run outside the script (imported; see the config's docstring)"
   else:
     wall = f"{row['wall_seconds'] / 60:.1f}" + (" (resumed)" if row["resumed"] else "")
-  cells = [row["name"], row["paradigm"], row["model"], row["task"],
+  name = f"[{row['name']}](#{row['name']})" if row["name"] in noted else row["name"]
+  cells = [name, row["paradigm"], row["model"], row["task"],
            f"{_cell(row['baseline_pass@1'], n)} -> {_cell(row['best_pass@1'], n)} "
            f"(iter {row['best_iteration']}; n={n})",
            gain_text(row["baseline_pass@1"], row["best_pass@1"], n), maj,
@@ -246,8 +252,9 @@ def load_rows(results_dir: str) -> dict:
 
 
 def result_text(config_path: str) -> str:
-  """The `Result:` paragraph of a config's docstring (to its end, or to the next
-  `Name:` heading), where each config says what its runs measured and why; '' if none."""
+  """The `Result:` paragraph of a config's docstring (to a blank line, the next
+  `Name:` heading or the end), where each config says what its runs measured, without
+  its pointer to this file; '' if none."""
   path = os.path.join(ROOT, config_path)
   if not os.path.exists(path):
     return ""
@@ -255,16 +262,42 @@ def result_text(config_path: str) -> str:
     doc = ast.get_docstring(ast.parse(f.read())) or ""
   lines, out = doc.splitlines(), []
   for line in lines:
-    if out and line[:1].isalpha() and ":" in line.split(" ")[0]:
-      break               # the next heading
+    if out and (not line.strip() or line[:1].isalpha() and ":" in line.split(" ")[0]):
+      break               # the paragraph's end or the next heading
     if out or line.startswith("Result:"):
       out.append(line.removeprefix("Result:").strip())
-  return " ".join(x for x in out if x)
+  return re.sub(r"[;,]?\s*see benchmarks/EFFICACY\.md\.?$", "", " ".join(out))
+
+
+NOTES = "## Trial notes"
+
+
+def read_notes(table_path: str) -> str:
+  """The hand-written tail of the table file, from its `## Trial notes` heading on;
+  '' when the file or the heading is missing."""
+  if not os.path.exists(table_path):
+    return ""
+  with open(table_path) as f:
+    text = f.read()
+  at = text.find("\n" + NOTES + "\n")
+  return text[at + 1:] if at >= 0 else ""
+
+
+def noted_names(notes: str) -> frozenset:
+  """The experiments with a `### NAME` section in the notes (its anchor is #NAME)."""
+  return frozenset(re.findall(r"^### (\w+)\s*$", notes, flags=re.M))
 
 
 def write_table(results_dir: str, table_path: str, experiments: dict) -> None:
-  """EFFICACY.md from every stored row; experiments/seeds without one are listed."""
+  """EFFICACY.md from every stored row; experiments/seeds without one are listed, and
+  the file's trial notes are kept."""
   rows = load_rows(results_dir)
+  notes = read_notes(table_path)
+  noted = noted_names(notes)
+
+  def link(name):
+    return f" ([trial notes](#{name}))" if name in noted else ""
+
   measured, missing = [], []
   for name, exp in experiments.items():
     for seed in exp.seeds:
@@ -293,27 +326,31 @@ def write_table(results_dir: str, table_path: str, experiments: dict) -> None:
       "marked (resumed) was interrupted and continued with `--resume`: its wall time "
       "covers only the continuation (the loop resumes at the last finished stage with "
       "the same results).",
+      "- **trial notes**: what each config's trials showed beyond the table, written by "
+      "hand under `## Trial notes` at the end of this file (the script keeps that part "
+      "as it is).",
       "",
       HEADER,
       "|" + "---|" * HEADER.count(" | ") + "---|",
   ]
-  lines += [table_line(rows[k]) for k in measured]
-  # what each measured experiment's config says its runs showed, and why (the logged
-  # metrics behind a gain or its absence)
+  lines += [table_line(rows[k], noted) for k in measured]
+  # what each measured experiment's config says its runs showed; the logged metrics
+  # behind a gain or its absence are in its trial notes
   said = [(name, result_text(experiments[name].config))
           for name in dict.fromkeys(k[0] for k in measured)]
   lines += ["", "## What the runs say (each config's docstring, `Result:`)", ""]
-  lines += [f"- **{name}**: {text}" for name, text in said if text] or ["(none)"]
+  lines += ([f"- **{name}**: {text}{link(name)}" for name, text in said if text]
+            or ["(none)"])
   lines += ["", "## Not yet measured", ""]
   if missing:
     lines += [f"- {name} (seed {seed}): `{experiments[name].config}`, "
               f"{experiments[name].paradigm}"
               + (f"; {ATTEMPTS[row_name(name, seed)]}" if row_name(name, seed) in ATTEMPTS
-                 else "") for name, seed in missing]
+                 else "") + link(name) for name, seed in missing]
   else:
     lines.append("(none)")
   with open(table_path, "w") as f:
-    f.write("\n".join(lines) + "\n")
+    f.write("\n".join(lines) + "\n" + ("\n" + notes if notes else ""))
 
 
 # ---------------------------------------------------------------------- main

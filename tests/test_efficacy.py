@@ -119,3 +119,48 @@ def test_every_config_is_an_experiment():
   names = {os.path.basename(e.config) for e in efficacy.EXPERIMENTS.values()}
   on_disk = {n for n in os.listdir(os.path.join(ROOT, "configs")) if n.endswith(".py")}
   assert names == on_disk - {"tiny.py"}
+
+
+def test_table_keeps_the_trial_notes_and_links_them(tmp_path):
+  """The hand-written `## Trial notes` tail survives a rewrite of the table, verbatim,
+  and the rows, results and missing experiments with a `### NAME` section link to it."""
+  experiments = {"tiny": efficacy.Experiment("p", "configs/tiny.py", (0,)),
+                 "other": efficacy.Experiment("never run", "configs/quickstart.py", (0,))}
+  history = [{"iteration": 0, "pass@1": 0.10, "accepted": True, "reason": "baseline"},
+             {"iteration": 1, "pass@1": 0.50, "accepted": True, "reason": "accepted"}]
+  config = {"model": "m", "task": {"name": "arithmetic", "difficulty": 1, "options": {},
+                                   "heldout_size": 20}, "evaluate": {"strategies": ""}}
+  row = efficacy.make_row("tiny", experiments["tiny"], 0, {"history": history,
+                          "stopped": None, "config": config}, 60.0, False)
+  results, table = str(tmp_path / "results"), tmp_path / "EFFICACY.md"
+  efficacy.store_row(row, str(tmp_path), results)
+  efficacy.write_table(results, str(table), experiments)
+  first = table.read_text()
+  assert "\n## Trial notes\n" not in first and "(#tiny)" not in first
+
+  notes = ("## Trial notes\n\nBy hand.\n\n### tiny\n\nA trial: 0.10 -> 0.50.\n\n"
+           "### other\n\nTried once, stopped.\n")
+  table.write_text(first + "\n" + notes)
+  efficacy.write_table(results, str(table), experiments)
+  second = table.read_text()
+  assert second.endswith("\n" + notes) and second.count("\n## Trial notes\n") == 1
+  # the generated part is the first table's but for the links to the notes
+  unlinked = (second.removesuffix("\n" + notes).replace("[tiny](#tiny)", "tiny")
+              .replace(" ([trial notes](#tiny))", "").replace(" ([trial notes](#other))", ""))
+  assert unlinked == first
+  assert any(l.startswith("| [tiny](#tiny) |") for l in second.splitlines())
+  said = second.split("## What the runs say")[1].split("## Not yet measured")[0]
+  assert "- **tiny**: " in said and said.strip().endswith("([trial notes](#tiny))")
+  missing = second.split("## Not yet measured")[1].split("## Trial notes")[0]
+  assert "- other (seed 0)" in missing and missing.strip().endswith("(#other))")
+
+
+def test_result_text_is_the_result_paragraph_without_the_pointer_here(tmp_path):
+  path = tmp_path / "c.py"
+  path.write_text('"""A run.\n\nCommand:   x\nResult:    0.06 -> 0.55, all accepted;\n'
+                  '           see benchmarks/EFFICACY.md\n\nWhy its settings are so.\n"""\n')
+  assert efficacy.result_text(str(path)) == "0.06 -> 0.55, all accepted"
+  # every experiment's config says its result in a `Result:` line
+  for exp in efficacy.EXPERIMENTS.values():
+    text = efficacy.result_text(exp.config)
+    assert text and "EFFICACY.md" not in text, exp.config
