@@ -1,43 +1,17 @@
-"""Learning from execution feedback on code (RLEF, Gehring et al. 2024; self-debugging,
-Chen et al. 2023): the model writes Python functions for `code:list_ops`, the sandbox
-runs the hidden tests (reward = fraction passed), and each prompt's first attempt, when
-it fails, is shown its failing test and revised, up to 2 rounds; a fix the tests accept
-is added as a sample of the original prompt. Every sample passing all tests, fixes
-included, is a fine-tuning target (the `correct` filter); each evaluation reports
-held-out greedy pass@1 beside `execution_feedback@2` (the same model with two rounds of
-feedback), so what the feedback buys at inference is measured every iteration.
+"""Learning from execution feedback on code (RLEF, Gehring et al. 2024), SFT on passes.
 
 Command:   selfimprove-jax run --config configs/code_rlef.py --workdir runs/code_rlef
-           (online RL on the same reward instead: --config.loop.algorithm=grpo
-            --config.select.filters=dedup,max_length)
 Hardware:  CPU or one GPU; code runs in the sandbox's worker pool (one per CPU).
-Runtime:   31.7 min wall (`benchmarks/efficacy.py --only code_rlef`, 2026-12-02, the
-           2-core Intel Xeon dev machine, shared with test runs for part of it):
-           baseline evaluation 15 min (model load and compile included; greedy and
-           two feedback rounds over 50 problems at 128 new tokens), iteration 1's
-           acquire + optimize (8 steps of 4 x 384 tokens, ~28 s each) + evaluation
-           the rest. Peak RSS 12.4 GB.
-Result:    held-out greedy pass@1 (`code:list_ops`, difficulty 1, 50 held-out
-           problems) 0.42 [0.29, 0.56] -> 0.58 [0.44, 0.71] after one iteration
-           (accepted; mean fraction of tests passed 0.45 -> 0.62; Wilson 95%
-           intervals): a gain of +0.16, just outside the baseline's interval, on 50
-           problems (not the 100 of the arithmetic rows: each costs seconds of
-           sampling here). From the logged metrics: of iteration 1's 128 samples at
-           temperature 0.7, 47 ran into max_new_tokens and 39 raised an error in the
-           sandbox; 16 passed every test and execution feedback fixed 2 more of the
-           prompts whose first attempt failed (refined 2, refined_precision 1.0);
-           after de-duplication and the length filter 15 were trained on (2 epochs,
-           8 steps). At inference, feedback fixed nothing: execution_feedback@2
-           equals greedy pass@1 before (0.42) and after (0.58) training, with 58% and
-           then 42% of answers revised. So the gain is the SFT on the model's own
-           passing programs, not the feedback. Measured before
-           `optim.schedule_horizon=batches` became the default (commit 97edd8b); a
-           rerun with `--config.optim.schedule_horizon=planned` uses that schedule.
-           Earlier, at difficulty 2 (2-core CPU shared, 16 min): greedy pass@1 0.05 on
-           20 problems at 96 new tokens (mean fraction of tests passed 0.125),
-           execution_feedback@1 0.05 (19 of 20 revised, none fixed). Command:
-           selfimprove-jax eval --model smollm2-135m-instruct --task code:list_ops --n 20
-             --k 1 --max_new_tokens 96 --strategies execution_feedback --refine_rounds 1
+Runtime:   31.7 min wall on the 2-core Intel Xeon dev machine, 2026-12-02, shared with
+           test runs for part of it (baseline evaluation 15 min); peak RSS 12.4 GB.
+Result:    held-out greedy pass@1 (`code:list_ops`, difficulty 1, 50 problems) 0.42 ->
+           0.58 after one iteration: +0.16, from the SFT on the model's own passing
+           programs, not the feedback; see benchmarks/EFFICACY.md
+
+A failing first attempt is shown its failing test and revised, up to 2 rounds; every
+sample passing all tests, fixes included, is a fine-tuning target. Measured before
+`optim.schedule_horizon=batches` became the default (commit 97edd8b); a rerun with
+`--config.optim.schedule_horizon=planned` uses that schedule.
 """
 
 from selfimprove_jax.config import base_config

@@ -1,28 +1,16 @@
-"""Iterative DPO on verifier pairs (Rafailov et al. 2023; iterated as in Xiong et al.
-2024, "Iterative Preference Learning"): SmolLM2-135M-Instruct samples 8 answers to each
-of 64 two-digit addition / subtraction problems, and on each problem a right answer
-(the verifier accepts it) is preferred to a wrong one; one DPO pass over those pairs per
-iteration, with the iteration's starting weights as the reference. The pairs come from
-the *selected* samples, so the filters keep right and wrong ones alike (only 'dedup');
-the held-out split is the quickstart's 100 problems.
+"""Iterative DPO on verifier pairs (Rafailov et al. 2023; Xiong et al. 2024).
 
 Command:   selfimprove-jax run --config configs/dpo_arithmetic.py --workdir runs/dpo_arith
 Hardware:  CPU (2 cores) or one GPU.
-Runtime:   8.3 min wall on the 2-core Intel Xeon dev machine (23 GiB), 2026-12-02
-           (`benchmarks/efficacy.py --only dpo_arithmetic`); peak RSS 9.0 GB.
+Runtime:   8.3 min wall on the 2-core Intel Xeon dev machine (23 GiB), 2026-12-02;
+           peak RSS 9.0 GB.
 Result:    held-out greedy pass@1 (the quickstart's 100 problems) 0.06 -> 0.21 -> 0.40
-           -> 0.47, all three iterations accepted (maj@4 0.10 -> 0.23 -> 0.36 -> 0.47,
-           pass@4 0.18 -> 0.56): +0.41, close to the SFT quickstart's 0.50 on the same
-           samples budget, and still rising at iteration 3 where the quickstart's SFT
-           overfits. From the logged metrics: the train pass rate rose 0.03 -> 0.12 ->
-           0.34, so the number of problems with both a right and a wrong answer (one
-           pair each) grew and the steps with it (4, 12, 10 optimizer steps); pair
-           accuracy 0.75, 0.78, 0.65 and margins 0.18, 0.28, 0.19 (the chosen reward
-           rose a little, the rejected one fell more: most of what DPO did was push
-           wrong and cut-off answers down). Continued to 5 iterations
-           (`--config.loop.iterations=5` on a copy of that workdir, 6 min more):
-           iteration 4 fell to 0.44 and was rolled back, iteration 5 reached 0.48
-           (accepted): a plateau near 0.47, not a path to the quickstart's 0.55 target.
+           -> 0.47, all three iterations accepted; see benchmarks/EFFICACY.md
+
+8 answers to each of 64 problems; on each problem a right answer (the verifier accepts
+it) is preferred to a wrong one, one DPO pass per iteration with the iteration's
+starting weights as the reference. The pairs come from the *selected* samples, so the
+filters keep right and wrong ones alike (only 'dedup').
 """
 
 from selfimprove_jax.config import base_config

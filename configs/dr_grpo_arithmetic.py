@@ -1,26 +1,17 @@
-"""Dr. GRPO on the quickstart's task (Liu et al. 2025, "Understanding R1-Zero-Like
-Training"): configs/grpo_arithmetic.py with GRPO's two normalisations removed: the
-advantage is reward minus the group mean (no division by the group's standard
-deviation, which up-weights prompts that are nearly all right or all wrong), and each
-answer's token terms are divided by a constant (the batch's padded length) instead of
-its own length (which weights a short answer's tokens more than a long one's). KL,
-clipping and batch sizes are GRPO's.
+"""Dr. GRPO on the quickstart's task (Liu et al. 2025): GRPO without its normalisations.
 
 Command:   selfimprove-jax run --config configs/dr_grpo_arithmetic.py --workdir runs/dr_grpo_arith
 Hardware:  CPU (2 cores) or one GPU.
 Runtime:   22.3 min wall on the 2-core CPU dev machine (Intel Xeon, 24 GiB), 2026-12-02,
-           through `benchmarks/efficacy.py --only dr_grpo_arithmetic`, shared the whole
-           time with a second loop run and memory probes of this project (about half
-           the machine; GRPO-family rows alone took 10-14 min); peak RSS 8.2 GB.
+           shared the whole time with a second loop run and memory probes (about half
+           the machine); peak RSS 8.2 GB.
 Result:    held-out greedy pass@1 (the quickstart's 100 problems) 0.06 -> 0.32 -> 0.32
-           -> 0.31, all accepted: best 0.32 (maj@4 0.10 -> 0.31, pass@4 0.18 -> 0.49).
-           Iterations 1-2 sampled the very same groups as RLOO's (same seed, same
-           rewards: train reward 0.23, 0.48; zero-advantage groups 0.59, 0.47), so the
-           two rows differ only by the advantage scale: RLOO 0.33, 0.34, Dr. GRPO 0.32,
-           0.32, inside each other's intervals. As for GRPO, entropy per token fell
-           1.55 -> 0.75 -> 0.38 and by iteration 3 75% of the groups carried no
-           advantage (KL to the iteration's start 0.005): the updates stopped moving
-           the policy. Removing the std and length normalisation did not change that.
+           -> 0.31, all accepted: best 0.32; see benchmarks/EFFICACY.md
+
+configs/grpo_arithmetic.py with the advantage reward minus the group mean (no division
+by the group's standard deviation) and each answer's token terms divided by a constant
+(the batch's padded length) instead of its own length. KL, clipping and batch sizes are
+GRPO's.
 """
 
 from selfimprove_jax.config import base_config

@@ -1,26 +1,17 @@
-"""GRPO without the KL term on the quickstart's task: configs/grpo_arithmetic.py with
-optim.kl_coef = 0, as DAPO (Yu et al. 2025) and Dr. GRPO train: no penalty for moving
-away from the iteration's starting weights, and no reference forward pass per update
-(each update is cheaper). The evaluation gate still rolls an iteration back when the
-held-out score falls, which is the loop's own anchor.
+"""GRPO without the KL term on the quickstart's task (optim.kl_coef = 0, as DAPO).
 
 Command:   selfimprove-jax run --config configs/grpo_arithmetic_no_kl.py --workdir runs/grpo_no_kl
 Hardware:  CPU (2 cores) or one GPU.
 Runtime:   19.5 min wall on the 2-core CPU dev machine (Intel Xeon, 24 GiB), 2026-12-02,
-           through `benchmarks/efficacy.py --only grpo_arithmetic_no_kl`, shared the
-           whole time with a second loop run and probes of this project (GRPO-family
-           rows alone took 10-14 min); peak RSS per stage (the row's
-           peak_rss_<stage>_gb) at most 6.9 GB, in the update.
+           shared the whole time with a second loop run and probes; peak RSS per stage
+           at most 6.9 GB, in the update.
 Result:    held-out greedy pass@1 (the quickstart's 100 problems) 0.06 -> 0.34 -> 0.34,
-           then 0.28 (rolled back): best 0.34 (maj@4 0.10 -> 0.34, pass@4 0.18 ->
-           0.45), the same as GRPO with KL 0.04 (0.36 and 0.41 at two seeds), RLOO
-           (0.34) and Dr. GRPO (0.32). Without the KL term nothing anchors the policy
-           within an iteration, but at this step count it did not need one: with KL on
-           the per-token KL to the iteration's start stayed 0.005-0.06 and the train
-           reward followed the same path here (0.25, 0.48, 0.41). Entropy per token fell
-           1.56 -> 0.70 -> 0.39 and 75% of iteration 3's groups carried no advantage, as
-           in every GRPO-family row: the held-out gate, not the KL term, is what stopped
-           iteration 3's drop from being kept.
+           then 0.28 (rolled back): best 0.34; see benchmarks/EFFICACY.md
+
+configs/grpo_arithmetic.py with no penalty for moving away from the iteration's
+starting weights and no reference forward pass per update (each update is cheaper);
+the evaluation gate, rolling back an iteration whose held-out score falls, is the
+loop's own anchor.
 """
 
 from selfimprove_jax.config import base_config

