@@ -9,11 +9,13 @@ import os
 import secrets
 import socket
 import subprocess
+import sys
 import time
 
 import pytest
 
 from selfimprove_jax import sandbox
+from selfimprove_jax.sandbox import isolation as isolation_lib
 from selfimprove_jax.sandbox import pool as pool_lib
 
 TIMEOUT_S = 1.0
@@ -190,6 +192,28 @@ def test_unresponsive_worker_is_replaced(pool):
     pytest.fail("the killed worker's namespace left processes")
   r = pool._one(w, {"job": "exec", "args": {"source": "print(1)"}, "limits": LIMITS.to_json()})
   assert r["status"] == "ok" and w.proc.pid != old
+
+
+def test_scratch_is_deleted_after_a_result_too_deep_to_parse(tmp_path, monkeypatch):
+  """A program that writes a nested-JSON bomb to the result pipe makes the worker's
+  json.loads raise RecursionError; the item's scratch is deleted all the same, and the
+  worker goes on to the next item. (A plain worker, so the test can see its scratch.)"""
+  monkeypatch.setenv("TMPDIR", str(tmp_path))   # the worker's scratch root goes here
+  iso = isolation_lib.Isolation("none", (sys.executable, "-I"), isolation_lib.WORKER_FILE, "")
+  w = pool_lib._Worker(iso, None)
+  bomb = ("import os\nopen('left_behind', 'w').write('x')\n"
+          "os.write(3, b'{\"value\": ' + b'[' * 100000)")
+  try:
+    reply = w.call({"job": "exec", "args": {"source": bomb}, "limits": LIMITS.to_json()},
+                   10.0, 1 << 20)
+    assert reply["status"] == "error" and "RecursionError" in reply["detail"], reply
+    (root,) = tmp_path.iterdir()
+    assert root.name.startswith("sij_sandbox_") and list(root.iterdir()) == []
+    reply = w.call({"job": "exec", "args": {"source": "print(1)"},
+                    "limits": LIMITS.to_json()}, 10.0, 1 << 20)
+    assert reply["status"] == "ok" and reply["stdout"] == "1\n"
+  finally:
+    w.kill()
 
 
 def test_fallback_level_warns_and_still_limits():

@@ -22,6 +22,7 @@ Request {"job", "args", "limits", "uid"}; reply {"status", "exit_code", "stdout"
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import math
@@ -35,6 +36,7 @@ import sys
 import tempfile
 import time
 import traceback
+from typing import Optional
 
 # Exit codes the child uses to tell the worker what happened (a hostile program can
 # also exit with them; it gains nothing, as every one of them is a failure).
@@ -317,23 +319,62 @@ def _status(wait_status, timed_out: bool, over_output: bool, value) -> tuple[str
   return "ok", 0, ""
 
 
-# size: the sandboxed child's whole life in one place (limits, run, report), read as one
+def _error_reply(detail: str) -> dict:
+  """The reply for an item that never ran (its preparation or the worker failed)."""
+  return {"status": "error", "exit_code": -1, "stdout": "", "stderr": "", "wall_s": 0.0,
+          "value": None, "detail": detail[:500]}
+
+
+@dataclasses.dataclass
+class _Child:
+  """A forked item as the worker watches it: the worker's ends of its pipes, what it
+  wrote so far, and how it ended."""
+  pid: int
+  start: float                   # monotonic time of the fork
+  stdin: Optional[int]           # write end of its stdin (None once closed)
+  stdin_data: bytes              # still to send
+  readers: dict                  # open read end -> "stdout" | "stderr" | "result"
+  read_fds: list                 # every read end, closed at the end
+  pidfd: Optional[int]           # readable when the child exits (None: poll)
+  out: dict = dataclasses.field(default_factory=lambda: {
+      k: bytearray() for k in ("stdout", "stderr", "result")})
+  wait_status: Optional[int] = None
+  timed_out: bool = False
+  over_output: bool = False
+
+
 def run_item(req: dict, scratch_root: str) -> dict:
   """Forks a child for one request, watches it, cleans up after it."""
-  limits = req["limits"]
   if req["job"] in PREPARE:
     try:
       PREPARE[req["job"]](req["args"])
     except Exception as e:  # pylint: disable=broad-except
-      return {"status": "error", "exit_code": -1, "stdout": "", "stderr": "",
-              "wall_s": 0.0, "value": None, "detail": f"prepare failed: {e!r}"[:500]}
+      return _error_reply(f"prepare failed: {e!r}")
   # Everything alive now is the worker's: move it out of the collector's reach, so the
   # child's collections do not touch (and copy-on-write) the whole inherited heap.
   gc.freeze()
   uid = req.get("uid")
   scratch = tempfile.mkdtemp(prefix="item_", dir=scratch_root)
-  if uid is not None:
-    os.chown(scratch, uid, uid)
+  # The item's files go whatever happens below: a result nested too deep to parse
+  # raises RecursionError out of `_reply`.
+  try:
+    if uid is not None:
+      os.chown(scratch, uid, uid)
+    child = _fork_child(req, scratch)
+    try:
+      _watch(child, req["limits"])
+    finally:
+      _reap(child, uid)
+    return _reply(req, child)
+  finally:
+    shutil.rmtree(scratch, ignore_errors=True)
+    _clean_shared_dirs(uid)
+
+
+def _fork_child(req: dict, scratch: str) -> _Child:
+  """Forks the child (which runs the item in `scratch`, see `_run_child`) on fresh
+  pipes; the worker keeps their other ends, non-blocking."""
+  stdin_data = req["args"].get("stdin", "").encode()
   pipes = {k: os.pipe() for k in ("stdin", "stdout", "stderr", "result")}
   child_fds = {"stdin": pipes["stdin"][0], "stdout": pipes["stdout"][1],
                "stderr": pipes["stderr"][1], "result": pipes["result"][1]}
@@ -343,94 +384,117 @@ def run_item(req: dict, scratch_root: str) -> dict:
     _run_child(req, scratch, child_fds)
   for fd in child_fds.values():
     os.close(fd)
-  out = {"stdout": bytearray(), "stderr": bytearray(), "result": bytearray()}
-  readers = {pipes[k][0]: k for k in out}
+  readers = {pipes[k][0]: k for k in ("stdout", "stderr", "result")}
   for fd in readers:
     os.set_blocking(fd, False)
-  stdin_data = req["args"].get("stdin", "").encode()
-  stdin_w = pipes["stdin"][1]
-  os.set_blocking(stdin_w, False)
-  # readable when the child exits: the loop wakes at once instead of polling
+  os.set_blocking(pipes["stdin"][1], False)
+  # readable when the child exits: the watch loop wakes at once instead of polling
   pidfd = os.pidfd_open(pid) if hasattr(os, "pidfd_open") else None
-  deadline = start + limits["timeout_s"]
-  timed_out = over_output = False
-  wait_status = None
+  return _Child(pid=pid, start=start, stdin=pipes["stdin"][1], stdin_data=stdin_data,
+                readers=readers, read_fds=list(readers), pidfd=pidfd)
+
+
+def _watch(child: _Child, limits: dict) -> None:
+  """Feeds the child its stdin and reads its pipes until it has exited and they are
+  quiet, the wall clock runs out, or its stdout or stderr goes over the cap."""
+  deadline = child.start + limits["timeout_s"]
   while True:
-    if wait_status is None:
-      done, st = os.waitpid(pid, os.WNOHANG)
+    if child.wait_status is None:
+      done, st = os.waitpid(child.pid, os.WNOHANG)
       if done:
-        wait_status = st
-    if wait_status is not None and not readers:
-      break
+        child.wait_status = st
+    exited = child.wait_status is not None
+    if exited and not child.readers:
+      return
     now = time.monotonic()
     if now >= deadline:
-      timed_out = wait_status is None
-      break
-    if wait_status is not None:
+      child.timed_out = not exited
+      return
+    if exited:
       # the child is gone: whatever still holds its pipes is a leftover; stop reading
       # once the pipes are quiet
       deadline = min(deadline, now + 0.05)
-    wfds = [stdin_w] if stdin_w is not None else []
-    rfds = list(readers) + ([pidfd] if pidfd is not None and wait_status is None else [])
-    r, w, _ = select.select(rfds, wfds, [], min(0.01 if pidfd is None else 0.25,
+    wfds = [child.stdin] if child.stdin is not None else []
+    rfds = list(child.readers) + ([child.pidfd] if child.pidfd is not None and not exited
+                                  else [])
+    r, w, _ = select.select(rfds, wfds, [], min(0.01 if child.pidfd is None else 0.25,
                                                 max(0.0, deadline - now)))
     if w:
-      try:
-        n = os.write(stdin_w, stdin_data[:65536])
-        stdin_data = stdin_data[n:]
-      except OSError:
-        stdin_data = b""
-      if not stdin_data:
-        os.close(stdin_w)
-        stdin_w = None
-    for fd in r:
-      if fd not in readers:
-        continue
-      key = readers[fd]
-      try:
-        chunk = os.read(fd, 65536)
-      except OSError:
-        chunk = b""
-      if not chunk:
-        del readers[fd]
-        continue
-      cap = MAX_VALUE_BYTES if key == "result" else limits["output_bytes"]
-      room = cap - len(out[key])
-      out[key] += chunk[:max(0, room)]
-      if len(chunk) > room:
-        over_output = key != "result"
-        break
-    if over_output:
-      break
-  if wait_status is None:
+      _feed_stdin(child)
+    _drain(child, r, limits["output_bytes"])
+    if child.over_output:
+      return
+
+
+def _feed_stdin(child: _Child) -> None:
+  """Writes the next piece of the child's stdin; closes it once all is sent (or the
+  child stopped reading)."""
+  try:
+    n = os.write(child.stdin, child.stdin_data[:65536])
+    child.stdin_data = child.stdin_data[n:]
+  except OSError:
+    child.stdin_data = b""
+  if not child.stdin_data:
+    os.close(child.stdin)
+    child.stdin = None
+
+
+def _drain(child: _Child, ready: list, output_bytes: int) -> None:
+  """Reads the ready pipes, keeping up to each stream's cap; stdout or stderr past
+  `output_bytes` marks the child over_output (a result past its cap is cut)."""
+  for fd in ready:
+    if fd not in child.readers:
+      continue
+    key = child.readers[fd]
     try:
-      os.killpg(pid, signal.SIGKILL)
+      chunk = os.read(fd, 65536)
+    except OSError:
+      chunk = b""
+    if not chunk:
+      del child.readers[fd]
+      continue
+    cap = MAX_VALUE_BYTES if key == "result" else output_bytes
+    room = cap - len(child.out[key])
+    child.out[key] += chunk[:max(0, room)]
+    if len(chunk) > room:
+      child.over_output = key != "result"
+      return
+
+
+def _reap(child: _Child, uid) -> None:
+  """Kills the child if it still runs, then every process left under the item's uid
+  (or in its process group), and closes the worker's ends of its pipes."""
+  if child.wait_status is None:
+    try:
+      os.killpg(child.pid, signal.SIGKILL)
     except OSError:
       pass
-    _, wait_status = os.waitpid(pid, 0)
+    _, child.wait_status = os.waitpid(child.pid, 0)
   if uid is not None:
     sweep(uid)
   else:
-    _kill_group(pid)
-  extra = [fd for fd in (stdin_w, pidfd) if fd is not None]
-  for fd in [pipes[k][0] for k in out] + extra:
+    _kill_group(child.pid)
+  extra = [fd for fd in (child.stdin, child.pidfd) if fd is not None]
+  for fd in child.read_fds + extra:
     os.close(fd)
-  wall = time.monotonic() - start
+
+
+def _reply(req: dict, child: _Child) -> dict:
+  """The reply for a reaped child: its status, output and (when ok) the job's value."""
+  wall = time.monotonic() - child.start
   value = None
-  if out["result"]:
+  if child.out["result"]:
     try:
-      value = json.loads(bytes(out["result"]))["value"]
+      value = json.loads(bytes(child.out["result"]))["value"]
     except (ValueError, KeyError, TypeError):
       value = None
-  status, code, detail = _status(wait_status, timed_out, over_output,
+  status, code, detail = _status(child.wait_status, child.timed_out, child.over_output,
                                  value if req["job"] != "exec" else 0)
   if req["job"] == "exec" and status == "ok":
     value = None
-  shutil.rmtree(scratch, ignore_errors=True)
-  _clean_shared_dirs(uid)
   return {"status": status, "exit_code": code, "wall_s": round(wall, 4),
-          "stdout": out["stdout"].decode("utf-8", "replace"),
-          "stderr": out["stderr"].decode("utf-8", "replace"),
+          "stdout": child.out["stdout"].decode("utf-8", "replace"),
+          "stderr": child.out["stderr"].decode("utf-8", "replace"),
           "value": value if status == "ok" else None, "detail": detail}
 
 
@@ -489,8 +553,7 @@ def main() -> None:
     try:
       reply = run_item(req, scratch_root)
     except Exception as e:  # pylint: disable=broad-except
-      reply = {"status": "error", "exit_code": -1, "stdout": "", "stderr": "",
-               "wall_s": 0.0, "value": None, "detail": f"worker error: {e!r}"[:500]}
+      reply = _error_reply(f"worker error: {e!r}")
     write_msg(proto_out, reply)
   shutil.rmtree(scratch_root, ignore_errors=True)
 
