@@ -66,7 +66,6 @@ def _check_batch(batch: dict, cfg) -> None:
     raise UserError(f"optim.loss={cfg.loss!r} needs batch keys {missing}")
 
 
-# size: the jitted step's closure (loss, accumulation scan, update, metrics)
 def make_train_step(model_config: ModelConfig, cfg, mesh: Mesh,
                     lora: lora_lib.LoraConfig | None = None):
   """`step(state, batch) -> (state, metrics)`, jitted with explicit shardings and
@@ -81,11 +80,28 @@ def make_train_step(model_config: ModelConfig, cfg, mesh: Mesh,
   updates exist for the adapters only."""
   check_optim_config(cfg)
   tx = make_optimizer(cfg)
+  shardings = state_shardings(model_config, cfg, mesh, lora)
+  gradients = _make_gradients(model_config, cfg, mesh, lora, shardings.params)
+  batch_sharding = NamedSharding(mesh, P(BATCH_AXES))   # prefix for every batch key
+  replicated = NamedSharding(mesh, P())
+  in_shardings = (shardings, batch_sharding) + (
+      (param_shardings(model_config, mesh),) if lora is not None else ())
+  if cfg.update_per_array:
+    return _per_array_step(cfg, jax.jit(
+        gradients, in_shardings=in_shardings,
+        out_shardings=(shardings.params, replicated, replicated)), lora is not None)
+  step = _fused_step(tx, gradients)
+  return jax.jit(step if lora is not None else (lambda state, batch: step(state, batch)),
+                 in_shardings=in_shardings, out_shardings=(shardings, replicated),
+                 donate_argnums=(0,))
+
+
+def _micro_loss(model_config: ModelConfig, cfg, lora):
+  """`micro_loss(params, mb, base) -> (loss, metrics)` of one micro-batch: the loss
+  chosen by name on its token log-probs (and entropies, for the policy-gradient
+  losses). With `lora`, params are the adapters, merged onto the frozen base."""
   loss_fn = LOSSES[cfg.loss]
   want_entropy = cfg.loss in POLICY_GRADIENT_LOSSES
-  shardings = state_shardings(model_config, cfg, mesh, lora)
-  n_batch_shards = math.prod(mesh.shape[a] for a in BATCH_AXES)
-  micro_sharding = NamedSharding(mesh, P(None, BATCH_AXES))
 
   def micro_loss(params, mb, base):
     if lora is not None:
@@ -94,8 +110,16 @@ def make_train_step(model_config: ModelConfig, cfg, mesh: Mesh,
                          cfg.logprob_chunk, return_entropy=want_entropy)
     logp, entropy = out if want_entropy else (out, None)
     return loss_fn(logp, entropy, mb, cfg)
+  return micro_loss
 
+
+def _make_gradients(model_config: ModelConfig, cfg, mesh: Mesh, lora, params_sharding):
+  """`gradients(state, batch, base=None) -> (grads, metrics, (step, rng))`, the part
+  of the step before the update (jitted alone by `optim.update_per_array`)."""
+  micro_loss = _micro_loss(model_config, cfg, lora)
   grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
+  n_batch_shards = math.prod(mesh.shape[a] for a in BATCH_AXES)
+  micro_sharding = NamedSharding(mesh, P(None, BATCH_AXES))
 
   def gradients(state: TrainState, batch: dict, base=None):
     """The summed gradients of the batch, the metrics known before the update, and
@@ -112,27 +136,39 @@ def make_train_step(model_config: ModelConfig, cfg, mesh: Mesh,
     else:
       mbs = split_micro_batches(full, A, 2 if cfg.loss == "dpo" else 1)
       mbs = jax.lax.with_sharding_constraint(mbs, micro_sharding)
-      _, aux_shape = jax.eval_shape(micro_loss, state.params,
-                                    jax.tree.map(lambda x: x[0], mbs), base)
-      zeros = lambda t: jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), t)
-      grads0 = jax.lax.with_sharding_constraint(zeros(state.params), shardings.params)
-
-      def body(carry, mb):
-        (l, m), g = grad_fn(state.params, mb, base)
-        return jax.tree.map(jnp.add, carry, (l, m, g)), None
-      (loss, metrics, grads), _ = jax.lax.scan(
-          body, (jnp.zeros((), jnp.float32), zeros(aux_shape), grads0), mbs)
+      loss, metrics, grads = _accumulate(micro_loss, grad_fn, state.params, mbs, base,
+                                         params_sharding)
     metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads),
                    learning_rate=current_learning_rate(cfg, state.opt_state),
                    tokens=jnp.sum(jnp.asarray(batch["input_mask"], jnp.float32)),
                    loss_tokens=jnp.sum(full["loss_mask"]))
     rng = jax.random.key_data(jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step))
     return grads, _as_f32(metrics), (state.step + 1, rng)
+  return gradients
 
-  # The loop's guard reads update_norm, param_norm (after) and prev_param_norm
-  # (before): a non-finite or exploding update (relative to the weights it changed)
-  # rolls the iteration back; param_norm is also non-finite exactly when some new
-  # parameter is.
+
+def _accumulate(micro_loss, grad_fn, params, mbs: dict, base, params_sharding):
+  """(loss, metrics, gradients) summed over the micro-batches mbs [A, B/A, ...] by
+  one `lax.scan`, so only one micro-batch of activations is live."""
+  _, aux_shape = jax.eval_shape(micro_loss, params, jax.tree.map(lambda x: x[0], mbs), base)
+  zeros = lambda t: jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), t)
+  grads0 = jax.lax.with_sharding_constraint(zeros(params), params_sharding)
+
+  def body(carry, mb):
+    (l, m), g = grad_fn(params, mb, base)
+    return jax.tree.map(jnp.add, carry, (l, m, g)), None
+  (loss, metrics, grads), _ = jax.lax.scan(
+      body, (jnp.zeros((), jnp.float32), zeros(aux_shape), grads0), mbs)
+  return loss, metrics, grads
+
+
+# The loop's guard reads update_norm, param_norm (after) and prev_param_norm
+# (before): a non-finite or exploding update (relative to the weights it changed)
+# rolls the iteration back; param_norm is also non-finite exactly when some new
+# parameter is.
+def _fused_step(tx, gradients):
+  """`step(state, batch, base=None) -> (state, metrics)`: the gradients, then the
+  optimizer's update of every parameter at once, and the norms the guard reads."""
   def step(state: TrainState, batch: dict, base=None):
     grads, metrics, (step_, rng) = gradients(state, batch, base)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -141,18 +177,7 @@ def make_train_step(model_config: ModelConfig, cfg, mesh: Mesh,
                                param_norm=optax.tree.norm(params),
                                prev_param_norm=optax.tree.norm(state.params))))
     return TrainState(params=params, opt_state=opt_state, step=step_, rng=rng), metrics
-
-  batch_sharding = NamedSharding(mesh, P(BATCH_AXES))   # prefix for every batch key
-  replicated = NamedSharding(mesh, P())
-  in_shardings = (shardings, batch_sharding) + (
-      (param_shardings(model_config, mesh),) if lora is not None else ())
-  if cfg.update_per_array:
-    return _per_array_step(cfg, jax.jit(
-        gradients, in_shardings=in_shardings,
-        out_shardings=(shardings.params, replicated, replicated)), lora is not None)
-  return jax.jit(step if lora is not None else (lambda state, batch: step(state, batch)),
-                 in_shardings=in_shardings, out_shardings=(shardings, replicated),
-                 donate_argnums=(0,))
+  return step
 
 
 def _as_f32(metrics: dict) -> dict:
