@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from selfimprove_jax import judge as judge_lib
 from selfimprove_jax import refine as refine_lib
-from selfimprove_jax.policy import GenerateFn, sampling_params
+from selfimprove_jax.policy import GenerateFn
 from selfimprove_jax.records import Sample, pass_rate
 from selfimprove_jax.sampling import SamplingParams
 from selfimprove_jax.tasks import verify
@@ -46,8 +46,8 @@ def acquire(generate: GenerateFn, task, problems: Sequence, sp: SamplingParams, 
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-  """One acquisition round's knobs (config.loop, config.sampling, config.judge,
-  config.acquire, config.refine)."""
+  """One acquisition round's knobs (built by settings.acquire from config.loop,
+  config.sampling, config.judge, config.acquire, config.refine)."""
   n: int                                 # G samples per problem
   sample: SamplingParams
   judge: bool = False                    # judge every sample (judge.needed)
@@ -60,15 +60,7 @@ class Settings:
   label_free: bool = False               # no reference read: reward = majority agreement
   rationalize: bool = False              # STaR: failed problems answered again with a hint
   reward_threshold: float = 1.0          # a sample at or above it is right (rationalize)
-
-  @classmethod
-  def from_config(cls, config) -> "Settings":
-    sample = sampling_params(config, config.sampling.max_new_tokens)
-    a = config.acquire
-    return cls(config.loop.samples_per_prompt, sample, judge_lib.needed(config),
-               config.judge.samples, config.judge.max_new_tokens, config.judge.use_as_reward,
-               a.refine_strategy, refine_lib.StrategyConfig.from_config(config, sample),
-               a.min_vote_share, a.label_free, a.rationalize, config.select.reward_threshold)
+  judge_threshold: float = 0.6           # a judge score at or above it says right (agreement)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,7 +73,7 @@ class Round:
   settings: Settings
   seed: int
   iteration: int
-  config: Any                           # the run's config (a paradigm's own sections)
+  paradigm: Any = None                  # the paradigm's own settings (Algorithm.settings)
   # the samples this run acquired before this round (earlier rounds and iterations,
   # rolled-back ones included), read when called: what "new" is measured against
   earlier: Callable[[], list] = lambda: []
@@ -116,17 +108,17 @@ def acquire_round(r: Round, problems: Sequence) -> list[Sample]:
   return samples
 
 
-def summary(samples: Sequence[Sample], config) -> dict:
+def summary(samples: Sequence[Sample], st: Settings) -> dict:
   """What the acquisition extras added to an iteration's samples, for its row:
-  refinement targets (and how often the verifier accepts them, when the verifier ran)
-  and rationalizations."""
+  refinement targets (and how often the verifier accepts them, when the verifier ran),
+  rationalizations, and the judge's agreement with the verifier."""
   row = {}
-  if config.acquire.refine_strategy:
+  if st.refine_strategy:
     targets = [x for x in samples if x.refined]
     row["refined"] = len(targets)
-    if not config.acquire.label_free:   # label-free rewards are the targets' own votes
-      row["refined_precision"] = (pass_rate(targets, config.select.reward_threshold)
+    if not st.label_free:   # label-free rewards are the targets' own votes
+      row["refined_precision"] = (pass_rate(targets, st.reward_threshold)
                                   if targets else float("nan"))
-  if config.acquire.rationalize:
+  if st.rationalize:
     row["rationalized"] = sum(bool(x.rationalized) for x in samples)
-  return row
+  return {**row, **judge_lib.agreement(samples, st.judge_threshold, st.reward_threshold)}

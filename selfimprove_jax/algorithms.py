@@ -6,9 +6,10 @@ task's problems, sampled and verified; self-play proposes its own), which loss t
 train step uses, how many acquire -> update rounds one iteration has (on-policy RL
 samples again after every update; expert iteration and DPO sample once), how selected
 samples become fixed-shape host batches, and whether the loss needs reference
-log-probs. A new paradigm is a module giving those functions (`paradigms/`: self-play,
-SPIN, label-free RL) and an entry in `ALGORITHMS`; how samples become batches is in
-batches.py.
+log-probs, what it asks of a config (`check`, called before set-up) and the settings
+of its own sections (`settings`). A new paradigm is a module giving those functions
+(`paradigms/`: self-play, SPIN, label-free RL) and an entry in `ALGORITHMS`; how
+samples become batches is in batches.py.
 
 The optimizer settings the loop derives from the config (the loss name, the schedule's
 total steps) are computed here, in `optimizer_config`, and nowhere else; the user's
@@ -24,13 +25,16 @@ from typing import Any, Callable, Optional, Sequence
 import ml_collections
 
 from selfimprove_jax import acquire as acquire_lib
+from selfimprove_jax import batches as batches_lib
 from selfimprove_jax.batches import dpo_batches, rl_batches, sft_batches
+from selfimprove_jax.config import names
+from selfimprove_jax.errors import UserError
 from selfimprove_jax.optimize.config import POLICY_GRADIENT_LOSSES
-from selfimprove_jax.paradigms import self_play, spin, ttrl
+from selfimprove_jax.paradigms import common, self_play, spin, ttrl
 from selfimprove_jax.records import Sample, group_by_problem
 
-# (selected samples of one round, config, seed) -> host batches
-BatchFn = Callable[[Sequence[Sample], "ml_collections.ConfigDict", int], list]
+# (selected samples of one round, its settings, seed) -> host batches
+BatchFn = Callable[[Sequence[Sample], batches_lib.Settings, int], list]
 # (the round's context, its problems) -> scored samples (acquire.acquire_round's form)
 AcquireFn = Callable[[acquire_lib.Round, Sequence], list]
 
@@ -47,8 +51,13 @@ class Algorithm:
   on_policy: bool = False           # True: rl_steps acquire -> update rounds per iteration
   reference: str = "kl"             # reference log-probs: 'always' | 'kl' (when
                                     # optim.kl_coef > 0) | 'never'
-  # (an iteration's acquired samples, config) -> the paradigm's own metrics for its row
-  metrics: Callable[[Sequence[Sample], Any], dict] = lambda samples, config: {}
+  # (an iteration's acquired samples, the reward threshold) -> the paradigm's own
+  # metrics for its row
+  metrics: Callable[[Sequence[Sample], float], dict] = lambda samples, threshold: {}
+  # config -> None, or a one-line UserError for what the paradigm cannot do
+  check: Callable[[Any], None] = lambda config: None
+  # config -> the settings of the paradigm's own sections (acquire.Round.paradigm)
+  settings: Callable[[Any], Any] = lambda config: None
 
   def loss_name(self, config) -> str:
     if self.loss is not None:
@@ -81,23 +90,54 @@ def optimizer_config(config, algorithm: Algorithm) -> ml_collections.ConfigDict:
   return cfg
 
 
-def rl_metrics(samples: Sequence[Sample], config) -> dict:
+def rl_metrics(samples: Sequence[Sample], threshold: float) -> dict:
   """The share of prompts whose G samples all got one reward: their group-relative
   advantages are zero (GRPO, Dr. GRPO and RLOO alike), so they teach nothing."""
+  del threshold
   groups = group_by_problem(samples).values()
   flat = sum(len({s.reward for s in g}) == 1 for g in groups)
   return {"zero_advantage_groups": flat / max(1, len(groups))}
 
 
+def check_dpo(config) -> None:
+  """Verifier pairs need both right and wrong samples to pass the filters."""
+  if config.loop.dpo_pairs == "verifier" and "correct" in names(config.select.filters):
+    raise UserError("select.filters: 'correct' keeps only right answers, and loop.algorithm="
+                    "dpo pairs right with wrong ones from the selected samples")
+
+
+def check_grpo(config) -> None:
+  """On-policy group-relative RL: G >= 2, and every sample from the policy itself."""
+  if config.acquire.rationalize:
+    raise UserError("acquire.rationalize: rationalizations are sampled from the hinted "
+                    "prompt, not the policy, and loop.algorithm=grpo needs on-policy samples")
+  common.check_group(config)
+  common.check_no_replay(config)
+
+
 ALGORITHMS = {
     "sft": Algorithm("sft", sft_batches, loss="sft", reference="never"),
-    "dpo": Algorithm("dpo", dpo_batches, loss="dpo", rows_per_example=2, reference="always"),
-    "grpo": Algorithm("grpo", rl_batches, on_policy=True, metrics=rl_metrics),
+    "dpo": Algorithm("dpo", dpo_batches, loss="dpo", rows_per_example=2, reference="always",
+                     check=check_dpo),
+    "grpo": Algorithm("grpo", rl_batches, on_policy=True, metrics=rl_metrics,
+                      check=check_grpo),
     "self_play": Algorithm("self_play", self_play.self_play_batches, on_policy=True,
                            acquire=self_play.self_play_round,
-                           metrics=self_play.self_play_metrics),
+                           metrics=self_play.self_play_metrics, check=self_play.check,
+                           settings=self_play.settings),
     "spin": Algorithm("spin", spin.spin_batches, loss="dpo", rows_per_example=2,
-                      reference="always", acquire=spin.spin_round, metrics=spin.spin_metrics),
+                      reference="always", acquire=spin.spin_round, metrics=spin.spin_metrics,
+                      check=spin.check),
     "ttrl": Algorithm("ttrl", rl_batches, on_policy=True, acquire=ttrl.ttrl_round,
-                      metrics=ttrl.ttrl_metrics),
+                      metrics=ttrl.ttrl_metrics, check=ttrl.check),
 }
+
+
+def algorithm(config) -> Algorithm:
+  """The registered paradigm `config.loop.algorithm` names, after its own checks of the
+  config (one-line UserErrors, before anything is set up)."""
+  name = config.loop.algorithm
+  if name not in ALGORITHMS:
+    raise UserError(f"loop.algorithm={name!r} is not one of {', '.join(ALGORITHMS)}")
+  ALGORITHMS[name].check(config)
+  return ALGORITHMS[name]

@@ -74,7 +74,7 @@ def _cmd_generate(args) -> int:
       stop_sequences=tuple(args.stop or ()))
   if args.strategy:
     from selfimprove_jax import refine
-    refine.parse_strategies([args.strategy])   # before the slow load
+    refine.check_strategies([args.strategy])   # before the slow load
   loaded = weights.load(args.model, dtype=args.dtype, seed=args.seed)
   if args.raw:
     loaded = weights.without_chat_template(loaded)
@@ -188,11 +188,11 @@ def _task_options(items) -> dict:
 
 def _cmd_eval(args) -> int:
   import json
-  from selfimprove_jax import evaluation
+  from selfimprove_jax import eval_command
   _check_flags(args, at_least_1=("n", "k", "max_new_tokens", "strategy_n", "refine_rounds"),
                at_least_0=("temperature", "seed"))
-  flags = {name: getattr(args, name) for name in evaluation.FLAG_KEYS}
-  metrics = evaluation.evaluate_model(args.model, flags, _task_options(args.task_option))
+  flags = {name: getattr(args, name) for name in eval_command.FLAG_KEYS}
+  metrics = eval_command.evaluate_model(args.model, flags, _task_options(args.task_option))
   if args.json:
     print(json.dumps(metrics))
   else:

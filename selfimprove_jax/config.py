@@ -22,19 +22,14 @@ from selfimprove_jax.optimize.config import check_optim_config, default_optim_co
 
 
 # The names in the stages' registries (select.FILTERS, refine.STRATEGIES,
-# refine.SCORERS, algorithms.ALGORITHMS). Validation checks against these lists so that
-# it imports no stage code; tests/test_architecture.py keeps them equal to the registries.
+# refine.SCORERS). Validation checks against these lists so that it imports no stage
+# code; tests/test_architecture.py keeps them equal to the registries. Paradigm names
+# and each paradigm's own constraints are the registry's (algorithms.algorithm, called
+# by the loop before set-up).
 FILTER_NAMES = ("correct", "pass_rate_band", "dedup", "max_length", "judge", "refined")
 STRATEGY_NAMES = ("greedy", "best_of_n", "self_consistency", "self_refine",
                   "execution_feedback")
 SCORER_NAMES = ("verifier", "judge", "logprob")
-ALGORITHM_NAMES = ("sft", "dpo", "grpo", "self_play", "spin", "ttrl")
-# Algorithms whose advantages are relative within a group of G samples of one prompt
-GROUP_ALGORITHMS = ("grpo", "self_play", "ttrl")
-# Tasks whose verifier can parse and solve a proposed problem (self_play's proposer)
-SELF_PLAY_TASKS = ("arithmetic", "countdown", "code:list_ops", "code:string_ops")
-# Algorithms that make their own samples (paradigms/): no refinement targets
-OWN_ACQUIRE = ("self_play", "spin", "ttrl")
 
 
 # size: the table of every config key and its default, one per line
@@ -356,9 +351,6 @@ def _check_acquire(config) -> None:
   if a.label_free and config.judge.use_as_reward:
     raise UserError("judge.use_as_reward: with acquire.label_free the reward is the "
                     "agreement with the majority answer")
-  if a.rationalize and config.loop.algorithm == "grpo":
-    raise UserError("acquire.rationalize: rationalizations are sampled from the hinted "
-                    "prompt, not the policy, and loop.algorithm=grpo needs on-policy samples")
 
 
 def validate(config) -> None:
@@ -370,25 +362,7 @@ def validate(config) -> None:
   check_optim_config(config.optim)
   check_lora_config(config.lora)
   _known("select.filters", config.select.filters, FILTER_NAMES, "select filter")
-  if config.loop.algorithm not in ALGORITHM_NAMES:
-    raise UserError(f"loop.algorithm={config.loop.algorithm!r} is not one of "
-                    f"{', '.join(ALGORITHM_NAMES)}")
-  if (config.loop.algorithm == "dpo" and config.loop.dpo_pairs == "verifier"
-      and "correct" in names(config.select.filters)):
-    raise UserError("select.filters: 'correct' keeps only right answers, and loop.algorithm="
-                    "dpo pairs right with wrong ones from the selected samples")
   _check_acquire(config)
-  if config.loop.algorithm in GROUP_ALGORITHMS and config.loop.samples_per_prompt < 2:
-    why = ("the learnability 4p(1-p) of one solver answer is always 0"
-           if config.loop.algorithm == "self_play" else
-           "group-relative advantages of one sample are all zero")
-    raise UserError(f"loop.samples_per_prompt={config.loop.samples_per_prompt} must be >= 2 "
-                    f"for {config.loop.algorithm} ({why})")
-  _check_paradigm(config)
-  if config.select.replay and config.loop.algorithm not in ("sft", "dpo"):
-    raise UserError(f"select.replay={config.select.replay} trains on earlier iterations' "
-                    f"samples again, which only sft and dpo can (loop.algorithm="
-                    f"{config.loop.algorithm} learns from its current policy's samples)")
   if config.optim.continue_state and config.loop.restart_from_base:
     raise UserError("optim.continue_state carries the optimizer across iterations, and "
                     "loop.restart_from_base starts each one from the base weights: pick one")
@@ -417,26 +391,6 @@ def validate(config) -> None:
   if config.select.min_pass_rate > config.select.max_pass_rate:
     raise UserError(f"select.min_pass_rate={config.select.min_pass_rate} is above "
                     f"select.max_pass_rate={config.select.max_pass_rate}")
-
-
-def _check_paradigm(config) -> None:
-  """What the paradigms that make their own samples cannot do."""
-  algorithm, filters = config.loop.algorithm, names(config.select.filters)
-  if algorithm == "self_play" and config.task.name not in SELF_PLAY_TASKS:
-    raise UserError(f"task.name={config.task.name!r}: loop.algorithm=self_play needs a task "
-                    f"whose verifier solves proposals ({', '.join(SELF_PLAY_TASKS)})")
-  drop = {"self_play": ("correct", "pass_rate_band"), "spin": ("correct",)}
-  for f in drop.get(algorithm, ()):
-    if f in filters:
-      raise UserError(f"select.filters: {f!r} would drop the "
-                      f"{'proposer' if algorithm == 'self_play' else 'rejected'} samples "
-                      f"loop.algorithm={algorithm} trains on")
-  if algorithm in OWN_ACQUIRE and config.acquire.refine_strategy:
-    raise UserError(f"acquire.refine_strategy={config.acquire.refine_strategy!r} is not "
-                    f"used by loop.algorithm={algorithm} (it makes its own samples)")
-  if algorithm in OWN_ACQUIRE and config.judge.use_as_reward:
-    raise UserError(f"judge.use_as_reward is not used by loop.algorithm={algorithm} "
-                    f"(it rewards its own way)")
 
 
 def stage_seed(config, iteration: int, stage: str, step: int = 0) -> int:

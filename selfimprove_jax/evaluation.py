@@ -6,11 +6,7 @@ maj@k / pass@k and the mean reward of k samples, and the held-out score of each
 refinement strategy the settings name. It only reads the problems: nothing here
 trains or writes records.
 
-`evaluate_model` is the `eval` command: it builds its settings the way the loop does,
-from a config. For a run's workdir that is the run's own saved config (task, task
-options, held-out split, sampling and evaluation settings, seed), with the iteration
-of the checkpoint it scores, so it prints the numbers the run printed for those
-weights; flags override single keys. For any other model it is the default config.
+The `eval` command (eval_command.py) builds its settings the way the loop does.
 """
 
 from __future__ import annotations
@@ -22,28 +18,21 @@ import numpy as np
 
 from selfimprove_jax import refine
 from selfimprove_jax.acquire import acquire
-from selfimprove_jax.errors import UserError
-from selfimprove_jax.policy import GenerateFn, model_generate, sampling_params
+from selfimprove_jax.policy import GenerateFn
 from selfimprove_jax.records import group_by_problem, majority
-from selfimprove_jax.sampling import SamplingParams, make_sampler
+from selfimprove_jax.sampling import SamplingParams
 from selfimprove_jax.tasks import verify
 from selfimprove_jax.tasks.problem import derive_seed
 
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-  """What `evaluate` does besides greedy pass@1 (config.evaluate, config.sampling)."""
+  """What `evaluate` does besides greedy pass@1 (settings.evaluate: config.evaluate,
+  config.sampling)."""
   maj_k: int = 4                         # samples per problem for maj@k / pass@k (1: none)
   sample: SamplingParams = SamplingParams(temperature=1.0, max_new_tokens=48)
   strategies: tuple = ()                 # refinement strategies scored beside greedy
   strategy: refine.StrategyConfig = refine.StrategyConfig()
-
-  @classmethod
-  def from_config(cls, config) -> "Settings":
-    sample = sampling_params(config, config.evaluate.max_new_tokens)
-    return cls(config.evaluate.maj_k, sample,
-               tuple(refine.parse_strategies(config.evaluate.strategies)),
-               refine.StrategyConfig.from_config(config, sample))
 
 
 def evaluate(generate: GenerateFn, task, problems: Sequence, settings: Settings, seed: int,
@@ -110,60 +99,3 @@ def check_pseudo_labels(task, problems: Sequence, samples: Sequence) -> dict:
 def ans_as_completion(answer: str) -> str:
   """A completion text that states `answer` in the declared format of every task."""
   return f"#### {answer}"
-
-
-# ----------------------------------------------------------------------------- the eval command
-
-# eval's flags -> the config keys they set (both the run's and the loop's meaning)
-FLAG_KEYS = {"task": "task.name", "n": "task.heldout_size", "k": "evaluate.maj_k",
-             "max_new_tokens": "evaluate.max_new_tokens",
-             "temperature": "sampling.temperature", "seed": "seed",
-             "strategies": "evaluate.strategies", "strategy_n": "refine.n",
-             "refine_rounds": "refine.rounds"}
-
-
-def eval_config(spec: str, flags: dict, task_options: dict):
-  """(config, where its settings come from, is a run) of `eval --model spec`: a run's
-  saved config when `spec` names a run's workdir (else the default config), with the
-  given flags (None = not given) and task options applied, validated. Cheap: nothing
-  is loaded yet."""
-  from selfimprove_jax import config as config_lib
-  from selfimprove_jax.weights import run_dir
-  run = run_dir.parse_run_spec(spec)
-  config = config_lib.base_config()
-  source = "the default config"
-  if run is not None:
-    config = config_lib.merge_saved(config, run_dir.saved_config(*run))
-    source = f"the config of run {run[0]}"
-  given = {FLAG_KEYS[f]: v for f, v in flags.items() if v is not None}
-  if "task.name" in given and given["task.name"] != config.task.name:
-    config.task.options = {}   # another task: the run's options do not apply
-  config = config_lib.apply_overrides(config, [f"{k}={v}" for k, v in given.items()])
-  config = config_lib.with_task_options(config, task_options)
-  config_lib.validate(config)
-  return config, source, run is not None
-
-
-def evaluate_model(spec: str, flags: dict, task_options: dict, progress: bool = True) -> dict:
-  """`selfimprove-jax eval`: held-out metrics of model `spec` through `evaluate`, with
-  the settings of `eval_config`. For a run's checkpoint of iteration K the seed is the
-  run's own for iteration K, so every metric repeats what the run printed."""
-  from selfimprove_jax import config as config_lib
-  from selfimprove_jax.tasks import get_task
-  from selfimprove_jax.weights import load
-  config, source, is_run = eval_config(spec, flags, task_options)
-  try:
-    task = get_task(config.task.name, **config.task.options.to_dict())
-  except UserError as e:
-    raise UserError(f"--task {config.task.name}: {e}") from None
-  model = load(spec)
-  if model.tokenizer is None:
-    raise UserError(f"model {spec!r} has no tokenizer to build prompts with")
-  iteration = int(model.source.rpartition("@")[2]) if is_run else 0
-  problems = task.heldout(config.task.heldout_size, config.task.difficulty)
-  sampler = make_sampler(model, max_batch=config.sampling.max_batch)
-  generate = model_generate(sampler, model.params, model.tokenizer, progress)
-  metrics = evaluate(generate, task, problems, Settings.from_config(config),
-                     config_lib.stage_seed(config, iteration, "evaluate"))
-  return {"model": model.source or spec, "task": config.task.name, "settings": source,
-          "heldout": len(problems), **metrics}

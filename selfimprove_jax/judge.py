@@ -5,7 +5,7 @@ last, as a reward it gives 0.
 
 Uses: a select filter (`judge`, records scored at acquire carry `judge_score`), a
 reward where a task has no verifier (`config.judge.use_as_reward`), self-rewarding DPO
-pairs (`best_worst_pairs`), best_of_n's scorer; and on verifiable tasks `agreement`
+pairs (batches.best_worst_pairs reads the scores), best_of_n's scorer; and on verifiable tasks `agreement`
 measures the judge against the verifier every iteration, so its calibration is visible.
 """
 
@@ -13,17 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from selfimprove_jax.records import Sample, group_by_problem
+from selfimprove_jax.records import Sample
 from selfimprove_jax.rubric import judge
-
-
-def needed(config) -> bool:
-  """True when a run's config makes acquisition judge every sample: the 'judge' filter,
-  judge rewards, self-rewarding pairs, a judge-scored best_of_n, or score_records."""
-  filters = [f.strip() for f in config.select.filters.split(",")]
-  return ("judge" in filters or config.judge.use_as_reward
-          or config.loop.dpo_pairs == "judge" or config.judge.score_records
-          or (config.acquire.refine_strategy == "best_of_n" and config.refine.scorer == "judge"))
 
 
 def score_records(generate, records: list[Sample], *, samples: int = 1,
@@ -62,19 +53,3 @@ def agreement(records: list[Sample], judge_threshold: float, reward_threshold: f
           "judge_unparsed": 1.0 - len(parsed) / len(judged),
           "judge_mean_correct": float(np.mean(right)) if right else nan,
           "judge_mean_incorrect": float(np.mean(wrong)) if wrong else nan}
-
-
-def best_worst_pairs(records: list[Sample], min_gap: float = 0.0) -> list:
-  """Self-rewarding DPO pairs: per prompt, the judge's best and worst completions
-  (first seen wins ties), when their scores differ by more than `min_gap`; prompts
-  with fewer than two parsed judgments give no pair (Yuan et al. drop equal scores)."""
-  scored = [r for r in records if r.judge_score is not None]
-  pairs = []
-  for group in group_by_problem(scored).values():
-    if len(group) < 2:
-      continue
-    best = max(group, key=lambda r: r.judge_score)
-    worst = min(group, key=lambda r: r.judge_score)
-    if best.judge_score - worst.judge_score > min_gap:
-      pairs.append((best, worst))
-  return pairs

@@ -56,10 +56,3 @@ class ModelPolicy:
 def model_generate(sampler, params, tokenizer, progress: bool = False) -> GenerateFn:
   """The real GenerateFn (a `ModelPolicy`): encode (chat template) -> sample -> decode."""
   return ModelPolicy(sampler, params, tokenizer, progress)
-
-
-def sampling_params(config, max_new_tokens: int) -> SamplingParams:
-  """The run's sampling settings (config.sampling) with a stage's token budget."""
-  sp = config.sampling
-  return SamplingParams(temperature=sp.temperature, top_k=sp.top_k, top_p=sp.top_p,
-                        stop_sequences=tuple(sp.stop_sequences), max_new_tokens=max_new_tokens)

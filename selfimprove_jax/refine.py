@@ -59,13 +59,6 @@ class StrategyConfig:
   judge_samples: int = 1
   judge_tokens: int = 64
 
-  @classmethod
-  def from_config(cls, config, sample: SamplingParams) -> "StrategyConfig":
-    """From an experiment config's `refine` and `judge` sections."""
-    return cls(n=config.refine.n, rounds=config.refine.rounds, scorer=config.refine.scorer,
-               sample=sample, critique_tokens=config.refine.critique_tokens,
-               judge_samples=config.judge.samples, judge_tokens=config.judge.max_new_tokens)
-
   @property
   def greedy(self) -> SamplingParams:
     return SamplingParams(greedy=True, max_new_tokens=self.sample.max_new_tokens,
@@ -378,20 +371,22 @@ STRATEGIES = {"greedy": greedy, "best_of_n": best_of_n, "self_consistency": self
 REVISING = ("self_refine", "execution_feedback")
 
 
-def parse_strategies(spec) -> list[str]:
-  """'best_of_n,self_consistency' or a sequence -> validated names."""
-  names = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
+def check_strategies(names: Sequence[str]) -> tuple[str, ...]:
+  """The strategy names, each checked against the registry (a sequence of names; a
+  config's comma list is split once, in settings.py)."""
+  if isinstance(names, str):
+    raise TypeError(f"strategy names {names!r}: give a sequence of names, not a string")
   unknown = [n for n in names if n not in STRATEGIES]
   if unknown:
     raise UserError(f"unknown refinement strategy {unknown[0]!r}; known: "
                     f"{', '.join(STRATEGIES)}")
-  return names
+  return tuple(names)
 
 
 def run_strategy(name: str, ctx: Context, prompts: Sequence[str], cfg: StrategyConfig,
                  seed: int) -> list[Refined]:
   """Runs strategy `name` on `prompts` (ctx.problems, when set, align with them)."""
-  parse_strategies([name])
+  check_strategies([name])
   ctx.prompts = list(prompts)
   return STRATEGIES[name](ctx, list(prompts), cfg, seed)
 
@@ -415,7 +410,7 @@ def heldout_metrics(ctx: Context, names: Sequence[str], cfg: StrategyConfig,
   verifier accepts); self_consistency also reports its mean vote share."""
   prompts = [p.prompt for p in ctx.problems]
   metrics = {}
-  for k, name in enumerate(parse_strategies(names)):
+  for k, name in enumerate(check_strategies(names)):
     results = run_strategy(name, ctx, prompts, cfg, seed + 100 * k)
     key = metric_name(name, cfg)
     verdicts = verify(ctx.task, ctx.problems, [r.text for r in results])
@@ -444,7 +439,7 @@ def refine_records(name: str, records: list, problems: Sequence, ctx: Context,
                       final answer becomes a target when the verifier accepts it (a
                       revision is added as a new record of the original prompt).
   """
-  parse_strategies([name])
+  check_strategies([name])
   records = [r.replace(refined=False) for r in records]
   by_id = group_by_problem(records)
   index = {p.id: i for i, p in enumerate(problems)}

@@ -1,18 +1,34 @@
 """Select: keep the samples worth learning from, and the per-prompt difficulty ledger.
 
-Filters are small functions `(records, cfg) -> records` in a registry, chosen by name
-in `config.select.filters` and applied in order. A record is one sampled completion
+Filters are small functions `(records, settings) -> records` in a registry, chosen by
+name in `Settings.filters` (config.select.filters) and applied in order. A record is one sampled completion
 (`records.Sample`); records of one prompt share a `problem_id`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import dataclasses
+from typing import Callable, Sequence
 
 from selfimprove_jax.errors import UserError
 from selfimprove_jax.records import Sample, group_by_problem, jaccard, ngrams, normalise
 
-Filter = Callable[[list[Sample], Any], list[Sample]]   # (records, config.select) -> kept
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """What the filters read (config.select)."""
+  filters: tuple = ("correct", "dedup", "max_length")   # applied in this order
+  reward_threshold: float = 1.0        # a sample at or above it is right
+  min_pass_rate: float = 0.0           # pass_rate_band: the kept prompts' band
+  max_pass_rate: float = 1.0
+  dedup_ngram: int = 3
+  dedup_threshold: float = 0.9
+  max_completion_tokens: int = 256
+  judge_threshold: float = 0.6         # 'judge': keep judge scores at or above it (0-1)
+  replay: int = 0                      # earlier accepted iterations' selections trained again
+
+
+Filter = Callable[[list[Sample], Settings], list[Sample]]   # (records, settings) -> kept
 
 
 def correct(records, cfg):
@@ -78,21 +94,24 @@ FILTERS: dict[str, Filter] = {
 }
 
 
-def parse_filters(spec) -> list[str]:
-  """'correct,dedup' or a sequence -> validated list of filter names."""
-  names = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
+def check_filters(names: Sequence[str]) -> tuple[str, ...]:
+  """The filter names, each checked against the registry (a sequence of names; a
+  config's comma list is split once, in settings.py)."""
+  if isinstance(names, str):
+    raise TypeError(f"filter names {names!r}: give a sequence of names, not a string")
   unknown = [n for n in names if n not in FILTERS]
   if unknown:
     raise UserError(f"unknown select filter {unknown[0]!r}; known: {', '.join(FILTERS)}")
-  return names
+  return tuple(names)
 
 
-def apply_filters(records: list[Sample], cfg) -> tuple[list[Sample], dict[str, int]]:
+def apply_filters(records: list[Sample],
+                  settings: Settings) -> tuple[list[Sample], dict[str, int]]:
   """Applies the configured filters in order; returns kept records and counts kept
   after each filter (for the metrics)."""
   counts = {"acquired": len(records)}
-  for name in parse_filters(cfg.filters):
-    records = FILTERS[name](records, cfg)
+  for name in check_filters(settings.filters):
+    records = FILTERS[name](records, settings)
     counts[name] = len(records)
   return records, counts
 

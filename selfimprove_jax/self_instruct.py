@@ -25,7 +25,6 @@ import json
 import re
 from typing import Optional, Sequence
 
-from selfimprove_jax.policy import sampling_params
 from selfimprove_jax.records import jaccard, ngrams, normalise, pseudo_label
 from selfimprove_jax.sampling import SamplingParams
 from selfimprove_jax.tasks.problem import Problem, make_problem, problem_id
@@ -53,12 +52,13 @@ def clean_proposal(text, max_chars: int = 1000) -> Optional[str]:
   return para if para and len(para) <= max_chars else None
 
 
-def _canonical(problem: Optional[Problem]) -> Optional[str]:
-  """What a procedural problem *is* (its parsed metadata, e.g. the expression),
-  independent of wording; None when the task records nothing."""
+def canonical(problem: Optional[Problem]) -> Optional[str]:
+  """What a procedural problem *is*, whatever its wording: its parsed metadata (the
+  expression; countdown's numbers and target) without whitespace; None when the task
+  records nothing."""
   if problem is None or not problem.metadata:
     return None
-  return json.dumps(problem.metadata, sort_keys=True, default=str)
+  return re.sub(r"\s+", "", json.dumps(problem.metadata, sort_keys=True, default=str))
 
 
 def screen(candidates: Sequence[Optional[str]], task, heldout: Sequence[Problem],
@@ -69,7 +69,7 @@ def screen(candidates: Sequence[Optional[str]], task, heldout: Sequence[Problem]
   parse = getattr(task, "parse_problem", None)
   held_text = {normalise(p.prompt) for p in heldout}
   held_grams = [ngrams(p.prompt, ngram) for p in heldout]
-  held_canon = {_canonical(p) for p in heldout} - {None}
+  held_canon = {canonical(p) for p in heldout} - {None}
   ex_grams = [ngrams(e, ngram) for e in examples]
   ex_text = {normalise(e) for e in examples}
   seen_text, seen_grams, status = set(), [], []
@@ -78,7 +78,7 @@ def screen(candidates: Sequence[Optional[str]], task, heldout: Sequence[Problem]
       status.append("empty")
       continue
     t, g = normalise(c), ngrams(c, ngram)
-    canon = _canonical(parse(c)) if parse is not None else None
+    canon = canonical(parse(c)) if parse is not None else None
     if (t in held_text or task.is_heldout(problem_id(c)) or canon in held_canon
         or any(jaccard(g, h) >= max_overlap for h in held_grams)):
       status.append("heldout_leak")
@@ -120,7 +120,7 @@ def validate(candidates: Sequence[str], task, generate=None, *, votes: int = 4,
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-  """The proposer's knobs (config.self_instruct)."""
+  """The proposer's knobs (settings.self_instruct: config.self_instruct)."""
   proposals: int = 32                  # candidates per call
   examples: int = 3                    # seed examples shown per proposal prompt
   ngram: int = 3                       # word n-grams of the overlap checks
@@ -128,12 +128,6 @@ class Settings:
   votes: int = 4                       # non-procedural tasks: self-consistency samples
   min_vote_share: float = 0.6
   sample: SamplingParams = SamplingParams(max_new_tokens=64)
-
-  @classmethod
-  def from_config(cls, config) -> "Settings":
-    si = config.self_instruct
-    return cls(si.proposals, si.examples, si.ngram, si.max_overlap, si.votes,
-               si.min_vote_share, sampling_params(config, si.max_new_tokens))
 
 
 def propose(generate, task, seed_problems: Sequence[Problem], heldout: Sequence[Problem],

@@ -1,7 +1,9 @@
-"""Finished stages' records on disk, reused when an interrupted iteration runs again.
+"""A run's stage records on disk (`RunRecords`, the one owner of the `records/`
+layout), and finished stages reused when an interrupted iteration runs again.
 
-records/iter_K/NAME.jsonl holds a stage's output; records/iter_K/stages.json maps each
-finished stage to the hash of its file. A stage whose file is there with its recorded
+records/iter_K/NAME.jsonl holds a stage's output (NAME_R for round R of an iteration
+with several); records/iter_K/stages.json maps each finished stage to the hash of its
+file. A stage whose file is there with its recorded
 hash is read back instead of run (sampling is the slow part of an iteration, and its
 result is a function of the seed anyway); a missing, corrupt or changed file means the
 stage runs again. Process 0 decides and broadcasts, so all processes run a stage or
@@ -10,15 +12,48 @@ none do; only process 0 writes.
 
 from __future__ import annotations
 
+import glob
 import os
 from typing import Callable
 
 from selfimprove_jax import distributed
 from selfimprove_jax.checkpoint import fault_point
 from selfimprove_jax.files import UnreadableFile, hash_path, read_json, write_json_atomic
-from selfimprove_jax.records import (Sample, jsonl_digest, read_jsonl, write_jsonl)
+from selfimprove_jax.records import (Sample, jsonl_digest, read_jsonl, read_records,
+                                     write_jsonl)
 
 INDEX = "stages.json"
+
+
+class RunRecords:
+  """records/ of one run: every path, write and read of a stage's records goes here."""
+
+  def __init__(self, workdir: str):
+    self.root = os.path.join(workdir, "records")
+
+  def iteration_dir(self, k: int) -> str:
+    """records/iter_K: iteration K's stage files."""
+    return os.path.join(self.root, f"iter_{k:04d}")
+
+  def cached(self, k: int, name: str, run_stage: Callable[[], list], log,
+             samples: bool = True) -> tuple[list, str, bool]:
+    """`cached` for stage `name` of iteration k."""
+    return cached(self.iteration_dir(k), name, run_stage, k, log, samples)
+
+  def write(self, k: int, name: str, rows: list) -> str:
+    """Writes stage `name` of iteration k (process 0); returns the file's hash."""
+    return write(os.path.join(self.iteration_dir(k), f"{name}.jsonl"), rows)
+
+  def read(self, k: int, stage: str) -> list[Sample]:
+    """Iteration k's records of `stage` as on disk (every round's file, `stage_R`)."""
+    folder = self.iteration_dir(k)
+    return [x for path in sorted(glob.glob(os.path.join(folder, f"{stage}*.jsonl")))
+            for x in read_records(path)]
+
+  def earlier(self, k: int, stage: str) -> list[Sample]:
+    """What iterations 1..k-1 recorded for `stage` (on disk, so a resumed run sees the
+    same)."""
+    return [x for j in range(1, k) for x in self.read(j, stage)]
 
 
 def cached(rec_dir: str, name: str, run_stage: Callable[[], list], iteration: int, log,

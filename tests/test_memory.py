@@ -153,16 +153,17 @@ def test_loop_trains_with_one_copy_of_the_weights(algorithm, extra, want, tmp_pa
   (params and two Adam moments; 2P with bf16 moments); before this rule the loop held
   5P for SFT."""
   from selfimprove_jax import loop
+  from selfimprove_jax.optimize import phase
   seen = []
-  optimize = loop._optimize
+  update = phase.Weights.update
 
-  def spy(s, train, ref, selected, it):
+  def spy(weights, host_batches, iteration, progress):
     gc.collect()
     born = [x for x in jax.live_arrays() if id(x) not in before]
-    seen.append(_buffer_bytes(born) / _buffer_bytes(jax.tree.leaves(train.params)))
-    return optimize(s, train, ref, selected, it)
+    seen.append(_buffer_bytes(born) / _buffer_bytes(jax.tree.leaves(weights._train.params)))
+    return update(weights, host_batches, iteration, progress)
 
-  monkeypatch.setattr(loop, "_optimize", spy)
+  monkeypatch.setattr(phase.Weights, "update", spy)
   config = _tiny_loop(tmp_path, [f"loop.algorithm={algorithm}", "loop.iterations=1",
                                  "select.filters=" + ("" if algorithm == "dpo" else "dedup"),
                                  *extra])
@@ -204,11 +205,12 @@ def test_rollback_rereads_the_kept_weights(tmp_path, monkeypatch):
   from run_files import results
   from selfimprove_jax import loop
   from selfimprove_jax.checkpoint import FAULT_ENV, Checkpointer
+  from selfimprove_jax.optimize import phase
   monkeypatch.setenv(FAULT_ENV, "nan_update@1")
   runs = []
   for hold in (False, True):
     if hold:
-      monkeypatch.setattr(loop, "_holds_kept", lambda s: True)
+      monkeypatch.setattr(phase.Weights, "_holds_kept", lambda weights: True)
     workdir = tmp_path / f"hold{hold}"
     state = loop.run(_tiny_loop(tmp_path, ["loop.iterations=2"]), str(workdir),
                      log=lambda *_: None)

@@ -165,6 +165,7 @@ def test_rl_batch_rows_follow_the_kept_samples_and_padding_leaves_the_loss(loss,
   micro-batches still split them); the loss, its gradient and its metrics on the small
   batch equal those on the full prompts x G batch."""
   from selfimprove_jax import batches as batches_lib
+  from selfimprove_jax import settings
   from selfimprove_jax.config import base_config
   from selfimprove_jax.model import get_preset, init_params
   from selfimprove_jax.records import Sample
@@ -177,7 +178,7 @@ def test_rl_batch_rows_follow_the_kept_samples_and_padding_leaves_the_loss(loss,
                     completion_tokens=rs.randint(3, 60, 3 + i % 5).tolist(),
                     logprobs=list(-rs.rand(3 + i % 5)), reward=float(i % 3 == 0))
                  for i in range(10)]
-  rows = lambda: batches_lib.rl_batches(samples, config, 0)[0]["tokens"].shape[0]
+  rows = lambda: batches_lib.rl_batches(samples, settings.batches(config), 0)[0]["tokens"].shape[0]
   assert rows() == 16
   config.optim.micro_batch_size = 32
   assert rows() == 32                       # still splits into micro-batches of 32
@@ -185,8 +186,9 @@ def test_rl_batch_rows_follow_the_kept_samples_and_padding_leaves_the_loss(loss,
   config.optim.grad_accum_steps = 3          # 128 rows cannot halve into thirds
   assert rows() == 128
   config.optim.grad_accum_steps = 1
-  small = batches_lib.rl_batches(samples, config, 0)[0]
-  full = batches_lib.policy_gradient_batch(samples, config, 128, lambda s: s.problem_id)[0]
+  small = batches_lib.rl_batches(samples, settings.batches(config), 0)[0]
+  full = batches_lib.policy_gradient_batch(samples, settings.batches(config), 128,
+                                           lambda s: s.problem_id)[0]
   model = get_preset("tiny").replace(vocab_size=64)
   params = init_params(model, seed=0)
   cfg = _cfg(loss=loss, aggregation=aggregation, kl_coef=0.0)

@@ -3,7 +3,8 @@ scripted generations (no model), plus the strategies through the tiny model's sa
 
 import pytest
 
-from selfimprove_jax import curriculum, judge, policy, refine, rubric, select, self_instruct
+from selfimprove_jax import (batches, curriculum, judge, policy, refine, rubric, select,
+                             self_instruct)
 from selfimprove_jax.errors import UserError
 from selfimprove_jax.records import Sample
 from selfimprove_jax.refine import Context, StrategyConfig
@@ -197,7 +198,7 @@ def test_judge_records_unparsed_agreement_and_pairs():
   m = judge.agreement(scored, judge_threshold=0.6, reward_threshold=1.0)
   assert m["judge_agreement"] == pytest.approx(2 / 3) and m["judge_unparsed"] == 0.25
   assert m["judge_mean_correct"] == 1.0
-  pairs = judge.best_worst_pairs(scored)
+  pairs = batches.best_worst_pairs(scored)
   assert [(a.completion, b.completion) for a, b in pairs] == [("good", "bad")]
   cfg = type("C", (), {"judge_threshold": 0.6})
   assert [r.completion for r in select.judge(scored, cfg)] == ["good", "good"]
@@ -350,7 +351,7 @@ def test_one_labelling_rule_for_self_labelled_targets():
 
 def test_unknown_strategy_is_a_user_error():
   with pytest.raises(UserError, match="unknown refinement strategy 'beam'"):
-    refine.parse_strategies("best_of_n,beam")
+    refine.check_strategies(("best_of_n", "beam"))
 
 
 # ----------------------------------------------------------------------------- tiny model
@@ -367,8 +368,10 @@ def test_strategies_through_the_tiny_model_sampler():
   ctx = Context(gen, TASK, problems, judge=gen)
   cfg = StrategyConfig(n=3, rounds=1, sample=SamplingParams(max_new_tokens=6),
                        critique_tokens=6, judge_tokens=6)
-  m1 = refine.heldout_metrics(ctx, "best_of_n,self_consistency,self_refine", cfg, seed=3)
-  m2 = refine.heldout_metrics(ctx, "best_of_n,self_consistency,self_refine", cfg, seed=3)
+  m1 = refine.heldout_metrics(ctx, ("best_of_n", "self_consistency", "self_refine"), cfg,
+                              seed=3)
+  m2 = refine.heldout_metrics(ctx, ("best_of_n", "self_consistency", "self_refine"), cfg,
+                              seed=3)
   assert m1 == m2
   assert set(m1) == {"best_of_n@3", "self_consistency@3", "self_consistency@3_vote_share",
                      "self_refine@1", "self_refine@1_revised"}

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from selfimprove_jax import acquire, algorithms, loop
+from selfimprove_jax import acquire, algorithms, loop, settings
 from selfimprove_jax.checkpoint import Checkpointer
 from selfimprove_jax.config import load_config
 from selfimprove_jax.errors import UserError
@@ -29,12 +29,16 @@ TASK = get_task("arithmetic", operators="+")
 
 
 def _config(*overrides):
-  return load_config(TINY, ["log.tensorboard=false", "log.plot=false", *overrides])
+  """The tiny config with overrides, checked as a run checks it (the paradigm's own
+  checks included)."""
+  config = load_config(TINY, ["log.tensorboard=false", "log.plot=false", *overrides])
+  algorithms.algorithm(config)
+  return config
 
 
 def _round(generate, config, task=TASK, heldout=()):
-  return acquire.Round(generate, None, task, list(heldout),
-                       acquire.Settings.from_config(config), 0, 1, config)
+  return acquire.Round(generate, None, task, list(heldout), settings.acquire(config), 0, 1,
+                       algorithms.ALGORITHMS[config.loop.algorithm].settings(config))
 
 
 # ----------------------------------------------------------------------------- self-play
@@ -110,7 +114,7 @@ def test_proposals_are_screened_and_rewarded_by_learnability():
   assert all(s.problem_id == proposers[0].proposal_id for s in solvers[:4])
   # every proposer prompt stays off the held-out side, as training prompts do
   assert not any(TASK.is_heldout(s.problem_id) for s in proposers)
-  row = self_play.self_play_metrics(samples, config)
+  row = self_play.self_play_metrics(samples, config.select.reward_threshold)
   assert row["self_play_valid_share"] == 0.25 and row["self_play_mean_p"] == 0.75
   assert row["self_play_p_hist"] == {"0": 0, "(0,0.5)": 0, "[0.5,1)": 1, "1": 1}
   assert row["self_play_proposer_reward"] == pytest.approx(-2.0 / 8)
@@ -186,7 +190,7 @@ def test_role_grouped_advantages_match_a_hand_computation():
              + [_sample("solver", "b", r) for r in [1.0, 1.0, 1.0, 0.0]])
   config = _config("loop.algorithm=self_play", "loop.samples_per_prompt=4",
                    "loop.prompts_per_iteration=3")
-  (batch,) = algorithms.ALGORITHMS["self_play"].batches(samples, config, 0)
+  (batch,) = algorithms.ALGORITHMS["self_play"].batches(samples, settings.batches(config), 0)
   assert batch["tokens"].shape[0] == 3 * (4 + 1)
   valid = batch["loss_mask"].sum(1) > 0
   adv = np.asarray(advantages(batch["rewards"], batch["group_ids"], "grpo", valid=valid))
@@ -235,9 +239,9 @@ def test_spin_pairs_targets_with_the_opponents_wrong_generations():
   # every rejected reply is one the opponent generated
   generated = {f"It is {x}" for texts in replies.values() for x in texts}
   assert all(r.completion in generated and r.role == "opponent" for _, r in pairs)
-  (batch,) = algorithms.ALGORITHMS["spin"].batches(samples, config, 0)
+  (batch,) = algorithms.ALGORITHMS["spin"].batches(samples, settings.batches(config), 0)
   assert batch["tokens"].shape[0] == 2 * config.train.batch_size
-  assert spin.spin_metrics(samples, config) == {
+  assert spin.spin_metrics(samples, config.select.reward_threshold) == {
       "spin_pairs": 4, "spin_targets_verified": 2, "spin_targets_reference": 1,
       "spin_opponent_pass_rate": 4 / 9}
 
@@ -320,7 +324,7 @@ def test_label_free_rewards_read_no_reference(tmp_path, monkeypatch):
   assert [s.reward for s in samples] == [1, 1, 1, 0] + [1, 1, 1, 0] + [0, 0, 0, 0]
   assert [s.pseudo_label for s in samples[::4]] == [truth[0], "3", None]
   assert [s.verifier_reward for s in samples[:4]] == [1.0, 1.0, 1.0, 0.0]
-  row = ttrl.ttrl_metrics(samples, config)
+  row = ttrl.ttrl_metrics(samples, config.select.reward_threshold)
   assert row["ttrl_labeled_share"] == pytest.approx(2 / 3)
   assert row["ttrl_label_precision"] == 0.5   # one of the two labels was right
   assert row["ttrl_hidden_pass_rate"] == 0.5

@@ -108,4 +108,4 @@ def test_replay_trains_on_earlier_accepted_iterations_selected_samples(monkeypat
   assert again and seen[1] == second + again
   assert state["history"][2]["replayed"] == len(again)
   with pytest.raises(UserError, match="select.replay=1 .*algorithm=grpo"):
-    load_config(TINY, ["loop.algorithm=grpo", "select.replay=1"])
+    algorithms.algorithm(load_config(TINY, ["loop.algorithm=grpo", "select.replay=1"]))

@@ -34,15 +34,14 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import json
-import re
 from typing import Optional, Sequence
 
 from selfimprove_jax import acquire as acquire_lib
 from selfimprove_jax import batches
 from selfimprove_jax import self_instruct
+from selfimprove_jax import settings as settings_lib
 from selfimprove_jax.errors import UserError
-from selfimprove_jax.paradigms import programs
+from selfimprove_jax.paradigms import common, programs
 from selfimprove_jax.records import Sample, group_by_problem, pass_rate
 from selfimprove_jax.sampling import SamplingParams
 from selfimprove_jax.tasks.problem import MAX_ATTEMPTS, Problem, problem_id
@@ -61,13 +60,31 @@ class Settings:
   max_level: int = 0                   # proposals above this task level: 'too_hard' (0: any)
   sample: SamplingParams = SamplingParams(max_new_tokens=64)
 
-  @classmethod
-  def from_config(cls, config) -> "Settings":
-    si, sp = config.self_instruct, config.sampling
-    return cls(si.examples, si.ngram, si.max_overlap, config.self_play.invalid_reward,
-               config.self_play.max_level,
-               SamplingParams(temperature=sp.temperature, top_k=sp.top_k, top_p=sp.top_p,
-                              max_new_tokens=si.max_new_tokens))
+
+def settings(config) -> Settings:
+  """The proposer's settings from config.self_instruct and config.self_play; it samples
+  with the run's sampling settings (stop sequences included, as self-instruct's
+  proposer does) and self_instruct's token budget."""
+  si = config.self_instruct
+  return Settings(examples=si.examples, ngram=si.ngram, max_overlap=si.max_overlap,
+                  invalid_reward=config.self_play.invalid_reward,
+                  max_level=config.self_play.max_level,
+                  sample=settings_lib.sampling(config, si.max_new_tokens))
+
+
+# Tasks whose verifier can parse and solve a proposed problem (the proposer's checks)
+TASKS = ("arithmetic", "countdown", "code:list_ops", "code:string_ops")
+
+
+def check(config) -> None:
+  """What self-play needs of a config: a task that checks proposals, G >= 2 (the
+  learnability 4p(1-p) of one answer is 0), and no filter dropping the proposer."""
+  common.check_group(config, "the learnability 4p(1-p) of one solver answer is always 0")
+  if config.task.name not in TASKS:
+    raise UserError(f"task.name={config.task.name!r}: loop.algorithm=self_play needs a task "
+                    f"whose verifier solves proposals ({', '.join(TASKS)})")
+  common.check_own_acquire(config, drops=("correct", "pass_rate_band"), role="proposer")
+  common.check_no_replay(config)
 
 
 def learnability(p: float) -> float:
@@ -98,7 +115,7 @@ def check_proposals(texts: Sequence[Optional[str]], task, heldout: Sequence[Prob
   parse and solve it ('invalid'); then novelty (self_instruct.screen: 'duplicate',
   'copy', 'heldout_leak'; and no two valid proposals with the same parsed content) and
   limits (its level at most `st.max_level`: 'too_hard'); a problem an earlier round
-  or iteration already had as a valid proposal (its `_canonical` key in `earlier`) is a
+  or iteration already had as a valid proposal (its `self_instruct.canonical` key in `earlier`) is a
   'repeat'.
   The solver sees the problem
   in the task's own wording (`parse_problem(..., canonical=True)`), so what it learns
@@ -112,14 +129,14 @@ def check_proposals(texts: Sequence[Optional[str]], task, heldout: Sequence[Prob
       out.append(("empty" if s == "empty" else "invalid", None))
     elif s == "unique" and task.is_heldout(p.id):
       out.append(("heldout_leak", None))
-    elif s != "unique" or _canonical(p) in seen:
+    elif s != "unique" or self_instruct.canonical(p) in seen:
       out.append((s if s != "unique" else "duplicate", None))
-    elif _canonical(p) in earlier:
+    elif self_instruct.canonical(p) in earlier:
       out.append(("repeat", None))
     elif st.max_level and p.difficulty > st.max_level:
       out.append(("too_hard", None))
     else:
-      seen.add(_canonical(p))
+      seen.add(self_instruct.canonical(p))
       out.append(("valid", p))
   return out
 
@@ -129,14 +146,6 @@ def first_problem(reply: str) -> Optional[str]:
   dropped), then its first line -- a model asked for one problem often lists several."""
   text = self_instruct.clean_proposal(reply)
   return self_instruct.clean_proposal(text.splitlines()[0]) if text else None
-
-
-def _canonical(problem: Optional[Problem]) -> Optional[str]:
-  """What a parsed proposal is, whatever its wording: its metadata (the expression;
-  countdown's numbers and target) without whitespace."""
-  if problem is None:
-    return None
-  return re.sub(r"\s+", "", json.dumps(problem.metadata, sort_keys=True, default=str))
 
 
 def check_programs(texts: Sequence[Optional[str]], task, heldout: Sequence[Problem],
@@ -152,23 +161,23 @@ def check_programs(texts: Sequence[Optional[str]], task, heldout: Sequence[Probl
     verdict, p = next(ran) if s == "unique" else (s, None)
     if p is not None and task.is_heldout(p.id):
       verdict, p = "heldout_leak", None
-    elif p is not None and _canonical(p) in seen:
+    elif p is not None and self_instruct.canonical(p) in seen:
       verdict, p = "duplicate", None
     elif p is not None and p.id in earlier:     # a program's id is its program + call
       verdict, p = "repeat", None
     if p is not None:
-      seen.add(_canonical(p))
+      seen.add(self_instruct.canonical(p))
     out.append((verdict, p))
   return out
 
 
 def _earlier_keys(r: acquire_lib.Round, code: bool) -> frozenset:
   """What the run's earlier valid proposals were: a program's solver-problem id, else
-  the parsed problem's `_canonical` key (parsing is cheap; running programs is not)."""
+  the parsed problem's `self_instruct.canonical` key (parsing is cheap; running programs is not)."""
   valid = [x for x in r.earlier() if x.role == PROPOSER and x.proposal_status == "valid"]
   if code:
     return frozenset(x.proposal_id for x in valid)
-  return frozenset(_canonical(r.task.parse_problem(x.proposal, canonical=True)) for x in valid)
+  return frozenset(self_instruct.canonical(r.task.parse_problem(x.proposal, canonical=True)) for x in valid)
 
 
 def is_code(task) -> bool:
@@ -184,7 +193,7 @@ def self_play_round(r: acquire_lib.Round, problems: Sequence[Problem]) -> list[S
                        and hasattr(r.task, "parse_problem")):
     raise UserError(f"loop.algorithm=self_play: task {r.task.name} cannot check proposals "
                     f"(it needs a procedural verifier: arithmetic, countdown or code:)")
-  st = Settings.from_config(r.config)
+  st = r.paradigm
   seeds = programs.seeds(problems) if code else [p.prompt for p in problems]
   prompts = proposer_prompts(r.task, seeds, len(problems), st.examples)
   replies = [group[0] for group in r.generate(prompts, st.sample, 1, r.seed)]
@@ -199,7 +208,7 @@ def self_play_round(r: acquire_lib.Round, problems: Sequence[Problem]) -> list[S
   # the solver: G answers per valid proposal, each scored by the verifier
   solved = acquire_lib.acquire(r.generate, programs.OutputPrediction() if code else r.task,
                                valid, r.settings.sample, r.settings.n, r.seed + 1, r.iteration)
-  threshold = r.config.select.reward_threshold
+  threshold = r.settings.reward_threshold
   rate = {pid: pass_rate(g, threshold) for pid, g in group_by_problem(solved).items()}
   proposers = []
   for reply, prompt, text, (verdict, p) in zip(replies, prompts, texts, verdicts):
@@ -218,12 +227,13 @@ def role_group(s: Sample) -> str:
   return PROPOSER_GROUP if s.role == PROPOSER else s.problem_id
 
 
-def self_play_batches(samples: Sequence[Sample], config, seed: int) -> list[dict]:
+def self_play_batches(samples: Sequence[Sample], t: batches.Settings,
+                      seed: int) -> list[dict]:
   """One GRPO-family batch of both roles (P proposals + P x G answers at most),
   advantages relative within role groups (`role_group`)."""
   del seed
-  P, G = config.loop.prompts_per_iteration, config.loop.samples_per_prompt
-  return batches.policy_gradient_batch(samples, config, P * (G + 1), role_group)
+  return batches.policy_gradient_batch(samples, t, t.prompts * (t.samples_per_prompt + 1),
+                                       role_group)
 
 
 def _mean(values) -> Optional[float]:
@@ -231,10 +241,10 @@ def _mean(values) -> Optional[float]:
   return float(sum(values) / len(values)) if values else None
 
 
-def self_play_metrics(samples: Sequence[Sample], config) -> dict:
+def self_play_metrics(samples: Sequence[Sample], threshold: float) -> dict:
   """The iteration's row: how many proposals were valid, the solver's pass rate p on
   them (its mean and distribution: the difficulty the proposer found), both rewards."""
-  del config
+  del threshold
   proposals = [s for s in samples if s.role == PROPOSER]
   p = [s.solver_pass_rate for s in proposals if s.proposal_status == "valid"]
   return {

@@ -27,6 +27,7 @@ from selfimprove_jax import acquire as acquire_lib
 from selfimprove_jax import batches
 from selfimprove_jax.errors import UserError
 from selfimprove_jax.evaluation import ans_as_completion
+from selfimprove_jax.paradigms import common
 from selfimprove_jax.records import Sample, group_by_problem, normalise
 from selfimprove_jax.tasks import verify
 
@@ -45,7 +46,7 @@ def spin_round(r: acquire_lib.Round, problems: Sequence) -> list[Sample]:
   reference written as a reply (a sample without log-probs: never sampled)."""
   if not hasattr(r.generate, "target"):
     raise UserError("loop.algorithm=spin needs a policy that can write a reference as a reply")
-  threshold = r.config.select.reward_threshold
+  threshold = r.settings.reward_threshold
   samples = acquire_lib.acquire(r.generate, r.task, problems, r.settings.sample,
                                 r.settings.n, r.seed, r.iteration)
   by_id = {p.id: p for p in problems}
@@ -81,16 +82,15 @@ def spin_pairs(samples: Sequence[Sample], threshold: float) -> list[tuple[Sample
   return pairs
 
 
-def spin_batches(samples: Sequence[Sample], config, seed: int) -> list[dict]:
+def spin_batches(samples: Sequence[Sample], t: batches.Settings, seed: int) -> list[dict]:
   """DPO batches of the selected samples' SPIN pairs (shuffled by `seed`)."""
-  pairs = spin_pairs(samples, config.select.reward_threshold)
+  pairs = spin_pairs(samples, t.reward_threshold)
   np.random.default_rng(seed).shuffle(pairs)
-  return batches.pair_batches(pairs, config, seed + 1)
+  return batches.pair_batches(pairs, t, seed + 1)
 
 
-def spin_metrics(samples: Sequence[Sample], config) -> dict:
+def spin_metrics(samples: Sequence[Sample], threshold: float) -> dict:
   """Pairs, where the targets came from, and the opponent's training pass rate."""
-  threshold = config.select.reward_threshold
   targets = [s for s in samples if s.role == TARGET]
   opponent = [s for s in samples if s.role in (TARGET, OPPONENT) and s.logprobs]
   return {"spin_pairs": len(spin_pairs(samples, threshold)),
@@ -98,3 +98,10 @@ def spin_metrics(samples: Sequence[Sample], config) -> dict:
           "spin_targets_reference": sum(not s.logprobs for s in targets),
           "spin_opponent_pass_rate": (sum(s.reward >= threshold for s in opponent)
                                       / max(1, len(opponent)))}
+
+
+def check(config) -> None:
+  """SPIN makes its own samples, trains on the rejected ones too, and pairs this
+  iteration's targets with this iteration's generations."""
+  common.check_own_acquire(config, drops=("correct",), role="rejected")
+  common.check_no_replay(config)

@@ -27,6 +27,7 @@ from typing import Optional, Sequence
 
 from selfimprove_jax import acquire as acquire_lib
 from selfimprove_jax import refine as refine_lib
+from selfimprove_jax.paradigms import common
 from selfimprove_jax.records import Sample, agreement_rewards, group_by_problem
 from selfimprove_jax.tasks import verify
 from selfimprove_jax.tasks.problem import HIDDEN_REFERENCE
@@ -66,10 +67,9 @@ def _check_hidden(task, problems, samples: list[Sample]) -> list[Sample]:
   return out
 
 
-def ttrl_metrics(samples: Sequence[Sample], config) -> dict:
+def ttrl_metrics(samples: Sequence[Sample], threshold: float) -> dict:
   """Share of prompts with a pseudo-label, mean vote share, and where hidden
   references exist: label precision and the hidden training pass rate (else None)."""
-  threshold = config.select.reward_threshold
   groups = list(group_by_problem(samples).values())
   labeled = [g for g in groups if g[0].pseudo_label is not None]
   checkable = [g for g in labeled if g[0].verifier_reward is not None]
@@ -81,3 +81,10 @@ def ttrl_metrics(samples: Sequence[Sample], config) -> dict:
                                    / max(1, len(groups))),
           "ttrl_label_precision": sum(right) / len(right) if right else None,
           "ttrl_hidden_pass_rate": sum(hidden) / len(hidden) if hidden else None}
+
+
+def check(config) -> None:
+  """Group-relative majority rewards (G >= 2), from the policy's own samples."""
+  common.check_group(config)
+  common.check_own_acquire(config)
+  common.check_no_replay(config)

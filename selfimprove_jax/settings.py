@@ -1,0 +1,131 @@
+"""Every stage's typed settings, built once from the experiment config, by keyword.
+
+This module is the one place that turns a ConfigDict into what the stages read: the
+loop's set-up (and the `eval` command) call it, and no stage function receives the
+ConfigDict, so a stage's signature says what it reads. Comma lists of names
+(select.filters, evaluate.strategies) become tuples here, once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from selfimprove_jax import acquire as acquire_lib
+from selfimprove_jax import batches as batches_lib
+from selfimprove_jax import evaluation
+from selfimprove_jax import refine as refine_lib
+from selfimprove_jax import select as select_lib
+from selfimprove_jax import self_instruct as self_instruct_lib
+from selfimprove_jax.config import names
+from selfimprove_jax.optimize import phase as phase_lib
+from selfimprove_jax.sampling import SamplingParams
+
+
+def sampling(config, max_new_tokens: int) -> SamplingParams:
+  """The run's sampling settings (config.sampling) with a stage's token budget."""
+  sp = config.sampling
+  return SamplingParams(temperature=sp.temperature, top_k=sp.top_k, top_p=sp.top_p,
+                        stop_sequences=tuple(sp.stop_sequences), max_new_tokens=max_new_tokens)
+
+
+def strategy(config, sample: SamplingParams) -> refine_lib.StrategyConfig:
+  """The refinement strategies' knobs (config.refine, config.judge)."""
+  r, j = config.refine, config.judge
+  return refine_lib.StrategyConfig(
+      n=r.n, rounds=r.rounds, scorer=r.scorer, sample=sample,
+      critique_tokens=r.critique_tokens, judge_samples=j.samples,
+      judge_tokens=j.max_new_tokens)
+
+
+def judge_needed(config) -> bool:
+  """True when the config makes acquisition judge every sample: the 'judge' filter, a
+  judge reward, judge-ranked DPO pairs, best-of-n by judge, or judge.score_records."""
+  return ("judge" in names(config.select.filters) or config.judge.use_as_reward
+          or config.loop.dpo_pairs == "judge" or config.judge.score_records
+          or (config.acquire.refine_strategy == "best_of_n" and config.refine.scorer == "judge"))
+
+
+def acquire(config) -> acquire_lib.Settings:
+  """One acquisition round's knobs (config.loop, sampling, judge, acquire, refine)."""
+  a, j = config.acquire, config.judge
+  sample = sampling(config, config.sampling.max_new_tokens)
+  return acquire_lib.Settings(
+      n=config.loop.samples_per_prompt, sample=sample, judge=judge_needed(config),
+      judge_samples=j.samples, judge_tokens=j.max_new_tokens,
+      judge_as_reward=j.use_as_reward, refine_strategy=a.refine_strategy,
+      strategy=strategy(config, sample), min_vote_share=a.min_vote_share,
+      label_free=a.label_free, rationalize=a.rationalize,
+      reward_threshold=config.select.reward_threshold,
+      judge_threshold=config.select.judge_threshold)
+
+
+def select(config) -> select_lib.Settings:
+  """The filters' knobs (config.select)."""
+  c = config.select
+  return select_lib.Settings(
+      filters=tuple(names(c.filters)), reward_threshold=c.reward_threshold,
+      min_pass_rate=c.min_pass_rate, max_pass_rate=c.max_pass_rate,
+      dedup_ngram=c.dedup_ngram, dedup_threshold=c.dedup_threshold,
+      max_completion_tokens=c.max_completion_tokens, judge_threshold=c.judge_threshold,
+      replay=c.replay)
+
+
+def evaluate(config) -> evaluation.Settings:
+  """What held-out evaluation does besides greedy pass@1 (config.evaluate, sampling)."""
+  e = config.evaluate
+  sample = sampling(config, e.max_new_tokens)
+  return evaluation.Settings(maj_k=e.maj_k, sample=sample,
+                             strategies=refine_lib.check_strategies(names(e.strategies)),
+                             strategy=strategy(config, sample))
+
+
+def self_instruct(config) -> self_instruct_lib.Settings:
+  """The proposer's knobs (config.self_instruct)."""
+  si = config.self_instruct
+  return self_instruct_lib.Settings(
+      proposals=si.proposals, examples=si.examples, ngram=si.ngram,
+      max_overlap=si.max_overlap, votes=si.votes, min_vote_share=si.min_vote_share,
+      sample=sampling(config, si.max_new_tokens))
+
+
+def batches(config) -> batches_lib.Settings:
+  """How selected samples become optimizer batches (config.train, loop, optim)."""
+  t, o = config.train, config.optim
+  return batches_lib.Settings(
+      batch_size=t.batch_size, epochs=t.epochs, max_seq_len=t.max_seq_len,
+      reward_threshold=config.select.reward_threshold, dpo_pairs=config.loop.dpo_pairs,
+      prompts=config.loop.prompts_per_iteration, samples_per_prompt=config.loop.samples_per_prompt,
+      row_unit=o.micro_batch_size if o.micro_batch_size > 0 else o.grad_accum_steps)
+
+
+def phase(config, algorithm) -> phase_lib.Settings:
+  """How an iteration trains (config.optim, config.loop, and what the algorithm needs)."""
+  o = config.optim
+  return phase_lib.Settings(
+      continue_state=o.continue_state, restart_from_base=config.loop.restart_from_base,
+      needs_reference=algorithm.needs_reference(config),
+      rows_per_example=algorithm.rows_per_example,
+      # a fresh schedule spans the steps an iteration of one round takes
+      fresh_horizon=(not o.continue_state and o.schedule_horizon == "batches"
+                     and algorithm.rounds(config) == 1),
+      max_update_ratio=o.max_update_ratio)
+
+
+@dataclasses.dataclass(frozen=True)
+class Stages:
+  """Every stage's settings of one run, built once at set-up."""
+  acquire: acquire_lib.Settings
+  select: select_lib.Settings
+  evaluate: evaluation.Settings
+  self_instruct: self_instruct_lib.Settings
+  batches: batches_lib.Settings
+  phase: phase_lib.Settings
+  paradigm: Any          # the algorithm's own sections (Algorithm.settings)
+
+
+def stages(config, algorithm) -> Stages:
+  """Every stage's settings from the config, once."""
+  return Stages(acquire=acquire(config), select=select(config), evaluate=evaluate(config),
+                self_instruct=self_instruct(config), batches=batches(config),
+                phase=phase(config, algorithm), paradigm=algorithm.settings(config))
