@@ -10,7 +10,7 @@ One iteration's proposals:
      split (leaks); a proposal whose id falls in the task's held-out partition, or
      whose parsed content equals a held-out problem's, is a leak too. So no self-made
      problem can ever bring a held-out problem into training;
-  4. validate — procedural tasks keep a proposal when they can parse and solve it
+  4. check validity — procedural tasks keep a proposal when they can parse and solve it
      (`task.parse_problem`), with the task's answer as reference; other tasks when the
      model's own answers agree: self-consistency share >= min_vote_share over `votes`
      samples, with the majority answer as reference.
@@ -93,9 +93,9 @@ def screen(candidates: Sequence[Optional[str]], task, heldout: Sequence[Problem]
   return status
 
 
-def validate(candidates: Sequence[str], task, generate=None, *, votes: int = 4,
-             min_vote_share: float = 0.6, sample: Optional[SamplingParams] = None,
-             seed: int = 0, difficulty: int = 0) -> list[tuple[Optional[Problem], dict]]:
+def check_validity(candidates: Sequence[str], task, generate=None, *, votes: int = 4,
+                   min_vote_share: float = 0.6, sample: Optional[SamplingParams] = None,
+                   seed: int = 0, difficulty: int = 0) -> list[tuple[Optional[Problem], dict]]:
   """(Problem or None, details) per candidate: parsed and solved by a procedural task,
   else a self-consistency vote of `votes` samples from `generate` (refine.GenerateFn)."""
   parse = getattr(task, "parse_problem", None)
@@ -132,7 +132,7 @@ class Settings:
 
 def propose(generate, task, seed_problems: Sequence[Problem], heldout: Sequence[Problem],
             settings: Settings, seed: int, difficulty: int = 0):
-  """Runs propose -> clean -> de-duplicate -> validate. Returns (kept problems, one row
+  """Runs propose -> clean -> de-duplicate -> check validity. Returns (kept problems, one row
   per candidate: {'text', 'status', 'reason', 'problem'})."""
   pool = [p.prompt for p in seed_problems]
   k = max(1, min(settings.examples, len(pool)))
@@ -142,9 +142,10 @@ def propose(generate, task, seed_problems: Sequence[Problem], heldout: Sequence[
   texts = [clean_proposal(r[0].completion) for r in replies]
   status = screen(texts, task, heldout, pool, settings.ngram, settings.max_overlap)
   unique = [t for t, s in zip(texts, status) if s == "unique"]
-  checked = iter(validate(unique, task, generate, votes=settings.votes,
-                          min_vote_share=settings.min_vote_share, sample=settings.sample,
-                          seed=seed + 1, difficulty=difficulty))
+  checked = iter(check_validity(unique, task, generate, votes=settings.votes,
+                                min_vote_share=settings.min_vote_share,
+                                sample=settings.sample, seed=seed + 1,
+                                difficulty=difficulty))
   rows, kept = [], []
   for t, s in zip(texts, status):
     row = {"text": t, "status": s, "reason": s, "problem": None}

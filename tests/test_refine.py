@@ -249,7 +249,7 @@ def test_self_instruct_propose_validates_procedural_and_by_votes():
                           "extract_answer": lambda self, t, p=None: t.split()[-1]})()
   answers = {"Q1?": ["7", "7", "7", "8"], "Q2?": ["1", "2", "3", "1"]}
   vgen = Scripted(lambda p, j, g: f"it is {answers[p][j]}")
-  out = self_instruct.validate(["Q1?", "Q2?"], jtask, vgen, votes=4, min_vote_share=0.6)
+  out = self_instruct.check_validity(["Q1?", "Q2?"], jtask, vgen, votes=4, min_vote_share=0.6)
   assert out[0][0].reference == "7" and out[0][1]["vote_share"] == 0.75
   assert out[1][0] is None
 

@@ -77,7 +77,7 @@ def clean(text) -> Optional[str]:
   return show(*parsed) if parsed else None
 
 
-def run(proposals: Sequence[str]) -> list[tuple[str, Optional[Problem]]]:
+def execute_proposals(proposals: Sequence[str]) -> list[tuple[str, Optional[Problem]]]:
   """(verdict, solver problem or None) per proposal in the canonical form: 'invalid'
   (not in the format), 'error' / 'timeout' / ... (how the sandbox run ended),
   'nondeterministic', 'too_long', else 'valid' with the true output as reference."""

@@ -155,7 +155,7 @@ def check_programs(texts: Sequence[Optional[str]], task, heldout: Sequence[Probl
   programs.py): novelty as for `check_proposals`, then a run in the sandbox; a solver
   problem whose id falls on the task's held-out side is a 'heldout_leak' too."""
   status = self_instruct.screen(texts, task, heldout, seeds, st.ngram, st.max_overlap)
-  ran = iter(programs.run([t for t, s in zip(texts, status) if s == "unique"]))
+  ran = iter(programs.execute_proposals([t for t, s in zip(texts, status) if s == "unique"]))
   out, seen = [], set()
   for s in status:
     verdict, p = next(ran) if s == "unique" else (s, None)
