@@ -98,15 +98,33 @@ def init_slots(*, config: ModelConfig, slots: int, cache_len: int, rows: int,
       stop_len=_batch(jnp.zeros((N,), jnp.int32), mesh))
 
 
-# size: a jitted kernel; its arrays and static settings are its parameters
-def admit(params, state: SlotState, tokens, prompt_mask, slot, row, row_prompt, row_sample,
-          row_limit, seed, *, config: ModelConfig, group: int,
-          mesh: Optional[Mesh] = None) -> SlotState:
-  """Prefills R left-padded prompts tokens [R,Tb] and starts their R*group rows in
-  slots `slot` [R*group] (B for a padding row: dropped). row [R*group]: result
-  index; row_prompt/row_sample: the (prompt, sample) pair naming its PRNG key;
-  row_limit: its new-token budget."""
-  cache, logits, lengths = prefill_prompts(params, tokens, prompt_mask, config=config)
+class Admission(NamedTuple):
+  """What `admit` starts: R left-padded prompts and their R*group rows (traced)."""
+  tokens: jax.Array        # [R,Tb] int32 prompts, left-padded
+  prompt_mask: jax.Array   # [R,Tb] bool
+  slot: jax.Array          # [R*group] int32 the row's slot (B for a padding row: dropped)
+  row: jax.Array           # [R*group] int32 its result index
+  row_prompt: jax.Array    # [R*group] int32 with row_sample: the (prompt, sample) pair
+  row_sample: jax.Array    # [R*group] int32   naming its PRNG key
+  row_limit: jax.Array     # [R*group] int32 its new-token budget
+
+
+class Controls(NamedTuple):
+  """How tokens are drawn and what ends a row, as traced arrays (new values reuse the
+  compiled loop); `decode.decode` takes the same five, in this order."""
+  eos_ids: jax.Array       # [E] int32
+  stop_table: jax.Array    # [NS,W] int32 stop sequences, right-aligned
+  stop_valid: jax.Array    # [NS,W] bool
+  temperature: jax.Array   # [] fp32
+  top_p: jax.Array         # [] fp32
+
+
+def admit(params, state: SlotState, new: Admission, seed, *, config: ModelConfig,
+          group: int, mesh: Optional[Mesh] = None) -> SlotState:
+  """Prefills the R prompts of `new` and starts their R*group rows in their slots;
+  `seed` with a row's (prompt, sample) pair gives its PRNG key."""
+  tokens, slot, row = new.tokens, new.slot, new.row
+  cache, logits, lengths = prefill_prompts(params, tokens, new.prompt_mask, config=config)
   Tb = tokens.shape[1]
   S = state.cache[0][0].shape[1]
   # The prompt's last entry (index Tb-1 of the left-padded prefill) goes to ring slot
@@ -129,17 +147,15 @@ def admit(params, state: SlotState, tokens, prompt_mask, slot, row, row_prompt, 
       cache=tuple(new_cache),
       logits=put(state.logits, jnp.repeat(logits, group, axis=0)),
       context=put(state.context, lengths), positions=put(state.positions, lengths),
-      key_data=put(state.key_data, row_key_data(seed, row_prompt, row_sample)),
+      key_data=put(state.key_data, row_key_data(seed, new.row_prompt, new.row_sample)),
       row=put(state.row, row), generated=put(state.generated, jnp.zeros_like(row)),
-      limit=put(state.limit, jnp.minimum(row_limit, M)),
+      limit=put(state.limit, jnp.minimum(new.row_limit, M)),
       recent=put(state.recent, jnp.full((row.shape[0], state.recent.shape[1]), -1)),
       free=put(state.free, jnp.zeros(row.shape, bool)))
 
 
-# size: a jitted kernel; its arrays and static settings are its parameters
-def run(params, state: SlotState, min_free, eos_ids, stop_table, stop_valid, temperature,
-        top_p, *, config: ModelConfig, choice: Choice,
-        mesh: Optional[Mesh] = None) -> SlotState:
+def run(params, state: SlotState, min_free, controls: Controls, *, config: ModelConfig,
+        choice: Choice, mesh: Optional[Mesh] = None) -> SlotState:
   """Decodes every occupied slot, one token per step, inside one `lax.while_loop`
   that ends once at least `min_free` slots are free or no slot is running. Returns
   the whole state (donated by the caller: the ring caches and result buffers are
@@ -157,8 +173,8 @@ def run(params, state: SlotState, min_free, eos_ids, stop_table, stop_valid, tem
   def body(s: SlotState) -> SlotState:
     active = ~s.free
     keys = jax.vmap(jax.random.fold_in)(jax.random.wrap_key_data(s.key_data), s.generated)
-    nt = next_tokens(s.logits, keys, s.recent, s.generated + 1 >= s.limit, eos_ids,
-                     stop_table, stop_valid, temperature, top_p, choose)
+    nt = next_tokens(s.logits, keys, s.recent, s.generated + 1 >= s.limit, *controls,
+                     choose)
     at = jnp.where(active, s.row, N)                   # free slots write nowhere
     write = lambda buf, val: buf.at[at, s.generated].set(val, mode="drop")
     ended = active & (nt.code != RUNNING)

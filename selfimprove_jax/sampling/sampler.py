@@ -70,6 +70,21 @@ class _Unit:
   count: int
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Work:
+  """One `generate` call as the two schedules read it."""
+  prompts: list                 # checked prompts, int32 token arrays
+  units: list                   # the prefills (_Unit), longest prompt first
+  group: int                    # rows per prefill at most
+  n: int                        # samples per prompt
+  sp: SamplingParams
+  choice: decode_lib.Choice     # static: how tokens are chosen
+  stop_width: int               # W of the stop table
+  seed: jax.Array               # [] uint32
+  controls: continuous_lib.Controls   # traced: EOS ids, stop table, temperature, top_p
+  limits: np.ndarray            # [P] int32 new-token budget per prompt
+
+
 class Sampler:
   """Batched generation with a static, bucketed set of compiled functions.
 
@@ -209,8 +224,10 @@ class Sampler:
     table, valid = self._stop_table(sp)
     params = jax.device_put(params, self._param_shardings)  # no-op when already placed
     choice = decode_lib.make_choice(sp.is_greedy, sp.top_k, sp.top_p, self.config.vocab_size)
-    consts = (jnp.asarray(self.eos_ids or (-1,), jnp.int32), jnp.asarray(table),
-              jnp.asarray(valid), jnp.float32(sp.temperature or 1.0), jnp.float32(sp.top_p))
+    controls = continuous_lib.Controls(
+        eos_ids=jnp.asarray(self.eos_ids or (-1,), jnp.int32), stop_table=jnp.asarray(table),
+        stop_valid=jnp.asarray(valid), temperature=jnp.float32(sp.temperature or 1.0),
+        top_p=jnp.float32(sp.top_p))
 
     group = min(n, self.max_batch)
     units = [_Unit(p, s, min(group, n - s)) for p in range(len(prompts))
@@ -224,8 +241,10 @@ class Sampler:
     ragged = bool(self.eos_ids) or len(table) > 0 or len(set(limits.tolist())) > 1
     continuous = self.schedule(ragged, len(prompts) * n) == "continuous"
     run = self._generate_continuous if continuous else self._generate_bucketed
-    results = run(params, prompts, units, group, n, sp, choice, table.shape[1], seed, consts,
-                  limits, bar)
+    work = _Work(prompts=prompts, units=units, group=group, n=n, sp=sp, choice=choice,
+                 stop_width=table.shape[1], seed=jnp.uint32(seed % (1 << 32)),
+                 controls=controls, limits=limits)
+    results = run(params, work, bar)
     if bar is not None:
       bar.close()
     results.sort(key=lambda c: (c.prompt_index, c.sample_index))
@@ -255,25 +274,23 @@ class Sampler:
 
   # --------------------------------------------------------------------------- bucketed
 
-  # size: the sampler's schedule state is passed explicitly, not held on self
-  def _generate_bucketed(self, params, prompts, units, group, n, sp, choice, stop_width,
-                         seed, consts, limits, bar) -> list[Completion]:
+  def _generate_bucketed(self, params, work: _Work, bar) -> list[Completion]:
+    units, group = work.units, work.group
     max_units = max(1, self.max_batch // group)
     per_call = min(max_units, _next_pow2(len(units)))
     chunks = [units[i:i + per_call] for i in range(0, len(units), per_call)]
     results: list[Completion] = []
     pending = None
     for chunk in chunks:
-      launched = self._launch(params, prompts, chunk, per_call, group, sp, choice,
-                              stop_width, seed, consts, limits)
+      launched = self._launch(params, work, chunk, per_call)
       if pending is not None:  # fetch the previous chunk while this one runs
         results += self._collect(*pending, bar)
       pending = (chunk, group, launched)
     return results + self._collect(*pending, bar)
 
-  # size: the sampler's schedule state is passed explicitly, not held on self
-  def _launch(self, params, prompts, chunk, per_call, group, sp, choice, stop_width, seed,
-              consts, limits):
+  def _launch(self, params, work: _Work, chunk, per_call):
+    """Prefills and decodes one chunk of units (padded to `per_call`); not waited for."""
+    prompts, group = work.prompts, work.group
     Tb = bucket_length(max(len(prompts[u.prompt]) for u in chunk), self.min_bucket)
     U, B = per_call, per_call * group
     tokens, mask = self._pad_prompts(prompts, chunk, U, Tb)
@@ -288,11 +305,11 @@ class Sampler:
       row_real[rows] = (i < len(chunk)) & (np.arange(group) < u.count)
     state = self._prefill(
         params, self._put(tokens), self._put(mask), self._put(row_prompt),
-        self._put(row_sample), self._put(row_real), self._put(limits[row_prompt]),
-        jnp.uint32(seed % (1 << 32)), config=self.config, group=group,
-        max_new=sp.max_new_tokens, stop_width=stop_width, mesh=self.mesh)
-    return self._decode(params, state, *consts, config=self.config, choice=choice,
-                        mesh=self.mesh)
+        self._put(row_sample), self._put(row_real), self._put(work.limits[row_prompt]),
+        work.seed, config=self.config, group=group, max_new=work.sp.max_new_tokens,
+        stop_width=work.stop_width, mesh=self.mesh)
+    return self._decode(params, state, *work.controls, config=self.config,
+                        choice=work.choice, mesh=self.mesh)
 
   def _pad_prompts(self, prompts, units, U, Tb):
     """Left-padded tokens [U,Tb] and mask; rows past len(units) repeat the first."""
@@ -306,22 +323,20 @@ class Sampler:
 
   # --------------------------------------------------------------------------- continuous
 
-  # size: the sampler's schedule state is passed explicitly, not held on self
-  def _generate_continuous(self, params, prompts, units, group, n, sp, choice, stop_width,
-                           seed, consts, limits, bar) -> list[Completion]:
+  def _generate_continuous(self, params, work: _Work, bar) -> list[Completion]:
     """Keeps `max_batch` slots busy: admit waiting prompts whenever a refill's worth
     of slots is free, decode until the next refill is due, repeat."""
+    prompts, units, group, n = work.prompts, work.units, work.group, work.n
     rows = len(prompts) * n
     # Slots: max_batch (whole prompts' groups of them), fewer for a small request.
     slots = min(self.max_batch, _next_pow2(rows)) // group * group
     refill_units = max(1, slots // _REFILL_SHARE // group)
     refill = refill_units * group
-    M = sp.max_new_tokens
+    M = work.sp.max_new_tokens
     t_max = bucket_length(max(len(p) for p in prompts), self.min_bucket)
     N = _next_pow2(rows)     # result rows, a power of two: few compiled shapes
     state = self._init_slots(config=self.config, slots=slots, cache_len=t_max + M, rows=N,
-                             max_new=M, stop_width=stop_width, mesh=self.mesh)
-    seed = jnp.uint32(seed % (1 << 32))
+                             max_new=M, stop_width=work.stop_width, mesh=self.mesh)
     queue = list(units)
     free = np.ones((slots,), bool)
     finished = 0
@@ -329,13 +344,12 @@ class Sampler:
       while queue and free.sum() >= refill:
         batch, queue = queue[:refill_units], queue[refill_units:]
         taken = np.flatnonzero(free)[:refill]
-        state = self._admit_units(params, state, prompts, batch, refill_units, group, n,
-                                  taken, slots, N, limits, seed)
+        state = self._admit_units(params, state, work, batch, refill_units, taken)
         free[taken] = False
       if not queue and free.all():
         break
-      state = self._run(params, state, jnp.int32(refill if queue else slots), *consts,
-                        config=self.config, choice=choice, mesh=self.mesh)
+      state = self._run(params, state, jnp.int32(refill if queue else slots), work.controls,
+                        config=self.config, choice=work.choice, mesh=self.mesh)
       free = self._fetch(state.free).astype(bool)
       if bar is not None:
         done = rows - sum(u.count for u in queue) - int((~free).sum())
@@ -350,10 +364,10 @@ class Sampler:
                                         u.sample_start + j))
     return results
 
-  # size: the sampler's schedule state is passed explicitly, not held on self
-  def _admit_units(self, params, state, prompts, batch, R, group, n, taken, slots, N,
-                   limits, seed):
+  def _admit_units(self, params, state, work: _Work, batch, R, taken):
     """Prefill `batch` (padded to R units) into the free slots `taken`."""
+    prompts, group, n = work.prompts, work.group, work.n
+    slots, N = state.free.shape[0], state.tokens.shape[0]   # B slots, N result rows
     Tb = bucket_length(max(len(prompts[u.prompt]) for u in batch), self.min_bucket)
     tokens, mask = self._pad_prompts(prompts, batch, R, Tb)
     slot = np.full((R * group,), slots, np.int32)       # `slots`: a dropped padding row
@@ -367,10 +381,12 @@ class Sampler:
         slot[r], row[r] = taken[k], u.prompt * n + u.sample_start + j
         row_prompt[r], row_sample[r] = u.prompt, u.sample_start + j
         k += 1
-    return self._admit(params, state, self._put(tokens), self._put(mask), self._put(slot),
-                       self._put(row), self._put(row_prompt), self._put(row_sample),
-                       self._put(limits[row_prompt]), seed, config=self.config,
-                       group=group, mesh=self.mesh)
+    new = continuous_lib.Admission(
+        tokens=self._put(tokens), prompt_mask=self._put(mask), slot=self._put(slot),
+        row=self._put(row), row_prompt=self._put(row_prompt),
+        row_sample=self._put(row_sample), row_limit=self._put(work.limits[row_prompt]))
+    return self._admit(params, state, new, work.seed, config=self.config, group=group,
+                       mesh=self.mesh)
 
   # --------------------------------------------------------------------------- results
 
