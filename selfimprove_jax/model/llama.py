@@ -185,13 +185,12 @@ def attention(q, k, v, mask, scale=None, window=None, q_offset=0):
   return out.reshape(B, T, N, H)
 
 
-# size: one decoder layer written out whole, both families' differences inline
-def block(p, x, cos, sin, mask, config: ModelConfig, kv=None, cache_index=None, local=False):
-  """One decoder layer. x [B,T,D]; kv: optional (k_cache, v_cache) [B,S,K,H] into
-  which this call's keys/values are written at `cache_index` (same for all rows).
-  local: a sliding-window layer (a Python bool, or a traced one under `lax.scan`);
-  cos/sin must then be its tables (`rope_tables(..., local=True)`).
-  Returns (x, (k_cache, v_cache) or None)."""
+def block(p, x, rope, mask, config: ModelConfig, kv=None, cache_index=None, local=False):
+  """One decoder layer. x [B,T,D]; rope: the (cos, sin) tables of its positions; kv:
+  optional (k_cache, v_cache) [B,S,K,H] into which this call's keys/values are written
+  at `cache_index` (same for all rows). local: a sliding-window layer (a Python bool,
+  or a traced one under `lax.scan`); rope must then be its tables
+  (`rope_tables(..., local=True)`). Returns (x, (k_cache, v_cache) or None)."""
   dt = x.dtype
   h = norm(x, p["attn_norm"], config)
   # Without a cache (training, scoring) q/k/v and gate/up each run as one matmul on
@@ -203,7 +202,27 @@ def block(p, x, cos, sin, mask, config: ModelConfig, kv=None, cache_index=None, 
   # axis (q's heads grouped under their kv head, gate/up stacked), so the kv_heads
   # and mlp shardings carry over.
   fused = kv is None
-  if fused:
+  q, k, v = _qkv(p, h, config, fused)
+  q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+  if kv is not None:
+    k_cache, v_cache = kv
+    k_cache = jax.lax.dynamic_update_slice_in_dim(k_cache, k.astype(k_cache.dtype), cache_index, 1)
+    v_cache = jax.lax.dynamic_update_slice_in_dim(v_cache, v.astype(v_cache.dtype), cache_index, 1)
+    kv = (k_cache, v_cache)
+    k, v = k_cache.astype(dt), v_cache.astype(dt)
+  a = _attend(q, k, v, mask, config, cache_index, local)
+  a = jnp.einsum("btnh,nhd->btd", a, p["o"].astype(dt))
+  x = x + (norm(a, p["post_attn_norm"], config) if config.post_norms else a)
+  m = _mlp(p, norm(x, p["mlp_norm"], config), config, fused)
+  x = x + (norm(m, p["post_mlp_norm"], config) if config.post_norms else m)
+  return x, kv
+
+
+def _qkv(p, h, config: ModelConfig, fused: bool):
+  """q [B,T,N,H], k and v [B,T,K,H] of the normed input h [B,T,D], with the config's
+  biases and q/k norms (before RoPE)."""
+  dt = h.dtype
+  if fused:   # one matmul on the joined weights (see `block`)
     B, T, _ = h.shape
     D, N, H = p["q"].shape
     K = p["k"].shape[1]
@@ -221,36 +240,35 @@ def block(p, x, cos, sin, mask, config: ModelConfig, kv=None, cache_index=None, 
     q, k, v = q + p["q_bias"].astype(dt), k + p["k_bias"].astype(dt), v + p["v_bias"].astype(dt)
   if config.qk_norm:
     q, k = norm(q, p["q_norm"], config), norm(k, p["k_norm"], config)
-  q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-  if kv is not None:
-    k_cache, v_cache = kv
-    k_cache = jax.lax.dynamic_update_slice_in_dim(k_cache, k.astype(k_cache.dtype), cache_index, 1)
-    v_cache = jax.lax.dynamic_update_slice_in_dim(v_cache, v.astype(v_cache.dtype), cache_index, 1)
-    kv = (k_cache, v_cache)
-    k, v = k_cache.astype(dt), v_cache.astype(dt)
+  return q, k, v
+
+
+def _attend(q, k, v, mask, config: ModelConfig, cache_index, local):
+  """`attention` with the config's score scale, through the sliding window on a local
+  layer (a Python bool picks one path; a traced one, under `lax.scan`, a `lax.cond`)."""
   scale = None if config.query_pre_attn_scalar is None else config.query_pre_attn_scalar ** -0.5
   full = functools.partial(attention, scale=scale)
   if config.sliding_window is None:
-    a = full(q, k, v, mask)
-  else:
-    windowed = functools.partial(attention, scale=scale, window=config.sliding_window,
-                                 q_offset=0 if cache_index is None else cache_index)
-    if isinstance(local, (bool, np.bool_)):
-      a = (windowed if local else full)(q, k, v, mask)
-    else:  # scanned layers: both branches compile once, each layer runs one
-      a = jax.lax.cond(local, windowed, full, q, k, v, mask)
-  a = jnp.einsum("btnh,nhd->btd", a, p["o"].astype(dt))
-  x = x + (norm(a, p["post_attn_norm"], config) if config.post_norms else a)
-  h = norm(x, p["mlp_norm"], config)
+    return full(q, k, v, mask)
+  windowed = functools.partial(attention, scale=scale, window=config.sliding_window,
+                               q_offset=0 if cache_index is None else cache_index)
+  if isinstance(local, (bool, np.bool_)):
+    return (windowed if local else full)(q, k, v, mask)
+  # scanned layers: both branches compile once, each layer runs one
+  return jax.lax.cond(local, windowed, full, q, k, v, mask)
+
+
+def _mlp(p, h, config: ModelConfig, fused: bool):
+  """The gated MLP of the normed input h [B,T,D] -> [B,T,D]; fused, gate and up run
+  as one matmul on weights stacked per call (see `block`)."""
+  dt = h.dtype
   if fused:
     gu = jnp.einsum("btd,dsf->btsf", h, jnp.stack([p["gate"], p["up"]], axis=1).astype(dt))
     g, u = gu[:, :, 0], gu[:, :, 1]
   else:
     g = jnp.einsum("btd,df->btf", h, p["gate"].astype(dt))
     u = jnp.einsum("btd,df->btf", h, p["up"].astype(dt))
-  m = jnp.einsum("btf,fd->btd", mlp_activation(g, config) * u, p["down"].astype(dt))
-  x = x + (norm(m, p["post_mlp_norm"], config) if config.post_norms else m)
-  return x, kv
+  return jnp.einsum("btf,fd->btd", mlp_activation(g, config) * u, p["down"].astype(dt))
 
 
 def causal_mask(input_mask):
@@ -304,7 +322,7 @@ class Transformer(nn.Module):
     if c.scan_layers:
       def step(x, xs):
         p, kv, local = xs
-        x, kv = fn(p, x, *tables(local), mask, kv=kv, local=local)
+        x, kv = fn(p, x, tables(local), mask, kv=kv, local=local)
         return x, kv
       xs = (layer_params, None if cache is None else (cache["k"], cache["v"]),
             jnp.asarray(local_layers))
@@ -316,7 +334,7 @@ class Transformer(nn.Module):
         p = jax.tree.map(lambda a: a[i], layer_params)
         kv = None if cache is None else (new_cache["k"][i], new_cache["v"][i])
         local = bool(local_layers[i])
-        x, kv = fn(p, x, *tables(local), mask, kv=kv, local=local)
+        x, kv = fn(p, x, tables(local), mask, kv=kv, local=local)
         if cache is not None:
           new_cache["k"] = new_cache["k"].at[i].set(kv[0])
           new_cache["v"] = new_cache["v"].at[i].set(kv[1])

@@ -156,7 +156,7 @@ def forward_step(top, layers, config: ModelConfig, cache, tok, positions, key_ma
   mask = key_mask[:, None, :]                                            # [B,1,S]
   new_cache = []
   for p, kv, local in zip(layers, cache, config.local_layers):
-    x, (k, v) = block(p, x, *rope[local], mask, config, kv=kv, cache_index=cache_index,
+    x, (k, v) = block(p, x, rope[local], mask, config, kv=kv, cache_index=cache_index,
                       local=local)
     new_cache.append((_constrain(k, _CACHE_AXES, mesh), _constrain(v, _CACHE_AXES, mesh)))
   x = norm(x[:, 0], top["final_norm"], config)
