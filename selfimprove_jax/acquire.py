@@ -16,6 +16,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from selfimprove_jax import judge as judge_lib
 from selfimprove_jax import refine as refine_lib
+from selfimprove_jax import refine_targets
 from selfimprove_jax.policy import GenerateFn
 from selfimprove_jax.records import Sample, pass_rate
 from selfimprove_jax.sampling import SamplingParams
@@ -95,7 +96,7 @@ def acquire_round(r: Round, problems: Sequence) -> list[Sample]:
                                       use_as_reward=st.judge_as_reward)
   ctx = refine_lib.Context(r.generate, r.task, problems, judge=judge)
   if st.refine_strategy:
-    samples = refine_lib.refine_records(st.refine_strategy, samples, problems, ctx,
+    samples = refine_targets.refine_records(st.refine_strategy, samples, problems, ctx,
                                         st.strategy, r.seed + 2, st.min_vote_share)
   if st.label_free:
     # LMSI (Huang et al. 2022) / TTRL (Zuo et al. 2025): the self-consistency majority
@@ -103,7 +104,7 @@ def acquire_round(r: Round, problems: Sequence) -> list[Sample]:
     # at least acquire.min_vote_share); every filter and loss then reads that reward
     samples = [s.replace(reward=float(bool(s.refined))) for s in samples]
   if st.rationalize:
-    samples += refine_lib.rationalize_records(samples, problems, ctx, st.strategy,
+    samples += refine_targets.rationalize_records(samples, problems, ctx, st.strategy,
                                               r.seed + 3, st.reward_threshold)
   return samples
 

@@ -30,7 +30,6 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any, Optional
 
-import grain
 import jax
 import ml_collections
 
@@ -40,6 +39,7 @@ from selfimprove_jax import config as config_lib
 from selfimprove_jax import curriculum as curriculum_lib
 from selfimprove_jax import distributed
 from selfimprove_jax import evaluation
+from selfimprove_jax import gate
 from selfimprove_jax import memory as memory_lib
 from selfimprove_jax import self_instruct
 from selfimprove_jax import select as select_lib
@@ -56,6 +56,7 @@ from selfimprove_jax.policy import GenerateFn, model_generate
 from selfimprove_jax.records import Sample, pass_rate
 from selfimprove_jax.reporting import Reporter
 from selfimprove_jax.sampling import Sampler, make_sampler
+from selfimprove_jax.prompts import PromptStream
 from selfimprove_jax.stage_cache import RunRecords
 from selfimprove_jax.tasks import get_task
 from selfimprove_jax.tasks.problem import Problem, Task
@@ -196,7 +197,8 @@ def _run(config, workdir, override_config, log, signals) -> dict:
         metrics = _evaluate(s, trained, k)
       del trained
       # --- decide: accept or roll back, stop on a plateau, move the difficulty
-      accepted, reason = _decide(state, metrics, it, w.account, config)
+      accepted, reason = gate.decide(state, metrics, len(it.selected), w.account,
+                                     s.stages.gate)
       next_difficulty, move = _curriculum(s, state, it)
       row = _row(s, it, metrics, accepted, reason, state.difficulty, move)
       if accepted:
@@ -334,38 +336,6 @@ def _check_compatible(saved: dict, config, workdir: str, override: bool) -> None
 # ----------------------------------------------------------------------------- one iteration
 
 
-class PromptStream:
-  """The training prompts: a Grain dataset of the task's problems (index -> problem at
-  the iteration's difficulty), iterated from the position the loop state saved; its
-  iterator state after the iteration goes back into the loop state.
-
-  Every process reads the whole stream: sampling is one SPMD program over the global
-  batch, so every host needs every prompt, and the saved position then means the same
-  thing for any process count (a run resumes on more or fewer hosts)."""
-
-  def __init__(self, task, seed: int, saved: Optional[dict], difficulty):
-    ds = grain.MapDataset.range(0, 1 << 31).map(
-        lambda i: task.problem(seed, int(i), difficulty))
-    self._it = iter(ds.to_iter_dataset())
-    if saved:
-      self._it.set_state(saved)
-    self._proposals: list[Problem] = []
-
-  def add_proposals(self, problems: list[Problem]) -> None:
-    """Problems the model proposed (self-instruct), mixed in by `take`."""
-    self._proposals += problems
-
-  def take(self, n: int, proposal_share: float = 0.0) -> list[Problem]:
-    """n problems: the stream's, with up to `proposal_share` of them the proposals'."""
-    m = min(len(self._proposals), round(proposal_share * n))
-    problems = [next(self._it) for _ in range(n - m)] + self._proposals[:m]
-    self._proposals = self._proposals[m:]
-    return problems
-
-  def state(self) -> dict:
-    return self._it.get_state()
-
-
 @dataclasses.dataclass
 class Iteration:
   """One iteration's running account of its stages: what was sampled and kept, the
@@ -484,32 +454,6 @@ def _evaluate(s: Setup, params, k: int) -> dict:
                                 s.seed(k, "evaluate"), judge=s.judge)
   s.reporter.stage(k, "evaluate", ", ".join(f"{n} {v:.3f}" for n, v in metrics.items()))
   return metrics
-
-
-def _decide(state: LoopState, metrics: dict, it: Iteration, account: phase_lib.Account,
-            config) -> tuple[bool, str]:
-  """Accept, roll back, and stop on plateau (updates `state` in place). Weights with a
-  non-finite or exploding update are never accepted, whatever the held-out score
-  says, and neither is an iteration that trained on nothing."""
-  p1 = metrics["pass@1"]
-  if account.problem:
-    accepted, reason = False, f"rolled back: {account.problem}"
-  elif not account.losses or not account.loss_tokens:
-    why = (f"0 optimizer steps ({len(it.selected)} samples selected)" if not account.losses
-           else "0 loss tokens (train.max_seq_len cuts off every completion?)")
-    accepted, reason = False, f"not accepted: trained on nothing ({why})"
-  elif p1 < state.best_pass1 - config.evaluate.max_regression:
-    accepted, reason = False, (f"rolled back: held-out pass@1 fell from {state.best_pass1:.3f} "
-                               f"to {p1:.3f}")
-  else:
-    accepted, reason = True, "accepted"
-  if accepted and p1 > state.best_pass1:
-    state.best_pass1, state.no_improve = p1, 0
-  else:
-    state.no_improve += 1
-  if state.no_improve >= config.evaluate.patience:
-    state.stopped = f"no held-out improvement for {state.no_improve} iterations"
-  return accepted, reason
 
 
 def _curriculum(s: Setup, state: LoopState, it: Iteration) -> tuple[Any, Optional[dict]]:

@@ -47,13 +47,13 @@ class Sample:
   judge_score: Optional[float] = None
   judge_reply: Optional[str] = None
   verifier_reward: Optional[float] = None   # the verifier's reward when a judge's replaced it
-  # set by a refinement strategy's training targets (refine.refine_records)
+  # set by a refinement strategy's training targets (refine_targets.refine_records)
   refined: Optional[bool] = None       # True: a training target the 'refined' filter keeps
   vote_share: Optional[float] = None   # self_consistency: its prompt's majority share
   majority_answer: Optional[str] = None   # self_consistency: its prompt's majority answer
                                           # (the label of label-free training)
   refine_rounds: Optional[int] = None  # revising strategies: rounds behind this revision
-  # set by STaR's rationalization (refine.rationalize_records): True = an answer given
+  # set by STaR's rationalization (refine_targets.rationalize_records): True = an answer given
   # with the reference as a hint, recorded under the original prompt (hint removed)
   rationalized: Optional[bool] = None
   # set by paradigms that make their own samples (paradigms/): which role a sample

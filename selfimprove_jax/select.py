@@ -74,7 +74,7 @@ def judge(records, cfg):
 
 
 def refined(records, cfg):
-  """Keep the training targets a refinement strategy marked (refine.refine_records)."""
+  """Keep the training targets a refinement strategy marked (refine_targets.refine_records)."""
   return [r for r in records if r.refined]
 
 

@@ -14,6 +14,7 @@ from typing import Any
 from selfimprove_jax import acquire as acquire_lib
 from selfimprove_jax import batches as batches_lib
 from selfimprove_jax import evaluation
+from selfimprove_jax import gate as gate_lib
 from selfimprove_jax import refine as refine_lib
 from selfimprove_jax import select as select_lib
 from selfimprove_jax import self_instruct as self_instruct_lib
@@ -112,6 +113,12 @@ def phase(config, algorithm) -> phase_lib.Settings:
       max_update_ratio=o.max_update_ratio)
 
 
+def gate(config) -> gate_lib.Settings:
+  """When an iteration is kept and a run stops (config.evaluate)."""
+  e = config.evaluate
+  return gate_lib.Settings(max_regression=e.max_regression, patience=e.patience)
+
+
 @dataclasses.dataclass(frozen=True)
 class Stages:
   """Every stage's settings of one run, built once at set-up."""
@@ -121,6 +128,7 @@ class Stages:
   self_instruct: self_instruct_lib.Settings
   batches: batches_lib.Settings
   phase: phase_lib.Settings
+  gate: gate_lib.Settings
   paradigm: Any          # the algorithm's own sections (Algorithm.settings)
 
 
@@ -128,4 +136,4 @@ def stages(config, algorithm) -> Stages:
   """Every stage's settings from the config, once."""
   return Stages(acquire=acquire(config), select=select(config), evaluate=evaluate(config),
                 self_instruct=self_instruct(config), batches=batches(config),
-                phase=phase(config, algorithm), paradigm=algorithm.settings(config))
+                phase=phase(config, algorithm), gate=gate(config), paradigm=algorithm.settings(config))

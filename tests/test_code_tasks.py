@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from selfimprove_jax import refine
+from selfimprove_jax import refine, refine_targets
 from selfimprove_jax.errors import UserError
 from selfimprove_jax.records import Sample
 from selfimprove_jax.refine import Context, StrategyConfig
@@ -134,7 +134,7 @@ def test_execution_feedback_training_targets():
                sample_index=0, iteration=1)
   fix = S(_fenced(p.reference), -0.5, 2, [7, 0], [-0.25, -0.25])
   ctx = Context(Scripted(lambda prompt, j, g: fix), task, [p])
-  out = refine.refine_records("execution_feedback", [rec], [p], ctx,
+  out = refine_targets.refine_records("execution_feedback", [rec], [p], ctx,
                               StrategyConfig(rounds=1), 0)
   assert [r.refined for r in out] == [False, True]
   assert out[1].reward == 1.0 and out[1].completion_tokens == [7, 0]

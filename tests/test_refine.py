@@ -3,8 +3,8 @@ scripted generations (no model), plus the strategies through the tiny model's sa
 
 import pytest
 
-from selfimprove_jax import (batches, curriculum, judge, policy, refine, rubric, select,
-                             self_instruct)
+from selfimprove_jax import (batches, curriculum, judge, policy, refine, refine_targets,
+                             rubric, select, self_instruct)
 from selfimprove_jax.errors import UserError
 from selfimprove_jax.records import Sample
 from selfimprove_jax.refine import Context, StrategyConfig
@@ -292,10 +292,10 @@ def test_refine_records_targets():
           _record(p1.id, p1.prompt, "#### 3", 0.0, idx=0),
           _record(p1.id, p1.prompt, "#### 4", 0.0, idx=1)]
   ctx = Context(Scripted(lambda p, j, g: "x"), TASK, problems)
-  sc = refine.refine_records("self_consistency", recs, problems, ctx, StrategyConfig(), 0,
+  sc = refine_targets.refine_records("self_consistency", recs, problems, ctx, StrategyConfig(), 0,
                              min_vote_share=0.6)
   assert [r.refined for r in sc] == [True, False, True, False, False]
-  bon = refine.refine_records("best_of_n", recs, problems, ctx, StrategyConfig(), 0)
+  bon = refine_targets.refine_records("best_of_n", recs, problems, ctx, StrategyConfig(), 0)
   # p1: all wrong, equal likelihood -> the first sample
   assert [r.refined for r in bon] == [True, False, False, True, False]
   cfg = type("C", (), {})
@@ -305,7 +305,7 @@ def test_refine_records_targets():
     if prompt.startswith("Here is a question"):
       return "NO ISSUES" if f"#### {p0.reference}" in prompt else "wrong"
     return S(f"#### {p1.reference}", -0.5, 2, [7, 0], [-0.25, -0.25])
-  sr = refine.refine_records("self_refine", recs, problems, Context(Scripted(reply), TASK,
+  sr = refine_targets.refine_records("self_refine", recs, problems, Context(Scripted(reply), TASK,
                              problems), StrategyConfig(rounds=1), 0)
   assert len(sr) == 6 and sr[0].refined and not any(r.refined for r in sr[1:5])
   added = sr[5]
@@ -344,7 +344,7 @@ def test_one_labelling_rule_for_self_labelled_targets():
           _record(p1.id, p1.prompt, "#### 3", 0.0, idx=0),
           _record(p1.id, p1.prompt, "#### 3.0", 0.0, idx=1)]
   ctx = Context(Scripted(lambda pr, j, g: "x"), TASK, [p0, p1])
-  sc = refine.refine_records("self_consistency", recs, [p0, p1], ctx, StrategyConfig(), 0)
+  sc = refine_targets.refine_records("self_consistency", recs, [p0, p1], ctx, StrategyConfig(), 0)
   assert [r.refined for r in sc] == [False, False, True, True]
   assert sc[0].majority_answer is None and sc[2].majority_answer == "3"
 

@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pytest
 
-from selfimprove_jax import algorithms, loop, refine
+from selfimprove_jax import algorithms, loop, refine_targets
 from selfimprove_jax.config import load_config
 from selfimprove_jax.records import Sample, read_records
 from selfimprove_jax.refine import Context, StrategyConfig
@@ -85,7 +85,7 @@ def test_rationalize_records_keeps_only_hinted_answers_that_reach_the_reference(
       return f"The hint says {ref}."
     return "#### 1"                       # misses the answer
   gen = Scripted(reply)
-  added = refine.rationalize_records(recs, problems, Context(gen, TASK, problems),
+  added = refine_targets.rationalize_records(recs, problems, Context(gen, TASK, problems),
                                      StrategyConfig(), seed=0, threshold=1.0)
   # one batched call, for the three failed problems only; the solved one is not asked
   assert len(gen.calls) == 1 and len(gen.calls[0][0]) == 3

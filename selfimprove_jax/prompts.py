@@ -1,0 +1,42 @@
+"""The training prompt stream of a run: a Grain dataset of the task's problems, with
+the model's own proposals (self-instruct) mixed in."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import grain
+
+from selfimprove_jax.tasks.problem import Problem
+
+
+class PromptStream:
+  """The training prompts: a Grain dataset of the task's problems (index -> problem at
+  the iteration's difficulty), iterated from the position the loop state saved; its
+  iterator state after the iteration goes back into the loop state.
+
+  Every process reads the whole stream: sampling is one SPMD program over the global
+  batch, so every host needs every prompt, and the saved position then means the same
+  thing for any process count (a run resumes on more or fewer hosts)."""
+
+  def __init__(self, task, seed: int, saved: Optional[dict], difficulty):
+    ds = grain.MapDataset.range(0, 1 << 31).map(
+        lambda i: task.problem(seed, int(i), difficulty))
+    self._it = iter(ds.to_iter_dataset())
+    if saved:
+      self._it.set_state(saved)
+    self._proposals: list[Problem] = []
+
+  def add_proposals(self, problems: list[Problem]) -> None:
+    """Problems the model proposed (self-instruct), mixed in by `take`."""
+    self._proposals += problems
+
+  def take(self, n: int, proposal_share: float = 0.0) -> list[Problem]:
+    """n problems: the stream's, with up to `proposal_share` of them the proposals'."""
+    m = min(len(self._proposals), round(proposal_share * n))
+    problems = [next(self._it) for _ in range(n - m)] + self._proposals[:m]
+    self._proposals = self._proposals[m:]
+    return problems
+
+  def state(self) -> dict:
+    return self._it.get_state()
