@@ -167,6 +167,23 @@ def test_run_python_basics(pool):
   assert r.ok and r.stdout == "x\n"   # its own scratch is writable
 
 
+def test_job_values_read_as_typed_values(pool):
+  src = "def f(x):\n  return [x, 1 / x]\n"
+  calls, missing = sandbox.run_jobs("call_tests", [
+      {"source": src, "entry_point": "f", "inputs": [[2], [0]]},
+      {"source": src, "entry_point": "g", "inputs": [[2]]}], LIMITS, pool)
+  got = sandbox.CallTestsValue.from_value(calls.value)
+  assert got.missing is None and got.calls[0] == sandbox.CallOutcome([2, 0.5])
+  assert not got.calls[1].returned and got.calls[1].error.startswith("ZeroDivisionError")
+  got = sandbox.CallTestsValue.from_value(missing.value)
+  assert got.calls == () and "'g'" in got.missing
+  (r,) = sandbox.run_jobs("asserts", [{"source": src, "asserts": [
+      "assert f(2) == [2, 0.5]", "assert f(1) == [0]"]}], LIMITS, pool)
+  checks = sandbox.AssertsValue.from_value(r.value).checks
+  assert checks[0] == sandbox.AssertOutcome(True) and not checks[1].passed
+  assert checks[1].error.startswith("AssertionError")
+
+
 def test_batch_many_short_programs(pool):
   results = sandbox.run_python_batch([f"print({i} * {i})" for i in range(64)], pool=pool)
   assert [r.stdout for r in results] == [f"{i * i}\n" for i in range(64)]

@@ -17,7 +17,9 @@ spread over a pool of workers (one per CPU, up to 16, by default), so a batch co
 fork per program instead of an interpreter start-up (benchmarks/RESULTS.md).
 
 Status of a Result: ok | error (exception, non-zero exit, no result) | timeout (wall or
-CPU limit) | memory | output_limit | killed (a signal, or the worker died).
+CPU limit) | memory | output_limit | killed (a signal, or the worker died). An ok
+job's `Result.value` is the worker's JSON; `CallTestsValue`, `AssertsValue` and
+`ScoreValue` read it as typed values.
 """
 
 from __future__ import annotations
@@ -68,6 +70,67 @@ class Result:
                float(reply["wall_s"]), reply.get("value"), reply.get("detail", ""))
 
 
+# ----------------------------------------------------------------------------- job values
+# The worker's JSON for an ok job (worker.job_call_tests, job_asserts, job_rg_score), read
+# into frozen dataclasses on the host. Expected outputs never enter the sandbox: callers
+# compare these values with them.
+
+
+@dataclasses.dataclass(frozen=True)
+class CallOutcome:
+  """One input of a `call_tests` job: the function's return value (normalized as by
+  `worker.normalize`), or the error it raised ("Type: message")."""
+  value: object = None
+  error: Optional[str] = None
+
+  @property
+  def returned(self) -> bool:
+    return self.error is None
+
+
+@dataclasses.dataclass(frozen=True)
+class CallTestsValue:
+  """An ok `call_tests` job: one outcome per input, in order, or (no outcomes) why
+  the source defines no callable of that name."""
+  calls: tuple = ()                 # CallOutcome per input
+  missing: Optional[str] = None
+
+  @classmethod
+  def from_value(cls, value: dict) -> "CallTestsValue":
+    if "missing" in value:
+      return cls(missing=value["missing"])
+    return cls(tuple(CallOutcome(g["value"]) if "value" in g else CallOutcome(error=g["error"])
+                     for g in value["results"]))
+
+
+@dataclasses.dataclass(frozen=True)
+class AssertOutcome:
+  """One assert line of an `asserts` job: whether it held, else the error it raised."""
+  passed: bool
+  error: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class AssertsValue:
+  """An ok `asserts` job: one outcome per assert line, in order."""
+  checks: tuple = ()                # AssertOutcome per line
+
+  @classmethod
+  def from_value(cls, value: dict) -> "AssertsValue":
+    return cls(tuple(AssertOutcome(g.get("passed") is True, g.get("error", ""))
+                     for g in value["results"]))
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreValue:
+  """An ok `rg_score` job: the scorer's reward (a non-finite one is sent as 0)."""
+  reward: float
+
+  @classmethod
+  def from_value(cls, value: dict) -> "ScoreValue":
+    return cls(float(value["reward"]))
+
+
 def run_jobs(job: str, args_list: Sequence[dict], limits: Limits = Limits(),
              pool: Optional[Pool] = None) -> list[Result]:
   """Runs worker job `job` (worker.JOBS: exec, call_tests, asserts, rg_score) once per
@@ -93,5 +156,6 @@ def run_python(source: str, *, stdin: str = "", timeout_s: float = 5.0, memory_m
   return run_python_batch([source], stdin=stdin, limits=limits, pool=pool)[0]
 
 
-__all__ = ["Isolation", "Limits", "Pool", "Result", "STATUSES", "detect", "run_jobs",
+__all__ = ["AssertOutcome", "AssertsValue", "CallOutcome", "CallTestsValue", "Isolation",
+           "Limits", "Pool", "Result", "STATUSES", "ScoreValue", "detect", "run_jobs",
            "run_python", "run_python_batch", "shared_pool"]

@@ -261,27 +261,27 @@ def _call(entry_point: str, inputs: list) -> str:
 
 def _io_verdict(r: sandbox.Result, p: Problem) -> Verdict:
   tests, name = p.metadata["tests"], p.metadata["entry_point"]
-  if "missing" in r.value:
-    return Verdict(0.0, "ok", r.value["missing"])
-  got, detail = r.value["results"], ""
-  passed = 0
-  for t, g in zip(tests, got):
-    if "value" in g and g["value"] == normalize(t["output"]):
+  got = sandbox.CallTestsValue.from_value(r.value)
+  if got.missing is not None:
+    return Verdict(0.0, "ok", got.missing)
+  passed, detail = 0, ""
+  for t, c in zip(tests, got.calls):
+    if c.returned and c.value == normalize(t["output"]):
       passed += 1
     elif not detail:
-      said = (f"raised {g['error']}" if "error" in g else f"returned {g['value']!r}"[:200])
+      said = f"raised {c.error}" if not c.returned else f"returned {c.value!r}"[:200]
       detail = f"{_call(name, t['input'])} {said}; expected {t['output']!r}"[:400]
   return Verdict(passed / len(tests), "ok", detail)
 
 
 def _assert_verdict(r: sandbox.Result, p: Problem) -> Verdict:
-  got = r.value["results"]
-  passed = sum(1 for g in got if g.get("passed") is True)
-  failed = [(t, g) for t, g in zip(p.metadata["asserts"], got) if g.get("passed") is not True]
+  checks = sandbox.AssertsValue.from_value(r.value).checks
+  passed = sum(1 for c in checks if c.passed)
+  failed = [(t, c) for t, c in zip(p.metadata["asserts"], checks) if not c.passed]
   detail = ""
   if failed:
-    t, g = failed[0]
-    detail = f"failed: {t.strip().splitlines()[-1][:200]} ({g.get('error', '')})"[:400]
+    t, c = failed[0]
+    detail = f"failed: {t.strip().splitlines()[-1][:200]} ({c.error})"[:400]
   return Verdict(passed / len(p.metadata["asserts"]), "ok", detail)
 
 

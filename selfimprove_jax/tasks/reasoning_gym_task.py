@@ -176,7 +176,7 @@ class ReasoningGymTask:
     results = sandbox.run_jobs("rg_score", [a for _, a in todo], self.score_limits)
     for (i, _), r in zip(todo, results):
       if r.ok:
-        verdicts[i] = Verdict(min(max(float(r.value["reward"]), 0.0), 1.0))
+        verdicts[i] = Verdict(min(max(sandbox.ScoreValue.from_value(r.value).reward, 0.0), 1.0))
       else:   # the scorer chokes on malformed or hostile output: that output is wrong
         tail = r.stderr.strip().splitlines()[-1:] or [""]
         verdicts[i] = Verdict(0.0, r.status, f"{r.detail} {tail[0]}".strip()[:300])
