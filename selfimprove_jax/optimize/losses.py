@@ -36,6 +36,17 @@ from selfimprove_jax.optimize.config import POLICY_GRADIENT_LOSSES
 LossFn = Callable  # (logp [B,T], entropy [B,T] | None, batch, cfg) -> (loss, metrics)
 
 
+def batch_keys(loss: str, kl_coef: float) -> tuple[str, ...]:
+  """The keys a batch of `loss` must hold (the format above, the one statement of it);
+  old_logprobs stays optional (omitted: ratio 1)."""
+  keys = ("tokens", "input_mask", "loss_mask")
+  if loss == "dpo":
+    keys += ("ref_logprobs",)
+  if loss in POLICY_GRADIENT_LOSSES:
+    keys += ("rewards", "group_ids") + (("ref_logprobs",) if kl_coef > 0 else ())
+  return keys
+
+
 # ----------------------------------------------------------------------------- weights
 
 

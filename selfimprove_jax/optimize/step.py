@@ -26,7 +26,7 @@ from selfimprove_jax.model.params import param_shardings
 from selfimprove_jax.model import lora as lora_lib
 from selfimprove_jax.optimize.config import POLICY_GRADIENT_LOSSES, check_optim_config
 from selfimprove_jax.optimize.logprobs import token_logprobs
-from selfimprove_jax.optimize.losses import LOSSES, prepare_batch
+from selfimprove_jax.optimize.losses import LOSSES, batch_keys, prepare_batch
 from selfimprove_jax.optimize.state import (TrainState, current_learning_rate,
                                             make_array_update, make_optimizer,
                                             state_shardings)
@@ -56,12 +56,7 @@ def split_micro_batches(batch: dict, A: int, unit: int = 1) -> dict:
 
 
 def _check_batch(batch: dict, cfg) -> None:
-  needed = ["tokens", "input_mask", "loss_mask"]
-  if cfg.loss == "dpo":
-    needed.append("ref_logprobs")
-  if cfg.loss in POLICY_GRADIENT_LOSSES:
-    needed += ["rewards", "group_ids"] + (["ref_logprobs"] if cfg.kl_coef > 0 else [])
-  missing = [k for k in needed if k not in batch]
+  missing = [k for k in batch_keys(cfg.loss, cfg.kl_coef) if k not in batch]
   if missing:
     raise UserError(f"optim.loss={cfg.loss!r} needs batch keys {missing}")
 
