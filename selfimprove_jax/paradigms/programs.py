@@ -92,9 +92,10 @@ def execute_proposals(proposals: Sequence[str]) -> list[tuple[str, Optional[Prob
 def _verdict(r: sandbox.Result, code: str, args: list) -> tuple[str, Optional[Problem]]:
   if not r.ok:
     return r.status, None
-  if "missing" in r.value or any("value" not in g for g in r.value["results"]):
+  got = sandbox.CallTestsValue.from_value(r.value)
+  if got.missing is not None or not all(c.returned for c in got.calls):
     return "error", None
-  first, second = (g["value"] for g in r.value["results"])
+  first, second = (c.value for c in got.calls)
   if first != second:
     return "nondeterministic", None
   value = _python(first)
