@@ -146,7 +146,7 @@ def run_one(exp: Experiment, seed: int, workdir: str, resume: bool, restart: boo
 
 def read_run(workdir: str) -> dict:
   """What a finished run printed: its history, stop reason and resolved config."""
-  from selfimprove_jax.checkpoint import Checkpointer
+  from selfimprove_jax.runtime.checkpoint import Checkpointer
   summary_path = os.path.join(workdir, "summary.json")
   if not os.path.isfile(summary_path):
     raise RuntimeError(f"{summary_path} is missing: the run did not finish")

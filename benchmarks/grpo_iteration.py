@@ -92,8 +92,8 @@ def main(argv=None):
   import numpy as np
   from selfimprove_jax import optimize as opt
   from selfimprove_jax.model import get_preset, init_params
+  from selfimprove_jax.runtime.sharding import make_mesh
   from selfimprove_jax.sampling import Sampler, SamplingParams
-  from selfimprove_jax.sharding import make_mesh
   if args.dtype is None:
     args.dtype = "float32" if jax.default_backend() == "cpu" else "bfloat16"
   config = get_preset(args.model).replace(dtype=args.dtype)

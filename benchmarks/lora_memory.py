@@ -51,9 +51,9 @@ def main(argv=None):
   from jax.sharding import NamedSharding, PartitionSpec as P
   from selfimprove_jax import optimize as opt
   from selfimprove_jax.model import abstract_params, get_preset, init_params
-  from selfimprove_jax.model.params import param_shardings
   from selfimprove_jax.model import lora as lora_lib
-  from selfimprove_jax.sharding import single_device_mesh
+  from selfimprove_jax.model.params import param_shardings
+  from selfimprove_jax.runtime.sharding import single_device_mesh
 
   config = get_preset(args.preset)
   mesh = single_device_mesh()

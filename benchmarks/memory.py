@@ -74,11 +74,11 @@ def measure(args) -> dict:
   """Runs the stages for args.models (one model) in this process."""
   import jax
   import numpy as np
-  from selfimprove_jax import memory
   from selfimprove_jax import optimize as opt
   from selfimprove_jax.model import get_preset, init_params
+  from selfimprove_jax.runtime import memory
+  from selfimprove_jax.runtime.sharding import make_mesh
   from selfimprove_jax.sampling import Sampler, SamplingParams
-  from selfimprove_jax.sharding import make_mesh
   config = get_preset(args.models).replace(dtype=args.dtype, remat=bool(args.remat))
   mesh = make_mesh({"data": -1})
   cfg = optim_config(args)
@@ -118,7 +118,7 @@ def measure(args) -> dict:
 def step_account(step, state, batch) -> dict:
   """XLA's account of the jitted step (with optim.update_per_array: of its gradient
   pass, the part that holds the most; each array's update adds one array)."""
-  from selfimprove_jax import memory
+  from selfimprove_jax.runtime import memory
   jitted = getattr(step, "gradients", step)
   return memory.compiled_bytes(jitted.lower(state, batch).compile())
 
@@ -127,11 +127,11 @@ def compile_only(args) -> dict:
   """XLA's account of the train step, nothing allocated: for models too large to run
   on this machine beside other jobs."""
   import jax
-  from selfimprove_jax import memory
   from selfimprove_jax import optimize as opt
   from selfimprove_jax.model import get_preset
   from selfimprove_jax.model.params import abstract_params
-  from selfimprove_jax.sharding import make_mesh
+  from selfimprove_jax.runtime import memory
+  from selfimprove_jax.runtime.sharding import make_mesh
   import flax.linen as nn
   config = get_preset(args.models).replace(dtype=args.dtype, remat=bool(args.remat))
   mesh = make_mesh({"data": -1})

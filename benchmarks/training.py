@@ -60,7 +60,7 @@ def bench_jax(config, args):
   import numpy as np
   from selfimprove_jax import optimize as opt
   from selfimprove_jax.model import init_params
-  from selfimprove_jax.sharding import make_mesh
+  from selfimprove_jax.runtime.sharding import make_mesh
 
   mesh = make_mesh({"data": -1})
   cfg = opt.default_optim_config()

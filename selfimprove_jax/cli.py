@@ -73,7 +73,7 @@ def _cmd_generate(args) -> int:
       greedy=args.temperature == 0, max_new_tokens=args.max_new_tokens,
       stop_sequences=tuple(args.stop or ()))
   if args.strategy:
-    from selfimprove_jax import refine
+    from selfimprove_jax.refine import strategies as refine
     refine.check_strategies([args.strategy])   # before the slow load
   loaded = weights.load(args.model, dtype=args.dtype, seed=args.seed)
   if args.raw:
@@ -131,8 +131,8 @@ def _add_distributed(p):
 
 def _cmd_run(args) -> int:
   from selfimprove_jax import config as config_lib
-  from selfimprove_jax import distributed
   from selfimprove_jax import loop
+  from selfimprove_jax.runtime import distributed
   config = config_lib.load_config(args.config, args.overrides)
   # before anything touches devices: the mesh then spans every process's devices
   distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
@@ -188,7 +188,7 @@ def _task_options(items) -> dict:
 
 def _cmd_eval(args) -> int:
   import json
-  from selfimprove_jax import eval_command
+  from selfimprove_jax.evaluate import command as eval_command
   _check_flags(args, at_least_1=("n", "k", "max_new_tokens", "strategy_n", "refine_rounds"),
                at_least_0=("temperature", "seed"))
   flags = {name: getattr(args, name) for name in eval_command.FLAG_KEYS}

@@ -33,30 +33,30 @@ from typing import TYPE_CHECKING, Any, Optional
 import jax
 import ml_collections
 
-from selfimprove_jax import acquire as acquire_lib
-from selfimprove_jax import algorithms
 from selfimprove_jax import config as config_lib
-from selfimprove_jax import curriculum as curriculum_lib
-from selfimprove_jax import distributed
-from selfimprove_jax import evaluation
-from selfimprove_jax import gate
-from selfimprove_jax import memory as memory_lib
-from selfimprove_jax import self_instruct
-from selfimprove_jax import select as select_lib
 from selfimprove_jax import settings as settings_lib
-from selfimprove_jax import sharding as sharding_lib
-from selfimprove_jax.algorithms import Algorithm
-from selfimprove_jax.checkpoint import Checkpointer
+from selfimprove_jax.acquire import rounds as acquire_lib
+from selfimprove_jax.acquire import self_instruct
+from selfimprove_jax.acquire.prompts import PromptStream
 from selfimprove_jax.errors import UserError
-from selfimprove_jax.files import WorkdirLock
+from selfimprove_jax.evaluate import curriculum as curriculum_lib
+from selfimprove_jax.evaluate import gate
+from selfimprove_jax.evaluate import heldout as evaluation
 from selfimprove_jax.model import lora as lora_lib
 from selfimprove_jax.optimize import make_logprob_fn, make_train_step
 from selfimprove_jax.optimize import phase as phase_lib
+from selfimprove_jax.paradigms import registry as algorithms
+from selfimprove_jax.paradigms.registry import Algorithm
 from selfimprove_jax.policy import GenerateFn, model_generate
 from selfimprove_jax.records import Sample, pass_rate
-from selfimprove_jax.reporting import Reporter
+from selfimprove_jax.runtime import distributed
+from selfimprove_jax.runtime import memory as memory_lib
+from selfimprove_jax.runtime import sharding as sharding_lib
+from selfimprove_jax.runtime.checkpoint import Checkpointer
+from selfimprove_jax.runtime.files import WorkdirLock
+from selfimprove_jax.runtime.reporting import Reporter
 from selfimprove_jax.sampling import Sampler, make_sampler
-from selfimprove_jax.prompts import PromptStream
+from selfimprove_jax.select import filters as select_lib
 from selfimprove_jax.stage_cache import RunRecords
 from selfimprove_jax.tasks import get_task
 from selfimprove_jax.tasks.problem import Problem, Task

@@ -23,7 +23,7 @@ import os
 import re
 from typing import Iterable, Optional, Sequence
 
-from selfimprove_jax.files import hash_path, open_regular
+from selfimprove_jax.runtime.files import hash_path, open_regular
 
 
 @dataclasses.dataclass

@@ -11,16 +11,16 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from selfimprove_jax import acquire as acquire_lib
-from selfimprove_jax import batches as batches_lib
-from selfimprove_jax import evaluation
-from selfimprove_jax import gate as gate_lib
-from selfimprove_jax import refine as refine_lib
-from selfimprove_jax import select as select_lib
-from selfimprove_jax import self_instruct as self_instruct_lib
+from selfimprove_jax.acquire import rounds as acquire_lib
+from selfimprove_jax.acquire import self_instruct as self_instruct_lib
 from selfimprove_jax.config import names
+from selfimprove_jax.evaluate import gate as gate_lib
+from selfimprove_jax.evaluate import heldout as evaluation
+from selfimprove_jax.optimize import batches as batches_lib
 from selfimprove_jax.optimize import phase as phase_lib
+from selfimprove_jax.refine import strategies as refine_lib
 from selfimprove_jax.sampling import SamplingParams
+from selfimprove_jax.select import filters as select_lib
 
 
 def sampling(config, max_new_tokens: int) -> SamplingParams:

@@ -16,9 +16,9 @@ import glob
 import os
 from typing import Callable
 
-from selfimprove_jax import distributed
-from selfimprove_jax.checkpoint import fault_point
-from selfimprove_jax.files import UnreadableFile, hash_path, read_json, write_json_atomic
+from selfimprove_jax.runtime import distributed
+from selfimprove_jax.runtime.checkpoint import fault_point
+from selfimprove_jax.runtime.files import UnreadableFile, hash_path, read_json, write_json_atomic
 from selfimprove_jax.records import (Sample, jsonl_digest, read_jsonl, read_records,
                                      write_jsonl)
 

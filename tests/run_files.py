@@ -9,7 +9,7 @@ import sys
 import jax
 import numpy as np
 
-from selfimprove_jax.checkpoint import FAULT_ENV, Checkpointer
+from selfimprove_jax.runtime.checkpoint import FAULT_ENV, Checkpointer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "configs", "tiny.py")

@@ -9,7 +9,10 @@ import shutil
 import subprocess
 import sys
 
-from selfimprove_jax import algorithms, config, refine, select
+from selfimprove_jax import config
+from selfimprove_jax.paradigms import registry as algorithms
+from selfimprove_jax.refine import strategies as refine
+from selfimprove_jax.select import filters as select
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "selfimprove_jax"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from selfimprove_jax import cli
-from selfimprove_jax.files import WorkdirLock
+from selfimprove_jax.runtime.files import WorkdirLock
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "configs", "tiny.py")

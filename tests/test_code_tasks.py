@@ -8,13 +8,14 @@ import os
 
 import pytest
 
-from selfimprove_jax import refine, refine_targets
 from selfimprove_jax.errors import UserError
 from selfimprove_jax.records import Sample
-from selfimprove_jax.refine import Context, StrategyConfig
+from selfimprove_jax.refine import strategies as refine
+from selfimprove_jax.refine import targets as refine_targets
+from selfimprove_jax.refine.strategies import Context, StrategyConfig
 from selfimprove_jax.tasks import get_task, verify
 
-from test_refine import S, Scripted
+from scripted import S, Scripted
 
 
 def _fenced(code: str) -> str:

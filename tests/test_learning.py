@@ -12,11 +12,12 @@ import os
 import numpy as np
 
 from selfimprove_jax import optimize as opt
-from selfimprove_jax import batches, weights
+from selfimprove_jax import weights
 from selfimprove_jax.config import load_config
 from selfimprove_jax.loop import run
+from selfimprove_jax.optimize import batches
+from selfimprove_jax.runtime.sharding import single_device_mesh
 from selfimprove_jax.sampling import encode_prompts
-from selfimprove_jax.sharding import single_device_mesh
 from selfimprove_jax.tasks import get_task
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from selfimprove_jax.checkpoint import Checkpointer
+from selfimprove_jax.runtime.checkpoint import Checkpointer
 from run_files import (ROOT, TINY, assert_same_state, final_state, metrics, run_cli,
                        run_env)
 

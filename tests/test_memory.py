@@ -9,11 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from selfimprove_jax import memory
 from selfimprove_jax import optimize as opt
 from selfimprove_jax.model import get_preset, init_params
+from selfimprove_jax.runtime import memory
+from selfimprove_jax.runtime.sharding import single_device_mesh
 from selfimprove_jax.sampling import Sampler, SamplingParams
-from selfimprove_jax.sharding import single_device_mesh
 
 CONFIG = get_preset("tiny").replace(vocab_size=512)
 MB = 1 << 20
@@ -204,8 +204,8 @@ def test_rollback_rereads_the_kept_weights(tmp_path, monkeypatch):
   a run that held them in memory trains from (same rows, same final weights)."""
   from run_files import results
   from selfimprove_jax import loop
-  from selfimprove_jax.checkpoint import FAULT_ENV, Checkpointer
   from selfimprove_jax.optimize import phase
+  from selfimprove_jax.runtime.checkpoint import FAULT_ENV, Checkpointer
   monkeypatch.setenv(FAULT_ENV, "nan_update@1")
   runs = []
   for hold in (False, True):

@@ -7,7 +7,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from selfimprove_jax import model as M
-from selfimprove_jax import sharding
+from selfimprove_jax.runtime import sharding
 
 EXPECTED_PARAMS = {
     "tiny": 3_219_776,

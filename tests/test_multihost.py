@@ -18,9 +18,10 @@ import jax
 import numpy as np
 import pytest
 
-from selfimprove_jax import distributed, records
-from selfimprove_jax.checkpoint import FAULT_ENV, Checkpointer, hash_path
+from selfimprove_jax import records
 from selfimprove_jax.errors import UserError
+from selfimprove_jax.runtime import distributed
+from selfimprove_jax.runtime.checkpoint import FAULT_ENV, Checkpointer, hash_path
 from run_files import final_state, metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -12,7 +12,7 @@ import pytest
 from selfimprove_jax import optimize as opt
 from selfimprove_jax.errors import UserError
 from selfimprove_jax.model import forward, get_preset, init_params
-from selfimprove_jax.sharding import make_mesh, single_device_mesh
+from selfimprove_jax.runtime.sharding import make_mesh, single_device_mesh
 
 V = 64
 CONFIG = get_preset("tiny").replace(vocab_size=V)

@@ -164,12 +164,12 @@ def test_rl_batch_rows_follow_the_kept_samples_and_padding_leaves_the_loss(loss,
   """rl_batches pads the kept samples to prompts x G rows halved while they fit (and the
   micro-batches still split them); the loss, its gradient and its metrics on the small
   batch equal those on the full prompts x G batch."""
-  from selfimprove_jax import batches as batches_lib
   from selfimprove_jax import settings
   from selfimprove_jax.config import base_config
   from selfimprove_jax.model import get_preset, init_params
+  from selfimprove_jax.optimize import batches as batches_lib
   from selfimprove_jax.records import Sample
-  from selfimprove_jax.sharding import single_device_mesh
+  from selfimprove_jax.runtime.sharding import single_device_mesh
   config = base_config()
   config.loop.prompts_per_iteration, config.loop.samples_per_prompt = 16, 8
   config.train.max_seq_len = 24

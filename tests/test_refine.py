@@ -1,41 +1,20 @@
-"""Refinement strategies, judge, self-instruct and curriculum: the decisions, driven by
-scripted generations (no model), plus the strategies through the tiny model's sampler."""
+"""Refinement strategies (refine/strategies.py) and their training targets
+(refine/targets.py): the decisions, driven by scripted generations (no model), plus the
+strategies through the tiny model's sampler."""
 
 import pytest
 
-from selfimprove_jax import (batches, curriculum, judge, policy, refine, refine_targets,
-                             rubric, select, self_instruct)
+from selfimprove_jax import policy
 from selfimprove_jax.errors import UserError
 from selfimprove_jax.records import Sample
-from selfimprove_jax.refine import Context, StrategyConfig
+from selfimprove_jax.refine import strategies as refine
+from selfimprove_jax.refine import targets as refine_targets
+from selfimprove_jax.refine.strategies import Context, StrategyConfig
 from selfimprove_jax.sampling import SamplingParams
+from selfimprove_jax.select import filters as select
 from selfimprove_jax.tasks import get_task, make_problem
 
-
-def S(text, logprob=-1.0, num_tokens=1, tokens=None, logprobs=None):
-  """A scripted completion: its summed log-prob spread evenly over its tokens."""
-  return Sample(completion=text, num_tokens=num_tokens, completion_tokens=tokens or [],
-                logprobs=logprobs or [logprob / num_tokens] * num_tokens)
-
-
-class Scripted:
-  """A GenerateFn answering from a function of (prompt, sample index, greedy), and
-  recording every call (prompts, n) so tests can count model calls."""
-
-  def __init__(self, reply):
-    self.reply = reply
-    self.calls = []
-
-  def __call__(self, prompts, sp, n, seed):
-    self.calls.append((list(prompts), n, sp.is_greedy))
-    out = []
-    for p in prompts:
-      group = []
-      for j in range(n):
-        r = self.reply(p, j, sp.is_greedy)
-        group.append(r if isinstance(r, Sample) else S(r, -1.0, 4))
-      out.append(group)
-    return out
+from scripted import S, Scripted
 
 
 TASK = get_task("arithmetic", operators="+")
@@ -157,120 +136,6 @@ def test_critique_approval_parsing():
   assert refine.critique_approves("There are no errors, the answer is right.")
   assert not refine.critique_approves("The answer is wrong: 3 + 4 is 7.")
   assert not refine.critique_approves(None)
-
-
-# ----------------------------------------------------------------------------- judge
-
-
-@pytest.mark.parametrize("text, score", [
-    ("The response is correct.\nScore: 4", 0.8),
-    ("**Score:** 5/5", 1.0),
-    ("score = 2.5", 0.5),
-    ("Score: 3 out of 10", 0.3),
-    ("Score: 1\n...\nScore: 5", 1.0),      # the last statement counts
-    ("3", 0.6),                            # a reply that is only a number
-    ("Score: 7", None),                    # off the 0-5 scale
-    ("Score: -1", None),
-    ("I think it is quite good.", None),
-    ("Score: five", None),
-    ("", None),
-    (None, None),
-    ("Score: 4/0", None),
-])
-def test_judge_score_parsing(text, score):
-  got = rubric.parse_score(text)
-  assert got == pytest.approx(score) if score is not None else got is None
-
-
-def test_judge_records_unparsed_agreement_and_pairs():
-  records = [
-      Sample(problem_id="a", prompt="q", completion="good", reward=1.0),
-      Sample(problem_id="a", prompt="q", completion="bad", reward=0.0),
-      Sample(problem_id="a", prompt="q", completion="garbled", reward=0.0),
-      Sample(problem_id="b", prompt="q2", completion="good", reward=0.0),
-  ]
-  replies = {"good": "Score: 5", "bad": "Score: 1", "garbled": "blah blah"}
-  gen = Scripted(lambda p, j, g: replies[p.split("Response: ")[1].split("\n")[0]])
-  scored = judge.score_records(gen, records, use_as_reward=True)
-  assert [r.judge_score for r in scored] == [1.0, 0.2, None, 1.0]
-  assert [r.reward for r in scored] == [1.0, 0.2, 0.0, 1.0]        # unparsed -> 0
-  assert [r.verifier_reward for r in scored] == [1.0, 0.0, 0.0, 0.0]
-  m = judge.agreement(scored, judge_threshold=0.6, reward_threshold=1.0)
-  assert m["judge_agreement"] == pytest.approx(2 / 3) and m["judge_unparsed"] == 0.25
-  assert m["judge_mean_correct"] == 1.0
-  pairs = batches.best_worst_pairs(scored)
-  assert [(a.completion, b.completion) for a, b in pairs] == [("good", "bad")]
-  cfg = type("C", (), {"judge_threshold": 0.6})
-  assert [r.completion for r in select.judge(scored, cfg)] == ["good", "good"]
-
-
-# ----------------------------------------------------------------------------- self-instruct
-
-
-def test_self_instruct_dedup_and_heldout_leaks_rejected():
-  heldout = _problems(5)
-  leak = heldout[0].prompt
-  leak_reworded = "Compute this: What is {}? Answer with just the number.".format(
-      heldout[1].metadata["expression"])
-  examples = ["What is 11 + 22? Answer with just the number."]
-  cands = ["What is 31 + 45? Answer with just the number.",
-           "what is 31 + 45?  answer with just the number.",        # exact dup (normalised)
-           leak, leak_reworded, examples[0], "", None,
-           "What is 58 + 13? Answer with just the number."]
-  status = self_instruct.screen(cands, TASK, heldout, examples, ngram=3, max_overlap=0.8)
-  assert status == ["unique", "duplicate", "heldout_leak", "heldout_leak", "copy", "empty",
-                    "empty", "unique"] or status[0] == "heldout_leak"
-  # a proposal whose id is on the held-out side of the partition is always a leak
-  for c, s in zip(cands, status):
-    if s == "unique":
-      assert not TASK.is_heldout(make_problem(c, 0).id)
-
-
-def test_self_instruct_propose_validates_procedural_and_by_votes():
-  heldout = _problems(4)
-  seeds = TASK.train_problems(1, 6, 2)
-  texts = iter(["Problem: What is 12 + 30? Answer with just the number.",
-                "1. What is 12 + 30? Answer with just the number.",        # duplicate
-                heldout[2].prompt,                                         # leak
-                "Tell me a joke.",                                         # cannot parse
-                "What is 40 + 41? Answer with just the number.\n\nThanks!"])
-  gen = Scripted(lambda p, j, g: next(texts))
-  kept, rows = self_instruct.propose(gen, TASK, seeds, heldout,
-                                     self_instruct.Settings(proposals=5), seed=0)
-  statuses = [r["status"] for r in rows]
-  assert statuses.count("duplicate") == 1 and statuses.count("invalid") == 1
-  assert "heldout_leak" in statuses
-  good = [p for p in kept if not TASK.is_heldout(p.id)]
-  assert good == kept and all(TASK.can_solve(p.prompt) == p.reference for p in kept)
-  assert kept[0].reference == "42"
-  assert seeds[0].prompt in gen.calls[0][0][0]   # the seed examples are shown
-  # non-procedural: kept only when the model's own answers agree
-  jtask = type("T", (), {"procedural": False, "is_heldout": lambda self, pid: False,
-                          "extract_answer": lambda self, t, p=None: t.split()[-1]})()
-  answers = {"Q1?": ["7", "7", "7", "8"], "Q2?": ["1", "2", "3", "1"]}
-  vgen = Scripted(lambda p, j, g: f"it is {answers[p][j]}")
-  out = self_instruct.check_validity(["Q1?", "Q2?"], jtask, vgen, votes=4, min_vote_share=0.6)
-  assert out[0][0].reference == "7" and out[0][1]["vote_share"] == 0.75
-  assert out[1][0] is None
-
-
-# ----------------------------------------------------------------------------- curriculum
-
-
-def test_curriculum_moves_within_band_and_range():
-  rng = (1, 8)
-  assert curriculum.step(2, 0.9, rng) == (3, {"from": 2, "to": 3, "pass_rate": 0.9,
-                                              "reason": "pass rate 0.90 > 0.7"})
-  assert curriculum.step(2, 0.1, rng)[0] == 1
-  assert curriculum.step(2, 0.5, rng) == (2, None)
-  assert curriculum.step(8, 0.95, rng) == (8, None)     # already hardest
-  assert curriculum.step(1, 0.0, rng) == (1, None)
-  assert curriculum.step(3, None, rng) == (3, None)
-  ledger = {"a": {"attempts": 4, "successes": 4, "last_seen": 2},
-            "b": {"attempts": 4, "successes": 0, "last_seen": 2},
-            "c": {"attempts": 8, "successes": 8, "last_seen": 1}}
-  assert curriculum.ledger_pass_rate(ledger, 2) == 0.5
-  assert curriculum.ledger_pass_rate(ledger, 3) is None
 
 
 # ----------------------------------------------------------------------------- training targets

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from scipy import special, stats
 
-from selfimprove_jax import sharding as sharding_lib
 from selfimprove_jax.errors import UserError
 from selfimprove_jax.model import forward, get_preset, init_params, param_shardings
+from selfimprove_jax.runtime import sharding as sharding_lib
 from selfimprove_jax.sampling import Sampler, SamplingParams, bucket_length, generate_text
 
 CHAT_PROMPTS = [

@@ -13,17 +13,19 @@ import jax
 import numpy as np
 import pytest
 
-from selfimprove_jax import acquire, algorithms, loop, settings
-from selfimprove_jax.checkpoint import Checkpointer
+from selfimprove_jax import loop, settings
+from selfimprove_jax.acquire import rounds as acquire
 from selfimprove_jax.config import load_config
 from selfimprove_jax.errors import UserError
 from selfimprove_jax.optimize.losses import advantages
 from selfimprove_jax.paradigms import programs, self_play, spin, ttrl
+from selfimprove_jax.paradigms import registry as algorithms
 from selfimprove_jax.records import Sample, agreement_rewards, pseudo_label, read_records
+from selfimprove_jax.runtime.checkpoint import Checkpointer
 from selfimprove_jax.tasks import get_task, make_problem, problem_id
 
 from run_files import ROOT, TINY, assert_same_state, final_state, metrics, run_env
-from test_refine import S, Scripted
+from scripted import S, Scripted
 
 TASK = get_task("arithmetic", operators="+")
 
@@ -337,7 +339,8 @@ def test_label_free_rewards_read_no_reference(tmp_path, monkeypatch):
 # valid, duplicate and held-out proposals, solver groups and both rewards.
 _RUN = """
 import sys
-from selfimprove_jax import cli, self_instruct
+from selfimprove_jax import cli
+from selfimprove_jax.acquire import self_instruct
 def propose(text, max_chars=1000):
   h = sum(map(ord, text or ""))
   return f"What is {h % 10} + {h // 10 % 10}?"

@@ -7,15 +7,17 @@ import os
 
 import pytest
 
-from selfimprove_jax import algorithms, evaluation, loop
+from selfimprove_jax import loop
 from selfimprove_jax.config import load_config
 from selfimprove_jax.errors import UserError
+from selfimprove_jax.evaluate import heldout as evaluation
+from selfimprove_jax.paradigms import registry as algorithms
 from selfimprove_jax.records import read_records
 from selfimprove_jax.sampling import SamplingParams
 from selfimprove_jax.tasks import get_task
 
 from run_files import TINY
-from test_refine import S, Scripted
+from scripted import S, Scripted
 
 
 def _spy_on_batches(monkeypatch, name: str) -> list:

@@ -9,15 +9,17 @@ import re
 import numpy as np
 import pytest
 
-from selfimprove_jax import algorithms, loop, refine_targets
+from selfimprove_jax import loop
 from selfimprove_jax.config import load_config
+from selfimprove_jax.paradigms import registry as algorithms
 from selfimprove_jax.records import Sample, read_records
-from selfimprove_jax.refine import Context, StrategyConfig
+from selfimprove_jax.refine import targets as refine_targets
+from selfimprove_jax.refine.strategies import Context, StrategyConfig
 from selfimprove_jax.sampling import encode_prompts
 from selfimprove_jax.tasks import get_task
 
 from run_files import TINY
-from test_refine import Scripted
+from scripted import Scripted
 
 TASK = get_task("arithmetic")   # the tiny config's task
 HINT = re.compile(r"Hint: the answer is (-?\d+)")

@@ -21,11 +21,12 @@ except ImportError as e:  # no silent skip: the reference model is required
   raise ImportError("tests/test_weights.py needs torch and transformers: "
                     "pip install -e '.[test]'") from e
 
-from selfimprove_jax import cli, sharding, weights
+from selfimprove_jax import cli, weights
 from selfimprove_jax.errors import UserError
 from selfimprove_jax.model.config import RopeScaling
 from selfimprove_jax.model.llama import forward
 from selfimprove_jax.model.params import param_shardings
+from selfimprove_jax.runtime import sharding
 from selfimprove_jax.weights import tokenizer as tokenizer_lib
 
 _BASE = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,

@@ -36,10 +36,10 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from selfimprove_jax import sharding as sharding_lib
-from selfimprove_jax.model.config import ModelConfig
 from selfimprove_jax.errors import UserError
+from selfimprove_jax.model.config import ModelConfig
 from selfimprove_jax.model.params import abstract_params
+from selfimprove_jax.runtime import sharding as sharding_lib
 
 # Per-layer matrices an adapter can target, with how many leading dims are input.
 MATRICES = {"q": 1, "k": 1, "v": 1, "o": 2, "gate": 1, "up": 1, "down": 1}

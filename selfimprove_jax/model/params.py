@@ -7,9 +7,9 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from selfimprove_jax import sharding as sharding_lib
 from selfimprove_jax.model.config import ModelConfig
 from selfimprove_jax.model.llama import Transformer
+from selfimprove_jax.runtime import sharding as sharding_lib
 
 
 def _init_boxed(config: ModelConfig, rng):

@@ -27,10 +27,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from selfimprove_jax import batches as batches_lib
-from selfimprove_jax.checkpoint import fault_point, fault_requested
 from selfimprove_jax.errors import UserError
 from selfimprove_jax.model import lora as lora_lib
+from selfimprove_jax.optimize import batches as batches_lib
+from selfimprove_jax.runtime.checkpoint import fault_point, fault_requested
 from selfimprove_jax.optimize.state import (TrainState, abstract_train_state,
                                             create_train_state, with_horizon)
 

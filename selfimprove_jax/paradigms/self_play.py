@@ -36,11 +36,11 @@ import collections
 import dataclasses
 from typing import Optional, Sequence
 
-from selfimprove_jax import acquire as acquire_lib
-from selfimprove_jax import batches
-from selfimprove_jax import self_instruct
 from selfimprove_jax import settings as settings_lib
+from selfimprove_jax.acquire import rounds as acquire_lib
+from selfimprove_jax.acquire import self_instruct
 from selfimprove_jax.errors import UserError
+from selfimprove_jax.optimize import batches
 from selfimprove_jax.paradigms import common, programs
 from selfimprove_jax.records import Sample, group_by_problem, pass_rate
 from selfimprove_jax.sampling import SamplingParams

@@ -23,10 +23,10 @@ from typing import Sequence
 
 import numpy as np
 
-from selfimprove_jax import acquire as acquire_lib
-from selfimprove_jax import batches
+from selfimprove_jax.acquire import rounds as acquire_lib
 from selfimprove_jax.errors import UserError
-from selfimprove_jax.evaluation import ans_as_completion
+from selfimprove_jax.evaluate.heldout import ans_as_completion
+from selfimprove_jax.optimize import batches
 from selfimprove_jax.paradigms import common
 from selfimprove_jax.records import Sample, group_by_problem, normalise
 from selfimprove_jax.tasks import verify

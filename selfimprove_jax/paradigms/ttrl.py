@@ -25,10 +25,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional, Sequence
 
-from selfimprove_jax import acquire as acquire_lib
-from selfimprove_jax import refine as refine_lib
+from selfimprove_jax.acquire import rounds as acquire_lib
 from selfimprove_jax.paradigms import common
 from selfimprove_jax.records import Sample, agreement_rewards, group_by_problem
+from selfimprove_jax.refine import strategies as refine_lib
 from selfimprove_jax.tasks import verify
 from selfimprove_jax.tasks.problem import HIDDEN_REFERENCE
 

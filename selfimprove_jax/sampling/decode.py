@@ -29,8 +29,8 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding
 
-from selfimprove_jax import sharding as sharding_lib
 from selfimprove_jax.model.config import ModelConfig
+from selfimprove_jax.runtime import sharding as sharding_lib
 from selfimprove_jax.model.llama import (Transformer, block, causal_mask, compute_dtype, embed,
                                          init_cache, norm, project_logits, rope_tables)
 

@@ -30,10 +30,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from selfimprove_jax import sharding as sharding_lib
 from selfimprove_jax.errors import UserError
 from selfimprove_jax.model.config import ModelConfig
 from selfimprove_jax.model.params import param_shardings
+from selfimprove_jax.runtime import sharding as sharding_lib
 from selfimprove_jax.sampling import continuous as continuous_lib
 from selfimprove_jax.sampling import decode as decode_lib
 from selfimprove_jax.sampling.params import FINISH_REASONS, Completion, SamplingParams

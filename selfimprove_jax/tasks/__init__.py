@@ -59,7 +59,7 @@ def verify(task: Task, problems: Sequence[Problem], completions: Sequence[str]) 
   jax = sys.modules.get("jax")     # tasks never import jax; a run has already
   if jax is None or jax.process_count() == 1:
     return _verify_here(task, problems, completions)
-  from selfimprove_jax import distributed  # pylint: disable=import-outside-toplevel
+  from selfimprove_jax.runtime import distributed
   mine = ([dataclasses.asdict(v) for v in _verify_here(task, problems, completions)]
           if distributed.is_primary() else None)
   return [Verdict(**v) for v in distributed.broadcast_json(mine)]

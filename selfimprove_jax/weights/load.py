@@ -20,10 +20,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from selfimprove_jax import sharding as sharding_lib
 from selfimprove_jax.errors import UserError
 from selfimprove_jax.model.config import PRESETS, ModelConfig, get_preset
 from selfimprove_jax.model.params import init_params, param_shardings
+from selfimprove_jax.runtime import sharding as sharding_lib
 from selfimprove_jax.weights import gguf_file, hf, run_dir, tokenizer as tokenizer_lib
 
 DEFAULT_MODEL = "smollm2-135m-instruct"

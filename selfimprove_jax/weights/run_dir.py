@@ -12,9 +12,9 @@ from typing import Optional
 import jax
 import ml_collections
 
-from selfimprove_jax.checkpoint import ENTRIES, MANIFEST, Checkpointer
 from selfimprove_jax.errors import UserError
 from selfimprove_jax.model import lora as lora_lib
+from selfimprove_jax.runtime.checkpoint import ENTRIES, MANIFEST, Checkpointer
 
 _AT = re.compile(r"^(?P<dir>.+)@(?P<it>\d+)$")
 

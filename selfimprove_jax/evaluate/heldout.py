@@ -16,10 +16,10 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from selfimprove_jax import refine
-from selfimprove_jax.acquire import acquire
+from selfimprove_jax.acquire.rounds import acquire
 from selfimprove_jax.policy import GenerateFn
 from selfimprove_jax.records import group_by_problem, majority
+from selfimprove_jax.refine import strategies as refine
 from selfimprove_jax.sampling import SamplingParams
 from selfimprove_jax.tasks import verify
 from selfimprove_jax.tasks.problem import derive_seed

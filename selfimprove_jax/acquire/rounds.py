@@ -14,12 +14,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Optional, Sequence
 
-from selfimprove_jax import judge as judge_lib
-from selfimprove_jax import refine as refine_lib
-from selfimprove_jax import refine_targets
 from selfimprove_jax.policy import GenerateFn
 from selfimprove_jax.records import Sample, pass_rate
+from selfimprove_jax.refine import strategies as refine_lib
+from selfimprove_jax.refine import targets as refine_targets
 from selfimprove_jax.sampling import SamplingParams
+from selfimprove_jax.select import judge as judge_lib
 from selfimprove_jax.tasks import verify
 
 

@@ -24,11 +24,11 @@ from typing import Any, Callable, Optional, Sequence
 
 import ml_collections
 
-from selfimprove_jax import acquire as acquire_lib
-from selfimprove_jax import batches as batches_lib
-from selfimprove_jax.batches import dpo_batches, rl_batches, sft_batches
+from selfimprove_jax.acquire import rounds as acquire_lib
 from selfimprove_jax.config import names
 from selfimprove_jax.errors import UserError
+from selfimprove_jax.optimize import batches as batches_lib
+from selfimprove_jax.optimize.batches import dpo_batches, rl_batches, sft_batches
 from selfimprove_jax.optimize.config import POLICY_GRADIENT_LOSSES
 from selfimprove_jax.paradigms import common, self_play, spin, ttrl
 from selfimprove_jax.records import Sample, group_by_problem

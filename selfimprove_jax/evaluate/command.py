@@ -11,7 +11,7 @@ from __future__ import annotations
 from selfimprove_jax import config as config_lib
 from selfimprove_jax import settings as settings_lib
 from selfimprove_jax.errors import UserError
-from selfimprove_jax.evaluation import evaluate
+from selfimprove_jax.evaluate.heldout import evaluate
 from selfimprove_jax.policy import model_generate
 from selfimprove_jax.sampling import make_sampler
 from selfimprove_jax.tasks import get_task

@@ -11,7 +11,7 @@ import os
 import jax
 from tqdm.auto import tqdm
 
-from selfimprove_jax.files import write_json_atomic
+from selfimprove_jax.runtime.files import write_json_atomic
 
 COLUMNS = ("iteration", "pass@1", "maj@k", "kept", "train_pass_rate", "decision")
 

@@ -15,8 +15,8 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from selfimprove_jax import sharding as sharding_lib
 from selfimprove_jax.records import Sample, group_by_problem
+from selfimprove_jax.runtime import sharding as sharding_lib
 
 
 @dataclasses.dataclass(frozen=True)

@@ -35,11 +35,12 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from selfimprove_jax import rubric, sandbox
+from selfimprove_jax import sandbox
 from selfimprove_jax.errors import UserError
 from selfimprove_jax.policy import GenerateFn, model_generate
 from selfimprove_jax.records import Sample, majority, pseudo_label
 from selfimprove_jax.sampling import SamplingParams
+from selfimprove_jax.select import rubric
 from selfimprove_jax.tasks import answers, verify
 from selfimprove_jax.tasks.code_task import extract_code
 from selfimprove_jax.tasks.problem import HIDDEN_REFERENCE, Problem, Verdict

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from selfimprove_jax.refine import (REVISING, STRATEGIES, Context, StrategyConfig,
+from selfimprove_jax.refine.strategies import (REVISING, STRATEGIES, Context, StrategyConfig,
                                     check_strategies, label_votes, pick_best, resolve_scorer)
 from selfimprove_jax.records import Sample, group_by_problem
 from selfimprove_jax.tasks import verify

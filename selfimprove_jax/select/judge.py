@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from selfimprove_jax.records import Sample
-from selfimprove_jax.rubric import judge
+from selfimprove_jax.select.rubric import judge
 
 
 def score_records(generate, records: list[Sample], *, samples: int = 1,

@@ -30,7 +30,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from selfimprove_jax.errors import UserError
-from selfimprove_jax.files import (UnreadableFile, hash_path, read_json, tree_bytes,
+from selfimprove_jax.runtime.files import (UnreadableFile, hash_path, read_json, tree_bytes,
                                    write_json_atomic)
 
 MANIFEST = "manifest.json"
