@@ -298,8 +298,9 @@ def _set_up(config, workdir: str, log) -> Setup:
                               reread=lambda k, shapes: ckpt.restore_params(k, shapes)[0])
   return Setup(config, dataclasses.replace(base, params=None), task,
                task.heldout(config.task.heldout_size, config.task.difficulty), sampler, judge,
-               ckpt, Reporter(workdir, config, log=log), RunRecords(workdir), algorithm, stages,
-               weights)
+               ckpt, Reporter(workdir, tensorboard=config.log.tensorboard, plot=config.log.plot,
+                              progress=config.log.progress, log=log),
+               RunRecords(workdir), algorithm, stages, weights)
 
 
 def _restore(s: Setup, override_config: bool) -> "LoopState":

@@ -19,9 +19,11 @@ COLUMNS = ("iteration", "pass@1", "maj@k", "kept", "train_pass_rate", "decision"
 class Reporter:
   """Logging and metric files for one run directory."""
 
-  def __init__(self, workdir: str, config, log=print):
+  def __init__(self, workdir: str, *, tensorboard: bool = True, plot: bool = True,
+               progress: bool = True, log=print):
+    """What to write besides the stage lines and metrics.jsonl (config.log)."""
     self.workdir = workdir
-    self.config = config
+    self.write_tensorboard, self.write_plot, self.show_progress = tensorboard, plot, progress
     self.primary = jax.process_index() == 0
     self._log = log
     self._tb = None
@@ -34,7 +36,7 @@ class Reporter:
     self.log(f"[iter {iteration}] {name}: {summary}")
 
   def progress(self, items, desc: str):
-    if not (self.primary and self.config.log.progress):
+    if not (self.primary and self.show_progress):
       return items
     return tqdm(items, desc=desc, leave=False)
 
@@ -52,13 +54,13 @@ class Reporter:
         f.write(json.dumps(r, default=str) + "\n")
     os.replace(tmp, path)
     self._tensorboard(row)
-    if self.config.log.plot:
+    if self.write_plot:
       plot(history, os.path.join(self.workdir, "heldout.png"))
     decision = "accepted" if row["accepted"] else row["reason"]
     self.log(f"[iter {row['iteration']}] held-out pass@1 {row['pass@1']:.3f} -> {decision}")
 
   def _tensorboard(self, row: dict) -> None:
-    if not self.config.log.tensorboard:
+    if not self.write_tensorboard:
       return
     if self._tb is None:
       from tensorboardX import SummaryWriter
