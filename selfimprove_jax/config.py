@@ -16,7 +16,7 @@ import os
 
 import ml_collections
 
-from selfimprove_jax.errors import UserError
+from selfimprove_jax.errors import UserError, check_names
 from selfimprove_jax.model.lora import check_lora_config, default_lora_config
 from selfimprove_jax.optimize.config import check_optim_config, default_optim_config
 
@@ -334,10 +334,10 @@ def names(value) -> list[str]:
 
 
 def _known(key: str, value, known: tuple, what: str) -> None:
-  unknown = [n for n in names(value) if n not in known]
-  if unknown:
-    raise UserError(f"{key}={value!r}: unknown {what} {unknown[0]!r}; known: "
-                    f"{', '.join(known)}")
+  try:
+    check_names(names(value), known, what)
+  except UserError as e:
+    raise UserError(f"{key}={value!r}: {e}") from None
 
 
 def _check_acquire(config) -> None:

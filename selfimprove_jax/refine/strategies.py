@@ -36,7 +36,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from selfimprove_jax import sandbox
-from selfimprove_jax.errors import UserError
+from selfimprove_jax.errors import UserError, check_names
 from selfimprove_jax.policy import GenerateFn, model_generate
 from selfimprove_jax.records import Sample, majority, pseudo_label
 from selfimprove_jax.sampling import SamplingParams
@@ -370,15 +370,8 @@ REVISING = ("self_refine", "execution_feedback")
 
 
 def check_strategies(names: Sequence[str]) -> tuple[str, ...]:
-  """The strategy names, each checked against the registry (a sequence of names; a
-  config's comma list is split once, in settings.py)."""
-  if isinstance(names, str):
-    raise TypeError(f"strategy names {names!r}: give a sequence of names, not a string")
-  unknown = [n for n in names if n not in STRATEGIES]
-  if unknown:
-    raise UserError(f"unknown refinement strategy {unknown[0]!r}; known: "
-                    f"{', '.join(STRATEGIES)}")
-  return tuple(names)
+  """The strategy names, each checked against the registry."""
+  return check_names(names, STRATEGIES, "refinement strategy")
 
 
 def run_strategy(name: str, ctx: Context, prompts: Sequence[str], cfg: StrategyConfig,

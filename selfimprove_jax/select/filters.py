@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable, Sequence
 
-from selfimprove_jax.errors import UserError
+from selfimprove_jax.errors import check_names
 from selfimprove_jax.records import Sample, group_by_problem, jaccard, ngrams, normalise
 
 
@@ -95,14 +95,8 @@ FILTERS: dict[str, Filter] = {
 
 
 def check_filters(names: Sequence[str]) -> tuple[str, ...]:
-  """The filter names, each checked against the registry (a sequence of names; a
-  config's comma list is split once, in settings.py)."""
-  if isinstance(names, str):
-    raise TypeError(f"filter names {names!r}: give a sequence of names, not a string")
-  unknown = [n for n in names if n not in FILTERS]
-  if unknown:
-    raise UserError(f"unknown select filter {unknown[0]!r}; known: {', '.join(FILTERS)}")
-  return tuple(names)
+  """The filter names, each checked against the registry."""
+  return check_names(names, FILTERS, "select filter")
 
 
 def apply_filters(records: list[Sample],
