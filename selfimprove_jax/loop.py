@@ -42,6 +42,7 @@ from selfimprove_jax.errors import UserError
 from selfimprove_jax.evaluate import curriculum as curriculum_lib
 from selfimprove_jax.evaluate import gate
 from selfimprove_jax.evaluate import heldout as evaluation
+from selfimprove_jax.evaluate import watchers
 from selfimprove_jax.model import lora as lora_lib
 from selfimprove_jax.optimize import make_logprob_fn, make_train_step
 from selfimprove_jax.optimize import phase as phase_lib
@@ -166,7 +167,9 @@ def _run(config, workdir, override_config, log, signals) -> dict:
       it = Iteration(k, state.ledger)
       w.begin()
       prompts = PromptStream(s.task, config.seed, state.data_state, state.difficulty)
-      prompts.add_proposals(_self_instruct(s, w.policy(), state.difficulty, it))
+      proposals = _self_instruct(s, w.policy(), state.difficulty, it)
+      it.proposed = frozenset(p.id for p in proposals)
+      prompts.add_proposals(proposals)
       for r in range(s.algorithm.rounds(config)):
         if s.algorithm.on_policy:   # rounds sample the weights being trained
           w.start()
@@ -200,7 +203,8 @@ def _run(config, workdir, override_config, log, signals) -> dict:
       accepted, reason = gate.decide(state, metrics, len(it.selected), w.account,
                                      s.stages.gate)
       next_difficulty, move = _curriculum(s, state, it)
-      row = _row(s, it, metrics, accepted, reason, state.difficulty, move)
+      last = next(r for r in reversed(state.history) if r["accepted"])
+      row = _row(s, it, metrics, accepted, reason, state.difficulty, move, last)
       if accepted:
         state.accepted_iteration = k
       w.settle(accepted, state.accepted_iteration)
@@ -346,6 +350,8 @@ class Iteration:
   hashes: dict = dataclasses.field(default_factory=dict)   # stage -> records hash
   acquired: list = dataclasses.field(default_factory=list)
   selected: list = dataclasses.field(default_factory=list)
+  problems: dict = dataclasses.field(default_factory=dict)  # id -> the rounds' problems
+  proposed: frozenset = frozenset()   # ids of the problems the model proposed
   self_instruct: dict = dataclasses.field(default_factory=dict)   # its status counts
   counts: dict = dataclasses.field(default_factory=dict)   # summed over rounds
   peaks: dict = dataclasses.field(default_factory=dict)    # peak_rss_<stage>_gb
@@ -406,6 +412,7 @@ def _acquire(s: Setup, params, problems, r: int, it: Iteration) -> list[Sample]:
   samples, it.hashes[name], cached = s.records.cached(
       it.k, name, lambda: s.algorithm.acquire(round_, problems), s.reporter.log)
   it.acquired += samples
+  it.problems.update((p.id, p) for p in problems)
   s.reporter.stage(it.k, name, f"{len(samples)} samples, train pass rate "
                    f"{pass_rate(samples, s.stages.select.reward_threshold):.2f}"
                    + (" (from disk)" if cached else ""))
@@ -474,8 +481,9 @@ def _curriculum(s: Setup, state: LoopState, it: Iteration) -> tuple[Any, Optiona
 
 
 def _row(s: Setup, it: Iteration, metrics: dict, accepted: bool, reason: str, difficulty,
-         move: Optional[dict]) -> dict:
-  """The iteration's history row, merged once from what each stage returned."""
+         move: Optional[dict], last: dict) -> dict:
+  """The iteration's history row, merged once from what each stage returned, with the
+  watchers' signals (evaluate/watchers.py; `last`: the last accepted row)."""
   thr = s.stages.select.reward_threshold
   counts = dict(it.counts)
   if "pseudo_labels_checked" in counts:
@@ -489,6 +497,10 @@ def _row(s: Setup, it: Iteration, metrics: dict, accepted: bool, reason: str, di
          **it.self_instruct, **counts, **it.peaks,
          **s.algorithm.metrics(it.acquired, thr),
          **acquire_lib.summary(it.acquired, s.stages.acquire),
+         **watchers.iteration(
+             it.acquired, it.selected,
+             lambda x: s.task.extract_answer(x.completion, it.problems.get(x.problem_id)),
+             it.proposed, it.counts.get("replayed", 0), metrics, last),
          "accepted": accepted, "reason": reason, "difficulty": difficulty}
   if s.config.curriculum.enabled:
     row["curriculum_move"] = move
