@@ -34,6 +34,7 @@ import shutil
 import subprocess
 import sys
 import time
+from typing import Optional
 
 from machine import cpu_name
 
@@ -111,13 +112,51 @@ def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, floa
   return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def gain_text(baseline: float, best: float, n: int) -> str:
-  """'+0.40' when the best accepted pass@1 lies outside the baseline's 95% interval,
-  else 'no measurable gain'."""
+def mcnemar_p(up: int, down: int) -> float:
+  """Exact McNemar test of paired pass/fail results: the two-sided binomial test (scipy)
+  that the problems which changed went up as often as down; 1.0 when none changed."""
+  from scipy.stats import binomtest
+  return float(binomtest(up, up + down, 0.5).pvalue) if up + down else 1.0
+
+
+def paired(before: list[dict], after: list[dict]) -> dict:
+  """{'up', 'down', 'p'}: the problems that went from wrong to right and from right to
+  wrong between two per-problem result files (records/iter_K/eval_heldout.jsonl,
+  matched by problem id; greedy verdicts), and the exact McNemar p-value."""
+  was = {r["problem_id"]: r["reward"] >= 1.0 for r in before}
+  now = {r["problem_id"]: r["reward"] >= 1.0 for r in after}
+  if set(was) != set(now):
+    raise ValueError("the two result files score different problems")
+  up = sum(now[k] and not was[k] for k in was)
+  down = sum(was[k] and not now[k] for k in was)
+  return {"up": up, "down": down, "p": mcnemar_p(up, down)}
+
+
+def gain_text(baseline: float, best: float, n: int, pairs: Optional[dict] = None) -> str:
+  """With per-problem results (`pairs`, see `paired`): '+0.07 (7 up, 0 down, p=0.016)'
+  when the exact McNemar p-value is below 0.05, else 'no measurable gain (...)'.
+  Without them (rows measured before results were kept per problem): '+0.40' when the
+  best accepted pass@1 lies outside the baseline's 95% interval, else 'no measurable
+  gain'."""
+  if pairs is not None:
+    counts = f"{pairs['up']} up, {pairs['down']} down, p={pairs['p']:.3f}"
+    if pairs["p"] >= 0.05:
+      return f"no measurable gain ({counts})"
+    return f"{best - baseline:+.2f} ({counts})"
   lo, hi = wilson_interval(round(baseline * n), n)
   if lo <= best <= hi:
     return "no measurable gain"
   return f"{best - baseline:+.2f}"
+
+
+def read_results(workdir: str, iteration: int) -> Optional[list[dict]]:
+  """A run's per-problem held-out results of one iteration, or None when the run kept
+  none (it predates them)."""
+  path = os.path.join(workdir, "records", f"iter_{iteration:04d}", "eval_heldout.jsonl")
+  if not os.path.isfile(path):
+    return None
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
 
 
 # ---------------------------------------------------------------------- one run
@@ -155,12 +194,15 @@ def read_run(workdir: str) -> dict:
   ckpt = Checkpointer(workdir, read_only=True)
   config = ckpt.restore_meta(ckpt.steps()[-1])["config"]
   ckpt.close()
-  return {"history": summary["history"], "stopped": summary["stopped"], "config": config}
+  results = {r["iteration"]: read_results(workdir, r["iteration"]) for r in summary["history"]}
+  return {"history": summary["history"], "stopped": summary["stopped"], "config": config,
+          "results": {k: v for k, v in results.items() if v is not None}}
 
 
 def make_row(name: str, exp: Experiment, seed: int, run: dict, seconds: float,
              resumed: bool) -> dict:
-  """One table row from a finished run's files (numbers only as the run printed them)."""
+  """One table row from a finished run's files (numbers only as the run printed them;
+  `run['results']`: iteration -> per-problem results, where the run kept them)."""
   history, config = run["history"], run["config"]
   baseline = history[0]
   best = max((r for r in history if r["accepted"]), key=lambda r: (r["pass@1"], -r["iteration"]))
@@ -180,6 +222,8 @@ def make_row(name: str, exp: Experiment, seed: int, run: dict, seconds: float,
       "heldout_n": task["heldout_size"],
       "baseline_pass@1": baseline["pass@1"], "best_pass@1": best["pass@1"],
       "best_iteration": best["iteration"],
+      "paired": (paired(run["results"][0], run["results"][best["iteration"]])
+                 if {0, best["iteration"]} <= set(run.get("results", {})) else None),
       "maj_key": maj,
       "baseline_maj": baseline.get(maj) if maj else None,
       "best_maj": best.get(maj) if maj else None,
@@ -236,7 +280,7 @@ def table_line(row: dict, noted: frozenset = frozenset()) -> str:
   cells = [name, row["paradigm"], row["model"], row["task"],
            f"{_cell(row['baseline_pass@1'], n)} -> {_cell(row['best_pass@1'], n)} "
            f"(iter {row['best_iteration']}; n={n})",
-           gain_text(row["baseline_pass@1"], row["best_pass@1"], n), maj,
+           gain_text(row["baseline_pass@1"], row["best_pass@1"], n, row.get("paired")), maj,
            f"{row['iterations_run']} / {row['iterations_accepted']}", strategies or "-", wall,
            row["machine"], str(row["seed"]), f"[heldout.png](efficacy/{rn}.png)"]
   return "| " + " | ".join(cells) + " |"
@@ -318,8 +362,13 @@ def write_table(results_dir: str, table_path: str, experiments: dict) -> None:
       "- **95% interval**: the Wilson score interval for a binomial proportion over the "
       "n held-out problems (z = 1.96), treating each problem as one pass/fail trial. "
       "It does not account for seed-to-seed variation of the training run.",
-      "- **gain**: best accepted minus baseline, written **no measurable gain** when the "
-      "best accepted pass@1 lies inside the baseline's 95% interval.",
+      "- **gain**: best accepted minus baseline. Where the run kept its results per "
+      "problem (`records/iter_K/eval_heldout.jsonl`) the gain is paired: the problems "
+      "that went up and down between the baseline and the best accepted iteration, and "
+      "the exact McNemar p-value (scipy's two-sided binomial test on the changed "
+      "problems); **no measurable gain** means p >= 0.05. Rows measured before that "
+      "say **no measurable gain** when the best accepted pass@1 lies inside the "
+      "baseline's 95% interval.",
       "- **wall min**: the `selfimprove-jax run` subprocess from start to exit, model "
       "loading and compilation included. CPU rows ran on a 2-core machine shared with "
       "other jobs, so their wall times are upper bounds of an idle machine's. A row "

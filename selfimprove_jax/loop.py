@@ -153,12 +153,13 @@ def _run(config, workdir, override_config, log, signals) -> dict:
   try:
     # --- iteration 0: the baseline
     if state.iteration < 0:
-      metrics = _evaluate(s, w.kept.params, 0)
+      hashes: dict = {}
+      metrics = _evaluate(s, w.kept.params, 0, hashes)
       state.best_pass1 = metrics["pass@1"]
       state.accepted_iteration = state.iteration = 0
       state.history.append(dict(iteration=0, **metrics, kept=0, accepted=True,
                                 reason="baseline", difficulty=state.difficulty))
-      _checkpoint(s, state, True, {})
+      _checkpoint(s, state, True, hashes)
 
     # --- iterations 1..N
     while state.iteration < config.loop.iterations and not state.stopped:
@@ -197,7 +198,7 @@ def _run(config, workdir, override_config, log, signals) -> dict:
 
       # --- evaluate
       with _peak_memory(it, "evaluate"):
-        metrics = _evaluate(s, trained, k)
+        metrics = _evaluate(s, trained, k, it.hashes)
       del trained
       # --- decide: accept or roll back, stop on a plateau, move the difficulty
       accepted, reason = gate.decide(state, metrics, len(it.selected), w.account,
@@ -457,10 +458,18 @@ def _peak_memory(it: Iteration, stage: str):
 # -------------------------------------------------------------------------- evaluate, decide, save
 
 
-def _evaluate(s: Setup, params, k: int) -> dict:
-  metrics = evaluation.evaluate(s.generate(params), s.task, s.heldout, s.stages.evaluate,
-                                s.seed(k, "evaluate"), judge=s.judge)
-  s.reporter.stage(k, "evaluate", ", ".join(f"{n} {v:.3f}" for n, v in metrics.items()))
+def _evaluate(s: Setup, params, k: int, hashes: dict) -> dict:
+  """Held-out metrics of `params`, from the per-problem results of
+  records/iter_K/eval_heldout.jsonl (reused on resume; its hash goes into `hashes`)."""
+  st = s.stages.evaluate
+  rows, hashes["eval_heldout"], cached = s.records.cached(
+      k, "eval_heldout",
+      lambda: evaluation.results(s.generate(params), s.task, s.heldout, st,
+                                 s.seed(k, "evaluate"), judge=s.judge),
+      s.reporter.log, samples=False)
+  metrics = evaluation.summarize(rows, st)
+  s.reporter.stage(k, "evaluate", ", ".join(f"{n} {v:.3f}" for n, v in metrics.items())
+                   + (" (from disk)" if cached else ""))
   return metrics
 
 

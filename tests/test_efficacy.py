@@ -39,6 +39,39 @@ def test_gain_inside_the_baseline_interval_is_no_measurable_gain():
   assert efficacy.gain_text(0.05, 0.15, 20) == "no measurable gain"
 
 
+def _results(path, verdicts):
+  """A hand-made records/iter_K/eval_heldout.jsonl: problem i right iff verdicts[i]."""
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, "w") as f:
+    for i, right in enumerate(verdicts):
+      f.write(json.dumps({"problem_id": f"p{i}", "reward": float(right)}) + "\n")
+
+
+def test_paired_gain_is_an_exact_mcnemar_test_on_two_result_files(tmp_path):
+  """The issue's example: 0.06 -> 0.13 on 100 problems reads +0.07 whether 7 problems
+  went up and none down (p = 2/2^7 = 0.016, a gain) or 9 up and 2 down (p = 0.065,
+  none measurable)."""
+  base = [True] * 6 + [False] * 94
+  for up, down, p, text in [(7, 0, 0.015625, "+0.07 (7 up, 0 down, p=0.016)"),
+                            (9, 2, 0.0654296875, "no measurable gain (9 up, 2 down, p=0.065)")]:
+    after = list(base)
+    for i in range(down):
+      after[i] = False
+    for i in range(6, 6 + up):
+      after[i] = True
+    _results(str(tmp_path / f"{up}" / "records" / "iter_0000" / "eval_heldout.jsonl"), base)
+    _results(str(tmp_path / f"{up}" / "records" / "iter_0003" / "eval_heldout.jsonl"), after)
+    before = efficacy.read_results(str(tmp_path / f"{up}"), 0)
+    final = efficacy.read_results(str(tmp_path / f"{up}"), 3)
+    pairs = efficacy.paired(before, final)
+    assert pairs == {"up": up, "down": down, "p": pytest.approx(p)}
+    assert efficacy.gain_text(0.06, 0.13, 100, pairs) == text
+  assert efficacy.read_results(str(tmp_path), 5) is None
+  assert efficacy.mcnemar_p(0, 0) == 1.0
+  with pytest.raises(ValueError, match="different problems"):
+    efficacy.paired(before, final[:-1])
+
+
 def test_unknown_experiment_name_is_a_one_line_error():
   with pytest.raises(SystemExit) as e:
     efficacy.main(["--only", "quickstart,nope", "--table_only"])
@@ -88,6 +121,9 @@ def test_tiny_run_becomes_a_table_row(tmp_path, capsys):
     imported = json.load(f)
   assert imported["history"] == printed and imported["wall_seconds"] is None
   assert "run outside the script" in efficacy.table_line(imported)
+  # the run kept its results per problem: the gain is the paired one
+  assert row["paired"] is not None and set(row["paired"]) == {"up", "down", "p"}
+  assert " up, " in line and "p=" in line
 
 
 def test_best_accepted_ignores_rolled_back_iterations():

@@ -1,4 +1,7 @@
-"""The curriculum (evaluate/curriculum.py): difficulty moves within the band and range."""
+"""The evaluation layer (evaluate/): the curriculum's moves, the watchers' formulas, and
+held-out results per problem."""
+
+import pytest
 
 from selfimprove_jax.evaluate import curriculum
 
@@ -70,3 +73,39 @@ def test_watchers_count_revisions_rationalizations_and_self_play_as_model_made()
   assert watchers.model_made([], frozenset(), 0) == {}
   assert watchers.diversity([], lambda s: None) == {}
   assert "watch_surprisal" not in watchers.diversity([_w("p", "a", [1, 2])], lambda s: "a")
+
+
+# ----------------------------------------------------------------------------- per-problem results
+
+
+def test_per_problem_results_give_the_metrics_and_survive_json():
+  """`summarize` of `results` is `evaluate`'s metrics, also after the rows went through
+  JSON (what the loop reads back on resume); every row names its problem, greedy answer
+  and verdict, the k samples' answers and their majority's verdict."""
+  import json
+  from scripted import Scripted
+  from selfimprove_jax.evaluate import heldout
+  from selfimprove_jax.refine.strategies import StrategyConfig
+  from selfimprove_jax.sampling import SamplingParams
+  from selfimprove_jax.tasks import get_task
+  task = get_task("arithmetic", operators="+")
+  problems = task.heldout(6, 2)
+  # greedy right on even problems; samples right on their first draw only
+  right = {p.prompt: p.reference for p in problems}
+  even = {p.prompt for p in problems[::2]}
+  gen = Scripted(lambda prompt, j, g:
+                 f"#### {right[prompt] if (prompt in even if g else j == 0) else 0}")
+  st = heldout.Settings(maj_k=3, sample=SamplingParams(max_new_tokens=8),
+                        strategies=("self_consistency",), strategy=StrategyConfig(n=3))
+  rows = heldout.results(gen, task, problems, st, seed=0)
+  again = [json.loads(json.dumps(r)) for r in rows]
+  metrics = heldout.evaluate(gen, task, problems, st, seed=0)
+  assert heldout.summarize(rows, st) == heldout.summarize(again, st) == metrics
+  assert metrics["pass@1"] == 0.5 and metrics["pass@3"] == 1.0
+  assert metrics["maj@3"] == 0.0 and metrics["sampled_reward"] == pytest.approx(1 / 3)
+  assert [r["problem_id"] for r in rows] == [p.id for p in problems]
+  first = rows[0]
+  assert first["answer"] == right[problems[0].prompt] and first["reward"] == 1.0
+  assert [x["answer"] for x in first["samples"]] == [right[problems[0].prompt], "0", "0"]
+  assert first["majority"] == "0" and first["majority_reward"] == 0.0
+  assert set(first["strategies"]) == {"self_consistency@3"}

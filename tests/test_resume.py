@@ -47,6 +47,32 @@ def test_interrupted_run_resumes_to_the_same_result(fault, status, damage, refer
   assert_same_state(final_state(tmp_path), final_state(reference[0]))
 
 
+def test_held_out_results_are_kept_per_problem_and_read_back_on_resume(reference, cache_dir,
+                                                                        tmp_path):
+  """records/iter_K/eval_heldout.jsonl holds one row per held-out problem for every
+  iteration (the baseline's too), in the manifest like the other stage files; killed
+  while iteration 1's checkpoint is written, the resumed run reads iteration 1's
+  results back instead of evaluating again, and ends as an uninterrupted run does."""
+  import json
+  from selfimprove_jax.records import read_jsonl
+  killed = run_cli(tmp_path, cache_dir, fault="checkpoint_write@1")
+  assert killed.returncode == -9, killed.stderr[-2000:]
+  rows = read_jsonl(os.path.join(tmp_path, "records", "iter_0001", "eval_heldout.jsonl"))
+  assert len(rows) == 8 and all({"problem_id", "prompt", "completion", "answer", "reward",
+                                 "samples", "majority"} <= set(r) for r in rows)
+  resumed = run_cli(tmp_path, cache_dir)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  line = next(l for l in resumed.stdout.splitlines() if l.startswith("[iter 1] evaluate"))
+  assert line.endswith("(from disk)"), line
+  assert metrics(tmp_path) == metrics(reference[0])
+  with open(os.path.join(tmp_path, "manifest.json")) as f:
+    manifest = json.load(f)
+  assert all("eval_heldout" in c["records"] for c in manifest["checkpoints"].values())
+  for k in (0, 1, 2):
+    assert os.path.exists(os.path.join(tmp_path, "records", f"iter_{k:04d}",
+                                       "eval_heldout.jsonl"))
+
+
 @pytest.mark.parametrize("how", ["flip_bytes", "symlink_to_dev_zero"])
 def test_bad_checkpoint_falls_back_to_previous(how, reference, cache_dir, tmp_path, capsys):
   from selfimprove_jax.weights import load

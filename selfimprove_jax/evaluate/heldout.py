@@ -3,10 +3,11 @@ iteration) and by `selfimprove-jax eval`.
 
 `evaluate` scores greedy pass@1 (what the loop's accept / roll back decision reads),
 maj@k / pass@k and the mean reward of k samples, and the held-out score of each
-refinement strategy the settings name. It only reads the problems: nothing here
-trains or writes records.
+refinement strategy the settings name. `results` gives the same per problem (the loop
+writes them to records/iter_K/eval_heldout.jsonl) and `summarize` turns those rows into
+the metrics. Nothing here trains or writes files.
 
-The `eval` command (eval_command.py) builds its settings the way the loop does.
+The `eval` command (evaluate/command.py) builds its settings the way the loop does.
 """
 
 from __future__ import annotations
@@ -39,11 +40,45 @@ def evaluate(generate: GenerateFn, task, problems: Sequence, settings: Settings,
              judge: Optional[GenerateFn] = None) -> dict:
   """Held-out metrics of the model behind `generate` on `problems`. `judge` is the
   judge model's GenerateFn for judge-scored strategies (None: the model judges itself)."""
-  metrics = heldout_scores(generate, task, problems, settings.maj_k, settings.sample, seed)
+  return summarize(results(generate, task, problems, settings, seed, judge), settings)
+
+
+def results(generate: GenerateFn, task, problems: Sequence, settings: Settings, seed: int,
+            judge: Optional[GenerateFn] = None) -> list[dict]:
+  """One row per problem (the loop's records/iter_K/eval_heldout.jsonl): its id and
+  prompt, the greedy completion, the answer extracted from it and the verifier's
+  reward; with maj_k > 1 the k sampled answers and rewards and their majority's
+  verdict; per refinement strategy its final answer and reward. `summarize` turns the
+  rows into the metrics, so a run that reads them back reports the same numbers."""
+  rows = _greedy_and_sampled(generate, task, problems, settings.maj_k, settings.sample, seed)
   if settings.strategies:   # inference compute's value, beside greedy
     ctx = refine.Context(generate, task, problems, judge=judge or generate)
-    metrics.update(refine.heldout_metrics(ctx, settings.strategies, settings.strategy,
-                                          derive_seed(seed, "strategies") % (2**31 - 1)))
+    by_strategy = refine.heldout_results(ctx, settings.strategies, settings.strategy,
+                                         derive_seed(seed, "strategies") % (2**31 - 1))
+    for i, row in enumerate(rows):
+      row["strategies"] = {key: per[i] for key, per in by_strategy.items()}
+  return rows
+
+
+def summarize(rows: Sequence[dict], settings: Settings) -> dict:
+  """The held-out metrics of per-problem rows (`results`): greedy pass@1 and mean
+  reward; with k > 1 maj@k, pass@k and the sampled answers' mean reward; each
+  strategy's score (and self-consistency's vote share, a revising strategy's revised
+  share)."""
+  metrics = {"pass@1": float(np.mean([r["reward"] >= 1.0 for r in rows])),
+             "mean_reward": float(np.mean([r["reward"] for r in rows]))}
+  k = settings.maj_k
+  if k > 1:
+    metrics[f"maj@{k}"] = float(np.mean([r["majority"] is not None
+                                         and r["majority_reward"] >= 1.0 for r in rows]))
+    metrics[f"pass@{k}"] = float(np.mean([any(x["reward"] >= 1.0 for x in r["samples"])
+                                          for r in rows]))
+    # Mean reward of the sampled answers: moves smoothly with the probability of a right
+    # answer, where greedy pass@1 flips only once it becomes the most likely one.
+    metrics["sampled_reward"] = float(np.mean([x["reward"] for r in rows
+                                               for x in r["samples"]]))
+  if settings.strategies:
+    metrics.update(refine.heldout_summary([r["strategies"] for r in rows]))
   return metrics
 
 
@@ -51,30 +86,36 @@ def heldout_scores(generate: GenerateFn, task, problems: Sequence, k: int,
                    sample: SamplingParams, seed: int) -> dict:
   """Greedy pass@1 and mean reward; with k > 1 also maj@k (the majority of k sampled
   answers, checked by the verifier), pass@k and the sampled answers' mean reward."""
+  rows = _greedy_and_sampled(generate, task, problems, k, sample, seed)
+  return summarize(rows, Settings(maj_k=k, sample=sample))
+
+
+def _greedy_and_sampled(generate: GenerateFn, task, problems: Sequence, k: int,
+                        sample: SamplingParams, seed: int) -> list[dict]:
+  """The per-problem rows of greedy decoding and, with k > 1, k samples."""
   greedy = SamplingParams(greedy=True, max_new_tokens=sample.max_new_tokens,
                           stop_sequences=sample.stop_sequences)
   g = acquire(generate, task, problems, greedy, 1, seed, -1)
-  metrics = {"pass@1": float(np.mean([s.reward >= 1.0 for s in g])),
-             "mean_reward": float(np.mean([s.reward for s in g]))}
+  rows = [{"problem_id": p.id, "prompt": p.prompt, "completion": s.completion,
+           "answer": task.extract_answer(s.completion, p), "reward": s.reward,
+           "verifier_status": s.verifier_status} for p, s in zip(problems, g)]
   if k <= 1:
-    return metrics
+    return rows
   samples = acquire(generate, task, problems, sample, k, seed + 1, -1)
   groups = group_by_problem(samples)
   # each problem's own answer format: jsonl and reasoning-gym tasks extract per problem
-  voted = [majority([task.extract_answer(s.completion, p) for s in groups[p.id]],
-                    [s.logprob for s in groups[p.id]])[0] for p in problems]
+  answers = [[task.extract_answer(s.completion, p) for s in groups[p.id]] for p in problems]
+  voted = [majority(a, [s.logprob for s in groups[p.id]])[0]
+           for p, a in zip(problems, answers)]
   checked = [(p, a) for p, a in zip(problems, voted) if a is not None]
   # the voted answers are checked in one batch (sandboxed verifiers run it in parallel)
   verdicts = iter(verify(task, [p for p, _ in checked],
                          [ans_as_completion(a) for _, a in checked]))
-  maj = [a is not None and next(verdicts).reward >= 1.0 for a in voted]
-  metrics[f"maj@{k}"] = float(np.mean(maj))
-  metrics[f"pass@{k}"] = float(np.mean([any(s.reward >= 1.0 for s in groups[p.id])
-                                        for p in problems]))
-  # Mean reward of the sampled answers: moves smoothly with the probability of a right
-  # answer, where greedy pass@1 flips only once it becomes the most likely one.
-  metrics["sampled_reward"] = float(np.mean([s.reward for s in samples]))
-  return metrics
+  for row, p, a, v in zip(rows, problems, answers, voted):
+    row["samples"] = [{"answer": x, "reward": s.reward} for x, s in zip(a, groups[p.id])]
+    row["majority"] = v
+    row["majority_reward"] = next(verdicts).reward if v is not None else 0.0
+  return rows
 
 
 def check_pseudo_labels(task, problems: Sequence, samples: Sequence) -> dict:

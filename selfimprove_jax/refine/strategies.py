@@ -399,15 +399,40 @@ def heldout_metrics(ctx: Context, names: Sequence[str], cfg: StrategyConfig,
                     seed: int) -> dict:
   """Held-out score of each strategy (fraction of problems whose final answer the
   verifier accepts); self_consistency also reports its mean vote share."""
+  per = heldout_results(ctx, names, cfg, seed)
+  return heldout_summary([{key: rows[i] for key, rows in per.items()}
+                          for i in range(len(ctx.problems))])
+
+
+def heldout_results(ctx: Context, names: Sequence[str], cfg: StrategyConfig,
+                    seed: int) -> dict[str, list[dict]]:
+  """Per strategy (keyed by its metric name, e.g. best_of_n@8), one result per held-out
+  problem: the final answer's text and reward, self_consistency's vote share, a
+  revising strategy's whether it revised."""
   prompts = [p.prompt for p in ctx.problems]
-  metrics = {}
+  out = {}
   for k, name in enumerate(check_strategies(names)):
     results = run_strategy(name, ctx, prompts, cfg, seed + 100 * k)
-    key = metric_name(name, cfg)
     verdicts = verify(ctx.task, ctx.problems, [r.text for r in results])
-    metrics[key] = float(np.mean([v.reward >= 1.0 for v in verdicts]))
-    if name == "self_consistency":
-      metrics[f"{key}_vote_share"] = float(np.mean([r.info["vote_share"] for r in results]))
-    if name in REVISING:
-      metrics[f"{key}_revised"] = float(np.mean([r.info["revised"] for r in results]))
+    rows = [{"completion": r.text, "reward": v.reward} for r, v in zip(results, verdicts)]
+    for row, r in zip(rows, results):
+      if name == "self_consistency":
+        row["vote_share"] = r.info["vote_share"]
+      if name in REVISING:
+        row["revised"] = r.info["revised"]
+    out[metric_name(name, cfg)] = rows
+  return out
+
+
+def heldout_summary(per_problem: Sequence[dict]) -> dict:
+  """The strategies' held-out metrics from per-problem results ({metric name: result}
+  per problem, as `heldout_results` gives them)."""
+  metrics = {}
+  for key in (per_problem[0] if per_problem else {}):
+    rows = [p[key] for p in per_problem]
+    metrics[key] = float(np.mean([r["reward"] >= 1.0 for r in rows]))
+    if "vote_share" in rows[0]:
+      metrics[f"{key}_vote_share"] = float(np.mean([r["vote_share"] for r in rows]))
+    if "revised" in rows[0]:
+      metrics[f"{key}_revised"] = float(np.mean([r["revised"] for r in rows]))
   return metrics
