@@ -194,6 +194,8 @@ def _run(config, workdir, override_config, log, signals) -> dict:
           break
         signals.check()
       trained = w.finish(k)   # the optimizer state is done with
+      it.hashes["steps"] = s.records.write(k, "steps", [dict(iteration=k, **m)
+                                                        for m in w.account.steps])
       signals.check()
 
       # --- evaluate
@@ -290,6 +292,9 @@ def _set_up(config, workdir: str, log) -> Setup:
     judge = model_generate(make_sampler(jm, mesh=mesh, max_batch=config.sampling.max_batch),
                            jm.params, jm.tokenizer)
   ckpt = Checkpointer(workdir, is_primary=jax.process_index() == 0, log=log)
+  reporter = Reporter(workdir, tensorboard=config.log.tensorboard, plot=config.log.plot,
+                      progress=config.log.progress, log=log)
+  reporter.write_config(config.to_dict())
   stages = settings_lib.stages(config, algorithm)
   optim = algorithms.optimizer_config(config, algorithm)
   # LoRA: train states hold adapters (what checkpoints save); the stages see the base
@@ -303,9 +308,7 @@ def _set_up(config, workdir: str, log) -> Setup:
                               reread=lambda k, shapes: ckpt.restore_params(k, shapes)[0])
   return Setup(config, dataclasses.replace(base, params=None), task,
                task.heldout(config.task.heldout_size, config.task.difficulty), sampler, judge,
-               ckpt, Reporter(workdir, tensorboard=config.log.tensorboard, plot=config.log.plot,
-                              progress=config.log.progress, log=log),
-               RunRecords(workdir), algorithm, stages, weights)
+               ckpt, reporter, RunRecords(workdir), algorithm, stages, weights)
 
 
 def _restore(s: Setup, override_config: bool) -> "LoopState":
@@ -526,4 +529,5 @@ def _checkpoint(s: Setup, state: LoopState, accepted: bool, hashes: dict) -> Non
   # from the loop state, not the manifest: every process must delete the same
   # checkpoints (Orbax deletes collectively) and only process 0 writes the manifest
   s.ckpt.prune({h["iteration"] for h in state.history if h["accepted"]} | {k})
-  s.reporter.iteration(state.history[-1], state.history)
+  s.reporter.iteration(state.history[-1], state.history,
+                       [x for j in range(1, k + 1) for x in s.records.rows(j, "steps")])

@@ -50,6 +50,12 @@ class RunRecords:
     return [x for path in sorted(glob.glob(os.path.join(folder, f"{stage}*.jsonl")))
             for x in read_records(path)]
 
+  def rows(self, k: int, name: str) -> list[dict]:
+    """Iteration k's plain rows of stage `name` (a file of dicts, not Samples); [] when
+    there is none."""
+    path = os.path.join(self.iteration_dir(k), f"{name}.jsonl")
+    return read_jsonl(path) if os.path.exists(path) else []
+
   def earlier(self, k: int, stage: str) -> list[Sample]:
     """What iterations 1..k-1 recorded for `stage` (on disk, so a resumed run sees the
     same)."""

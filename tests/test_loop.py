@@ -31,6 +31,16 @@ def test_end_to_end_artifacts(reference):
   assert set(manifest["checkpoints"]) == {"0", "1", "2"}
   assert manifest["checkpoints"]["1"]["records"]["acquire"]
   assert "iter  pass@1" in out.stdout   # the summary table
+  # every optimizer step's metrics, numbered across the run, as the rows count them
+  with open(os.path.join(workdir, "steps.jsonl")) as f:
+    steps = [json.loads(line) for line in f]
+  assert [x["global_step"] for x in steps] == list(range(1, len(steps) + 1))
+  assert [sum(x["iteration"] == k for x in steps) for k in (1, 2)] == [
+      r["optimizer_steps"] for r in rows[1:]]
+  assert {"loss", "grad_norm", "update_norm", "param_norm", "learning_rate",
+          "tokens"} <= set(steps[0])
+  with open(os.path.join(workdir, "config.json")) as f:
+    assert json.load(f)["task"]["heldout_size"] == 8
 
 
 def test_rerun_of_finished_run_does_no_new_work(reference, cache_dir):

@@ -53,6 +53,7 @@ class Account:
   loss_tokens: int = 0
   step_metrics: dict = dataclasses.field(default_factory=dict)   # the loss's own, per step
   problem: Optional[str] = None     # why these weights must not be kept
+  steps: list = dataclasses.field(default_factory=list)   # every step's metrics (steps.jsonl)
 
   def row(self, epochs: int) -> dict:
     """The row's optimizer fields: the last epoch's mean loss, steps, loss tokens, and
@@ -181,6 +182,7 @@ class Weights:
     for b in progress(host_batches, f"iter {iteration} optimize"):
       b = batches_lib.device_ready(b, self._t.mesh, self.settings.rows_per_example, ref_fn)
       train, m = self._step(train, b)
+      a.steps.append({"step": int(train.step), **{n: float(m[n]) for n in sorted(m)}})
       a.problem = update_problem(m, self.settings.max_update_ratio, int(train.step))
       if a.problem:
         break

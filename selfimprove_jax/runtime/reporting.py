@@ -40,35 +40,56 @@ class Reporter:
       return items
     return tqdm(items, desc=desc, leave=False)
 
+  def write_config(self, config: dict) -> None:
+    """WORKDIR/config.json: the run's resolved config (every key, overrides applied)."""
+    if self.primary:
+      write_json_atomic(os.path.join(self.workdir, "config.json"),
+                        json.loads(json.dumps(config, default=str)))
+
   # ------------------------------------------------------------------ per iteration
 
-  def iteration(self, row: dict, history: list) -> None:
+  def iteration(self, row: dict, history: list, steps: list = ()) -> None:
+    """After iteration row['iteration'] is saved: metrics.jsonl from the history, and
+    steps.jsonl from every optimizer step so far (`steps`, iteration by iteration, each
+    given its global step), both rewritten whole so a resumed run never duplicates or
+    loses a line; TensorBoard gets the row and this iteration's steps."""
     if not self.primary:
       return
-    # metrics.jsonl is rewritten from the loop state's history, so a resumed run
-    # never duplicates or loses a line.
-    path = os.path.join(self.workdir, "metrics.jsonl")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-      for r in history:
-        f.write(json.dumps(r, default=str) + "\n")
-    os.replace(tmp, path)
+    _write_lines(os.path.join(self.workdir, "metrics.jsonl"), history)
+    steps = [dict(global_step=i + 1, **x) for i, x in enumerate(steps)]
+    _write_lines(os.path.join(self.workdir, "steps.jsonl"), steps)
     self._tensorboard(row)
+    self._tensorboard_steps([x for x in steps if x["iteration"] == row["iteration"]])
     if self.write_plot:
       plot(history, os.path.join(self.workdir, "heldout.png"))
     decision = "accepted" if row["accepted"] else row["reason"]
     self.log(f"[iter {row['iteration']}] held-out pass@1 {row['pass@1']:.3f} -> {decision}")
 
-  def _tensorboard(self, row: dict) -> None:
-    if not self.write_tensorboard:
-      return
+  def _writer(self):
     if self._tb is None:
       from tensorboardX import SummaryWriter
       self._tb = SummaryWriter(os.path.join(self.workdir, "tensorboard"))
+    return self._tb
+
+  def _tensorboard(self, row: dict) -> None:
+    if not self.write_tensorboard:
+      return
+    tb = self._writer()
     for key, value in row.items():
       if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        self._tb.add_scalar(key.replace("@", "_at_"), value, row["iteration"])
-    self._tb.flush()
+        tb.add_scalar(key.replace("@", "_at_"), value, row["iteration"])
+    tb.flush()
+
+  def _tensorboard_steps(self, steps: list) -> None:
+    """Each optimizer step's metrics as `step/<name>` at its global step."""
+    if not (self.write_tensorboard and steps):
+      return
+    tb = self._writer()
+    for x in steps:
+      for key, value in x.items():
+        if key not in ("iteration", "global_step", "step") and math.isfinite(value):
+          tb.add_scalar(f"step/{key}", value, x["global_step"])
+    tb.flush()
 
   # ------------------------------------------------------------------ end of run
 
@@ -82,6 +103,15 @@ class Reporter:
                       {"history": history, "stopped": stopped})
     if self._tb is not None:
       self._tb.close()
+
+
+def _write_lines(path: str, rows) -> None:
+  """JSON lines, written to a temporary file and renamed into place."""
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    for r in rows:
+      f.write(json.dumps(r, default=str) + "\n")
+  os.replace(tmp, path)
 
 
 def _maj_key(row: dict):
