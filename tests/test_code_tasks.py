@@ -136,7 +136,7 @@ def test_execution_feedback_training_targets():
   fix = S(_fenced(p.reference), -0.5, 2, [7, 0], [-0.25, -0.25])
   ctx = Context(Scripted(lambda prompt, j, g: fix), task, [p])
   out = refine_targets.refine_records("execution_feedback", [rec], [p], ctx,
-                              StrategyConfig(rounds=1), 0)
+                                      StrategyConfig(rounds=1), 0)
   assert [r.refined for r in out] == [False, True]
   assert out[1].reward == 1.0 and out[1].completion_tokens == [7, 0]
 

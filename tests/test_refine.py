@@ -157,8 +157,8 @@ def test_refine_records_targets():
           _record(p1.id, p1.prompt, "#### 3", 0.0, idx=0),
           _record(p1.id, p1.prompt, "#### 4", 0.0, idx=1)]
   ctx = Context(Scripted(lambda p, j, g: "x"), TASK, problems)
-  sc = refine_targets.refine_records("self_consistency", recs, problems, ctx, StrategyConfig(), 0,
-                             min_vote_share=0.6)
+  sc = refine_targets.refine_records("self_consistency", recs, problems, ctx,
+                                     StrategyConfig(), 0, min_vote_share=0.6)
   assert [r.refined for r in sc] == [True, False, True, False, False]
   bon = refine_targets.refine_records("best_of_n", recs, problems, ctx, StrategyConfig(), 0)
   # p1: all wrong, equal likelihood -> the first sample
@@ -170,8 +170,9 @@ def test_refine_records_targets():
     if prompt.startswith("Here is a question"):
       return "NO ISSUES" if f"#### {p0.reference}" in prompt else "wrong"
     return S(f"#### {p1.reference}", -0.5, 2, [7, 0], [-0.25, -0.25])
-  sr = refine_targets.refine_records("self_refine", recs, problems, Context(Scripted(reply), TASK,
-                             problems), StrategyConfig(rounds=1), 0)
+  sr = refine_targets.refine_records("self_refine", recs, problems,
+                                     Context(Scripted(reply), TASK, problems),
+                                     StrategyConfig(rounds=1), 0)
   assert len(sr) == 6 and sr[0].refined and not any(r.refined for r in sr[1:5])
   added = sr[5]
   assert added.refined and added.reward == 1.0 and added.prompt == p1.prompt

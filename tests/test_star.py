@@ -88,7 +88,7 @@ def test_rationalize_records_keeps_only_hinted_answers_that_reach_the_reference(
     return "#### 1"                       # misses the answer
   gen = Scripted(reply)
   added = refine_targets.rationalize_records(recs, problems, Context(gen, TASK, problems),
-                                     StrategyConfig(), seed=0, threshold=1.0)
+                                             StrategyConfig(), seed=0, threshold=1.0)
   # one batched call, for the three failed problems only; the solved one is not asked
   assert len(gen.calls) == 1 and len(gen.calls[0][0]) == 3
   assert all("Hint: the answer is" in p for p in gen.calls[0][0])

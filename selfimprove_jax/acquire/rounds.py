@@ -97,7 +97,7 @@ def acquire_round(r: Round, problems: Sequence) -> list[Sample]:
   ctx = refine_lib.Context(r.generate, r.task, problems, judge=judge)
   if st.refine_strategy:
     samples = refine_targets.refine_records(st.refine_strategy, samples, problems, ctx,
-                                        st.strategy, r.seed + 2, st.min_vote_share)
+                                            st.strategy, r.seed + 2, st.min_vote_share)
   if st.label_free:
     # LMSI (Huang et al. 2022) / TTRL (Zuo et al. 2025): the self-consistency majority
     # is the label, so a sample's reward is whether it agrees with it (the vote share
@@ -105,7 +105,7 @@ def acquire_round(r: Round, problems: Sequence) -> list[Sample]:
     samples = [s.replace(reward=float(bool(s.refined))) for s in samples]
   if st.rationalize:
     samples += refine_targets.rationalize_records(samples, problems, ctx, st.strategy,
-                                              r.seed + 3, st.reward_threshold)
+                                                  r.seed + 3, st.reward_threshold)
   return samples
 
 
