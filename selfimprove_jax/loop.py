@@ -3,18 +3,22 @@
 Iteration 0 evaluates the starting model (the baseline). Each later iteration:
   acquire   G samples per training prompt from the current model, scored by the task's
             verifier, with judge scores / refinement targets where configured
-            (acquire.py; records/iter_K/acquire.jsonl);
-  select    the configured filters and the difficulty ledger (select.py); held-out
-            prompts never pass (records/iter_K/select.jsonl);
-  optimize  the algorithm's batches through the train step (algorithms.py); on-policy
-            RL repeats acquire -> select -> optimize loop.rl_steps times;
-  evaluate  held-out pass@1 / maj@k / pass@k (evaluation.py);
+            (acquire/rounds.py; records/iter_K/acquire.jsonl), and the model's own
+            proposed problems mixed in (acquire/self_instruct.py);
+  select    the configured filters and the difficulty ledger (select/filters.py);
+            held-out prompts never pass (records/iter_K/select.jsonl);
+  optimize  the algorithm's batches (paradigms/registry.py) through the train step, by
+            the one owner of the weights (optimize/phase.py); on-policy RL repeats
+            acquire -> select -> optimize loop.rl_steps times;
+  evaluate  held-out pass@1 / maj@k / pass@k per problem (evaluate/heldout.py;
+            records/iter_K/eval_heldout.jsonl) and the watchers (evaluate/watchers.py);
   decide    accept, roll back to the last accepted weights (held-out drop, a
-            non-finite or exploding update, nothing trained on), stop on a plateau,
-            move the curriculum's difficulty;
+            non-finite or exploding update, nothing trained on), stop on a plateau
+            (evaluate/gate.py), move the curriculum's difficulty;
   checkpoint Orbax checkpoint and a manifest with content hashes of it and of the
-            stage records (checkpoint.py).
-Every random choice is derived from (config.seed, iteration, stage), so re-running an
+            stage records (runtime/checkpoint.py).
+Every stage reads its own settings, built once from the config (settings.py). Every
+random choice is derived from (config.seed, iteration, stage), so re-running an
 interrupted iteration reproduces it exactly; finished stages' records are reused
 (stage_cache.py).
 """
