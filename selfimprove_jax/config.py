@@ -70,7 +70,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.loop.dpo_pairs = "verifier"        # dpo: 'verifier' (right vs wrong) | 'judge' (the
                                        # judge's best vs worst: self-rewarding DPO)
 
-  # Acquisition extras (refine.py, self_instruct.py)
+  # Acquisition extras (refine/, acquire/self_instruct.py)
   c.acquire = ml_collections.ConfigDict()
   c.acquire.refine_strategy = ""       # '' | self_consistency | best_of_n | self_refine
                                        # | execution_feedback:
@@ -89,7 +89,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.acquire.rationalize = False
   c.acquire.self_instruct_share = 0.0  # fraction of each iteration's prompts the model proposes
 
-  # Inference refinement strategies (refine.py): acquisition and evaluate.strategies
+  # Inference refinement strategies (refine/strategies.py): acquisition and evaluate.strategies
   c.refine = ml_collections.ConfigDict()
   c.refine.n = 8                       # best_of_n candidates / self_consistency votes
   c.refine.rounds = 2                  # self_refine / execution_feedback: rounds at most
@@ -97,7 +97,7 @@ def base_config() -> ml_collections.ConfigDict:
                                        # logprob) | verifier | judge | logprob
   c.refine.critique_tokens = 64
 
-  # LLM-as-judge (judge.py)
+  # LLM-as-judge (select/judge.py)
   c.judge = ml_collections.ConfigDict()
   c.judge.model = ""                   # '' = the current model judges itself; else a spec
   c.judge.samples = 1                  # judgments per completion (averaged; 1 = greedy)
@@ -123,7 +123,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.self_play.max_level = 0            # proposals above this task level are rejected
                                        # ('too_hard'); 0 = any level
 
-  # Curriculum from the ledger (curriculum.py): tasks with a difficulty knob
+  # Curriculum from the ledger (evaluate/curriculum.py): tasks with a difficulty knob
   c.curriculum = ml_collections.ConfigDict()
   c.curriculum.enabled = False
   c.curriculum.min_pass_rate = 0.3     # training pass rate band; outside it the training

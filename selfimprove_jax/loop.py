@@ -375,7 +375,7 @@ class Iteration:
 
 
 def _self_instruct(s: Setup, params, difficulty, it: Iteration) -> list[Problem]:
-  """The model's proposed problems for this iteration (self_instruct.py); [] when the
+  """The model's proposed problems for this iteration (acquire/self_instruct.py); [] when the
   config mixes in none."""
   if s.config.acquire.self_instruct_share <= 0:
     return []

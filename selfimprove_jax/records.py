@@ -43,7 +43,7 @@ class Sample:
   iteration: int = -1                  # loop iteration that sampled it (-1: evaluation)
   verifier_status: str = "ok"          # or why the verifier could not finish ('timeout', ...)
   verifier_detail: str = ""            # what failed, in words
-  # set by the judge (judge.py): score None = unparsed reply; judged iff judge_reply is set
+  # set by the judge (select/judge.py): score None = unparsed reply; judged iff judge_reply is set
   judge_score: Optional[float] = None
   judge_reply: Optional[str] = None
   verifier_reward: Optional[float] = None   # the verifier's reward when a judge's replaced it

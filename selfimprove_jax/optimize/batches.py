@@ -1,5 +1,5 @@
 """Optimizer batches from samples: fixed-shape, right-padded host arrays in the format
-of `optimize/losses.py` (stated there once), for every paradigm (algorithms.py names
+of `optimize/losses.py` (stated there once), for every paradigm (paradigms/registry.py names
 which one it uses), then made device-ready by `device_ready`: padded to the mesh's
 batch shards, with the reference log-probs where the loss reads them, and placed.
 
