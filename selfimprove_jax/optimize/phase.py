@@ -99,6 +99,9 @@ class Weights:
     self.shapes = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), self._initial)
     self._reread = reread
+    # adapters merged into the base by one jitted function, built once (identity without
+    # LoRA; the base stays alive with LoRA, `release_base`)
+    self._merged = lora_lib.model_params_fn(base_params, self._lora)
     self._kept: Optional[TrainState] = None      # None only while the train state owns it
     self._train: Optional[TrainState] = None
     self._trained: Optional[TrainState] = None
@@ -136,7 +139,7 @@ class Weights:
 
   def model_params(self, params):
     """Weights as the model takes them (LoRA: the adapters merged into the base)."""
-    return lora_lib.model_params_fn(self._base, self._lora)(params)
+    return self._merged(params)
 
   # ------------------------------------------------------------------ one iteration
 
