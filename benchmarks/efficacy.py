@@ -63,6 +63,8 @@ EXPERIMENTS = {
                                      "configs/dr_grpo_arithmetic.py", (0,)),
     "grpo_arithmetic_no_kl": Experiment("online RL (GRPO, KL off)",
                                         "configs/grpo_arithmetic_no_kl.py", (0,)),
+    "grpo_arithmetic_watched": Experiment("online RL (GRPO) with the watchers' rules acting",
+                                          "configs/grpo_arithmetic_watched.py", (0,)),
     "dpo_arithmetic": Experiment("iterative DPO on verifier pairs",
                                  "configs/dpo_arithmetic.py", (0,)),
     "label_free_sft": Experiment("label-free SFT (self-consistency majority targets)",
@@ -121,7 +123,7 @@ def mcnemar_p(up: int, down: int) -> float:
 
 def paired(before: list[dict], after: list[dict]) -> dict:
   """{'up', 'down', 'p'}: the problems that went from wrong to right and from right to
-  wrong between two per-problem result files (records/iter_K/eval_heldout.jsonl,
+  wrong between two per-problem result files (records/iter_K/eval_<split>.jsonl,
   matched by problem id; greedy verdicts), and the exact McNemar p-value."""
   was = {r["problem_id"]: r["reward"] >= 1.0 for r in before}
   now = {r["problem_id"]: r["reward"] >= 1.0 for r in after}
@@ -149,11 +151,16 @@ def gain_text(baseline: float, best: float, n: int, pairs: Optional[dict] = None
   return f"{best - baseline:+.2f}"
 
 
-def read_results(workdir: str, iteration: int) -> Optional[list[dict]]:
-  """A run's per-problem held-out results of one iteration, or None when the run kept
-  none (it predates them)."""
-  path = os.path.join(workdir, "records", f"iter_{iteration:04d}", "eval_heldout.jsonl")
-  if not os.path.isfile(path):
+def read_results(workdir: str, iteration: int,
+                 split: str = "validation") -> Optional[list[dict]]:
+  """A run's per-problem results on `split` of one iteration
+  (records/iter_K/eval_<split>.jsonl; a run from before the splits wrote validation's
+  as eval_heldout.jsonl), or None when the run kept none."""
+  folder = os.path.join(workdir, "records", f"iter_{iteration:04d}")
+  names = [f"eval_{split}.jsonl"] + (["eval_heldout.jsonl"] if split == "validation" else [])
+  path = next((os.path.join(folder, n) for n in names
+               if os.path.isfile(os.path.join(folder, n))), None)
+  if path is None:
     return None
   with open(path) as f:
     return [json.loads(line) for line in f if line.strip()]
@@ -194,9 +201,16 @@ def read_run(workdir: str) -> dict:
   ckpt = Checkpointer(workdir, read_only=True)
   config = ckpt.restore_meta(ckpt.steps()[-1])["config"]
   ckpt.close()
-  results = {r["iteration"]: read_results(workdir, r["iteration"]) for r in summary["history"]}
+  # the baseline's and the accepted iterations' per-problem results: the rows pair them
+  wanted = [r["iteration"] for r in summary["history"] if r["accepted"]]
+  results: dict = {"validation": {}, "test": {}}
+  for split, found in results.items():
+    for k in wanted:
+      rows = read_results(workdir, k, split)
+      if rows is not None:
+        found[k] = rows
   return {"history": summary["history"], "stopped": summary["stopped"], "config": config,
-          "results": {k: v for k, v in results.items() if v is not None}}
+          "results": results["validation"], "test_results": results["test"]}
 
 
 def make_row(name: str, exp: Experiment, seed: int, run: dict, seconds: float,
@@ -215,6 +229,17 @@ def make_row(name: str, exp: Experiment, seed: int, run: dict, seconds: float,
                 and not k.endswith("_revised")}
   task = config["task"]
   options = ", ".join(f"{k}={v}" for k, v in sorted(task["options"].items()))
+  # the result a run reports: the test score of its last accepted weights, paired
+  # with the baseline's on the same problems
+  final = next(r for r in reversed(history) if r["accepted"])
+  tests = run.get("test_results", {})
+  test = None
+  if "test_pass@1" in baseline and "test_pass@1" in final:
+    test = {"n": task.get("test_size"), "baseline": baseline["test_pass@1"],
+            "final": final["test_pass@1"], "final_iteration": final["iteration"],
+            "paired": (paired(tests[0], tests[final["iteration"]])
+                       if {0, final["iteration"]} <= set(tests) else None)}
+    test["n"] = len(tests[0]) if 0 in tests else test["n"]
   return {
       "name": name, "seed": seed, "paradigm": exp.paradigm, "config": exp.config,
       "model": config["model"],
@@ -224,6 +249,7 @@ def make_row(name: str, exp: Experiment, seed: int, run: dict, seconds: float,
       "best_iteration": best["iteration"],
       "paired": (paired(run["results"][0], run["results"][best["iteration"]])
                  if {0, best["iteration"]} <= set(run.get("results", {})) else None),
+      "test": test,
       "maj_key": maj,
       "baseline_maj": baseline.get(maj) if maj else None,
       "best_maj": best.get(maj) if maj else None,
@@ -253,8 +279,9 @@ def store_row(row: dict, workdir: str, results_dir: str) -> None:
 
 # ---------------------------------------------------------------------- the table
 
-HEADER = ("| experiment | paradigm | model | task | held-out pass@1: baseline -> best accepted "
-          "[95% interval] | gain | maj@k: baseline -> best | iterations run / accepted "
+HEADER = ("| experiment | paradigm | model | task | validation pass@1: baseline -> best "
+          "accepted [95% interval] | test pass@1: baseline -> final [95% interval] | gain "
+          "| maj@k: baseline -> best | iterations run / accepted "
           "| inference strategies: baseline -> best | wall min | machine | seed | plot |")
 
 
@@ -277,10 +304,18 @@ def table_line(row: dict, noted: frozenset = frozenset()) -> str:
   else:
     wall = f"{row['wall_seconds'] / 60:.1f}" + (" (resumed)" if row["resumed"] else "")
   name = f"[{row['name']}](#{row['name']})" if row["name"] in noted else row["name"]
+  test = row.get("test")
+  if test:   # the gain is the test split's: no decision read it
+    tn = test["n"]
+    test_cell = (f"{_cell(test['baseline'], tn)} -> {_cell(test['final'], tn)} "
+                 f"(iter {test['final_iteration']}; n={tn})")
+    gain = "test: " + gain_text(test["baseline"], test["final"], tn, test["paired"])
+  else:      # rows measured before the test split: the validation split's
+    test_cell = "-"
+    gain = gain_text(row["baseline_pass@1"], row["best_pass@1"], n, row.get("paired"))
   cells = [name, row["paradigm"], row["model"], row["task"],
            f"{_cell(row['baseline_pass@1'], n)} -> {_cell(row['best_pass@1'], n)} "
-           f"(iter {row['best_iteration']}; n={n})",
-           gain_text(row["baseline_pass@1"], row["best_pass@1"], n, row.get("paired")), maj,
+           f"(iter {row['best_iteration']}; n={n})", test_cell, gain, maj,
            f"{row['iterations_run']} / {row['iterations_accepted']}", strategies or "-", wall,
            row["machine"], str(row["seed"]), f"[heldout.png](efficacy/{rn}.png)"]
   return "| " + " | ".join(cells) + " |"
@@ -356,19 +391,25 @@ def write_table(results_dir: str, table_path: str, experiments: dict) -> None:
       "`summary.json`). Each row ran from scratch through `selfimprove-jax run` in its own "
       "workdir (`benchmarks/efficacy_runs/NAME-seedS`, not committed).",
       "",
-      "- **pass@1** is held-out greedy pass@1 over the run's n held-out problems; "
-      "**best accepted** is the highest pass@1 among the iterations the evaluation gate "
-      "kept (the baseline counts, so a run that kept nothing shows its baseline).",
+      "- **pass@1** is greedy pass@1. **Validation** is the split every decision of "
+      "the loop reads (accept, roll back, stop, curriculum, watchers); **best accepted** "
+      "is its highest pass@1 among the iterations the gate kept (the baseline counts, "
+      "so a run that kept nothing shows its baseline). Choosing on a split and "
+      "reporting it is biased upward, so **test** is a second held-out split that no "
+      "decision reads; **final** is the test score of the last accepted weights, the "
+      "number a run reports as its result. Rows measured before the test split existed "
+      "show '-' there (their validation split is the held-out split they reported).",
       "- **95% interval**: the Wilson score interval for a binomial proportion over the "
       "n held-out problems (z = 1.96), treating each problem as one pass/fail trial. "
       "It does not account for seed-to-seed variation of the training run.",
-      "- **gain**: best accepted minus baseline. Where the run kept its results per "
-      "problem (`records/iter_K/eval_heldout.jsonl`) the gain is paired: the problems "
-      "that went up and down between the baseline and the best accepted iteration, and "
-      "the exact McNemar p-value (scipy's two-sided binomial test on the changed "
-      "problems); **no measurable gain** means p >= 0.05. Rows measured before that "
-      "say **no measurable gain** when the best accepted pass@1 lies inside the "
-      "baseline's 95% interval.",
+      "- **gain**: on the test split (marked `test:`), final minus baseline, paired: "
+      "the test problems that went up and down between the baseline and the final "
+      "weights (`records/iter_K/eval_test.jsonl`), and the exact McNemar p-value "
+      "(scipy's two-sided binomial test on the changed problems); **no measurable "
+      "gain** means p >= 0.05. Rows without a test split give validation's gain, best "
+      "accepted minus baseline: paired the same way where the run kept its results per "
+      "problem, else **no measurable gain** when the best accepted pass@1 lies inside "
+      "the baseline's 95% interval.",
       "- **wall min**: the `selfimprove-jax run` subprocess from start to exit, model "
       "loading and compilation included. CPU rows ran on a 2-core machine shared with "
       "other jobs, so their wall times are upper bounds of an idle machine's. A row "

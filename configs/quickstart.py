@@ -22,7 +22,9 @@ def get_config():
   config.task.name = "arithmetic"
   config.task.difficulty = 2                 # two-digit operands, one operation
   config.task.options.operators = "+-"
-  config.task.heldout_size = 100
+  config.task.heldout_size = 100            # validation: what the gate reads
+  config.task.test_size = 100                # test: the reported number, read by nothing
+  config.task.fresh_size = 100               # new problems each iteration
   config.loop.algorithm = "sft"
   config.loop.iterations = 4
   # Many problems, few samples each: 256 x 2 costs about what 64 x 8 did, but the right

@@ -18,6 +18,7 @@ def get_config():
   config.task.name = "arithmetic"
   config.task.difficulty = 1
   config.task.heldout_size = 8
+  config.task.test_size = 4
   config.loop.algorithm = "sft"
   config.loop.iterations = 2
   config.loop.prompts_per_iteration = 8

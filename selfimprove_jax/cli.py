@@ -142,8 +142,9 @@ def _cmd_run(args) -> int:
 
 def _add_eval(sub):
   p = sub.add_parser(
-      "eval", help="held-out metrics of a model on a task",
-      description="Held-out metrics through the loop's own evaluation. For a run's "
+      "eval", help="validation and test metrics of a model on a task",
+      description="Validation and test metrics through the loop's own evaluation "
+      "(validation: greedy pass@1, maj@k, pass@k; test: greedy pass@1). For a run's "
       "workdir (or DIR@K) the settings are the run's saved config, so it prints the "
       "run's numbers for those weights; for any other model, the default config. "
       "Flags override single settings.")
@@ -154,7 +155,10 @@ def _add_eval(sub):
                  "(default: the run's task, else arithmetic)")
   p.add_argument("--task_option", action="append", default=[], metavar="KEY=VALUE",
                  help="a task option, e.g. operators=+- (repeatable)")
-  p.add_argument("--n", type=int, default=None, help="held-out problems (default 100)")
+  p.add_argument("--n", type=int, default=None, help="validation problems (default 100)")
+  p.add_argument("--test_n", type=int, default=None,
+                 help="test problems, the next ones of the held-out side (default 100; "
+                 "0: none)")
   p.add_argument("--k", type=int, default=None,
                  help="samples per problem for maj@k / pass@k (default 4)")
   p.add_argument("--max_new_tokens", type=int, default=None, help="default 48")
@@ -190,7 +194,7 @@ def _cmd_eval(args) -> int:
   import json
   from selfimprove_jax.evaluate import command as eval_command
   _check_flags(args, at_least_1=("n", "k", "max_new_tokens", "strategy_n", "refine_rounds"),
-               at_least_0=("temperature", "seed"))
+               at_least_0=("temperature", "seed", "test_n"))
   flags = {name: getattr(args, name) for name in eval_command.FLAG_KEYS}
   metrics = eval_command.evaluate_model(args.model, flags, _task_options(args.task_option))
   if args.json:

@@ -55,7 +55,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.task.name = "arithmetic"           # arithmetic | countdown | reasoning_gym:<n> | jsonl:<path>
                                        # | code:<family> | code_jsonl:<path>
   c.task.difficulty = 2                # starting difficulty level (tasks with a knob)
-  c.task.heldout_size = 100
+  c.task.heldout_size = 100            # the validation split: what every decision reads
+  c.task.test_size = 100               # the test split: scored, read by no decision (0: none)
+  c.task.fresh_size = 0                # new held-out-side problems each evaluation (tasks
+                                       # that generate problems; 0: none)
   c.task.options = ml_collections.ConfigDict()  # keyword options of the task (e.g. operators)
 
   c.loop = ml_collections.ConfigDict()
@@ -168,6 +171,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.evaluate.max_new_tokens = 48
   c.evaluate.strategies = ""           # e.g. 'best_of_n,self_consistency': held-out score
                                        # of each (config.refine) beside greedy
+  c.evaluate.rules = ""                # the watchers act: 'SIGNAL>THRESHOLD:ACTION,...'
+                                       # (evaluate/rules.py), e.g.
+                                       # 'watch_proxy_divergence>=1:stop'
 
   c.log = ml_collections.ConfigDict()
   c.log.tensorboard = True
@@ -273,6 +279,7 @@ def with_task_options(config, options: dict) -> ml_collections.ConfigDict:
 # worse, run and "accept" an iteration that did nothing (e.g. epochs=0).
 RANGES = {
     "seed": (0, None), "task.difficulty": (0, None), "task.heldout_size": (1, None),
+    "task.test_size": (0, None), "task.fresh_size": (0, None),
     "loop.iterations": (0, None), "loop.prompts_per_iteration": (1, None),
     "loop.samples_per_prompt": (1, None), "loop.rl_steps": (1, None),
     "acquire.min_vote_share": (0.0, 1.0), "acquire.self_instruct_share": (0.0, 1.0),

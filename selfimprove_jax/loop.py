@@ -10,11 +10,13 @@ Iteration 0 evaluates the starting model (the baseline). Each later iteration:
   optimize  the algorithm's batches (paradigms/registry.py) through the train step, by
             the one owner of the weights (optimize/phase.py); on-policy RL repeats
             acquire -> select -> optimize loop.rl_steps times;
-  evaluate  held-out pass@1 / maj@k / pass@k per problem (evaluate/heldout.py;
-            records/iter_K/eval_heldout.jsonl) and the watchers (evaluate/watchers.py);
-  decide    accept, roll back to the last accepted weights (held-out drop, a
-            non-finite or exploding update, nothing trained on), stop on a plateau
-            (evaluate/gate.py), move the curriculum's difficulty;
+  evaluate  pass@1 / maj@k / pass@k per problem on the validation split, greedy
+            pass@1 on the test and fresh splits (evaluate/splits.py, heldout.py;
+            records/iter_K/eval_<split>.jsonl), and the watchers (evaluate/watchers.py);
+  decide    from validation alone: accept, roll back to the last accepted weights (a
+            validation drop, a non-finite or exploding update, nothing trained on),
+            stop on a plateau (evaluate/gate.py), move the curriculum's difficulty;
+            the test split is read by nothing that decides;
   checkpoint Orbax checkpoint and a manifest with content hashes of it and of the
             stage records (runtime/checkpoint.py).
 Every stage reads its own settings, built once from the config (settings.py). Every
@@ -46,6 +48,8 @@ from selfimprove_jax.errors import UserError
 from selfimprove_jax.evaluate import curriculum as curriculum_lib
 from selfimprove_jax.evaluate import gate
 from selfimprove_jax.evaluate import heldout as evaluation
+from selfimprove_jax.evaluate import rules as rules_lib
+from selfimprove_jax.evaluate import splits as splits_lib
 from selfimprove_jax.evaluate import watchers
 from selfimprove_jax.model import lora as lora_lib
 from selfimprove_jax.optimize import make_logprob_fn, make_train_step
@@ -86,6 +90,7 @@ class LoopState:
   data_state: Optional[dict] = None   # Grain iterator state of the training prompt stream
   ledger: dict = dataclasses.field(default_factory=dict)
   history: list = dataclasses.field(default_factory=list)
+  adjust: dict = dataclasses.field(default_factory=dict)   # the rules' changes (config keys)
 
 
 class _Signals:
@@ -140,6 +145,7 @@ def run(config, workdir: str, override_config: bool = False, log=_print) -> dict
   """Runs (or resumes) the loop in `workdir`; returns the final loop state as a dict."""
   config_lib.validate(config)
   algorithms.algorithm(config)   # the paradigm's own checks, before anything is made
+  settings_lib.rules(config)     # and the watchers' rules
   _make_workdir(workdir)
   with _Signals() as signals, _lock(workdir):
     return _run(config, workdir, override_config, log, signals)
@@ -148,7 +154,7 @@ def run(config, workdir: str, override_config: bool = False, log=_print) -> dict
 # size: the loop itself, one banner per stage (the table of contents of a run)
 def _run(config, workdir, override_config, log, signals) -> dict:
   # --- set up: mesh, model, task, sampler, step functions, checkpoints
-  s = _set_up(config, workdir, log)
+  run_setup = s = _set_up(config, workdir, log)
   w = s.weights   # the one owner of the weights (optimize/phase.py)
   # --- restore, or start from the base model
   state = _restore(s, override_config)
@@ -158,29 +164,31 @@ def _run(config, workdir, override_config, log, signals) -> dict:
     # --- iteration 0: the baseline
     if state.iteration < 0:
       hashes: dict = {}
-      metrics = _evaluate(s, w.kept.params, 0, hashes)
+      metrics, scores = _evaluate(s, w.kept.params, 0, hashes)
       state.best_pass1 = metrics["pass@1"]
       state.accepted_iteration = state.iteration = 0
-      state.history.append(dict(iteration=0, **metrics, kept=0, accepted=True,
+      state.history.append(dict(iteration=0, **scores, kept=0, accepted=True,
                                 reason="baseline", difficulty=state.difficulty))
-      _checkpoint(s, state, True, hashes)
+      _checkpoint(run_setup, state, True, hashes)
 
     # --- iterations 1..N
     while state.iteration < config.loop.iterations and not state.stopped:
       k = state.iteration + 1
       signals.check()
+      # this iteration's settings: the run's, with what the watchers' rules changed
+      s = _steered(run_setup, state.adjust)
       it = Iteration(k, state.ledger)
       w.begin()
-      prompts = PromptStream(s.task, config.seed, state.data_state, state.difficulty)
+      prompts = PromptStream(s.task, s.config.seed, state.data_state, state.difficulty)
       proposals = _self_instruct(s, w.policy(), state.difficulty, it)
       it.proposed = frozenset(p.id for p in proposals)
       prompts.add_proposals(proposals)
-      for r in range(s.algorithm.rounds(config)):
+      for r in range(s.algorithm.rounds(s.config)):
         if s.algorithm.on_policy:   # rounds sample the weights being trained
           w.start()
         # --- acquire: samples of the current policy, scored by the verifier
-        problems = prompts.take(config.loop.prompts_per_iteration,
-                                config.acquire.self_instruct_share)
+        problems = prompts.take(s.config.loop.prompts_per_iteration,
+                                s.config.acquire.self_instruct_share)
         with _peak_memory(it, "acquire"):
           acquired = _acquire(s, w.policy(), problems, r, it)
         signals.check()
@@ -204,14 +212,22 @@ def _run(config, workdir, override_config, log, signals) -> dict:
 
       # --- evaluate
       with _peak_memory(it, "evaluate"):
-        metrics = _evaluate(s, trained, k, it.hashes)
+        metrics, scores = _evaluate(s, trained, k, it.hashes)
       del trained
-      # --- decide: accept or roll back, stop on a plateau, move the difficulty
-      accepted, reason = gate.decide(state, metrics, len(it.selected), w.account,
-                                     s.stages.gate)
-      next_difficulty, move = _curriculum(s, state, it)
+      # --- decide, from validation and the training records alone: the watchers'
+      # rules, accept or roll back, stop on a plateau, move the difficulty
       last = next(r for r in reversed(state.history) if r["accepted"])
-      row = _row(s, it, metrics, accepted, reason, state.difficulty, move, last)
+      row = _row(s, it, metrics, scores, last)
+      fired = rules_lib.fired(s.stages.rules, row)
+      accepted, reason = gate.decide(state, metrics, len(it.selected), w.account,
+                                     s.stages.gate, rules_lib.verdict(fired))
+      next_difficulty, move = _curriculum(s, state, it)
+      state.adjust, next_difficulty, actions = _steer(run_setup, state, fired, next_difficulty, k)
+      row.update(accepted=accepted, reason=reason, difficulty=state.difficulty)
+      if s.config.curriculum.enabled:
+        row["curriculum_move"] = move
+      if s.stages.rules:
+        row["rule_actions"] = actions
       if accepted:
         state.accepted_iteration = k
       w.settle(accepted, state.accepted_iteration)
@@ -219,14 +235,14 @@ def _run(config, workdir, override_config, log, signals) -> dict:
       state.history.append(row)
       state.difficulty = next_difficulty
       # --- checkpoint
-      _checkpoint(s, state, accepted, it.hashes)
+      _checkpoint(run_setup, state, accepted, it.hashes)
   except Preempted as e:
     s.reporter.log(f"{e}: stopping after the last finished stage; re-run the same "
                    f"command to continue from iteration {state.iteration + 1}")
     s.ckpt.close()
     return dataclasses.asdict(state)
 
-  s.reporter.finish(state.history, state.stopped)
+  s.reporter.finish(state.history, state.stopped, splits_lib.result(state.history))
   s.ckpt.close()
   return dataclasses.asdict(state)
 
@@ -254,7 +270,7 @@ class Setup:
   config: ml_collections.ConfigDict
   base: "LoadedModel"            # the base model (its weights: `weights` owns them)
   task: Task
-  heldout: list[Problem]         # the held-out problems every evaluation scores
+  splits: splits_lib.Splits      # validation (decisions read it), test, fresh
   sampler: Sampler
   judge: Optional[GenerateFn]    # a separate judge model; None: the model judges itself
   ckpt: Checkpointer
@@ -263,6 +279,9 @@ class Setup:
   algorithm: Algorithm
   stages: settings_lib.Stages    # every stage's settings, built once
   weights: phase_lib.Weights     # the kept weights and an iteration's train state
+  training: phase_lib.Training   # the step functions of the config's algorithm
+  # the step functions of the rules' other algorithms and schedules, built when needed
+  trainings: dict = dataclasses.field(default_factory=dict)
 
   def generate(self, params) -> GenerateFn:
     """The model with `params` (adapters merged into the base) as a GenerateFn."""
@@ -289,6 +308,9 @@ def _set_up(config, workdir: str, log) -> Setup:
     raise UserError(f"task.name={config.task.name!r}: {e}") from None
   if config.curriculum.enabled and task.difficulty_range is None:
     raise UserError(f"curriculum.enabled: task {task.name} has no difficulty knob")
+  moves = [r.text for r in settings_lib.rules(config) if r.action in ("harder", "easier")]
+  if moves and task.difficulty_range is None:
+    raise UserError(f"evaluate.rules: {moves[0]!r}: task {task.name} has no difficulty knob")
   sampler = make_sampler(base, mesh=mesh, max_batch=config.sampling.max_batch)
   judge = None
   if config.judge.model:
@@ -300,19 +322,49 @@ def _set_up(config, workdir: str, log) -> Setup:
                       progress=config.log.progress, log=log)
   reporter.write_config(config.to_dict())
   stages = settings_lib.stages(config, algorithm)
-  optim = algorithms.optimizer_config(config, algorithm)
-  # LoRA: train states hold adapters (what checkpoints save); the stages see the base
-  # with the adapters merged in, and the base is the DPO / KL reference.
-  lora = lora_lib.from_config(config.lora)
-  mc = base.config
-  training = phase_lib.Training(
-      mc, optim, mesh, lora, make_train_step(mc.replace(remat=config.remat), optim, mesh, lora),
-      make_logprob_fn(mc, mesh, config.optim.logprob_chunk))
+  training = _training(config, algorithm, base.config, mesh)
   weights = phase_lib.Weights(stages.phase, training, base.params, config.seed,
                               reread=lambda k, shapes: ckpt.restore_params(k, shapes)[0])
-  return Setup(config, dataclasses.replace(base, params=None), task,
-               task.heldout(config.task.heldout_size, config.task.difficulty), sampler, judge,
-               ckpt, reporter, RunRecords(workdir), algorithm, stages, weights)
+  splits = splits_lib.carve(task, config.task.heldout_size, config.task.test_size,
+                            config.task.fresh_size, config.task.difficulty)
+  if splits.note:
+    reporter.log(f"evaluation splits: {splits.note}")
+  return Setup(config, dataclasses.replace(base, params=None), task, splits, sampler, judge,
+               ckpt, reporter, RunRecords(workdir), algorithm, stages, weights, training)
+
+
+def _training(config, algorithm: Algorithm, mc, mesh) -> phase_lib.Training:
+  """The train step and reference log-probs of `algorithm` under `config`. LoRA: train
+  states hold adapters (what checkpoints save); the stages see the base with the
+  adapters merged in, and the base is the DPO / KL reference."""
+  optim = algorithms.optimizer_config(config, algorithm)
+  lora = lora_lib.from_config(config.lora)
+  return phase_lib.Training(
+      mc, optim, mesh, lora, make_train_step(mc.replace(remat=config.remat), optim, mesh, lora),
+      make_logprob_fn(mc, mesh, config.optim.logprob_chunk))
+
+
+def _steered(s: Setup, adjust: dict) -> Setup:
+  """The setup of an iteration: the run's (`s`), with the config's keys that the
+  watchers' rules changed (`adjust`, the loop state's) and the stage settings, the
+  algorithm and the train step they give. Validation's scoring and the gate keep the
+  run's settings, so the numbers that decide compare across iterations."""
+  if not adjust:
+    s.weights.use(s.stages.phase, s.training)
+    return s
+  config = settings_lib.steered(s.config, adjust)
+  algorithm = algorithms.ALGORITHMS[config.loop.algorithm]
+  stages = dataclasses.replace(settings_lib.stages(config, algorithm),
+                               evaluate=s.stages.evaluate, gate=s.stages.gate)
+  optim = algorithms.optimizer_config(config, algorithm)
+  training = s.training
+  if optim.to_dict() != s.training.optim.to_dict():   # another loss or schedule
+    key = json.dumps(optim.to_dict(), sort_keys=True, default=str)
+    if key not in s.trainings:
+      s.trainings[key] = _training(config, algorithm, s.base.config, s.training.mesh)
+    training = s.trainings[key]
+  s.weights.use(stages.phase, training)
+  return dataclasses.replace(s, config=config, algorithm=algorithm, stages=stages)
 
 
 def _restore(s: Setup, override_config: bool) -> "LoopState":
@@ -384,7 +436,8 @@ def _self_instruct(s: Setup, params, difficulty, it: Iteration) -> list[Problem]
                                 max(2 * settings.examples, 8), difficulty)
   rows, it.hashes["self_instruct"], _ = s.records.cached(
       it.k, "self_instruct",
-      lambda: self_instruct.propose(s.generate(params), s.task, seeds, s.heldout, settings,
+      lambda: self_instruct.propose(s.generate(params), s.task, seeds, s.splits.validation,
+                                    settings,
                                     s.seed(it.k, "self_instruct"), difficulty)[1],
       s.reporter.log, samples=False)
   it.self_instruct = self_instruct.summarize(rows)
@@ -413,7 +466,9 @@ def _replay(s: Setup, state: LoopState, it: Iteration) -> list[Sample]:
 
 def _acquire(s: Setup, params, problems, r: int, it: Iteration) -> list[Sample]:
   name = it.stage_name("acquire", r, s.algorithm.rounds(s.config))
-  round_ = acquire_lib.Round(s.generate(params), s.judge, s.task, s.heldout,
+  # the leak screens compare with validation's texts; the task's held-out side (test and
+  # fresh included) is refused by id, so the test split's size changes no decision
+  round_ = acquire_lib.Round(s.generate(params), s.judge, s.task, s.splits.validation,
                              s.stages.acquire, s.seed(it.k, "acquire", r), it.k,
                              s.stages.paradigm,
                              lambda: s.records.earlier(it.k, "acquire") + it.acquired)
@@ -433,7 +488,7 @@ def _select(s: Setup, acquired: list[Sample], problems, r: int,
   it.ledger = select_lib.update_ledger(it.ledger, acquired, it.k, st.reward_threshold)
   selected, counts = select_lib.apply_filters(acquired, st)
   # never train on held-out prompts, whatever a filter let through
-  heldout = {p.id for p in s.heldout}
+  heldout = {p.id for p in s.splits.validation}
   selected = [x for x in selected
               if x.problem_id not in heldout and not s.task.is_heldout(x.problem_id)]
   name = it.stage_name("select", r, s.algorithm.rounds(s.config))
@@ -465,19 +520,30 @@ def _peak_memory(it: Iteration, stage: str):
 # -------------------------------------------------------------------------- evaluate, decide, save
 
 
-def _evaluate(s: Setup, params, k: int, hashes: dict) -> dict:
-  """Held-out metrics of `params`, from the per-problem results of
-  records/iter_K/eval_heldout.jsonl (reused on resume; its hash goes into `hashes`)."""
-  st = s.stages.evaluate
-  rows, hashes["eval_heldout"], cached = s.records.cached(
-      k, "eval_heldout",
-      lambda: evaluation.results(s.generate(params), s.task, s.heldout, st,
-                                 s.seed(k, "evaluate"), judge=s.judge),
-      s.reporter.log, samples=False)
-  metrics = evaluation.summarize(rows, st)
-  s.reporter.stage(k, "evaluate", ", ".join(f"{n} {v:.3f}" for n, v in metrics.items())
-                   + (" (from disk)" if cached else ""))
-  return metrics
+def _evaluate(s: Setup, params, k: int, hashes: dict) -> tuple[dict, dict]:
+  """(validation metrics, every split's metrics under its row prefix) of `params`, from
+  the per-problem results of records/iter_K/eval_<split>.jsonl (reused on resume; their
+  hashes go into `hashes`). Validation alone feeds decisions; the test and fresh splits
+  score greedy pass@1 and mean reward."""
+  by_split: dict = {}
+  for split in splits_lib.names(s.splits):
+    st, seed = s.stages.evaluate, s.seed(k, "evaluate")
+    problems = s.splits.validation
+    if split != "validation":
+      st, seed = dataclasses.replace(st, maj_k=1, strategies=()), s.seed(k, f"evaluate_{split}")
+      problems = s.splits.test if split == "test" else splits_lib.fresh(
+          s.task, s.splits, s.seed(k, "fresh"), s.config.task.difficulty)
+    if not problems:   # the task's held-out side has no fresh problems left
+      continue
+    rows, hashes[f"eval_{split}"], cached = s.records.cached(
+        k, f"eval_{split}", lambda: evaluation.results(s.generate(params), s.task, problems,
+                                                       st, seed, judge=s.judge),
+        s.reporter.log, samples=False)
+    by_split[split] = evaluation.summarize(rows, st)
+    s.reporter.stage(k, f"evaluate {split}", ", ".join(
+        f"{n} {v:.3f}" for n, v in by_split[split].items()) + (" (from disk)" if cached else ""))
+  scores = {n: v for split, m in by_split.items() for n, v in splits_lib.prefixed(split, m).items()}
+  return by_split["validation"], scores
 
 
 def _curriculum(s: Setup, state: LoopState, it: Iteration) -> tuple[Any, Optional[dict]]:
@@ -496,17 +562,17 @@ def _curriculum(s: Setup, state: LoopState, it: Iteration) -> tuple[Any, Optiona
   return difficulty, move
 
 
-def _row(s: Setup, it: Iteration, metrics: dict, accepted: bool, reason: str, difficulty,
-         move: Optional[dict], last: dict) -> dict:
-  """The iteration's history row, merged once from what each stage returned, with the
-  watchers' signals (evaluate/watchers.py; `last`: the last accepted row)."""
+def _row(s: Setup, it: Iteration, metrics: dict, scores: dict, last: dict) -> dict:
+  """What the iteration measured, merged once from what each stage returned, with the
+  watchers' signals (evaluate/watchers.py; `last`: the last accepted row); the
+  decision is added to it."""
   thr = s.stages.select.reward_threshold
   counts = dict(it.counts)
   if "pseudo_labels_checked" in counts:
     checked = counts["pseudo_labels_checked"]
     counts["pseudo_label_precision"] = (counts["pseudo_labels_right"] / checked if checked
                                         else float("nan"))
-  row = {"iteration": it.k, **metrics, "kept": len(it.selected),
+  row = {"iteration": it.k, **scores, "kept": len(it.selected),
          "acquired": len(it.acquired), "train_pass_rate": pass_rate(it.acquired, thr),
          **s.weights.account.row(s.stages.batches.epochs),
          "seconds": round(time.time() - it.started, 1),
@@ -516,11 +582,22 @@ def _row(s: Setup, it: Iteration, metrics: dict, accepted: bool, reason: str, di
          **watchers.iteration(
              it.acquired, it.selected,
              lambda x: s.task.extract_answer(x.completion, it.problems.get(x.problem_id)),
-             it.proposed, it.counts.get("replayed", 0), metrics, last),
-         "accepted": accepted, "reason": reason, "difficulty": difficulty}
-  if s.config.curriculum.enabled:
-    row["curriculum_move"] = move
+             it.proposed, it.counts.get("replayed", 0), metrics, last)}
   return row
+
+
+def _steer(s: Setup, state: LoopState, fired: list, difficulty, k: int):
+  """(the next iterations' adjustments, the next difficulty, the row's actions) of the
+  rules that fired; each action gets a stage line."""
+  configured = {key: s.config[key.split(".")[0]][key.split(".")[1]]
+                for key in rules_lib.ACTIONS.values() if key}
+  adjust, difficulty, actions = rules_lib.steer(
+      fired, state.adjust, configured, difficulty, s.task.difficulty_range,
+      s.config.curriculum.step)
+  for a in actions:
+    s.reporter.stage(k, "rules", f"{a['signal']} = {a['value']:.3f}: {a['action']} "
+                     f"({a['rule']})")
+  return adjust, difficulty, actions
 
 
 def _checkpoint(s: Setup, state: LoopState, accepted: bool, hashes: dict) -> None:

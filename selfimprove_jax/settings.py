@@ -13,9 +13,12 @@ from typing import Any
 
 from selfimprove_jax.acquire import rounds as acquire_lib
 from selfimprove_jax.acquire import self_instruct as self_instruct_lib
+from selfimprove_jax import config as config_lib
 from selfimprove_jax.config import names
+from selfimprove_jax.errors import UserError
 from selfimprove_jax.evaluate import gate as gate_lib
 from selfimprove_jax.evaluate import heldout as evaluation
+from selfimprove_jax.evaluate import rules as rules_lib
 from selfimprove_jax.optimize import batches as batches_lib
 from selfimprove_jax.optimize import phase as phase_lib
 from selfimprove_jax.refine import strategies as refine_lib
@@ -119,6 +122,31 @@ def gate(config) -> gate_lib.Settings:
   return gate_lib.Settings(max_regression=e.max_regression, patience=e.patience)
 
 
+def rules(config) -> tuple:
+  """The watchers' rules (config.evaluate.rules, evaluate/rules.py), checked: a rule
+  that switches the algorithm names one whose own checks pass on this config with the
+  rules' filters."""
+  from selfimprove_jax.paradigms import registry   # the paradigms import settings' users
+  out = rules_lib.parse(config.evaluate.rules, registry.ALGORITHMS, config_lib.FILTER_NAMES)
+  # a switch is checked with the rules' filters set (a switch to sft comes with its own)
+  filters = {"select.filters": r.arg.replace("+", ",") for r in out if r.action == "filters"}
+  for r in out:
+    if r.action == "algorithm":
+      try:
+        registry.algorithm(steered(config, {"loop.algorithm": r.arg, **filters}))
+      except UserError as e:
+        raise UserError(f"evaluate.rules: {r.text!r}: {e}") from None
+  return out
+
+
+def steered(config, adjust: dict):
+  """The config an iteration runs with: the run's, with the rules' adjustments (the
+  loop state's, config key -> value) set."""
+  if not adjust:
+    return config
+  return config_lib.apply_overrides(config, [f"{k}={v}" for k, v in sorted(adjust.items())])
+
+
 @dataclasses.dataclass(frozen=True)
 class Stages:
   """Every stage's settings of one run, built once at set-up."""
@@ -129,6 +157,7 @@ class Stages:
   batches: batches_lib.Settings
   phase: phase_lib.Settings
   gate: gate_lib.Settings
+  rules: tuple           # the watchers' rules (evaluate/rules.py)
   paradigm: Any          # the algorithm's own sections (Algorithm.settings)
 
 
@@ -136,4 +165,5 @@ def stages(config, algorithm) -> Stages:
   """Every stage's settings from the config, once."""
   return Stages(acquire=acquire(config), select=select(config), evaluate=evaluate(config),
                 self_instruct=self_instruct(config), batches=batches(config),
-                phase=phase(config, algorithm), gate=gate(config), paradigm=algorithm.settings(config))
+                phase=phase(config, algorithm), gate=gate(config), rules=rules(config),
+                paradigm=algorithm.settings(config))

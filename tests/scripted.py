@@ -1,8 +1,9 @@
 """Scripted generations for the stage tests: a GenerateFn that answers from a function
-of (prompt, sample index, greedy) and records its calls, and `S`, one scripted
-completion."""
+of (prompt, sample index, greedy) and records its calls, `S`, one scripted completion,
+and `tokenized`, a GenerateFn with real tokens that the loop can train on."""
 
 from selfimprove_jax.records import Sample
+from selfimprove_jax.sampling import encode_prompts
 
 
 def S(text, logprob=-1.0, num_tokens=1, tokens=None, logprobs=None):
@@ -29,3 +30,22 @@ class Scripted:
         group.append(r if isinstance(r, Sample) else S(r, -1.0, 4))
       out.append(group)
     return out
+
+
+def tokenized(reply, tokenizer):
+  """A GenerateFn answering `reply(prompt, j)`, with real prompt and completion tokens
+  (as the sampler would give them), so the loop can train on its samples."""
+  def generate(prompts, sp, n, seed):
+    ids = encode_prompts(tokenizer, list(prompts))
+    out = []
+    for p, pt in zip(prompts, ids):
+      group = []
+      for j in range(n):
+        text = reply(p, j)
+        toks = tokenizer.encode(text, add_special_tokens=False)
+        group.append(Sample(prompt=p, prompt_tokens=pt, completion=text,
+                            completion_tokens=toks, logprobs=[-1.0] * len(toks),
+                            num_tokens=len(toks), sample_index=j))
+      out.append(group)
+    return out
+  return generate

@@ -121,9 +121,14 @@ def test_tiny_run_becomes_a_table_row(tmp_path, capsys):
     imported = json.load(f)
   assert imported["history"] == printed and imported["wall_seconds"] is None
   assert "run outside the script" in efficacy.table_line(imported)
-  # the run kept its results per problem: the gain is the paired one
+  # the run kept its results per problem: the gain is the paired one, on the test split
+  # (the last accepted weights' against the baseline's), validation's beside it
   assert row["paired"] is not None and set(row["paired"]) == {"up", "down", "p"}
-  assert " up, " in line and "p=" in line
+  final = [r for r in printed if r["accepted"]][-1]
+  assert row["test"]["n"] == 4 and row["test"]["final_iteration"] == final["iteration"]
+  assert row["test"]["final"] == final["test_pass@1"]
+  assert set(row["test"]["paired"]) == {"up", "down", "p"}
+  assert "| test: " in line and " up, " in line and "p=" in line
 
 
 def test_best_accepted_ignores_rolled_back_iterations():

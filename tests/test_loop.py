@@ -181,8 +181,9 @@ def test_eval_of_a_run_prints_the_runs_own_numbers(reference, cache_dir):
                        timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
   got = json.loads(out.stdout)
-  assert got["model"].endswith(f"@{last}") and got["heldout"] == 8
-  for key in ("pass@1", "mean_reward", "maj@2", "pass@2", "sampled_reward"):
+  assert got["model"].endswith(f"@{last}") and (got["validation"], got["test"]) == (8, 4)
+  for key in ("pass@1", "mean_reward", "maj@2", "pass@2", "sampled_reward", "test_pass@1",
+              "test_mean_reward"):
     assert got[key] == rows[last][key], key
   # a flag overrides one setting; --task_option sets a task option
   cmd += ["--k", "1", "--task_option", "operators=+", "--n", "3"]
@@ -190,7 +191,7 @@ def test_eval_of_a_run_prints_the_runs_own_numbers(reference, cache_dir):
                        timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
   got = json.loads(out.stdout)
-  assert got["heldout"] == 3 and "maj@2" not in got
+  assert got["validation"] == 3 and "maj@2" not in got
 
 
 def test_optimizer_state_continues_across_iterations_when_asked(cache_dir, tmp_path):
@@ -207,3 +208,22 @@ def test_optimizer_state_continues_across_iterations_when_asked(cache_dir, tmp_p
   assert int(state["step"]) == steps and steps >= 2
   _, state = final_state(fresh)
   assert set(state) == {"params"}
+
+
+def test_decisions_and_validation_ignore_the_test_split(tmp_path):
+  """The same run with a test split of another size (and none) makes the same
+  decisions with the same validation numbers: nothing that decides reads the test
+  split. Its weights end the same too."""
+  from selfimprove_jax import loop
+  from selfimprove_jax.config import load_config
+  runs = {}
+  for n in (0, 2, 4):
+    config = load_config(TINY, [f"task.test_size={n}", "log.tensorboard=false",
+                                "log.plot=false"])
+    runs[n] = loop.run(config, str(tmp_path / str(n)), log=lambda *_: None)["history"]
+  def decided(history):
+    return [{k: v for k, v in r.items() if not k.startswith("test_")
+             and k != "seconds" and not k.startswith("peak_rss")} for r in history]
+  assert decided(runs[2]) == decided(runs[4]) == decided(runs[0])
+  assert "test_pass@1" in runs[4][1] and "test_pass@1" not in runs[0][1]
+  assert_same_state(final_state(tmp_path / "2"), final_state(tmp_path / "4"))

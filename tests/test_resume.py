@@ -49,28 +49,32 @@ def test_interrupted_run_resumes_to_the_same_result(fault, status, damage, refer
 
 def test_held_out_results_are_kept_per_problem_and_read_back_on_resume(reference, cache_dir,
                                                                         tmp_path):
-  """records/iter_K/eval_heldout.jsonl holds one row per held-out problem for every
-  iteration (the baseline's too), in the manifest like the other stage files; killed
-  while iteration 1's checkpoint is written, the resumed run reads iteration 1's
+  """records/iter_K/eval_<split>.jsonl holds one row per validation and test problem
+  for every iteration (the baseline's too), in the manifest like the other stage files;
+  killed while iteration 1's checkpoint is written, the resumed run reads iteration 1's
   results back instead of evaluating again, and ends as an uninterrupted run does."""
   import json
   from selfimprove_jax.records import read_jsonl
   killed = run_cli(tmp_path, cache_dir, fault="checkpoint_write@1")
   assert killed.returncode == -9, killed.stderr[-2000:]
-  rows = read_jsonl(os.path.join(tmp_path, "records", "iter_0001", "eval_heldout.jsonl"))
+  rows = read_jsonl(os.path.join(tmp_path, "records", "iter_0001", "eval_validation.jsonl"))
   assert len(rows) == 8 and all({"problem_id", "prompt", "completion", "answer", "reward",
                                  "samples", "majority"} <= set(r) for r in rows)
+  test = read_jsonl(os.path.join(tmp_path, "records", "iter_0001", "eval_test.jsonl"))
+  assert len(test) == 4 and not {r["problem_id"] for r in test} & {r["problem_id"] for r in rows}
   resumed = run_cli(tmp_path, cache_dir)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
-  line = next(l for l in resumed.stdout.splitlines() if l.startswith("[iter 1] evaluate"))
-  assert line.endswith("(from disk)"), line
+  lines = [l for l in resumed.stdout.splitlines() if l.startswith("[iter 1] evaluate")]
+  assert len(lines) == 2 and all(l.endswith("(from disk)") for l in lines), lines
   assert metrics(tmp_path) == metrics(reference[0])
   with open(os.path.join(tmp_path, "manifest.json")) as f:
     manifest = json.load(f)
-  assert all("eval_heldout" in c["records"] for c in manifest["checkpoints"].values())
+  assert all({"eval_validation", "eval_test"} <= set(c["records"])
+             for c in manifest["checkpoints"].values())
   for k in (0, 1, 2):
-    assert os.path.exists(os.path.join(tmp_path, "records", f"iter_{k:04d}",
-                                       "eval_heldout.jsonl"))
+    for split in ("validation", "test"):
+      assert os.path.exists(os.path.join(tmp_path, "records", f"iter_{k:04d}",
+                                         f"eval_{split}.jsonl"))
 
 
 @pytest.mark.parametrize("how", ["flip_bytes", "symlink_to_dev_zero"])
@@ -146,3 +150,33 @@ def test_sigterm_during_start_up_is_one_line(cache_dir, tmp_path):
   assert proc.returncode == 128 + signal.SIGTERM, stderr[-2000:]
   assert lines == ["SIGTERM: stopped during start-up; re-run the same command to "
                    "continue"], lines
+
+
+def test_a_rules_temperature_change_survives_sigkill(cache_dir, tmp_path):
+  """Rules that raise the training temperature and token budget after iteration 1 (the
+  actions in the row, the new values in the loop state): killed in iteration 2's
+  acquire, the resumed run samples with the raised settings and ends bit-identical to
+  an uninterrupted run with the same rules."""
+  from selfimprove_jax.records import read_records
+  rule = ("--config.evaluate.rules=watch_truncated>=0:temperature+0.3,"
+          "watch_truncated>=0:tokens+4")
+  whole = run_cli(tmp_path / "whole", cache_dir, rule)
+  assert whole.returncode == 0, whole.stderr[-3000:]
+  killed = run_cli(tmp_path / "killed", cache_dir, rule, fault="acquire@2")
+  assert killed.returncode == -9, killed.stderr[-2000:]
+  resumed = run_cli(tmp_path / "killed", cache_dir, rule)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  rows = metrics(tmp_path / "whole")
+  assert [a["action"] for a in rows[1]["rule_actions"]] == [
+      "sampling.temperature 1.0 -> 1.3", "sampling.max_new_tokens 8 -> 12"]
+  # iteration 2 started from the changed values, after the kill too
+  assert [a["action"] for a in rows[2]["rule_actions"]] == [
+      "sampling.temperature 1.3 -> 1.5", "sampling.max_new_tokens 12 -> 16"]
+  assert metrics(tmp_path / "killed") == rows
+  assert_same_state(final_state(tmp_path / "killed"), final_state(tmp_path / "whole"))
+  acquired = lambda d, k: [(s.completion, s.logprobs, s.num_tokens) for s in read_records(
+      os.path.join(d, "records", f"iter_{k:04d}", "acquire.jsonl"))]
+  assert acquired(tmp_path / "killed", 2) == acquired(tmp_path / "whole", 2)
+  # the random model runs to its budget: 8 tokens in iteration 1, 12 in iteration 2
+  assert {n for *_, n in acquired(tmp_path / "whole", 1)} == {8}
+  assert {n for *_, n in acquired(tmp_path / "whole", 2)} == {12}

@@ -19,37 +19,18 @@ from selfimprove_jax.sampling import encode_prompts
 from selfimprove_jax.tasks import get_task
 
 from run_files import TINY
-from scripted import Scripted
+from scripted import Scripted, tokenized
 
 TASK = get_task("arithmetic")   # the tiny config's task
 HINT = re.compile(r"Hint: the answer is (-?\d+)")
 QUIET = ["loop.iterations=1", "log.tensorboard=false", "log.plot=false"]
 
 
-def _tokenized(reply, tokenizer):
-  """A GenerateFn answering `reply(prompt, j)`, with real prompt and completion tokens
-  (as the sampler would give them), so the loop can train on its samples."""
-  def generate(prompts, sp, n, seed):
-    ids = encode_prompts(tokenizer, list(prompts))
-    out = []
-    for p, pt in zip(prompts, ids):
-      group = []
-      for j in range(n):
-        text = reply(p, j)
-        toks = tokenizer.encode(text, add_special_tokens=False)
-        group.append(Sample(prompt=p, prompt_tokens=pt, completion=text,
-                            completion_tokens=toks, logprobs=[-1.0] * len(toks),
-                            num_tokens=len(toks), sample_index=j))
-      out.append(group)
-    return out
-  return generate
-
-
 def _with_model(monkeypatch, reply):
   """Every model call of the loop (acquire, rationalize, evaluate) goes to `reply`."""
   from selfimprove_jax.weights import load
   tokenizer = load("tiny").tokenizer
-  gen = _tokenized(reply, tokenizer)
+  gen = tokenized(reply, tokenizer)
   monkeypatch.setattr(loop.Setup, "generate", lambda self, trained: gen)
   return tokenizer
 
@@ -197,7 +178,9 @@ def test_label_free_reads_no_reference_when_choosing_training_data(monkeypatch, 
   row = state["history"][1]
   assert row["optimizer_steps"] > 0 and row["loss_tokens"] > 0       # it trained
   # the verifier scored held-out problems only (evaluation), never a training sample
-  heldout = {p.id for p in TASK.heldout(config.task.heldout_size, config.task.difficulty)}
+  # (validation's and the test split's problems: the next ones of the held-out order)
+  heldout = {p.id for p in TASK.heldout(config.task.heldout_size + config.task.test_size,
+                                        config.task.difficulty)}
   assert task.scored and set(task.scored) <= heldout
   rec = tmp_path / "records" / "iter_0001"
   selected = read_records(str(rec / "select.jsonl"))

@@ -1,23 +1,28 @@
-"""The `eval` command: held-out metrics of a model through the loop's own evaluation
-(evaluation.evaluate), with its settings built the way the loop builds them, from a
-config. For a run's workdir that is the run's own saved config (task, task options,
-held-out split, sampling and evaluation settings, seed), with the iteration of the
-checkpoint it scores, so it prints the numbers the run printed for those weights;
-flags override single keys. For any other model it is the default config.
+"""The `eval` command: validation and test metrics of a model through the loop's own
+evaluation (evaluation.evaluate, on the splits of evaluate/splits.py), with its
+settings built the way the loop builds them, from a config. For a run's workdir that is
+the run's own saved config (task, task options, split sizes, sampling and evaluation
+settings, seed), with the iteration of the checkpoint it scores, so it prints the
+numbers the run printed for those weights; flags override single keys. For any other
+model it is the default config.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 from selfimprove_jax import config as config_lib
 from selfimprove_jax import settings as settings_lib
 from selfimprove_jax.errors import UserError
+from selfimprove_jax.evaluate import splits as splits_lib
 from selfimprove_jax.evaluate.heldout import evaluate
 from selfimprove_jax.policy import model_generate
 from selfimprove_jax.sampling import make_sampler
 from selfimprove_jax.tasks import get_task
 
 # eval's flags -> the config keys they set (both the run's and the loop's meaning)
-FLAG_KEYS = {"task": "task.name", "n": "task.heldout_size", "k": "evaluate.maj_k",
+FLAG_KEYS = {"task": "task.name", "n": "task.heldout_size", "test_n": "task.test_size",
+             "k": "evaluate.maj_k",
              "max_new_tokens": "evaluate.max_new_tokens",
              "temperature": "sampling.temperature", "seed": "seed",
              "strategies": "evaluate.strategies", "strategy_n": "refine.n",
@@ -46,9 +51,10 @@ def eval_config(spec: str, flags: dict, task_options: dict):
 
 
 def evaluate_model(spec: str, flags: dict, task_options: dict, progress: bool = True) -> dict:
-  """`selfimprove-jax eval`: held-out metrics of model `spec` through `evaluate`, with
-  the settings of `eval_config`. For a run's checkpoint of iteration K the seed is the
-  run's own for iteration K, so every metric repeats what the run printed."""
+  """`selfimprove-jax eval`: validation metrics of model `spec` through `evaluate`, and
+  the test split's greedy pass@1 and mean reward (test_*), with the settings of
+  `eval_config`. For a run's checkpoint of iteration K the seeds are the run's own for
+  iteration K, so every metric repeats what the run printed."""
   from selfimprove_jax.weights import load
   config, source, is_run = eval_config(spec, flags, task_options)
   try:
@@ -59,10 +65,18 @@ def evaluate_model(spec: str, flags: dict, task_options: dict, progress: bool = 
   if model.tokenizer is None:
     raise UserError(f"model {spec!r} has no tokenizer to build prompts with")
   iteration = int(model.source.rpartition("@")[2]) if is_run else 0
-  problems = task.heldout(config.task.heldout_size, config.task.difficulty)
+  splits = splits_lib.carve(task, config.task.heldout_size, config.task.test_size, 0,
+                            config.task.difficulty)
   sampler = make_sampler(model, max_batch=config.sampling.max_batch)
   generate = model_generate(sampler, model.params, model.tokenizer, progress)
-  metrics = evaluate(generate, task, problems, settings_lib.evaluate(config),
-                     config_lib.stage_seed(config, iteration, "evaluate"))
-  return {"model": model.source or spec, "task": config.task.name, "settings": source,
-          "heldout": len(problems), **metrics}
+  st = settings_lib.evaluate(config)
+  seed = lambda split: config_lib.stage_seed(config, iteration, split)
+  out = {"model": model.source or spec, "task": config.task.name, "settings": source,
+         "validation": len(splits.validation),
+         **evaluate(generate, task, splits.validation, st, seed("evaluate"))}
+  if splits.test:   # as the loop scores it: greedy, no strategies
+    out["test"] = len(splits.test)
+    out.update(splits_lib.prefixed("test", evaluate(
+        generate, task, splits.test, dataclasses.replace(st, maj_k=1, strategies=()),
+        seed("evaluate_test"))))
+  return out

@@ -61,12 +61,16 @@ def results(generate: GenerateFn, task, problems: Sequence, settings: Settings, 
 
 
 def summarize(rows: Sequence[dict], settings: Settings) -> dict:
-  """The held-out metrics of per-problem rows (`results`): greedy pass@1 and mean
-  reward; with k > 1 maj@k, pass@k and the sampled answers' mean reward; each
+  """The held-out metrics of per-problem rows (`results`): greedy pass@1, mean reward,
+  the greedy completions' mean length (tokens) and truncated share (hit the token
+  budget); with k > 1 maj@k, pass@k and the sampled answers' mean reward; each
   strategy's score (and self-consistency's vote share, a revising strategy's revised
   share)."""
   metrics = {"pass@1": float(np.mean([r["reward"] >= 1.0 for r in rows])),
              "mean_reward": float(np.mean([r["reward"] for r in rows]))}
+  if all("num_tokens" in r for r in rows):   # greedy completions' length and truncation
+    metrics["mean_length"] = float(np.mean([r["num_tokens"] for r in rows]))
+    metrics["truncated"] = float(np.mean([r["finish_reason"] == "length" for r in rows]))
   k = settings.maj_k
   if k > 1:
     metrics[f"maj@{k}"] = float(np.mean([r["majority"] is not None
@@ -98,7 +102,8 @@ def _greedy_and_sampled(generate: GenerateFn, task, problems: Sequence, k: int,
   g = acquire(generate, task, problems, greedy, 1, seed, -1)
   rows = [{"problem_id": p.id, "prompt": p.prompt, "completion": s.completion,
            "answer": task.extract_answer(s.completion, p), "reward": s.reward,
-           "verifier_status": s.verifier_status} for p, s in zip(problems, g)]
+           "verifier_status": s.verifier_status, "num_tokens": s.num_tokens,
+           "finish_reason": s.finish_reason} for p, s in zip(problems, g)]
   if k <= 1:
     return rows
   samples = acquire(generate, task, problems, sample, k, seed + 1, -1)

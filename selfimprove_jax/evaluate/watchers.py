@@ -15,16 +15,19 @@ resumed run computes the same values. The formulas (README, "Watchers"):
   truncation and length
     watch_truncated          share of completions that hit the token budget
     watch_mean_length        mean completion length (tokens)
+    watch_selected_*         the same two of the selected samples (what is trained on);
+                             each split's greedy completions have theirs in its metrics
+                             (mean_length, truncated: evaluate/heldout.py)
   autophagy (data the model made)
     watch_model_made         share of the trained examples the model made: samples of
                              problems it proposed (self-instruct, self-play), revised or
                              rationalized targets, and replayed earlier selections
   across iterations, against the last accepted row
-    watch_reversal           1 when greedy pass@1 rose while pass@k or the sampled reward
+    watch_reversal           1 when validation pass@1 rose while pass@k or the sampled reward
                              fell (self-improvement reversal), else 0
     watch_train_signal       mean reward of the acquired samples (the verifier's, or what
                              replaced it: a judge, label-free agreement, learnability)
-    watch_proxy_divergence   1 when the training signal rose while held-out pass@1 fell
+    watch_proxy_divergence   1 when the training signal rose while validation pass@1 fell
                              (reward hacking, a biased judge, wrong pseudo-labels), else 0
 A watcher without its inputs (no log-probs, no earlier row) is left out of the row.
 """
@@ -34,6 +37,12 @@ from __future__ import annotations
 from typing import Callable, Iterable, Optional, Sequence
 
 from selfimprove_jax.records import Sample, group_by_problem, normalise
+
+# every watcher's row key (the rules of evaluate/rules.py may read each)
+SIGNALS = ("watch_distinct_answers", "watch_identical_groups", "watch_distinct_2",
+           "watch_surprisal", "watch_truncated", "watch_mean_length",
+           "watch_selected_truncated", "watch_selected_mean_length", "watch_model_made",
+           "watch_reversal", "watch_train_signal", "watch_proxy_divergence")
 
 # a sample -> the answer its completion states (None: none found)
 AnswerOf = Callable[[Sample], Optional[str]]
@@ -67,12 +76,13 @@ def distinct_n(token_lists: Iterable[Sequence[int]], n: int) -> float:
   return len(seen) / total if total else 0.0
 
 
-def length(samples: Sequence[Sample]) -> dict:
-  """watch_truncated, watch_mean_length."""
+def length(samples: Sequence[Sample], prefix: str = "watch_") -> dict:
+  """watch_truncated, watch_mean_length (with `prefix` 'watch_selected_': of the
+  selected samples)."""
   if not samples:
     return {}
-  return {"watch_truncated": sum(s.finish_reason == "length" for s in samples) / len(samples),
-          "watch_mean_length": sum(s.num_tokens for s in samples) / len(samples)}
+  return {f"{prefix}truncated": sum(s.finish_reason == "length" for s in samples) / len(samples),
+          f"{prefix}mean_length": sum(s.num_tokens for s in samples) / len(samples)}
 
 
 def model_made(trained: Sequence[Sample], proposed: frozenset, replayed: int) -> dict:
@@ -108,4 +118,5 @@ def iteration(acquired: Sequence[Sample], trained: Sequence[Sample], answer_of: 
   """Every watcher of one iteration, for its row."""
   signal = sum(s.reward for s in acquired) / len(acquired) if acquired else 0.0
   return {**diversity(acquired, answer_of), **length(acquired),
+          **length(trained, "watch_selected_"),
           **model_made(trained, proposed, replayed), **trends(metrics, signal, last)}

@@ -107,6 +107,13 @@ class Weights:
     self._trained: Optional[TrainState] = None
     self.account = Account()
 
+  def use(self, settings: Settings, training: Training) -> None:
+    """Train the next iterations as `settings` and with `training`'s step functions
+    (the watchers' rules may switch the algorithm or change its schedule)."""
+    if training.lora != self._lora or training.model_config != self._t.model_config:
+      raise ValueError("another model or LoRA set-up cannot train the same weights")
+    self.settings, self._t = settings, training
+
   # ------------------------------------------------------------------ the kept weights
 
   def fresh(self) -> TrainState:

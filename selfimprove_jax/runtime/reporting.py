@@ -13,9 +13,6 @@ from tqdm.auto import tqdm
 
 from selfimprove_jax.runtime.files import write_json_atomic
 
-COLUMNS = ("iteration", "pass@1", "maj@k", "kept", "train_pass_rate", "decision")
-
-
 class Reporter:
   """Logging and metric files for one run directory."""
 
@@ -63,7 +60,9 @@ class Reporter:
     if self.write_plot:
       plot(history, os.path.join(self.workdir, "heldout.png"))
     decision = "accepted" if row["accepted"] else row["reason"]
-    self.log(f"[iter {row['iteration']}] held-out pass@1 {row['pass@1']:.3f} -> {decision}")
+    test = f" (test {row['test_pass@1']:.3f})" if "test_pass@1" in row else ""
+    self.log(f"[iter {row['iteration']}] validation pass@1 {row['pass@1']:.3f}{test} "
+             f"-> {decision}")
 
   def _writer(self):
     if self._tb is None:
@@ -93,14 +92,19 @@ class Reporter:
 
   # ------------------------------------------------------------------ end of run
 
-  def finish(self, history: list, stopped) -> None:
+  def finish(self, history: list, stopped, result: dict) -> None:
+    """The final table and summary.json; `result` is what the run reports (the test
+    score of its last accepted weights, evaluate/splits.py)."""
     if not self.primary:
       return
     self.log(summary_table(history))
     if stopped:
       self.log(f"stopped early: {stopped}")
+    if result:
+      self.log(f"result: {result['split']} pass@1 {result['pass@1']:.3f} of the weights of "
+               f"iteration {result['iteration']} (validation {result['validation_pass@1']:.3f})")
     write_json_atomic(os.path.join(self.workdir, "summary.json"),
-                      {"history": history, "stopped": stopped})
+                      {"history": history, "stopped": stopped, "result": result})
     if self._tb is not None:
       self._tb.close()
 
@@ -119,13 +123,16 @@ def _maj_key(row: dict):
 
 
 def summary_table(history: list) -> str:
-  """Plain-text table: iteration, held-out pass@1, maj@k, samples kept, decision."""
+  """Plain-text table: iteration, validation pass@1 and maj@k, test pass@1, samples
+  kept, decision."""
   mk = _maj_key(history[0]) if history else None
-  head = ["iter", "pass@1", mk or "maj@k", "kept", "train pass", "decision"]
+  head = ["iter", "pass@1", mk or "maj@k", "test pass@1", "kept", "train pass", "decision"]
   lines = [head]
   for r in history:
     lines.append([str(r["iteration"]), f"{r['pass@1']:.3f}",
-                  f"{r[mk]:.3f}" if mk and mk in r else "-", str(r.get("kept", 0)),
+                  f"{r[mk]:.3f}" if mk and mk in r else "-",
+                  f"{r['test_pass@1']:.3f}" if "test_pass@1" in r else "-",
+                  str(r.get("kept", 0)),
                   f"{r['train_pass_rate']:.3f}" if "train_pass_rate" in r else "-",
                   "baseline" if r["iteration"] == 0 else
                   ("accepted" if r["accepted"] else r["reason"])])
@@ -135,16 +142,21 @@ def summary_table(history: list) -> str:
 
 
 def plot(history: list, path: str) -> None:
-  """PNG of held-out pass@1 (and maj@k) per iteration; rolled-back iterations marked."""
+  """PNG of validation pass@1 (and maj@k), test and fresh pass@1 per iteration;
+  rolled-back iterations marked."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   its = [r["iteration"] for r in history]
   fig, ax = plt.subplots(figsize=(6, 3.5))
-  ax.plot(its, [r["pass@1"] for r in history], "o-", label="held-out pass@1 (greedy)")
+  ax.plot(its, [r["pass@1"] for r in history], "o-", label="validation pass@1 (greedy)")
   mk = _maj_key(history[0]) if history else None
   if mk:
-    ax.plot(its, [r.get(mk, float("nan")) for r in history], "s--", label=f"held-out {mk}")
+    ax.plot(its, [r.get(mk, float("nan")) for r in history], "s--", label=f"validation {mk}")
+  for key, style in (("test_pass@1", "^-"), ("fresh_pass@1", "v:")):
+    if any(key in r for r in history):
+      ax.plot(its, [r.get(key, float("nan")) for r in history], style,
+              label=key.replace("_", " ", 1))
   bad = [r for r in history if not r["accepted"]]
   if bad:
     ax.plot([r["iteration"] for r in bad], [r["pass@1"] for r in bad], "rx", ms=10,

@@ -142,6 +142,23 @@ def draw_heldout(generate: Callable[[random.Random], Problem], fraction: float, 
                   f"raise the difficulty")
 
 
+def draw_fresh(generate: Callable[[random.Random], Problem], fraction: float, count: int,
+               seed: int, exclude: frozenset, difficulty: int) -> list[Problem]:
+  """Up to `count` distinct problems inside the held-out partition, none in `exclude`
+  (the fixed splits), from candidates of `derive_seed(HELDOUT_SEED, 'fresh', seed, ...)`:
+  a stream no training or fixed split draws from. Fewer when the partition runs out."""
+  out, seen = [], set(exclude)
+  for k in range(int(count / fraction * 8) + 1000):
+    p = generate(random.Random(derive_seed(HELDOUT_SEED, "fresh", seed, difficulty, k)))
+    if p.id in seen or not in_heldout_partition(p.id, fraction):
+      continue
+    seen.add(p.id)
+    out.append(p)
+    if len(out) == count:
+      break
+  return out
+
+
 class ProceduralSplits:
   """The training stream and held-out split of a procedural task, shared by the tasks
   that generate problems from a level and an RNG. The task provides `name`,
@@ -164,6 +181,13 @@ class ProceduralSplits:
     level = self._level(difficulty)
     return draw_heldout(lambda rng: self._generate(level, rng), self.heldout_fraction,
                         self.name, 200 if count is None else count, level)
+
+  def fresh(self, count: int, seed: int, exclude: frozenset = frozenset(),
+            difficulty: Optional[int] = None) -> list[Problem]:
+    """Up to `count` new held-out-side problems of stream `seed`, none in `exclude`."""
+    level = self._level(difficulty)
+    return draw_fresh(lambda rng: self._generate(level, rng), self.heldout_fraction,
+                      count, seed, exclude, level)
 
   def is_heldout(self, pid: str) -> bool:
     """True when the id is on the held-out side of the partition."""
@@ -241,6 +265,10 @@ class Task(Protocol):
 
   def is_heldout(self, pid: str) -> bool:
     """True when a problem id belongs to the held-out side (for leak checks)."""
+
+  # Optional: `fresh(count, seed, exclude, difficulty) -> list[Problem]`, for tasks that
+  # generate problems: new held-out-side problems of a stream `seed` that no training
+  # stream uses, none in `exclude` (evaluate/splits.py's fresh split).
 
   def extract_answer(self, completion: str,
                      problem: Optional[Problem] = None) -> Optional[str]:

@@ -141,6 +141,22 @@ class ReasoningGymTask:
     raise UserError(f"task {self.name}: only {len(out)} distinct held-out problems found, "
                     f"fewer than the {count} asked for")
 
+  def fresh(self, count: int, seed: int, exclude: frozenset = frozenset(),
+            difficulty: Optional[int] = None) -> list[Problem]:
+    """Up to `count` new held-out-side problems from the generator's stream `seed` (a
+    split name no training or fixed split uses), none in `exclude`."""
+    out, seen = [], set(exclude)
+    for k in range(int(count / self.heldout_fraction * 8) + CHUNK):
+      chunk, pos = divmod(k, CHUNK)
+      p = self._item("fresh", seed, chunk, 0, pos)
+      if p.id in seen or not self.is_heldout(p.id):
+        continue
+      seen.add(p.id)
+      out.append(p)
+      if len(out) == count:
+        break
+    return out
+
   def is_heldout(self, pid: str) -> bool:
     """True when the id is on the held-out side of the partition."""
     return problem_lib.in_heldout_partition(pid, self.heldout_fraction)
