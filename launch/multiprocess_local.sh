@@ -65,7 +65,11 @@ while ((${#live[@]})); do
   rest=()
   for pid in "${live[@]}"; do [[ "$pid" != "$done" ]] && rest+=("$pid"); done
   live=("${rest[@]}")
-  if ((code != 0 && status == 0)); then
+  # 75: stopped by a signal at a stage boundary (the others got it too and stop at the
+  # same boundary; a second signal would make them exit at once)
+  if ((code == 75 && status == 0)); then
+    status=75
+  elif ((code != 0 && (status == 0 || status == 75))); then
     status=$code
     echo "a process exited with $code (logs: $LOG_DIR); stopping the others" >&2
     stop_all

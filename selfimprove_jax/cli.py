@@ -16,6 +16,10 @@ from typing import Optional
 
 from selfimprove_jax.errors import UserError
 
+# `run` stopped by SIGTERM / SIGINT before its last iteration: finished stages are on
+# disk and the same command continues (EX_TEMPFAIL, "try again"); a finished run exits 0
+EXIT_INTERRUPTED = 75
+
 # OSErrors that mean "this file cannot be written" (disk full, read-only, permissions)
 _WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
                  errno.EFBIG)
@@ -136,8 +140,8 @@ def _cmd_run(args) -> int:
   config = config_lib.load_config(args.config, args.overrides)
   # before anything touches devices: the mesh then spans every process's devices
   distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
-  loop.run(config, args.workdir, override_config=args.override_config)
-  return 0
+  state = loop.run(config, args.workdir, override_config=args.override_config)
+  return EXIT_INTERRUPTED if state.get("preempted") else 0
 
 
 def _add_eval(sub):

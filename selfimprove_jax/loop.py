@@ -142,7 +142,8 @@ def _print(msg: str) -> None:
 
 
 def run(config, workdir: str, override_config: bool = False, log=_print) -> dict:
-  """Runs (or resumes) the loop in `workdir`; returns the final loop state as a dict."""
+  """Runs (or resumes) the loop in `workdir`; returns the final loop state as a dict,
+  with `preempted` (why) when a signal stopped it before its last iteration."""
   config_lib.validate(config)
   algorithms.algorithm(config)   # the paradigm's own checks, before anything is made
   settings_lib.rules(config)     # and the watchers' rules
@@ -240,7 +241,7 @@ def _run(config, workdir, override_config, log, signals) -> dict:
     s.reporter.log(f"{e}: stopping after the last finished stage; re-run the same "
                    f"command to continue from iteration {state.iteration + 1}")
     s.ckpt.close()
-    return dataclasses.asdict(state)
+    return dict(dataclasses.asdict(state), preempted=str(e))
 
   s.reporter.finish(state.history, state.stopped, splits_lib.result(state.history))
   s.ckpt.close()

@@ -123,14 +123,14 @@ def _wait_for(path, proc, seconds=300):
 
 def test_ctrl_c_stops_cleanly_and_resumes(reference, cache_dir, tmp_path):
   """Preemption: SIGINT (as SIGTERM) once iteration 1's samples are on disk; the run
-  exits with status 0 at the next stage boundary, and re-running finishes as if
-  uninterrupted."""
+  exits with status 75 (EX_TEMPFAIL: not finished, try again) at the next stage
+  boundary, and re-running finishes as if uninterrupted (status 0)."""
   import signal
   proc = _start(tmp_path, cache_dir)
   _wait_for(os.path.join(tmp_path, "records", "iter_0001", "acquire.jsonl"), proc)
   proc.send_signal(signal.SIGINT)
   stdout, stderr = proc.communicate(timeout=300)
-  assert proc.returncode == 0, stderr[-3000:]
+  assert proc.returncode == 75, stderr[-3000:]
   assert "SIGINT (Ctrl-C): stopping after the last finished stage" in stdout, stdout[-2000:]
   assert "Traceback" not in stderr
   assert len(metrics(tmp_path)) < 3            # it stopped before finishing
