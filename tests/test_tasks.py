@@ -107,6 +107,26 @@ def _arith(reference, expression="a + b"):
     ("<answer>x = 7</answer>", "7", 1.0),
     ("", "68", 0.0),
     ("I don't know", "68", 0.0),
+    # a marked answer is read whole: an expression is not one of its numbers
+    ("\\boxed{\\frac{3}{4}}", "4", 0.0),
+    ("\\boxed{\\frac{3}{4}}", "0.75", 1.0),
+    ("\\boxed{\\frac{3}{4}}", "3/4", 1.0),
+    ("\\boxed{\\dfrac12}", "0.5", 1.0),
+    ("\\boxed{-\\frac{1}{2}}", "-0.5", 1.0),
+    ("\\boxed{4^2}", "2", 0.0),
+    ("\\boxed{4^2}", "16", 0.0),                 # not evaluated: no plain number
+    ("#### \\sqrt{2}", "2", 0.0),
+    ("\\boxed{x^3}", "3", 0.0),
+    ("\\boxed{10\\pi}", "10", 0.0),
+    ("\\boxed{2\\times10^6}", "6", 0.0),
+    ("#### 3 + 4", "4", 0.0),
+    # what may stand around the number: a left-hand side, $, units, words
+    ("#### 68 apples", "68", 1.0),
+    ("\\boxed{120^\\circ}", "120", 1.0),
+    ("\\boxed{75\\%}", "75", 1.0),
+    ("\\boxed{5\\text{ cm}}", "5", 1.0),
+    ("#### $1,234.", "1234", 1.0),
+    ("\\boxed{\\(x = 9\\)}", "9", 1.0),
 ])
 def test_arithmetic_scores(completion, reference, reward):
   assert get_task("arithmetic").score(_arith(reference), completion) == reward

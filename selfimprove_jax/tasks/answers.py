@@ -77,14 +77,44 @@ def first_lines(text: Optional[str], n: int = 1) -> Optional[str]:
 
 def extract_numeric(text: str) -> Optional[str]:
   """The whole policy for numeric answers: the first line of a marked answer if any
-  (reduced to its last number when it is not a number itself, e.g. "#### x = 5"), else
-  the last number of the reply."""
+  (read by `marked_number`), else the last number of the reply."""
   marked = first_lines(extract_marked(text))
   if marked is not None:
-    if parse_number(marked) is not None:
-      return marked
-    return last_number(marked)
+    return marked_number(marked)
   return last_number(text)
+
+
+# \frac{3}{4}, \dfrac12, \tfrac{-1}{2}: a fraction of two integers
+_LATEX_FRACTION = re.compile(r"(-?)\\[dt]?frac\s*(?:\{\s*(-?\d+)\s*\}|(\d))"
+                             r"\s*(?:\{\s*(\d+)\s*\}|(\d))")
+# what may follow a number without changing it: a unit in \text{}, degrees, percent,
+# or words ("68 apples", "5 cm.")
+_UNIT = re.compile(r"\s*(?:\\(?:text|mathrm|mbox)\s*\{[^{}]*\}|\^\s*\{?\\circ\}?|°|\\?%"
+                   r"|\\[,;! ]|[A-Za-z][A-Za-z .]*)\s*$")
+
+
+def marked_number(marked: str) -> Optional[str]:
+  """The number a marked answer states, or None when it states an expression.
+
+  A marked answer is read whole, never cut down to one of its numbers: `\\frac{3}{4}`
+  is 3/4 and `x^3`, `4^2`, `\\sqrt{2}`, `10\\pi` or `2\\times10^6` state no plain
+  number (None: not right against 3, 2, 2, 10 or 6). What it may carry besides the
+  number: a left-hand side ("x = 5", "23 + 45 = 68": the value after the last '='),
+  `$`, `\\(...\\)`, a unit or words after it ("5 cm", "120^\\circ", "75\\%")."""
+  s = marked.strip().strip("$").strip()
+  if s.startswith("\\(") and s.endswith("\\)"):
+    s = s[2:-2].strip()
+  if "=" in s:
+    s = s[s.rfind("=") + 1:].strip()
+  for _ in range(3):   # "5\\text{ cm}." : the unit, then the trailing full stop
+    s = _UNIT.sub("", s).rstrip(".").strip() if parse_number(s) is None else s
+  m = _LATEX_FRACTION.fullmatch(s)
+  if m:
+    sign, num, den = m.group(1), m.group(2) or m.group(3), m.group(4) or m.group(5)
+    s = f"{'-' if sign else ''}{num}/{den}".replace("--", "")
+  if parse_number(s) is None:
+    return None
+  return s.replace(",", "")
 
 
 def parse_number(text: Optional[str]) -> Optional[fractions.Fraction]:
