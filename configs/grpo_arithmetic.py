@@ -7,7 +7,9 @@ Runtime:   63 min wall on the 2-core CPU dev machine (Intel Xeon, 24 GiB), 2026-
            scratch on the idle machine: 10.0 min, peak RSS 8.3 GB.
 Result:    held-out greedy pass@1 (the quickstart's 100 problems) 0.06 -> 0.36 at seed 0
            (all 3 iterations accepted), 0.06 -> 0.41 at seed 1 (iterations 2-3 rolled
-           back); see benchmarks/EFFICACY.md
+           back). With the test split (seed 0, 2026-12-04, AMD EPYC x2 shared, 15.6
+           min): validation 0.06 -> 0.36, test (read by no decision) 0.10 -> 0.32 (25
+           up, 3 down); see benchmarks/EFFICACY.md
 
 Each of the 4 rounds (rl_steps) of an iteration samples 8 answers to each of 8 fresh
 problems and takes one step on the group-relative advantages (clipped ratio, k3 KL to
