@@ -1,6 +1,7 @@
 """Tasks and verifiers: deterministic streams, disjoint held-out splits, scoring edge cases."""
 
 import json
+import math
 import sys
 
 import pytest
@@ -8,6 +9,8 @@ import pytest
 from selfimprove_jax.errors import UserError
 from selfimprove_jax.tasks import Problem, get_task, problem_id
 from selfimprove_jax.tasks import answers, countdown, expressions
+from selfimprove_jax.tasks.jsonl_task import read_jsonl
+from selfimprove_jax.tasks.problem import text_key
 
 
 def _reasoning_gym_installed():
@@ -275,6 +278,33 @@ def test_jsonl_split_and_scoring(jsonl_file):
   assert task.score(paris, "") == 0.0
   half = get_task(f"jsonl:{jsonl_file}", heldout_fraction=0.5)
   assert {p.id for p in heldout} <= {p.id for p in half.heldout()}  # same hash order
+
+
+def test_heldout_twins_never_train(tmp_path):
+  """Prompts that differ only in case, whitespace or sentence punctuation are one
+  problem: a held-out one's twins never train, and each is held out once."""
+  rows = []
+  for i in range(40):
+    q = f"What is {i} plus {i}?"
+    rows += [{"prompt": q, "answer": str(2 * i)},
+             {"prompt": f"  what  is {i}\nplus {i} ", "answer": str(2 * i)},
+             {"prompt": q.upper().replace("?", "."), "answer": str(2 * i)}]
+  rows.append({"prompt": "What is 3 * 4?", "answer": "12"})    # operators count:
+  rows.append({"prompt": "What is 3 - 4?", "answer": "-1"})    # not twins
+  path = tmp_path / "twins.jsonl"
+  path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+  task = get_task(f"jsonl:{path}", heldout_fraction=0.2)
+  heldout, train = task.heldout(), task.train_problems(0, 200)
+  assert heldout and len(heldout) == math.ceil(0.2 * 42)
+  keys = {text_key(p.prompt) for p in heldout}
+  assert len(keys) == len(heldout)                  # one per problem
+  assert not keys & {text_key(p.prompt) for p in train}
+  assert not any(task.is_heldout(p.id) for p in train)
+  twins = sum(3 if "plus" in p.prompt else 1 for p in heldout)
+  assert sum(task.is_heldout(p.id) for p in read_jsonl(str(path))) == twins
+  assert task.heldout_twins == twins - len(heldout)
+  assert text_key("What is 3 * 4?") != text_key("What is 3 - 4?")
+  assert text_key("Ｗhat  is 1,000?") == text_key("what is 1000")
 
 
 def test_jsonl_bad_files(tmp_path):

@@ -7,7 +7,8 @@ One iteration's proposals:
   2. clean   — keep the first paragraph, drop "Problem:" / numbering prefixes;
   3. de-duplicate — by word n-gram overlap (Jaccard >= max_overlap, or equal after
      normalisation) against each other, the seed examples (copies) and the held-out
-     split (leaks); a proposal whose id falls in the task's held-out partition, or
+     split (leaks; equal there is an equal `text_key`: case, whitespace and
+     punctuation ignored); a proposal whose id falls in the task's held-out side, or
      whose parsed content equals a held-out problem's, is a leak too. So no self-made
      problem can ever bring a held-out problem into training;
   4. check validity — procedural tasks keep a proposal when they can parse and solve it
@@ -27,7 +28,7 @@ from typing import Optional, Sequence
 
 from selfimprove_jax.records import jaccard, ngrams, normalise, pseudo_label
 from selfimprove_jax.sampling import SamplingParams
-from selfimprove_jax.tasks.problem import Problem, make_problem, problem_id
+from selfimprove_jax.tasks.problem import Problem, make_problem, problem_id, text_key
 
 PROPOSE_PROMPT = (
     "Here are some example problems:\n\n{examples}\n\n"
@@ -67,7 +68,7 @@ def screen(candidates: Sequence[Optional[str]], task, heldout: Sequence[Problem]
   """Status of each candidate: 'unique', or why it is rejected: 'empty', 'duplicate'
   (of an earlier candidate), 'copy' (of a seed example), 'heldout_leak'."""
   parse = getattr(task, "parse_problem", None)
-  held_text = {normalise(p.prompt) for p in heldout}
+  held_text = {text_key(p.prompt) for p in heldout}   # case, whitespace, punctuation
   held_grams = [ngrams(p.prompt, ngram) for p in heldout]
   held_canon = {canonical(p) for p in heldout} - {None}
   ex_grams = [ngrams(e, ngram) for e in examples]
@@ -79,7 +80,7 @@ def screen(candidates: Sequence[Optional[str]], task, heldout: Sequence[Problem]
       continue
     t, g = normalise(c), ngrams(c, ngram)
     canon = canonical(parse(c)) if parse is not None else None
-    if (t in held_text or task.is_heldout(problem_id(c)) or canon in held_canon
+    if (text_key(c) in held_text or task.is_heldout(problem_id(c)) or canon in held_canon
         or any(jaccard(g, h) >= max_overlap for h in held_grams)):
       status.append("heldout_leak")
     elif t in ex_text or any(jaccard(g, h) >= max_overlap for h in ex_grams):

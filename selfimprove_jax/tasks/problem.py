@@ -18,6 +18,7 @@ import dataclasses
 import hashlib
 import math
 import random
+import unicodedata
 from typing import Any, Callable, Optional, Protocol, runtime_checkable
 
 from selfimprove_jax.errors import UserError
@@ -85,6 +86,20 @@ def make_problem(prompt: str, reference: Any, difficulty: int = 0,
   """A `Problem` with its id computed from the prompt."""
   return Problem(id=problem_id(prompt), prompt=prompt, reference=str(reference),
                  difficulty=int(difficulty), metadata=dict(metadata or {}))
+
+
+# sentence punctuation and quotes: what `text_key` ignores (operators, brackets and
+# digits count, so "12 - 3" and "12 * 3" stay different problems)
+_SENTENCE_PUNCTUATION = str.maketrans("", "", ".,;:!?'\"`\u2018\u2019\u201c\u201d\u2026")
+
+
+def text_key(text: str) -> str:
+  """What 'the same problem' means for the held-out split: the text with case, all
+  whitespace and sentence punctuation removed (NFKC first, so full-width and
+  compatibility forms match too). Two prompts with one key are twins: one held-out
+  prompt makes its twins held-out too."""
+  text = unicodedata.normalize("NFKC", text).casefold()
+  return "".join(text.translate(_SENTENCE_PUNCTUATION).split())
 
 
 def id_fraction(pid: str) -> float:
@@ -196,21 +211,34 @@ class ProceduralSplits:
 
 class FileSplits:
   """The training stream and held-out split of a task read from a file, shared by the
-  file tasks (jsonl:, code_jsonl:). The task calls `_split(problems, stream)` once:
-  the held-out side is the `heldout_fraction` of problems whose ids rank lowest (at
-  least one stays for training); epoch e of the training stream is a shuffle seeded
-  by (seed, `stream`, e). Only problems with a reference can be held out (a score
-  needs one): `_split(..., gradable=...)` names them, the rest always train."""
+  file tasks (jsonl:, code_jsonl:). The task calls `_split(problems, stream)` once.
+  Problems are grouped by `text_key` (twins: prompts that differ only in case,
+  whitespace or sentence punctuation); the held-out side is the `heldout_fraction` of
+  groups whose lowest id ranks lowest (at least one group stays for training), each
+  held out as its first problem in file order, and no member of a held-out group ever
+  trains. Only problems with a reference can be held out (a score needs one):
+  `_split(..., gradable=...)` names them, the rest train unless a held-out twin has
+  them. Epoch e of the training stream is a shuffle seeded by (seed, `stream`, e)."""
 
   def _split(self, problems: list[Problem], stream: str,
              gradable: Optional[Callable[[Problem], bool]] = None) -> None:
     self._stream = stream
-    candidates = [p for p in problems if gradable is None or gradable(p)]
-    n_heldout = min(math.ceil(self.heldout_fraction * len(candidates)), len(problems) - 1)
-    ranked = sorted(candidates, key=lambda p: (id_fraction(p.id), p.id))
-    self._heldout_ids = {p.id for p in ranked[:n_heldout]}
-    self._heldout = [p for p in problems if p.id in self._heldout_ids]
+    groups: dict[str, list[Problem]] = {}
+    for p in problems:
+      groups.setdefault(text_key(p.prompt), []).append(p)
+    # a group's rank is its lowest member id (a file without twins splits as by ids)
+    candidates = sorted(
+        ((min((id_fraction(p.id), p.id) for p in members), key)
+         for key, members in groups.items()
+         if any(gradable is None or gradable(p) for p in members)))
+    n_heldout = min(math.ceil(self.heldout_fraction * len(candidates)), len(groups) - 1)
+    heldout_keys = {key for _, key in candidates[:n_heldout]}
+    firsts = {key: next(p for p in groups[key] if gradable is None or gradable(p))
+              for key in heldout_keys}
+    self._heldout = [p for p in problems if firsts.get(text_key(p.prompt)) is p]
+    self._heldout_ids = {p.id for key in heldout_keys for p in groups[key]}
     self._train = [p for p in problems if p.id not in self._heldout_ids]
+    self.heldout_twins = sum(len(groups[k]) - 1 for k in heldout_keys)
 
   def problem(self, seed: int, index: int, difficulty: Optional[int] = None) -> Problem:
     """Training problem `index`: epoch `index // n` is a fresh shuffle of the training rows."""
@@ -230,7 +258,7 @@ class FileSplits:
     return list(self._heldout if count is None else self._heldout[:count])
 
   def is_heldout(self, pid: str) -> bool:
-    """True when the id is one of the file's held-out problems."""
+    """True when the id is one of the file's held-out problems or a twin of one."""
     return pid in self._heldout_ids
 
 
