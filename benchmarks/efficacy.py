@@ -141,7 +141,8 @@ def gain_text(baseline: float, best: float, n: int, pairs: Optional[dict] = None
   best accepted pass@1 lies outside the baseline's 95% interval, else 'no measurable
   gain'."""
   if pairs is not None:
-    counts = f"{pairs['up']} up, {pairs['down']} down, p={pairs['p']:.3f}"
+    p = "p<0.001" if pairs["p"] < 0.001 else f"p={pairs['p']:.3f}"
+    counts = f"{pairs['up']} up, {pairs['down']} down, {p}"
     if pairs["p"] >= 0.05:
       return f"no measurable gain ({counts})"
     return f"{best - baseline:+.2f} ({counts})"

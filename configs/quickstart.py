@@ -3,10 +3,14 @@
 Command:   make run
            (= selfimprove-jax run --config configs/quickstart.py --workdir runs/quickstart)
 Hardware:  CPU (2 cores is enough); the same config runs on a GPU or TPU unchanged.
-Runtime:   11.4 min wall on the idle 2-core CPU dev machine (Intel Xeon, 23 GiB),
-           2026-12-02; peak resident memory 3.8 GB.
-Result:    held-out greedy pass@1 (100 problems) 0.06 -> 0.32 -> 0.44 -> 0.51 -> 0.55,
-           every iteration accepted (seed 0); see benchmarks/EFFICACY.md
+Runtime:   18.9 min wall on the 2-core CPU dev machine (AMD EPYC, 24 GiB) shared with
+           unit tests, 2026-12-04; peak resident memory 4.0 GB (before the test and
+           fresh splits: 11.4 min idle, Intel Xeon).
+Result:    validation greedy pass@1 (100 problems) 0.06 -> 0.32 -> 0.44 -> 0.51 -> 0.55,
+           every iteration accepted (seed 0); test (100 more, read by no decision)
+           0.10 -> 0.34 -> 0.31 -> 0.35 -> 0.45 (38 up, 3 down, p = 1e-8); fresh
+           problems each iteration 0.07 -> 0.34 -> 0.45 -> 0.45 -> 0.46; see
+           benchmarks/EFFICACY.md
 
 Each iteration samples 2 answers to each of 256 problems, keeps the verified ones and
 fine-tunes on them. 256 x 2 rather than 64 x 8: de-duplication keeps about one right
