@@ -54,7 +54,7 @@ def test_paired_gain_is_an_exact_mcnemar_test_on_two_result_files(tmp_path):
   base = [True] * 6 + [False] * 94
   for up, down, p, text in [(7, 0, 0.015625, "+0.07 (7 up, 0 down, p=0.016)"),
                             (9, 2, 0.0654296875, "no measurable gain (9 up, 2 down, p=0.065)"),
-                            (38, 3, 1.0479197953827679e-08, "+0.35 (38 up, 3 down, p<0.001)")]:
+                            (38, 3, 1.0479197953827679e-08, "+0.07 (38 up, 3 down, p<0.001)")]:
     after = list(base)
     for i in range(down):
       after[i] = False
