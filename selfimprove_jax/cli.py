@@ -116,6 +116,9 @@ def _add_run(sub):
   p.add_argument("--workdir", required=True, help="run directory (created; resumed if present)")
   p.add_argument("--override_config", action="store_true",
                  help="resume a workdir even though result-changing config keys differ")
+  p.add_argument("--adopt_workdir", action="store_true",
+                 help="run in an existing non-empty directory that is not a run's (none "
+                 "of its files may have the name of one the run writes)")
   _add_distributed(p)
   p.set_defaults(fn=_cmd_run, accepts_overrides=True)
 
@@ -140,7 +143,8 @@ def _cmd_run(args) -> int:
   config = config_lib.load_config(args.config, args.overrides)
   # before anything touches devices: the mesh then spans every process's devices
   distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
-  state = loop.run(config, args.workdir, override_config=args.override_config)
+  state = loop.run(config, args.workdir, override_config=args.override_config,
+                   adopt_workdir=args.adopt_workdir)
   return EXIT_INTERRUPTED if state.get("preempted") else 0
 
 

@@ -61,7 +61,7 @@ from selfimprove_jax.records import Sample, pass_rate
 from selfimprove_jax.runtime import distributed
 from selfimprove_jax.runtime import memory as memory_lib
 from selfimprove_jax.runtime import sharding as sharding_lib
-from selfimprove_jax.runtime.checkpoint import Checkpointer
+from selfimprove_jax.runtime.checkpoint import Checkpointer, foreign_workdir
 from selfimprove_jax.runtime.files import WorkdirLock
 from selfimprove_jax.runtime.reporting import Reporter
 from selfimprove_jax.sampling import Sampler, make_sampler
@@ -141,13 +141,15 @@ def _print(msg: str) -> None:
   print(msg, flush=True)   # stage lines appear as they happen, also when piped to a file
 
 
-def run(config, workdir: str, override_config: bool = False, log=_print) -> dict:
+def run(config, workdir: str, override_config: bool = False, log=_print,
+        adopt_workdir: bool = False) -> dict:
   """Runs (or resumes) the loop in `workdir`; returns the final loop state as a dict,
-  with `preempted` (why) when a signal stopped it before its last iteration."""
+  with `preempted` (why) when a signal stopped it before its last iteration. A
+  non-empty `workdir` that is not a run's is refused unless `adopt_workdir`."""
   config_lib.validate(config)
   algorithms.algorithm(config)   # the paradigm's own checks, before anything is made
   settings_lib.rules(config)     # and the watchers' rules
-  _make_workdir(workdir)
+  _make_workdir(workdir, adopt_workdir)
   with _Signals() as signals, _lock(workdir):
     return _run(config, workdir, override_config, log, signals)
 
@@ -248,9 +250,16 @@ def _run(config, workdir, override_config, log, signals) -> dict:
   return dataclasses.asdict(state)
 
 
-def _make_workdir(workdir: str) -> None:
+def _make_workdir(workdir: str, adopt: bool) -> None:
+  """Creates the workdir; refuses (process 0, before anything is written) a directory
+  of the user's that is not a run's, unless `adopt` and none of its files has the name
+  of one the run writes."""
   if os.path.lexists(workdir) and not os.path.isdir(workdir):
     raise UserError(f"--workdir {workdir} exists and is not a directory")
+  if jax.process_index() == 0:
+    why = foreign_workdir(workdir, adopt)
+    if why:
+      raise UserError(why)
   try:
     os.makedirs(workdir, exist_ok=True)
   except OSError as e:

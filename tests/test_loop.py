@@ -227,3 +227,70 @@ def test_decisions_and_validation_ignore_the_test_split(tmp_path):
   assert decided(runs[2]) == decided(runs[4]) == decided(runs[0])
   assert "test_pass@1" in runs[4][1] and "test_pass@1" not in runs[0][1]
   assert_same_state(final_state(tmp_path / "2"), final_state(tmp_path / "4"))
+
+
+def test_files_users_own_are_never_touched(tmp_path):
+  """A directory of the user's is refused as a workdir (and left as it was) unless
+  adopted, and adopted only when none of its files has a run file's name; folders and
+  symlinks under checkpoints/ that the run did not write are moved aside, never
+  deleted or pruned; a workdir named with '@', a space and non-ASCII letters works."""
+  from selfimprove_jax import loop
+  from selfimprove_jax.config import load_config
+  from selfimprove_jax.errors import UserError
+  from selfimprove_jax.weights.run_dir import parse_run_spec
+
+  def config(iterations):
+    return load_config(TINY, [f"loop.iterations={iterations}", "log.tensorboard=false",
+                              "log.plot=false"])
+
+  def files(d):
+    return {os.path.relpath(os.path.join(r, n), d): open(os.path.join(r, n), "rb").read()
+            for r, _, ns in os.walk(d) for n in ns}
+
+  mine = tmp_path / "mine"
+  mine.mkdir()
+  (mine / "notes.txt").write_text("my notes")
+  (mine / "manifest.json").write_text('{"my": "own manifest"}')
+  (mine / "metrics.jsonl").write_text('{"loss": 1}\n')
+  before = files(mine)
+  with pytest.raises(UserError, match=r"not empty and not a run directory \(it holds "
+                     r"manifest.json, metrics.jsonl, notes.txt\).*--adopt_workdir"):
+    loop.run(config(1), str(mine), log=lambda *_: None)
+  with pytest.raises(UserError, match=r"--adopt_workdir: .*manifest.json is not this run's"):
+    loop.run(config(1), str(mine), log=lambda *_: None, adopt_workdir=True)
+  assert files(mine) == before                     # nothing written, nothing replaced
+
+  run = tmp_path / "exp@1 ü"                       # '@', a space, non-ASCII
+  run.mkdir()
+  (run / "notes.txt").write_text("my notes")
+  loop.run(config(1), str(run), log=lambda *_: None, adopt_workdir=True)
+  assert (run / "notes.txt").read_text() == "my notes"
+  assert parse_run_spec(str(run)) == (str(run), None)
+  assert parse_run_spec(f"{run}@1") == (str(run), 1)
+  os.makedirs(run / "checkpoints" / "2")           # a user's folder where iteration 2 goes
+  (run / "checkpoints" / "2" / "data.txt").write_text("mine")
+  os.makedirs(run / "checkpoints" / "7")           # and one pruning must leave alone
+  (run / "checkpoints" / "7" / "data.txt").write_text("mine too")
+  lines = []
+  state = loop.run(config(3), str(run), log=lines.append)
+  assert [r["iteration"] for r in state["history"]] == [0, 1, 2, 3]
+  assert (run / "checkpoints" / "moved-aside-2" / "data.txt").read_text() == "mine"
+  assert (run / "checkpoints" / "7" / "data.txt").read_text() == "mine too"
+  assert any("is not a checkpoint this run wrote" in l and "moved-aside-2" in l
+             for l in lines), lines
+  assert os.path.isfile(run / "checkpoints" / "2" / "_CHECKPOINT_METADATA")
+  # a symlink where the next checkpoint goes is moved aside too (not followed)
+  os.symlink(run / "checkpoints" / "7", run / "checkpoints" / "4")
+  state = loop.run(config(4), str(run), log=lines.append)
+  assert state["history"][-1]["iteration"] == 4
+  assert os.path.islink(run / "checkpoints" / "moved-aside-4")
+  assert (run / "checkpoints" / "7" / "data.txt").read_text() == "mine too"
+  # eval's settings come from the checkpoint it loads: a corrupt newest one is passed over
+  from selfimprove_jax.runtime.checkpoint import Checkpointer
+  from selfimprove_jax.weights.run_dir import saved_config
+  ckpt = Checkpointer(str(run), read_only=True, log=lambda _: None)
+  good = ckpt.latest_good(only_accepted=True)
+  ckpt.close()
+  with open(run / "checkpoints" / str(good) / "meta" / "metadata", "wb") as f:
+    f.write(b"\0" * 64)
+  assert saved_config(str(run))["loop"]["iterations"] in (1, 3)   # an earlier one's

@@ -30,8 +30,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from selfimprove_jax.errors import UserError
-from selfimprove_jax.runtime.files import (UnreadableFile, hash_path, read_json, tree_bytes,
-                                   write_json_atomic)
+from selfimprove_jax.runtime.files import (LOCK_FILE, UnreadableFile, hash_path, read_json,
+                                           tree_bytes, write_json_atomic)
 
 MANIFEST = "manifest.json"
 # One file per saved checkpoint with the same entry as the manifest: if manifest.json
@@ -39,6 +39,48 @@ MANIFEST = "manifest.json"
 ENTRIES = "manifest.d"
 FAULT_ENV = "SELFIMPROVE_JAX_FAULT"
 _NOT_IN_MANIFEST = "not in the manifest (the run stopped between save and manifest update)"
+
+
+# What a run writes at the top of its workdir: in a directory a user adopts as a
+# workdir, none of these may exist already (they would be replaced)
+RUN_FILES = (MANIFEST, ENTRIES, "checkpoints", "records", "config.json", "metrics.jsonl",
+             "steps.jsonl", "summary.json", "heldout.png", "tensorboard")
+# Orbax's marker of a finished save inside checkpoints/<step>/
+_ORBAX_MARKER = "_CHECKPOINT_METADATA"
+
+
+def is_run_dir(workdir: str) -> bool:
+  """True when `workdir` was written by a run: it has manifest.d/ or a manifest.json
+  that reads as a checkpoint manifest (a user's own manifest.json does not count)."""
+  if os.path.isdir(os.path.join(workdir, ENTRIES)) and not os.path.islink(
+      os.path.join(workdir, ENTRIES)):
+    return True
+  try:
+    m = read_json(os.path.join(workdir, MANIFEST), root=workdir)
+  except (UnreadableFile, OSError):
+    return False
+  return isinstance(m, dict) and isinstance(m.get("checkpoints"), dict)
+
+
+def foreign_workdir(workdir: str, adopt: bool = False) -> Optional[str]:
+  """Why a run may not write into `workdir` (None when it may): it is not empty and
+  not a run directory; or, with `adopt`, it holds files with the names of a run's own
+  (`RUN_FILES`), which the run would replace. A missing or empty directory, or one
+  holding only a lock, is a new run's."""
+  if not os.path.isdir(workdir) or is_run_dir(workdir):
+    return None
+  names = sorted(n for n in os.listdir(workdir) if n != LOCK_FILE)
+  if not names:
+    return None
+  if not adopt:
+    shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+    return (f"--workdir {workdir} is not empty and not a run directory (it holds {shown}); "
+            f"use a new or empty directory, or pass --adopt_workdir to run in it")
+  clash = [n for n in names if n in RUN_FILES]
+  if clash:
+    return (f"--adopt_workdir: {os.path.join(workdir, clash[0])} is not this run's and the "
+            f"run would replace it; move it aside (a run writes {', '.join(RUN_FILES)})")
+  return None
 
 
 def fault_requested(name: str, iteration: Optional[int] = None) -> bool:
@@ -174,9 +216,7 @@ class Checkpointer:
     process calls it: Orbax writes each process's shards. An OSError (disk full,
     read-only, permissions) propagates with its path; Orbax writes to a temporary
     directory and renames it, so the previous checkpoints stay intact."""
-    if iteration in self._manager.all_steps():
-      # A checkpoint left by an interrupted run of this very iteration: replace it.
-      self._manager.delete(iteration)
+    self._clear_slot(iteration)
     if fault_requested("checkpoint_write", iteration):
       _kill_soon(0.05)
     if fault_requested("enospc", iteration):
@@ -198,6 +238,27 @@ class Checkpointer:
                                       "bytes": tree_bytes(step_dir, root=self.workdir),
                                       "records": records or {}})
     return digest
+
+  def _clear_slot(self, iteration: int) -> None:
+    """Makes room for iteration `iteration`'s checkpoint. An Orbax checkpoint there was
+    left by an interrupted run of this very iteration: it is replaced. Anything else
+    (a symlink, a folder Orbax did not write) is not the run's: it is moved aside to
+    `checkpoints/moved-aside-<iteration>[-n]`, with one line, never deleted."""
+    path = self.step_dir(iteration)
+    if not os.path.lexists(path):
+      return
+    if not os.path.islink(path) and os.path.isfile(os.path.join(path, _ORBAX_MARKER)):
+      self._manager.delete(iteration)   # every process: Orbax syncs them
+      return
+    if not self.is_primary:
+      return
+    aside, n = os.path.join(self.directory, f"moved-aside-{iteration}"), 1
+    while os.path.lexists(aside):
+      aside, n = os.path.join(self.directory, f"moved-aside-{iteration}-{n}"), n + 1
+    os.rename(path, aside)
+    self._log(f"{path} is not a checkpoint this run wrote (a symlink or a foreign folder); "
+              f"moved it to {aside}")
+    self._manager.reload()
 
   def _check_space(self, iteration: int, state: Any) -> None:
     """ENOSPC before writing when the file system cannot hold the checkpoint: a clean
@@ -310,12 +371,18 @@ class Checkpointer:
     return None
 
   def prune(self, keep: set[int]) -> None:
-    """Deletes checkpoints not in `keep` (the loop keeps accepted ones and the latest).
+    """Deletes checkpoints not in `keep` (the loop keeps accepted ones and the latest),
+    and only those the manifest says this run wrote that are still Orbax's own
+    directories: a user's folder or a symlink under checkpoints/ is never deleted.
     Every process calls it with the same `keep`: Orbax deletes on process 0 and then
     waits for all processes."""
+    listed = self.manifest()["checkpoints"]
     for it in self.steps():
-      if it not in keep:
-        self._manager.delete(it)
+      path = self.step_dir(it)
+      if it in keep or str(it) not in listed or os.path.islink(path) \
+          or not os.path.isfile(os.path.join(path, _ORBAX_MARKER)):
+        continue
+      self._manager.delete(it)
 
   def close(self) -> None:
     self._manager.close()

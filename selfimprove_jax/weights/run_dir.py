@@ -14,17 +14,18 @@ import ml_collections
 
 from selfimprove_jax.errors import UserError
 from selfimprove_jax.model import lora as lora_lib
-from selfimprove_jax.runtime.checkpoint import ENTRIES, MANIFEST, Checkpointer
+from selfimprove_jax.runtime.checkpoint import ENTRIES, MANIFEST, Checkpointer, is_run_dir
 
 _AT = re.compile(r"^(?P<dir>.+)@(?P<it>\d+)$")
 
 
 def parse_run_spec(spec: str) -> Optional[tuple[str, Optional[int]]]:
   """(workdir, iteration or None) when `spec` names a run's workdir, else None."""
+  if is_run_dir(spec):   # a run whose own name has '@' ("runs/exp@1") is that run
+    return spec, None
   m = _AT.match(spec)
   workdir, it = (m["dir"], int(m["it"])) if m else (spec, None)
-  if os.path.isfile(os.path.join(workdir, MANIFEST)) or os.path.isdir(
-      os.path.join(workdir, ENTRIES)):
+  if is_run_dir(workdir):
     return workdir, it
   if os.path.isdir(os.path.join(workdir, "checkpoints")):
     raise UserError(f"{workdir} looks like a run directory (it has checkpoints/) but has "
@@ -36,16 +37,23 @@ def parse_run_spec(spec: str) -> Optional[tuple[str, Optional[int]]]:
 
 
 def saved_config(workdir: str, iteration: Optional[int] = None) -> dict:
-  """The config a run saved (with its checkpoint of `iteration`, else its newest one)."""
-  ckpt = Checkpointer(workdir, log=_note, read_only=True)
+  """The config a run saved with the checkpoint `load_run` loads: iteration
+  `iteration`, else the newest accepted one that verifies (a corrupt newest checkpoint
+  is passed over here as it is there, so eval's settings are the loaded weights')."""
+  ckpt = Checkpointer(workdir, log=lambda _: None, read_only=True)
   try:
     steps = ckpt.steps()
-    if not steps:
-      raise UserError(f"run {workdir} has no checkpoint to read its config from")
-    if iteration is not None and iteration not in steps:
+    if iteration is None:
+      iteration = ckpt.latest_good(only_accepted=True)
+      if iteration is None:
+        raise UserError(f"run {workdir} has no verified accepted checkpoint to read its "
+                        f"config from")
+    elif iteration not in steps:
       raise UserError(f"run {workdir} has no checkpoint for iteration {iteration} "
                       f"(have {steps})")
-    return ckpt.restore_meta(iteration if iteration is not None else max(steps))["config"]
+    elif (problem := ckpt.verify(iteration)) is not None:
+      raise UserError(f"checkpoint {ckpt.step_dir(iteration)}: {problem}")
+    return ckpt.restore_meta(iteration)["config"]
   finally:
     ckpt.close()
 
