@@ -61,10 +61,10 @@ from selfimprove_jax.records import Sample, pass_rate
 from selfimprove_jax.runtime import distributed
 from selfimprove_jax.runtime import memory as memory_lib
 from selfimprove_jax.runtime import sharding as sharding_lib
-from selfimprove_jax.runtime.checkpoint import Checkpointer, foreign_workdir
+from selfimprove_jax.runtime.checkpoint import Checkpointer, fault_point, foreign_workdir
 from selfimprove_jax.runtime.files import WorkdirLock
 from selfimprove_jax.runtime.reporting import Reporter
-from selfimprove_jax.sampling import Sampler, make_sampler
+from selfimprove_jax.sampling import Sampler, encode_prompts, make_sampler
 from selfimprove_jax.select import filters as select_lib
 from selfimprove_jax.stage_cache import RunRecords
 from selfimprove_jax.tasks import get_task
@@ -321,6 +321,7 @@ def _set_up(config, workdir: str, log) -> Setup:
   moves = [r.text for r in settings_lib.rules(config) if r.action in ("harder", "easier")]
   if moves and task.difficulty_range is None:
     raise UserError(f"evaluate.rules: {moves[0]!r}: task {task.name} has no difficulty knob")
+  _check_prompts_fit(config, task, base.tokenizer)
   sampler = make_sampler(base, mesh=mesh, max_batch=config.sampling.max_batch)
   judge = None
   if config.judge.model:
@@ -341,6 +342,18 @@ def _set_up(config, workdir: str, log) -> Setup:
     reporter.log(f"evaluation splits: {splits.note}")
   return Setup(config, dataclasses.replace(base, params=None), task, splits, sampler, judge,
                ckpt, reporter, RunRecords(workdir), algorithm, stages, weights, training)
+
+
+def _check_prompts_fit(config, task, tokenizer, n: int = 16) -> None:
+  """Refuses, before anything runs, a run that would train on nothing: a sample trains
+  only on what follows its prompt within train.max_seq_len, so if none of the first `n`
+  training prompts leaves room for one completion token, no iteration can train."""
+  prompts = [task.problem(config.seed, i, config.task.difficulty).prompt for i in range(n)]
+  shortest = min(len(ids) for ids in encode_prompts(tokenizer, prompts))
+  if shortest >= config.train.max_seq_len:
+    raise UserError(f"train.max_seq_len={config.train.max_seq_len} leaves no room to train: "
+                    f"the shortest of the first {n} training prompts is {shortest} tokens; "
+                    f"raise it above {shortest} (prompt + completion)")
 
 
 def _training(config, algorithm: Algorithm, mc, mesh) -> phase_lib.Training:
@@ -396,6 +409,9 @@ def _restore(s: Setup, override_config: bool) -> "LoopState":
     _check_compatible(meta["config"], config, s.ckpt.workdir, override_config)
     state = LoopState(**meta["loop"])
     s.reporter.log(f"resuming {s.ckpt.workdir} after iteration {state.iteration}")
+    # metrics.jsonl is derived from the checkpoint's history: a kill between the save
+    # and its rewrite, or a deleted file, loses no row
+    s.reporter.rewrite(state.history, _step_rows(s, state.iteration))
   w.keep(kept)
   return state
 
@@ -620,5 +636,10 @@ def _checkpoint(s: Setup, state: LoopState, accepted: bool, hashes: dict) -> Non
   # from the loop state, not the manifest: every process must delete the same
   # checkpoints (Orbax deletes collectively) and only process 0 writes the manifest
   s.ckpt.prune({h["iteration"] for h in state.history if h["accepted"]} | {k})
-  s.reporter.iteration(state.history[-1], state.history,
-                       [x for j in range(1, k + 1) for x in s.records.rows(j, "steps")])
+  fault_point("saved", k)   # crash tests: saved, its metrics.jsonl row not yet written
+  s.reporter.iteration(state.history[-1], state.history, _step_rows(s, k))
+
+
+def _step_rows(s: Setup, k: int) -> list:
+  """Every optimizer step's record of iterations 1..k."""
+  return [x for j in range(1, k + 1) for x in s.records.rows(j, "steps")]

@@ -83,6 +83,7 @@ CASES = [
     (_run("--config.train.batch_size=0"), "train.batch_size"),
     (_run("--config.train.epochs=0"), "train.epochs"),
     (_run("--config.train.max_seq_len=1"), "train.max_seq_len"),
+    (_run("--config.train.max_seq_len=4"), "train.max_seq_len"),   # no prompt fits
     (_run("--config.train.batch_size=abc"), "train.batch_size"),
     (_run("--config.loop.iterations=-1"), "loop.iterations"),
     (_run("--config.loop.prompts_per_iteration=0"), "loop.prompts_per_iteration"),

@@ -80,13 +80,23 @@ def test_bad_update_is_rolled_back(how, cache_dir, tmp_path):
 
 
 def test_iteration_that_trained_on_nothing_is_not_accepted(tmp_path):
+  """A config that can be seen to train on nothing is refused at start-up (no prompt
+  fits train.max_seq_len), before anything is written; an iteration whose filters keep
+  nothing (the random tiny model is never right) trains on nothing and is not accepted."""
   from selfimprove_jax import loop
   from selfimprove_jax.config import load_config
+  from selfimprove_jax.errors import UserError
   config = load_config(TINY, ["loop.iterations=1", "train.max_seq_len=4", "log.plot=false"])
-  state = loop.run(config, str(tmp_path), log=lambda *_: None)
+  with pytest.raises(UserError, match=r"^train.max_seq_len=4 leaves no room to train: the "
+                     r"shortest of the first 16 training prompts is \d+ tokens"):
+    loop.run(config, str(tmp_path / "refused"), log=lambda *_: None)
+  assert not os.path.exists(tmp_path / "refused" / "checkpoints")
+  config = load_config(TINY, ["loop.iterations=1", "select.filters=correct",
+                              "log.plot=false"])
+  state = loop.run(config, str(tmp_path / "run"), log=lambda *_: None)
   row = state["history"][1]
   assert row["accepted"] is False and "trained on nothing" in row["reason"], row
-  assert row["loss_tokens"] == 0
+  assert row["kept"] == 0
 
 
 def test_incompatible_workdir_is_refused_and_untouched(reference, cache_dir):

@@ -47,6 +47,27 @@ def test_interrupted_run_resumes_to_the_same_result(fault, status, damage, refer
   assert_same_state(final_state(tmp_path), final_state(reference[0]))
 
 
+def test_metrics_jsonl_is_rebuilt_from_the_checkpoints_history(reference, cache_dir,
+                                                              tmp_path):
+  """Killed just after the last iteration's checkpoint (before its metrics.jsonl row
+  is written), the re-run writes the row; a deleted metrics.jsonl of a finished run
+  comes back whole: both are derived from the loop state the checkpoint holds."""
+  killed = run_cli(tmp_path, cache_dir, fault="saved@2")
+  assert killed.returncode == -9, killed.stderr[-2000:]
+  assert len(metrics(tmp_path)) == 2          # the baseline's and iteration 1's rows
+  resumed = run_cli(tmp_path, cache_dir)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert metrics(tmp_path) == metrics(reference[0])
+  os.remove(os.path.join(tmp_path, "metrics.jsonl"))
+  os.remove(os.path.join(tmp_path, "steps.jsonl"))
+  again = run_cli(tmp_path, cache_dir)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert metrics(tmp_path) == metrics(reference[0])
+  with open(os.path.join(tmp_path, "steps.jsonl")) as a, \
+       open(os.path.join(reference[0], "steps.jsonl")) as b:
+    assert a.read() == b.read()
+
+
 def test_held_out_results_are_kept_per_problem_and_read_back_on_resume(reference, cache_dir,
                                                                         tmp_path):
   """records/iter_K/eval_<split>.jsonl holds one row per validation and test problem

@@ -52,9 +52,7 @@ class Reporter:
     loses a line; TensorBoard gets the row and this iteration's steps."""
     if not self.primary:
       return
-    _write_lines(os.path.join(self.workdir, "metrics.jsonl"), history)
-    steps = [dict(global_step=i + 1, **x) for i, x in enumerate(steps)]
-    _write_lines(os.path.join(self.workdir, "steps.jsonl"), steps)
+    steps = self.rewrite(history, steps)
     self._tensorboard(row)
     self._tensorboard_steps([x for x in steps if x["iteration"] == row["iteration"]])
     if self.write_plot:
@@ -63,6 +61,17 @@ class Reporter:
     test = f" (test {row['test_pass@1']:.3f})" if "test_pass@1" in row else ""
     self.log(f"[iter {row['iteration']}] validation pass@1 {row['pass@1']:.3f}{test} "
              f"-> {decision}")
+
+  def rewrite(self, history: list, steps: list) -> list:
+    """metrics.jsonl and steps.jsonl, rewritten whole from the loop state's history and
+    every iteration's step records (a resumed run calls it first, so a row lost to a
+    kill after the checkpoint, or a deleted file, comes back); returns the steps with
+    their global step."""
+    steps = [dict(global_step=i + 1, **x) for i, x in enumerate(steps)]
+    if self.primary:
+      _write_lines(os.path.join(self.workdir, "metrics.jsonl"), history)
+      _write_lines(os.path.join(self.workdir, "steps.jsonl"), steps)
+    return steps
 
   def _writer(self):
     if self._tb is None:
