@@ -93,11 +93,14 @@ def normalize(value):
 
 
 # ----------------------------------------------------------------------------- jobs (in the child)
+# Untrusted code is compiled with dont_inherit=True: this file's `from __future__ import
+# annotations` would otherwise apply to it, which plain Python does not do (annotations
+# would become strings, as a HumanEval program's could notice).
 
 
 def job_exec(args: dict):
   """Runs `source` as `__main__`; the program's own exit status is the result."""
-  code = compile(args["source"], "<sandbox>", "exec")
+  code = compile(args["source"], "<sandbox>", "exec", dont_inherit=True)
   exec(code, {"__name__": "__main__", "__builtins__": __builtins__})  # noqa: S102
   return None
 
@@ -108,7 +111,8 @@ def job_call_tests(args: dict):
   Returns one entry per input: {"value": normalized result} or {"error": "Type: msg"};
   the caller compares them with the expected outputs, which never enter the sandbox."""
   namespace = {"__name__": "__solution__", "__builtins__": __builtins__}
-  exec(compile(args["source"], "<solution>", "exec"), namespace)  # noqa: S102
+  exec(compile(args["source"], "<solution>", "exec", dont_inherit=True),  # noqa: S102
+       namespace)
   fn = namespace.get(args["entry_point"])
   if not callable(fn):
     return {"missing": f"no function named {args['entry_point']!r} is defined"}
@@ -124,11 +128,12 @@ def job_call_tests(args: dict):
 def job_asserts(args: dict):
   """MBPP-style: defines `source`, then runs each assert line; True where it holds."""
   namespace = {"__name__": "__solution__", "__builtins__": __builtins__}
-  exec(compile(args["source"], "<solution>", "exec"), namespace)  # noqa: S102
+  exec(compile(args["source"], "<solution>", "exec", dont_inherit=True),  # noqa: S102
+       namespace)
   results = []
   for test in args["asserts"]:
     try:
-      exec(compile(test, "<test>", "exec"), namespace)  # noqa: S102
+      exec(compile(test, "<test>", "exec", dont_inherit=True), namespace)  # noqa: S102
       results.append({"passed": True})
     except Exception as e:  # pylint: disable=broad-except
       results.append({"passed": False, "error": f"{type(e).__name__}: {str(e)[:200]}"})
