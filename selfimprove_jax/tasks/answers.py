@@ -1,18 +1,37 @@
 """Answer extraction and matching shared by every task.
 
 The extraction policy, in order of preference (the first that finds something wins):
+  0. reasoning is dropped first: the text after the last `</think>` (Qwen3 and other
+     reasoning models think inside `<think>...</think>`); a `<think>` never closed (a
+     reply cut off while thinking) states no answer at all;
   1. the declared marker: the text after the last `####` (to the end of the reply; tasks
      with one-line answers keep its first line, see `first_lines`);
   2. the last `<answer>...</answer>` block (reasoning-gym's own convention);
   3. the last `\\boxed{...}` (the common math convention);
-  4. numeric tasks only: the last number anywhere in the text.
-Small instruct models often answer "23 + 45 = 68" without any marker, so the
-last-number fallback turns a right answer in the wrong format into reward instead of
-noise; it cannot be gamed by listing numbers because only the last one counts.
+  4. numeric tasks only, a reply without a marker (`fallback_number`):
+     a. a final statement: the last "the answer is X" / "answer: X" / "result is X" /
+        "solution = X" states X, read whole (to the end of its clause). It counts only
+        when it states a plain number equal to the reply's last number: "The result is
+        24 because 428 = 24 * 4 = 2" states 24 and ends on 2, so it has no answer;
+     b. no statement: the reply's last number, read whole: a number that is part of an
+        expression (an exponent, a root, a fraction's numerator or denominator, a
+        coefficient of a variable or of \\pi) is not the reply's answer, so none.
+Small instruct models often answer "23 + 45 = 68" or "The answer is 68." without any
+marker, so the fallback turns a right answer in the wrong format into reward instead
+of noise; it cannot be gamed by listing numbers because only the last one counts, and a
+reply that states one number and ends on another is refused.
+
+A reply cut off at its token budget (finish_reason 'length') states only what it
+finished (`finished_part`): its last closed marked answer (`\\boxed{..}` with its brace,
+`<answer>..</answer>`, a `####` answer whose line ended). No fallback reads it: its last
+number may be an operand it was restating when the budget ran out. `tasks.verify`
+applies this to the tasks that extract answers by this policy.
 
 Numbers are read tolerantly: thousands commas ("1,234"), surrounding whitespace, a
 leading "+" or "$", a trailing "." and the Unicode minus are accepted; "3/4" is a
 fraction. Numeric comparison is exact on rationals (floats with a 1e-9 relative slack).
+Which checker a reference gets (this exact numeric one, text, or math-verify for LaTeX)
+is decided in one place: `math_check.checker_for`.
 """
 
 from __future__ import annotations
@@ -44,9 +63,44 @@ def _last_boxed(text: str) -> Optional[str]:
   return None
 
 
-def extract_marked(text: str) -> Optional[str]:
-  """Steps 1-3 of the policy: the answer after a marker, or None when none is present."""
+def strip_thinking(text: str) -> Optional[str]:
+  """The reply without its reasoning: the text after the last `</think>` (a prompt may
+  hold the opening tag, so a lone `</think>` counts too); None when a `<think>` is left
+  open, i.e. the reply was cut off while thinking and states no answer."""
   if not isinstance(text, str):
+    return None
+  if "</think>" in text:
+    text = text[text.rfind("</think>") + len("</think>"):]
+  return None if "<think>" in text else text
+
+
+def finished_part(text: str) -> str:
+  """What a reply cut off at its token budget finished stating: its last closed marked
+  answer, written with its marker (so extraction reads it as before), or "" when it
+  closed none. Of a `####` answer only the lines a line break ended count: "#### 42"
+  at the very end may be the start of "#### 425"."""
+  text = strip_thinking(text)
+  if not text:
+    return ""
+  found = []   # in the markers' own order of preference: ####, <answer>, \\boxed
+  if "####" in text:
+    rest = text[text.rfind("####") + 4:].lstrip(" \t")
+    complete = rest[:rest.rfind("\n")] if "\n" in rest else ""   # its finished lines
+    if complete.strip():
+      found.append("#### " + complete.strip() + "\n")
+  tags = _ANSWER_TAG.findall(text)
+  if tags and tags[-1].strip():
+    found.append(f"<answer>{tags[-1].strip()}</answer>")
+  boxed = _last_boxed(text)
+  if boxed:
+    found.append(f"\\boxed{{{boxed}}}")
+  return found[0] if found else ""
+
+
+def extract_marked(text: str) -> Optional[str]:
+  """Steps 0-3 of the policy: the answer after a marker, or None when none is present."""
+  text = strip_thinking(text)
+  if text is None:
     return None
   if "####" in text:
     marked = text[text.rfind("####") + 4:].strip()
@@ -77,11 +131,75 @@ def first_lines(text: Optional[str], n: int = 1) -> Optional[str]:
 
 def extract_numeric(text: str) -> Optional[str]:
   """The whole policy for numeric answers: the first line of a marked answer if any
-  (read by `marked_number`), else the last number of the reply."""
+  (read by `marked_number`), else `fallback_number` of the reply."""
   marked = first_lines(extract_marked(text))
   if marked is not None:
     return marked_number(marked)
-  return last_number(text)
+  return fallback_number(text)
+
+
+# "the answer is", "Final answer:", "result =", "solution would be" (markdown bold and
+# a trailing colon allowed): a statement of the answer in words
+_STATEMENT = re.compile(r"\b(?:answer|result|solution)\s*(?:is|was|equals|would be|will be"
+                        r"|should be|:|=)\s*:?", re.IGNORECASE)
+# where a stated answer's clause ends: a full stop, a comma, a bracket, or a word that
+# begins a justification ("24 because ...", "24 since ...", "24, so ...")
+_CLAUSE_END = re.compile(r"\.(?:\s|$)|,(?!\d{3})|[;(\n]|\s(?:because|since|as|so|which|and|but|from)\b",
+                         re.IGNORECASE)
+# a number that may be a reply's last: an integer, decimal or a/b fraction
+_LAST = re.compile(r"(?<![\d)])-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:\s*/\s*\d+)?")
+_DEGREES = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|°")
+
+
+def stated_answer(text: str) -> Optional[tuple[str, str]]:
+  """(the clause the reply's last statement of its answer states, the text after that
+  clause), or None when it makes no statement such as "the answer is X"."""
+  text = text.replace("**", "").replace("__", "")
+  found = list(_STATEMENT.finditer(text))
+  if not found:
+    return None
+  rest = text[found[-1].end():].lstrip()
+  end = _CLAUSE_END.search(rest)
+  return (rest[:end.start()].strip(), rest[end.start():]) if end else (rest.strip(), "")
+
+
+def last_whole_number(text: str) -> Optional[str]:
+  """The reply's last number when it stands alone, else None: one that is an exponent,
+  a subscript, inside braces (\\frac{3}{4}, \\sqrt{2}), or followed by an operator
+  that binds tighter than the reply's sentence (^, a LaTeX command such as \\pi or
+  \\times, a variable: 10x) is part of an expression that is the reply's answer."""
+  s = _DEGREES.sub("", text.replace("\u2212", "-"))
+  found = list(_LAST.finditer(s))
+  if not found:
+    return None
+  m = found[-1]
+  before, after = s[:m.start()].rstrip(), s[m.end():]
+  if before.endswith(("^", "_", "{", "\\sqrt", "\\frac", "/")):
+    return None
+  if re.match(r"\s*[\^{}\\]|[A-Za-z\u03c0]", after):
+    return None
+  value = re.sub(r"\s+", "", m.group(0)).replace(",", "")
+  return value if parse_number(value) is not None else None
+
+
+def fallback_number(text: str) -> Optional[str]:
+  """Step 4 of the policy (a reply without a marker): the number its final statement
+  states when that is also its last number; without a statement, its last number read
+  whole. None when the reply states no number or two different ones."""
+  text = strip_thinking(text)
+  if not text or not text.strip():
+    return None
+  last = last_whole_number(text)
+  stated = stated_answer(text)
+  if stated is None:
+    return last
+  clause, after = stated
+  value = marked_number(clause) if clause else None
+  if value is None:
+    return None
+  if not re.search(r"\d", after):   # the statement is the reply's last word on numbers
+    return value
+  return value if last is not None and numbers_equal(last, value) else None
 
 
 # \frac{3}{4}, \dfrac12, \tfrac{-1}{2}: a fraction of two integers
