@@ -177,6 +177,9 @@ CASES = [
     (["eval", "--model", "{dir}@3"], "{dir}"),
     (["generate", "--model", "{nan_model}", "--prompt", "hi"], "{nan_model}"),
     (["export", "--model", "{nan_model}", "--out", "{dir}/nan_export"], "{nan_model}"),
+    # a Hub id absent from the local HF cache: never downloaded, one line naming it
+    (["generate", "--model", "no-such-org/no-such-model", "--prompt", "hi"],
+     "no-such-org/no-such-model"),
     # ---- config files
     (_run(config="/nonexistent/config.py"), "/nonexistent/config.py"),
     (_run(config="{cfg_none}"), "{cfg_none}"),

@@ -369,3 +369,53 @@ def test_cli_prints_one_line_for_user_errors(tmp_path, capsys):
                    str(tmp_path / "o")]) == 2
   err = capsys.readouterr().err.strip()
   assert len(err.splitlines()) == 1 and "no such file" in err
+
+
+# ----------------------------------------------------------------------------- Hub ids
+
+
+def _fake_hub_cache(cache, repo_id, src_dir, revision="0123abcd" * 5):
+  """`cache`/models--org--name laid out as huggingface_hub writes it: files in blobs/,
+  symlinked from snapshots/<revision>/, and refs/main naming that revision."""
+  repo = os.path.join(cache, "models--" + repo_id.replace("/", "--"))
+  snap = os.path.join(repo, "snapshots", revision)
+  os.makedirs(snap)
+  os.makedirs(os.path.join(repo, "blobs"))
+  os.makedirs(os.path.join(repo, "refs"))
+  for i, name in enumerate(sorted(os.listdir(src_dir))):
+    blob = os.path.join(repo, "blobs", f"blob{i}")
+    shutil.copy(os.path.join(src_dir, name), blob)
+    os.symlink(os.path.relpath(blob, snap), os.path.join(snap, name))
+  with open(os.path.join(repo, "refs", "main"), "w") as f:
+    f.write(revision)
+  return snap
+
+
+@pytest.mark.parametrize("env", ["HF_HOME", "HF_HUB_CACHE"])
+def test_hub_id_loads_from_the_local_cache(hf_dirs, tmp_path, monkeypatch, env):
+  d, ref = hf_dirs["qwen2_bias"]
+  cache = str(tmp_path / "hub")
+  snap = _fake_hub_cache(cache, "test-org/Tiny-Qwen2.5", d)
+  for name in ("HF_HOME", "HF_HUB_CACHE"):
+    monkeypatch.delenv(name, raising=False)
+  monkeypatch.setenv(env, str(tmp_path) if env == "HF_HOME" else cache)
+  monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+  loaded = weights.load("test-org/Tiny-Qwen2.5")
+  assert loaded.source == snap
+  assert loaded.config.architecture == "Qwen2ForCausalLM"
+  assert _rel(_our_logits(loaded), ref) <= 1e-5
+  # absent: one line naming the id, the cache it looked in, and how to fill it
+  _raises("test-org/absent-model", "test-org/absent-model", cache, "hf download")
+
+
+def test_local_path_and_preset_are_never_hub_ids(hf_dirs, tmp_path, monkeypatch):
+  cache = str(tmp_path / "hub")
+  _fake_hub_cache(cache, "test-org/model", hf_dirs["qwen2_bias"][0])
+  monkeypatch.setenv("HF_HUB_CACHE", cache)
+  monkeypatch.chdir(tmp_path)
+  _copy_dir(hf_dirs["llama_tied"][0], tmp_path / "test-org" / "model")
+  # the relative directory of the same name wins over the cached repo
+  assert weights.load("test-org/model").config.architecture == "LlamaForCausalLM"
+  assert weights.resolve("tiny") == ("preset", "tiny")
+  _raises("./test-org/absent", "./test-org/absent", "no such file")
+  assert "Hugging Face" not in _raises("/abs/org-name", "/abs/org-name")

@@ -24,7 +24,7 @@ from selfimprove_jax.errors import UserError
 from selfimprove_jax.model.config import PRESETS, ModelConfig, get_preset
 from selfimprove_jax.model.params import init_params, param_shardings
 from selfimprove_jax.runtime import sharding as sharding_lib
-from selfimprove_jax.weights import gguf_file, hf, run_dir, tokenizer as tokenizer_lib
+from selfimprove_jax.weights import gguf_file, hf, hub, run_dir, tokenizer as tokenizer_lib
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 # Real weights shipped in packages: spec -> path function. The hyphenated spec is the
@@ -44,7 +44,8 @@ class LoadedModel:
 
 
 def resolve(spec: str) -> tuple[str, str]:
-  """(kind, location) for a model spec: kind is preset, hf_dir or gguf."""
+  """(kind, location) for a model spec: kind is preset, hf_dir or gguf. A Hub id
+  (`org/name`) that is no local path is the HF directory of its cached snapshot."""
   key = spec.lower()
   key = DEFAULT_MODEL if key.replace("_", "-") == DEFAULT_MODEL else key
   if key in PACKAGED:
@@ -57,6 +58,9 @@ def resolve(spec: str) -> tuple[str, str]:
     if spec.endswith(".gguf"):
       return "gguf", spec
     raise UserError(f"{spec}: not a .gguf file or an HF model directory")
+  # Checked last: a preset, packaged model or existing path of the same name wins.
+  if hub.looks_like_hub_id(spec):
+    return "hf_dir", hub.resolve_hub_id(spec)
   raise UserError(f"{spec}: no such file or directory, and not a model preset "
                   f"(presets: {', '.join(sorted(PRESETS))}; or {', '.join(PACKAGED)})")
 
@@ -128,8 +132,9 @@ def _check_finite(params, source: str) -> None:
 def load(spec: str, *, mesh: Optional[Mesh] = None, dtype: Optional[str] = None,
          seed: int = 0, check_finite: bool = True) -> LoadedModel:
   """Loads a model from `spec`: a preset name (random init with `seed`), an HF
-  directory (config.json + safetensors), a .gguf file, "smollm2-135m-instruct", or a
-  run's workdir ("DIR": its last accepted checkpoint; "DIR@K": iteration K).
+  directory (config.json + safetensors), a Hub id in the local HF cache
+  ("Qwen/Qwen2.5-0.5B-Instruct"; never downloaded), a .gguf file,
+  "smollm2-135m-instruct", or a run's workdir ("DIR": its last accepted checkpoint; "DIR@K": iteration K).
   `dtype` ("float32"/"bfloat16") overrides the compute dtype; params stay fp32.
   Params are sharded on `mesh` (default: one device) by the rule table. Weights with
   a NaN or inf are refused (`check_finite`)."""
