@@ -2,9 +2,10 @@
 
 This file runs *inside* the isolation (see `isolation.py`), bound there as a single
 file, so it imports only the standard library (plus, lazily, reasoning-gym for its
-scorers). It is a zygote: each item is run in a fresh child forked from this warm
-process, so an item costs a fork (about a millisecond) instead of an interpreter start
-(20-30 ms), and a scorer's slow imports (reasoning-gym: seconds) happen once per worker.
+scorers and math-verify for math answers). It is a zygote: each item is run in a fresh
+child forked from this warm process, so an item costs a fork (about a millisecond)
+instead of an interpreter start (20-30 ms), and a scorer's slow imports (reasoning-gym:
+seconds) happen once per worker.
 
 Per item the child, before it runs anything untrusted: starts a new session (its own
 process group), moves its stdio onto pipes this worker reads, chdirs into a fresh
@@ -168,9 +169,38 @@ def job_rg_score(args: dict):
   return {"reward": reward if math.isfinite(reward) else 0.0}
 
 
+_MATH_VERIFY: dict = {}
+
+
+def prepare_math_verify(args: dict) -> None:
+  """In the worker (trusted, once): imports math-verify and checks one fixed pair, so
+  its parser (ANTLR, sympy) is loaded before items fork instead of in every child."""
+  if "module" not in _MATH_VERIFY:
+    import logging  # pylint: disable=import-outside-toplevel
+    import math_verify  # pylint: disable=import-outside-toplevel
+    # it warns on every call that its own signal-based timeouts are off: our item
+    # limits replace them (a child's alarm could not stop a C-level sympy loop anyway)
+    logging.getLogger("math_verify").setLevel(logging.ERROR)
+    math_verify.verify(math_verify.parse("$1$", parsing_timeout=None),
+                       math_verify.parse("$1$", parsing_timeout=None), timeout_seconds=None)
+    _MATH_VERIFY["module"] = math_verify
+
+
+def job_math_verify(args: dict):
+  """math-verify's judgement of the model's `answer` against the `gold` reference, both
+  LaTeX (the host wraps them in \\boxed{}): {"equal": bool}. It parses and simplifies
+  model text with sympy, which can take without bound (9^{9^{9^{9}}}): the item's wall
+  clock and memory limits stop it."""
+  mv = _MATH_VERIFY["module"]
+  gold = mv.parse(args["gold"], parsing_timeout=None)
+  answer = mv.parse(args["answer"], parsing_timeout=None)
+  return {"equal": bool(gold) and bool(answer)
+                   and mv.verify(gold, answer, timeout_seconds=None) is True}
+
+
 JOBS = {"exec": job_exec, "call_tests": job_call_tests, "asserts": job_asserts,
-        "rg_score": job_rg_score}
-PREPARE = {"rg_score": prepare_rg_score}
+        "rg_score": job_rg_score, "math_verify": job_math_verify}
+PREPARE = {"rg_score": prepare_rg_score, "math_verify": prepare_math_verify}
 
 
 # ----------------------------------------------------------------------------- the child

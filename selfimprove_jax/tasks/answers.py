@@ -148,18 +148,22 @@ _CLAUSE_END = re.compile(r"\.(?:\s|$)|,(?!\d{3})|[;(\n]|\s(?:because|since|as|so
                          re.IGNORECASE)
 # a number that may be a reply's last: an integer, decimal or a/b fraction
 _LAST = re.compile(r"(?<![\d)])-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:\s*/\s*\d+)?")
+# a math answer's clause keeps its commas and brackets ("(2, 2)", "[1, 3)")
+_MATH_CLAUSE_END = re.compile(r"\.(?:\s|$)|[;\n]|\s(?:because|since|as|so|which|and|but|from)\b",
+                              re.IGNORECASE)
 _DEGREES = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|°")
 
 
-def stated_answer(text: str) -> Optional[tuple[str, str]]:
+def stated_answer(text: str, math: bool = False) -> Optional[tuple[str, str]]:
   """(the clause the reply's last statement of its answer states, the text after that
-  clause), or None when it makes no statement such as "the answer is X"."""
+  clause), or None when it makes no statement such as "the answer is X". `math`: the
+  clause runs on over commas and brackets (a tuple or an interval)."""
   text = text.replace("**", "").replace("__", "")
   found = list(_STATEMENT.finditer(text))
   if not found:
     return None
   rest = text[found[-1].end():].lstrip()
-  end = _CLAUSE_END.search(rest)
+  end = (_MATH_CLAUSE_END if math else _CLAUSE_END).search(rest)
   return (rest[:end.start()].strip(), rest[end.start():]) if end else (rest.strip(), "")
 
 
@@ -219,7 +223,7 @@ def marked_number(marked: str) -> Optional[str]:
   number (None: not right against 3, 2, 2, 10 or 6). What it may carry besides the
   number: a left-hand side ("x = 5", "23 + 45 = 68": the value after the last '='),
   `$`, `\\(...\\)`, a unit or words after it ("5 cm", "120^\\circ", "75\\%")."""
-  s = marked.strip().strip("$").strip()
+  s = marked.strip().replace("\\$", "$").strip("$").strip()   # \$375: a dollar in LaTeX
   if s.startswith("\\(") and s.endswith("\\)"):
     s = s[2:-2].strip()
   if "=" in s:

@@ -20,6 +20,13 @@ answer (as many of its lines as the reference has) or, without a marker, the who
 must equal the reference after normalisation (case, whitespace, quotes, trailing
 punctuation).
 
+Math references (`math_check.checker_for` decides, the same rule for every reference):
+LaTeX in the reference, `answer_kind="math"` or a record's own `"answer_kind": "math"`
+(a record may also say "number" or "text") send it to HF math-verify, run in the sandbox
+pool under `math_timeout_s` / `math_memory_mb` per answer (a limit hit scores 0, the
+record says why). A reply cut off at its token budget counts only its closed marked
+answer (`answers.finished_part`).
+
 Held-out: of the n prompts with an answer or a hidden answer, the ceil(heldout_fraction
 * n) with the smallest id hash. It is fixed by the file's content (not by any seed),
 never empty for two or more prompts, and the training stream is the rest, reshuffled
@@ -37,6 +44,9 @@ from selfimprove_jax.errors import UserError
 from selfimprove_jax.tasks import answers
 from selfimprove_jax.tasks import problem as problem_lib
 from selfimprove_jax.tasks.problem import HIDDEN_REFERENCE, FileSplits, Problem
+from selfimprove_jax import sandbox
+from selfimprove_jax.tasks import math_check
+from selfimprove_jax.tasks.problem import Verdict
 
 
 def jsonl_rows(path: str, spec: str) -> list[tuple[int, dict]]:
@@ -82,6 +92,11 @@ def read_jsonl(path: str, instruction: str = "") -> list[Problem]:
       raise UserError(f"{path}:{lineno}: give 'answer' or 'hidden_answer', not both")
     text = f"{prompt.rstrip()}\n\n{instruction}" if instruction else prompt
     meta = {"line": lineno}
+    if row.get("answer_kind") is not None:   # this record's checker (math_check.py)
+      if row["answer_kind"] not in math_check.KINDS[1:]:
+        raise UserError(f"{path}:{lineno}: 'answer_kind' must be number, text or math, "
+                        f"got {row['answer_kind']!r}")
+      meta["answer_kind"] = row["answer_kind"]
     if hidden is not None:
       meta[HIDDEN_REFERENCE] = str(hidden)
     p = problem_lib.make_problem(text, "" if answer is None else answer, 0, meta)
@@ -110,17 +125,25 @@ class JsonlTask(FileSplits):
   difficulty_range = None
   default_difficulty = 0
   answer_format = ("numeric references: the marked answer or the last number; others: the "
-                   "marked answer ('####', <answer>, \\boxed{}) or the whole reply")
+                   "marked answer ('####', <answer>, \\boxed{}) or the whole reply; "
+                   "LaTeX or answer_kind math: checked by math-verify")
+  # a reply cut off at its token budget states only its closed marked answer
+  finished_part = staticmethod(answers.finished_part)
 
   def __init__(self, path: str, heldout_fraction: float = problem_lib.DEFAULT_HELDOUT_FRACTION,
-               instruction: str = "", answer_kind: str = "auto"):
+               instruction: str = "", answer_kind: str = "auto",
+               math_timeout_s: float = 5.0, math_memory_mb: int = 1024):
     self.name = f"jsonl:{path}"
     self.path = path
     self.heldout_fraction = problem_lib.check_fraction(heldout_fraction, self.name)
-    if answer_kind not in ("auto", "number", "text"):
-      raise UserError(f"task {self.name}: answer_kind must be auto, number or text, got "
-                      f"{answer_kind!r}")
+    if answer_kind not in math_check.KINDS:
+      raise UserError(f"task {self.name}: answer_kind must be auto, number, text or math, "
+                      f"got {answer_kind!r}")
     self.answer_kind = answer_kind
+    if not (math_timeout_s > 0 and math_memory_mb > 0):
+      raise UserError(f"task {self.name}: math_timeout_s and math_memory_mb must be > 0")
+    self.math_limits = sandbox.Limits(timeout_s=float(math_timeout_s),
+                                      memory_mb=int(math_memory_mb))
     problems = read_jsonl(path, instruction)
     if len(problems) < 2:
       raise UserError(f"{path}: needs at least 2 distinct prompts (one is held out)")
@@ -131,23 +154,44 @@ class JsonlTask(FileSplits):
 
   def extract_answer(self, completion: str,
                      problem: Optional[Problem] = None) -> Optional[str]:
-    """Numeric policy when the reference is a number, else the marked answer or the reply."""
+    """By the reference's checker: the numeric policy, the answer math-verify is given,
+    else the marked answer or the reply."""
     if not isinstance(completion, str):
       return None
-    numeric = (self.answer_kind == "number" or self.answer_kind == "auto"
-               and problem is not None and answers.parse_number(problem.reference) is not None)
-    if numeric:
+    checker = self._checker(problem)
+    if checker == "number":
       return answers.extract_numeric(completion)
+    if checker == "math":
+      return math_check.math_answer(completion)
     marked = answers.extract_marked(completion)
     if marked is not None and problem is not None:
       return answers.first_lines(marked, len(problem.reference.splitlines()))
     if marked is not None:
       return marked
-    return completion.strip() or None
+    reply = answers.strip_thinking(completion)
+    return (reply.strip() or None) if reply is not None else None
+
+  def _checker(self, problem: Optional[Problem]) -> str:
+    """'number', 'math' or 'text' (math_check.checker_for; a record's kind wins)."""
+    kind = problem.metadata.get("answer_kind", self.answer_kind) if problem else self.answer_kind
+    if problem is None:   # no reference to read: numbers unless the kind says otherwise
+      return "number" if kind in ("auto", "number") else kind
+    return math_check.checker_for(problem.reference, kind)
+
+  def verify_batch(self, problems: list, completions: list) -> list[Verdict]:
+    """`score` of each pair, but math references all at once as math-verify jobs on the
+    sandbox pool (a limit hit scores 0 with the reason in its Verdict)."""
+    math_idx = [i for i, p in enumerate(problems) if p.reference and self._checker(p) == "math"]
+    checked = dict(zip(math_idx, math_check.verify_math(
+        [problems[i] for i in math_idx], [completions[i] for i in math_idx], self.math_limits)))
+    return [checked[i] if i in checked else Verdict(self.score(p, c))
+            for i, (p, c) in enumerate(zip(problems, completions))]
 
   def score(self, problem: Problem, completion: str) -> float:
     """1.0 on a numeric or normalised exact match with the reference, else 0.0 (always
     0.0 without a reference: a training row whose answer is hidden or absent)."""
+    if problem.reference and self._checker(problem) == "math":
+      return self.verify_batch([problem], [completion])[0].reward
     answer = self.extract_answer(completion, problem)
     if answer is None or not problem.reference:
       return 0.0
