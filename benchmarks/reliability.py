@@ -116,6 +116,8 @@ def results(workdir: str) -> list[dict]:
 
 def final_arrays(workdir: str) -> tuple[int, list]:
   import jax
+  from absl import logging
+  logging.set_verbosity(logging.ERROR)   # Orbax's notes on reading a checkpoint
   from selfimprove_jax.runtime.checkpoint import Checkpointer
   ckpt = Checkpointer(workdir, read_only=True, log=lambda _: None)
   try:
@@ -238,7 +240,7 @@ def corruption(m: Matrix, ref: str) -> None:
   def eval_newest_metadata_zeroed(w):
     with open(os.path.join(w, "checkpoints", "2", "meta", "metadata"), "wb") as f:
       f.write(b"\0" * 4096)
-    p = m.cli("eval", "--model", w, "--config.log.progress=false")
+    p = m.cli("eval", "--model", w)
     return _ok(p, "eval")
 
   on_killed("manifest.json garbage", "checkpoint_write@2",
@@ -308,7 +310,7 @@ def user_files(m: Matrix, ref: str) -> None:
     if p.returncode:
       return _ok(p, "run")
     for spec in (w, f"{w}@1"):
-      e = m.cli("eval", "--model", spec, "--config.log.progress=false")
+      e = m.cli("eval", "--model", spec)
       if e.returncode:
         return _ok(e, f"eval --model {spec!r}")
     return same_run(w, ref)
