@@ -15,6 +15,10 @@ All three lie on the task's held-out side, so no training stream ever draws them
               stream uses, minus the fixed splits' problems (tasks that generate
               problems: `Task.fresh`); whether the fixed splits are being overfit.
 
+A file task given a separate test file (the task option `test_path`) takes its test
+split from that file, as given: its first `test_size` problems; validation is then the
+first `validation_size` of the task's held-out side, nothing carved.
+
 A file task whose held-out side is smaller than validation_size + test_size is carved
 in proportion: validation keeps its share, the test split the rest (at least one each
 when there are two problems). A generator with too few held-out problems for both
@@ -52,6 +56,12 @@ def carve(task, validation_size: int, test_size: int, fresh_size: int,
   """The splits of `task` at `difficulty`: validation and test from its held-out split
   in order, fresh only where the task can generate new problems."""
   note = ""
+  given = task.test_file_problems() if hasattr(task, "test_file_problems") else None
+  if given is not None:   # a separate test file replaces the carving
+    if fresh_size and not hasattr(task, "fresh"):
+      note, fresh_size = f"task {task.name} cannot draw new problems: no fresh split", 0
+    return Splits(tuple(task.heldout(validation_size, difficulty)),
+                  tuple(given[:test_size]), fresh_size, note)
   try:
     pool = list(task.heldout(validation_size + test_size, difficulty))
   except UserError as e:

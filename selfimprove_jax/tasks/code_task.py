@@ -9,6 +9,10 @@
                      "prompt", "entry_point", and tests as either "tests" (a list of
                      {"input": [args...], "output": value}), "test_list" (MBPP: assert
                      lines) or "test" (HumanEval: a `check(candidate)` function).
+                     The public layouts load as they are (HumanEval, MBPP original and
+                     sanitized; .jsonl, .jsonl.gz, .parquet; options `format`,
+                     `prompt_field`, `test_path`): see layouts.py. A HumanEval reply
+                     may be the whole function or its body only (run as prompt + body).
 
 Reward: the fraction of tests passed. The completion's code (the last ```python block,
 else the text from its first `def`/`import` on) runs in the sandbox under `timeout_s`
@@ -32,8 +36,8 @@ from typing import Optional
 from selfimprove_jax import sandbox
 from selfimprove_jax.errors import UserError
 from selfimprove_jax.sandbox.worker import normalize
+from selfimprove_jax.tasks import layouts
 from selfimprove_jax.tasks import problem as problem_lib
-from selfimprove_jax.tasks.jsonl_task import jsonl_rows
 from selfimprove_jax.tasks.problem import FileSplits, Problem, ProceduralSplits, Verdict
 
 ENTRY_POINT = "solve"
@@ -172,31 +176,23 @@ class CodeTask(ProceduralSplits):
 # ----------------------------------------------------------------------------- user files
 
 
-def read_code_jsonl(path: str) -> list[Problem]:
-  """Problems of an MBPP/HumanEval-style file; UserError naming the file and line."""
+def read_code_jsonl(path: str, fmt: str = "auto", prompt_field: str = "") -> list[Problem]:
+  """Problems of an MBPP/HumanEval-style file in layout `fmt` (layouts.py; auto: read
+  from the first record's fields); UserError naming the file and line."""
   out, seen = [], set()
-  for lineno, row in jsonl_rows(path, f"code_jsonl:{path}"):
-    where = f"{path}:{lineno}"
-    if not isinstance(row.get("prompt"), str) \
-        or not isinstance(row.get("entry_point"), str) or not row["entry_point"]:
-      raise UserError(f"{where}: needs a string 'prompt' and 'entry_point'")
-    meta = {"entry_point": row["entry_point"], "line": lineno}
-    if isinstance(row.get("tests"), list) and row["tests"] and all(
-        isinstance(t, dict) and isinstance(t.get("input"), list) and "output" in t
-        for t in row["tests"]):
-      meta["tests"] = [{"input": t["input"], "output": t["output"]} for t in row["tests"]]
-    elif isinstance(row.get("test_list"), list) and row["test_list"] and all(
-        isinstance(t, str) for t in row["test_list"]):
-      meta["asserts"] = list(row["test_list"])
-    elif isinstance(row.get("test"), str) and row["test"].strip():
-      meta["asserts"] = [f"{row['test']}\ncheck({row['entry_point']})"]
-    else:
-      raise UserError(f"{where}: needs tests: 'tests' ([{{'input': [...], 'output': ...}}]), "
-                      f"'test_list' (assert lines) or 'test' (a check(candidate) function)")
-    prompt = (f"{row['prompt'].rstrip()}\n\n"
-              f"{INSTRUCTION.format(name=row['entry_point'])}")
-    p = problem_lib.make_problem(prompt, row.get("canonical_solution", row.get("code", "")),
-                                 0, meta)
+  rows = layouts.read_rows(path, f"code_jsonl:{path}")
+  if rows and fmt == "auto":
+    fmt = layouts.detect_code(rows[0][1], f"{path}:{rows[0][0]}")
+  for lineno, row in rows:
+    r = layouts.code_row(row, fmt, f"{path}:{lineno}", prompt_field)
+    meta = {"entry_point": r["entry_point"], "line": lineno}
+    meta.update({k: r[k] for k in ("tests", "asserts") if k in r})
+    if r["preamble"]:
+      meta["preamble"] = r["preamble"]
+    if r["completes_prompt"]:
+      meta["completes_prompt"] = True
+    prompt = f"{r['prompt'].rstrip()}\n\n{INSTRUCTION.format(name=r['entry_point'])}"
+    p = problem_lib.make_problem(prompt, r["reference"] or "", 0, meta)
     if p.id not in seen:
       seen.add(p.id)
       out.append(p)
@@ -214,14 +210,21 @@ class CodeJsonlTask(FileSplits):
   answer_format = CodeTask.answer_format
 
   def __init__(self, path: str, heldout_fraction: float = problem_lib.DEFAULT_HELDOUT_FRACTION,
-               timeout_s: float = 5.0, memory_mb: int = 512):
+               timeout_s: float = 5.0, memory_mb: int = 512, format: str = "auto",  # noqa: A002
+               prompt_field: str = "", test_path: str = ""):
     self.name, self.path = f"code_jsonl:{path}", path
     self.heldout_fraction = problem_lib.check_fraction(heldout_fraction, self.name)
     self.limits = sandbox.Limits(timeout_s=float(timeout_s), memory_mb=int(memory_mb))
-    self._split(read_code_jsonl(path), "code_jsonl")
+    fmt = layouts.check_format(format, layouts.CODE_FORMATS, self.name)
+    test = layouts.read_test_file(lambda: read_code_jsonl(test_path, fmt, prompt_field)) \
+        if test_path else []
+    self._split(read_code_jsonl(path, fmt, prompt_field), "code_jsonl", test=test)
 
   def extract_answer(self, completion: str, problem: Optional[Problem] = None):
-    return extract_code(completion, problem.metadata["entry_point"] if problem else None)
+    if problem is None:
+      return extract_code(completion)
+    return extract_code(completion, problem.metadata["entry_point"],
+                        body=bool(problem.metadata.get("completes_prompt")))
 
   def verify_batch(self, problems: list, completions: list) -> list[Verdict]:
     return verify_code(self, problems, completions, self.limits)
@@ -239,20 +242,58 @@ _FENCE = re.compile(r"```[ \t]*(?:python3?|py)?[^\n`]*\n(.*?)(?:```|\Z)", re.DOT
 _CODE_START = re.compile(r"^(?:def |import |from |class |@)", re.MULTILINE)
 
 
-def extract_code(completion, entry_point: Optional[str] = None) -> Optional[str]:
+def extract_code(completion, entry_point: Optional[str] = None,
+                 body: bool = False) -> Optional[str]:
   """The program in a completion: the last fenced block defining `entry_point` (else the
-  last fenced block), else everything from the first line starting a definition."""
+  last fenced block), else everything from the first line starting a definition.
+
+  `body=True` (HumanEval: the prompt is the function's head): code that does not define
+  `entry_point` is the function's body, kept with its indentation (a block written flush
+  left is indented), to be run as `prompt + body`."""
   if not isinstance(completion, str):
     return None
   text = completion.strip()
   if text.startswith("####"):   # `ans_as_completion` of a voted answer
     text = text[4:].strip()
-  blocks = [b for b in _FENCE.findall(text) if b.strip()]
+    completion = completion.lstrip()[4:]
+  blocks = [b for b in _FENCE.findall(completion) if b.strip()]
   if blocks:
     defining = [b for b in blocks if entry_point and f"def {entry_point}" in b]
+    if body and not defining:
+      return _as_body(blocks[-1])
     return (defining or blocks)[-1].strip() + "\n"
+  if body and not re.search(rf"^def {re.escape(entry_point or '')}\(", text, re.MULTILINE):
+    return _as_body(completion) if text else None
   start = _CODE_START.search(text)
   return text[start.start():].strip() + "\n" if start else None
+
+
+def _as_body(code: str) -> str:
+  """A function body as it follows the function's head: blank lines before it dropped,
+  its indentation kept, four spaces added when it starts flush left."""
+  lines = code.rstrip().split("\n")
+  while lines and not lines[0].strip():
+    lines.pop(0)
+  if lines and not lines[0][:1].isspace():
+    lines = [f"    {line}" if line.strip() else line for line in lines]
+  return "\n".join(lines) + "\n"
+
+
+def program(problem: Problem, code: str) -> str:
+  """What runs for a problem: its preamble (MBPP's setup code and imports; HumanEval's
+  prompt, whose helpers and imports the reply may use), then the reply's code. A
+  HumanEval reply that does not define the function is its body: `prompt + body`, the
+  benchmark's own convention (the prompt ends inside the function's head)."""
+  preamble = problem.metadata.get("preamble", "")
+  if not preamble:
+    return code
+  entry = problem.metadata["entry_point"]
+  if problem.metadata.get("completes_prompt") and not re.search(
+      rf"^def {re.escape(entry)}\(", code, re.MULTILINE):
+    return preamble + code
+  # a full definition follows the stub (whose docstring-only body is valid Python) and
+  # replaces it
+  return f"{preamble.rstrip()}\n\n\n{code}"
 
 
 def _call(entry_point: str, inputs: list) -> str:
@@ -293,6 +334,7 @@ def verify_code(task, problems: list, completions: list, limits: sandbox.Limits)
     code = task.extract_answer(c, p)
     if code is None:
       continue
+    code = program(p, code)
     if "tests" in p.metadata:
       jobs["call_tests"].append((i, {"source": code, "entry_point": p.metadata["entry_point"],
                                      "inputs": [t["input"] for t in p.metadata["tests"]]}))

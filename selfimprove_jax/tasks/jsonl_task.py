@@ -2,7 +2,10 @@
 
 File format: one JSON object per line, `{"prompt": "...", "answer": "..."}` ("reference"
 is accepted instead of "answer"); blank lines are skipped, a repeated prompt keeps its
-first answer. The prompt is used as written, followed by the `instruction` option when
+first answer. Public layouts load as they are (GSM8K, MATH, MATH-500, chat-message
+prompts; .jsonl, .jsonl.gz or .parquet; options `format`, `prompt_field`,
+`answer_field`): see layouts.py. `test_path` names a separate file in the same layout
+that is the test split (evaluate/splits.py); its twins in `path` never train. The prompt is used as written, followed by the `instruction` option when
 one is given (e.g. "Give your final answer after '####'.").
 
 Rows without an answer, for label-free training (`loop.algorithm=ttrl`): a row may give
@@ -35,13 +38,11 @@ every epoch from the run's seed.
 
 from __future__ import annotations
 
-import json
-import os
 import dataclasses
 from typing import Optional
 
 from selfimprove_jax.errors import UserError
-from selfimprove_jax.tasks import answers
+from selfimprove_jax.tasks import answers, layouts
 from selfimprove_jax.tasks import problem as problem_lib
 from selfimprove_jax.tasks.problem import HIDDEN_REFERENCE, FileSplits, Problem
 from selfimprove_jax import sandbox
@@ -49,47 +50,22 @@ from selfimprove_jax.tasks import math_check
 from selfimprove_jax.tasks.problem import Verdict
 
 
-def jsonl_rows(path: str, spec: str) -> list[tuple[int, dict]]:
-  """(line number, object) for each non-blank line of a JSONL file a task reads;
-  UserError naming the file (and line) when it is missing, not UTF-8, not JSON, or a
-  line is not an object. `spec` is the task spec, for the message."""
-  if not os.path.isfile(path):
-    raise UserError(f"{path}: no such file (task {spec})")
-  try:
-    with open(path, "rb") as f:
-      lines = f.read().decode("utf-8").split("\n")
-  except UnicodeDecodeError as e:
-    raise UserError(f"{path}: not UTF-8 text (byte {e.start}); task {spec}") from None
-  except OSError as e:
-    raise UserError(f"{path}: cannot read ({e.strerror}); task {spec}") from None
-  rows = []
-  for lineno, line in enumerate(lines, 1):
-    if not line.strip():
-      continue
-    try:
-      row = json.loads(line)
-    except json.JSONDecodeError as e:
-      raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-    if not isinstance(row, dict):
-      raise UserError(f"{path}:{lineno}: expected a JSON object")
-    rows.append((lineno, row))
-  return rows
-
-
-def read_jsonl(path: str, instruction: str = "") -> list[Problem]:
-  """Problems of a JSONL file in file order; UserError naming the file and line."""
+def read_jsonl(path: str, instruction: str = "", fmt: str = "auto", prompt_field: str = "",
+               answer_field: str = "") -> list[Problem]:
+  """Problems of a task file in file order, in layout `fmt` (layouts.py; auto: read from
+  the first record's fields); UserError naming the file and line."""
   out, seen = [], set()
-  for lineno, row in jsonl_rows(path, f"jsonl:{path}"):
-    answer = row.get("answer", row.get("reference"))
-    hidden = row.get("hidden_answer")
-    prompt = row.get("prompt")
-    if not isinstance(prompt, str) or not prompt.strip():
-      raise UserError(f"{path}:{lineno}: needs a non-empty string 'prompt' (and an "
-                      f"'answer', 'reference' or 'hidden_answer')")
-    if any(isinstance(a, (dict, list)) for a in (answer, hidden)):
-      raise UserError(f"{path}:{lineno}: 'answer' must be a string or a number")
+  rows = layouts.read_rows(path, f"jsonl:{path}")
+  if rows and fmt == "auto":
+    fmt = "plain" if prompt_field else layouts.detect_text(rows[0][1], f"{path}:{rows[0][0]}")
+  for lineno, row in rows:
+    where = f"{path}:{lineno}"
+    prompt, answer = layouts.text_row(row, fmt, where, prompt_field, answer_field)
+    hidden = row.get("hidden_answer") if fmt == "plain" else None
+    if isinstance(hidden, (dict, list)):
+      raise UserError(f"{where}: 'hidden_answer' must be a string or a number")
     if answer is not None and hidden is not None:
-      raise UserError(f"{path}:{lineno}: give 'answer' or 'hidden_answer', not both")
+      raise UserError(f"{where}: give 'answer' or 'hidden_answer', not both")
     text = f"{prompt.rstrip()}\n\n{instruction}" if instruction else prompt
     meta = {"line": lineno}
     if row.get("answer_kind") is not None:   # this record's checker (math_check.py)
@@ -132,7 +108,8 @@ class JsonlTask(FileSplits):
 
   def __init__(self, path: str, heldout_fraction: float = problem_lib.DEFAULT_HELDOUT_FRACTION,
                instruction: str = "", answer_kind: str = "auto",
-               math_timeout_s: float = 5.0, math_memory_mb: int = 1024):
+               math_timeout_s: float = 5.0, math_memory_mb: int = 1024, format: str = "auto",  # noqa: A002
+               prompt_field: str = "", answer_field: str = "", test_path: str = ""):
     self.name = f"jsonl:{path}"
     self.path = path
     self.heldout_fraction = problem_lib.check_fraction(heldout_fraction, self.name)
@@ -144,12 +121,21 @@ class JsonlTask(FileSplits):
       raise UserError(f"task {self.name}: math_timeout_s and math_memory_mb must be > 0")
     self.math_limits = sandbox.Limits(timeout_s=float(math_timeout_s),
                                       memory_mb=int(math_memory_mb))
-    problems = read_jsonl(path, instruction)
+    fmt = layouts.check_format(format, layouts.TEXT_FORMATS, self.name)
+    problems = read_jsonl(path, instruction, fmt, prompt_field, answer_field)
     if len(problems) < 2:
       raise UserError(f"{path}: needs at least 2 distinct prompts (one is held out)")
     if not any(_gradable(p) for p in problems):
       raise UserError(f"{path}: no row has an 'answer' or 'hidden_answer' to hold out")
-    self._split(problems, "jsonl", _gradable)
+    test = []
+    if test_path:
+      test = [_revealed(p) for p in layouts.read_test_file(
+          lambda: read_jsonl(test_path, instruction, fmt, prompt_field, answer_field))]
+      ungraded = next((p for p in test if not p.reference), None)
+      if ungraded is not None:
+        raise UserError(f"task option test_path: {test_path}:{ungraded.metadata['line']} has "
+                        f"no answer; every test problem needs one")
+    self._split(problems, "jsonl", _gradable, test)
     self._heldout = [_revealed(p) for p in self._heldout]
 
   def extract_answer(self, completion: str,

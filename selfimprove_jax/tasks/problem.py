@@ -19,7 +19,7 @@ import hashlib
 import math
 import random
 import unicodedata
-from typing import Any, Callable, Optional, Protocol, runtime_checkable
+from typing import Any, Callable, Optional, Protocol, Sequence, runtime_checkable
 
 from selfimprove_jax.errors import UserError
 
@@ -218,11 +218,23 @@ class FileSplits:
   held out as its first problem in file order, and no member of a held-out group ever
   trains. Only problems with a reference can be held out (a score needs one):
   `_split(..., gradable=...)` names them, the rest train unless a held-out twin has
-  them. Epoch e of the training stream is a shuffle seeded by (seed, `stream`, e)."""
+  them. Epoch e of the training stream is a shuffle seeded by (seed, `stream`, e).
+
+  A separate test file (`test`: its problems, the task option `test_path`) is the test
+  split as given (`test_file_problems`); the file's problems that are twins of a test
+  problem are dropped before the split, so none trains or validates."""
 
   def _split(self, problems: list[Problem], stream: str,
-             gradable: Optional[Callable[[Problem], bool]] = None) -> None:
+             gradable: Optional[Callable[[Problem], bool]] = None,
+             test: Sequence[Problem] = ()) -> None:
     self._stream = stream
+    self._test = list(test) if test else None
+    test_keys = {text_key(p.prompt) for p in test}
+    self.test_twins = sum(text_key(p.prompt) in test_keys for p in problems)
+    problems = [p for p in problems if text_key(p.prompt) not in test_keys]
+    if len(problems) < 2:
+      raise UserError(f"task {self.name}: fewer than 2 problems are left once the twins of "
+                      f"the test file's problems are dropped")
     groups: dict[str, list[Problem]] = {}
     for p in problems:
       groups.setdefault(text_key(p.prompt), []).append(p)
@@ -236,7 +248,8 @@ class FileSplits:
     firsts = {key: next(p for p in groups[key] if gradable is None or gradable(p))
               for key in heldout_keys}
     self._heldout = [p for p in problems if firsts.get(text_key(p.prompt)) is p]
-    self._heldout_ids = {p.id for key in heldout_keys for p in groups[key]}
+    self._heldout_ids = {p.id for key in heldout_keys for p in groups[key]} | {
+        p.id for p in test}
     self._train = [p for p in problems if p.id not in self._heldout_ids]
     self.heldout_twins = sum(len(groups[k]) - 1 for k in heldout_keys)
 
@@ -258,8 +271,13 @@ class FileSplits:
     return list(self._heldout if count is None else self._heldout[:count])
 
   def is_heldout(self, pid: str) -> bool:
-    """True when the id is one of the file's held-out problems or a twin of one."""
+    """True when the id is one of the file's held-out problems, a test file's problem,
+    or a twin of one of the file's held-out problems."""
     return pid in self._heldout_ids
+
+  def test_file_problems(self) -> Optional[list[Problem]]:
+    """The problems of the separate test file, in its order; None without one."""
+    return None if self._test is None else list(self._test)
 
 
 @runtime_checkable
