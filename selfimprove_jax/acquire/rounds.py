@@ -39,7 +39,9 @@ def acquire(generate: GenerateFn, task, problems: Sequence, sp: SamplingParams, 
   by_id = {p.id: p for p in problems}
   flat = [by_id[s.problem_id] for s in samples]
   # all at once: sandboxed verifiers spread the batch over their worker pool
-  verdicts = verify(task, flat, [s.completion for s in samples])
+  # a cut-off sample counts only the answer it finished stating (tasks.verify)
+  verdicts = verify(task, flat, [s.completion for s in samples],
+                    truncated=[s.finish_reason == "length" for s in samples])
   return [s.replace(reference=p.reference, reward=float(v.reward), verifier_status=v.status,
                     verifier_detail=v.detail)
           for p, s, v in zip(flat, samples, verdicts)]

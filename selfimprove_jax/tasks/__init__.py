@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from selfimprove_jax.errors import UserError
 from selfimprove_jax.tasks.arithmetic import ArithmeticTask
@@ -48,14 +48,25 @@ def _verify_here(task: Task, problems: Sequence[Problem],
   return [Verdict(float(task.score(p, c))) for p, c in zip(problems, completions)]
 
 
-def verify(task: Task, problems: Sequence[Problem], completions: Sequence[str]) -> list[Verdict]:
+def verify(task: Task, problems: Sequence[Problem], completions: Sequence[str],
+           truncated: Optional[Sequence[bool]] = None) -> list[Verdict]:
   """One Verdict per (problem, completion): the task's `verify_batch` where it has one
   (sandboxed verifiers check the whole batch in parallel), else its `score`.
+
+  `truncated[i]`: completion i was cut off at its token budget (Sample.finish_reason
+  'length'). A task that reads answers by the answers.py policy has `finished_part`,
+  and such a completion is judged by what it finished stating (its closed marked
+  answer, answers.finished_part), never by a fallback: its last number may be an
+  operand it was restating when the budget ran out. Tasks without it (code: the tests
+  judge the program) get the text as it is.
 
   In a run of several processes only process 0 verifies and the others receive its
   verdicts: a sandboxed check ends on a wall clock, and two hosts must never disagree
   on a reward (their selections, batches and decisions would differ). Every process
   therefore calls this at the same points, as it does all of the loop's steps."""
+  cut = getattr(task, "finished_part", None)   # optional, like verify_batch
+  if truncated is not None and cut is not None:
+    completions = [cut(c) if t else c for c, t in zip(completions, truncated)]
   jax = sys.modules.get("jax")     # tasks never import jax; a run has already
   if jax is None or jax.process_count() == 1:
     return _verify_here(task, problems, completions)

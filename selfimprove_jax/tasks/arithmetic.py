@@ -93,6 +93,9 @@ class ArithmeticTask(problem_lib.ProceduralSplits):
     return problem_lib.make_problem(prompt, expressions.format_value(value), level,
                                     {"expression": text})
 
+  # a reply cut off at its token budget states only its closed marked answer (tasks.verify)
+  finished_part = staticmethod(answers.finished_part)
+
   def extract_answer(self, completion: str,
                      problem: Optional[Problem] = None) -> Optional[str]:
     """Marked answer, else the last number in the completion."""

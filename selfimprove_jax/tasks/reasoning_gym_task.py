@@ -8,7 +8,10 @@ Prompt: the generator's question followed by "Give your final answer after '####
 The extraction follows `answers.py` (`####`, then `<answer>` tags, which are
 reasoning-gym's own convention, then `\\boxed{}`), keeping as many lines of the marked
 text as the reference has (a sudoku grid is nine lines, most answers one); without a
-marker, the last number when the reference is a number, else the last non-empty line.
+marker, the number a final statement or the last number states when the reference
+is a number (answers.fallback_number), else the last non-empty line; `<think>` blocks
+are dropped first, and a reply cut off at its token budget counts only its closed
+marked answer (answers.finished_part).
 Generators without a single oracle answer (e.g. propositional_logic) have reference ""
 and are judged by `score_answer` alone.
 
@@ -68,6 +71,8 @@ class ReasoningGymTask:
   default_difficulty = 0
   answer_format = ("the answer after '####' (<answer> tags or \\boxed{} also count); else the "
                    "last number for numeric references, else the last line")
+  # a reply cut off at its token budget states only its closed marked answer (tasks.verify)
+  finished_part = staticmethod(answers.finished_part)
 
   def __init__(self, generator: str,
                heldout_fraction: float = problem_lib.DEFAULT_HELDOUT_FRACTION,
@@ -172,8 +177,9 @@ class ReasoningGymTask:
     if marked is not None:
       return marked
     if problem is not None and answers.parse_number(problem.reference) is not None:
-      return answers.last_number(completion)
-    lines = [ln.strip() for ln in completion.splitlines() if ln.strip()]
+      return answers.fallback_number(completion)
+    reply = answers.strip_thinking(completion) or ""
+    lines = [ln.strip() for ln in reply.splitlines() if ln.strip()]
     return lines[-1] if lines else None
 
   def verify_batch(self, problems: list, completions: list) -> list[Verdict]:
