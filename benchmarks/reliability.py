@@ -198,7 +198,7 @@ def corruption(m: Matrix, ref: str) -> None:
         return f"the fault did not kill the run (exit {killed.returncode})"
       damage(w)
       resumed = m.run(w)
-      if expect and expect not in resumed.stdout + resumed.stderr:
+      if resumed.returncode == 0 and expect and expect not in resumed.stdout + resumed.stderr:
         return f"no line saying {expect!r}"
       return _ok(resumed) or same_run(w, ref)
     m.case("corruption", name, check)
