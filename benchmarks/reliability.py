@@ -47,6 +47,7 @@ import time
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)   # this checkout's package, as the CLI runs below use it
 TINY = os.path.join(ROOT, "configs", "tiny.py")
 SECTIONS = ("kills", "saves", "corruption", "bad_input", "user_files", "lost_process",
             "devices", "sandbox")
