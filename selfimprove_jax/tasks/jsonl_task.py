@@ -106,6 +106,7 @@ class JsonlTask(FileSplits):
   # a reply cut off at its token budget states only its closed marked answer
   finished_part = staticmethod(answers.finished_part)
 
+  # size: one keyword per task option (get_task passes the config's options by name)
   def __init__(self, path: str, heldout_fraction: float = problem_lib.DEFAULT_HELDOUT_FRACTION,
                instruction: str = "", answer_kind: str = "auto",
                math_timeout_s: float = 5.0, math_memory_mb: int = 1024, format: str = "auto",  # noqa: A002
