@@ -32,6 +32,8 @@ def files(tmp_path_factory):
   f["both_answers"] = write("both.jsonl", b'{"prompt": "1+1", "answer": "2", "hidden_answer": "2"}\n'
                             b'{"prompt": "2+2", "answer": "4"}\n')
   f["all_unlabeled"] = write("unlabeled.jsonl", b'{"prompt": "1+1"}\n{"prompt": "2+2"}\n')
+  f["bad_kind"] = write("kind.jsonl", b'{"prompt": "1+1", "answer": "2", "answer_kind": "maths"}\n'
+                        b'{"prompt": "2+2", "answer": "4"}\n')
   f["prompts_not_utf8"] = write("prompts.jsonl", b'{"prompt": "\xff\xfe"}\n')
   f["prompts_no_key"] = write("prompts2.jsonl", b'{"text": "hi"}\n')
   f["cfg_none"] = write("none_config.py", b"def get_config():\n  return None\n")
@@ -166,6 +168,9 @@ CASES = [
     (_run("--config.task.name=jsonl:{all_unlabeled}"), "{all_unlabeled}"),
     (["eval", "--task", "jsonl:{no_answer}", "--task_option", "answer_kind=roman"],
      "{no_answer}"),
+    (_run("--config.task.name=jsonl:{bad_kind}"), "{bad_kind}"),
+    (["eval", "--task", "jsonl:{no_answer}", "--task_option", "math_timeout_s=0"],
+     "math_timeout_s"),
     (_run("--config.task.name=code:no_such_family"), "code:no_such_family"),
     (_run("--config.task.name=code_jsonl:{not_utf8}"), "{not_utf8}"),
     (_run("--config.task.name=code_jsonl:{no_answer}"), "{no_answer}"),
