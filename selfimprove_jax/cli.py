@@ -49,6 +49,7 @@ def _add_generate(sub):
   p.add_argument("--raw", action="store_true",
                  help="send each prompt as plain text, without the chat template (base "
                  "models such as gemma3-270m; a tokenizer without a template is always raw)")
+  _add_prompt_flags(p, default="")
   p.add_argument("--json", action="store_true",
                  help="one JSON object per completion: prompt_index, sample_index, text, "
                  "num_tokens, sum_logprob, finish_reason")
@@ -79,9 +80,12 @@ def _cmd_generate(args) -> int:
   if args.strategy:
     from selfimprove_jax.refine import strategies as refine
     refine.check_strategies([args.strategy])   # before the slow load
-  loaded = weights.load(args.model, dtype=args.dtype, seed=args.seed)
-  if args.raw:
-    loaded = weights.without_chat_template(loaded)
+  from selfimprove_jax import config as config_lib
+  fmt = sampling.PromptFormat(   # checked here, and rendered once before the weights load
+      chat=not args.raw, system_prompt=args.system_prompt,
+      template_kwargs=tuple(sorted(config_lib.template_kwargs(
+          args.chat_template_kwargs).items())))
+  loaded = weights.load(args.model, dtype=args.dtype, seed=args.seed, prompt_format=fmt)
   sampler = sampling.make_sampler(loaded, max_batch=args.max_batch)
   if args.strategy:
     cfg = refine.StrategyConfig(n=args.strategy_n, rounds=args.refine_rounds,
@@ -180,7 +184,18 @@ def _add_eval(sub):
                  help="best_of_n candidates / self_consistency samples (default 8)")
   p.add_argument("--refine_rounds", type=int, default=None,
                  help="self_refine / execution_feedback rounds at most (default 2)")
+  _add_prompt_flags(p, default=None)
   p.set_defaults(fn=_cmd_eval)
+
+
+def _add_prompt_flags(p, default):
+  """--system_prompt and --chat_template_kwargs (config.system_prompt and
+  config.chat_template_kwargs); eval's default None keeps the run's saved values."""
+  keeps = " (default: the run's, else none)" if default is None else ""
+  p.add_argument("--system_prompt", default=default,
+                 help="a system turn before each prompt, inserted as text" + keeps)
+  p.add_argument("--chat_template_kwargs", default=default, metavar="NAME=VALUE,...",
+                 help="chat template variables, e.g. enable_thinking=false (Qwen3)" + keeps)
 
 
 def _task_options(items) -> dict:
@@ -216,16 +231,29 @@ def _cmd_eval(args) -> int:
 def _add_export(sub):
   p = sub.add_parser("export", help="write a model as an HF directory that transformers loads")
   p.add_argument("--model", required=True,
-                 help="preset name, HF directory, .gguf file or smollm2-135m-instruct")
+                 help="preset name, HF directory, Hub id in the local HF cache, .gguf file, "
+                 "smollm2-135m-instruct, a run's workdir or DIR@K")
   p.add_argument("--out", required=True, help="output directory (must be empty)")
   p.add_argument("--force", action="store_true", help="overwrite a non-empty --out")
+  p.add_argument("--dtype", default="float32",
+                 help="weights in the files: float32 (default), bfloat16 or float16")
+  p.add_argument("--peft", action="store_true",
+                 help="write only the LoRA adapters of a LoRA run (--model DIR or DIR@K) in "
+                 "PEFT's format (adapter_config.json + adapter_model.safetensors), for the "
+                 "base model the run's config.model names")
   p.set_defaults(fn=_cmd_export)
 
 
 def _cmd_export(args) -> int:
   from selfimprove_jax import weights
+  weights.check_dtype(args.dtype)
+  if args.peft:
+    out = weights.export_peft(args.model, args.out, force=args.force, dtype=args.dtype)
+    print(f"wrote {out}")
+    return 0
   weights.ensure_out_dir(args.out, force=args.force, create=True)  # before the slow load
-  out = weights.export(weights.load(args.model), out_dir=args.out, force=args.force)
+  out = weights.export(weights.load(args.model), out_dir=args.out, force=args.force,
+                       dtype=args.dtype)
   print(f"wrote {out}")
   return 0
 

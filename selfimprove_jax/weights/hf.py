@@ -375,10 +375,11 @@ class SafetensorsDir:
     return self.where[name].get(name)
 
 
-def write_safetensors(tensors: dict[str, np.ndarray], path: str) -> None:
-  """Writes fp32 tensors with the metadata transformers checks for ("format": "pt")."""
+def write_safetensors(tensors: dict[str, np.ndarray], path: str, dtype=np.float32) -> None:
+  """Writes the tensors as `dtype` (a numpy / ml_dtypes float type) with the metadata
+  transformers checks for ("format": "pt")."""
   from safetensors.numpy import save_file
-  save_file({k: np.ascontiguousarray(v, np.float32) for k, v in tensors.items()}, path,
+  save_file({k: np.ascontiguousarray(v, dtype) for k, v in tensors.items()}, path,
             metadata={"format": "pt"})
   os.chmod(path, 0o644)  # save_file creates it owner-only (0600), unlike the other files
 

@@ -4,10 +4,11 @@ architecture and tokenizer; the checkpoint supplies the weights."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import sys
-from typing import Optional
+from typing import Any, Optional
 
 import jax
 import ml_collections
@@ -69,10 +70,31 @@ def abstract_weights(params, dtype=jax.numpy.float32):
                       params)
 
 
+@dataclasses.dataclass(frozen=True)
+class RunWeights:
+  """A run checkpoint's weights as trained: the base model (a LoadedModel of the run's
+  config.model), the LoRA config (None for full fine-tuning) and the trained tree
+  (adapters under LoRA, else the full params)."""
+  base: Any
+  lora: Optional[lora_lib.LoraConfig]
+  trained: Any
+  source: str
+  base_spec: str
+
+
 def load_run(workdir: str, iteration: Optional[int], load_base, mesh, dtype=None):
-  """LoadedModel-like tuple (params, config, tokenizer, source) from a run checkpoint.
-  Without an iteration: the newest accepted checkpoint that verifies; when that is not
-  the newest accepted one, a note on stderr says which is used instead."""
+  """LoadedModel-like tuple (params, config, tokenizer, source) from a run checkpoint
+  (`restore_run`), LoRA adapters merged into the base."""
+  run = restore_run(workdir, iteration, load_base, mesh, dtype)
+  params = lora_lib.model_params_fn(run.base.params, run.lora)(run.trained)
+  return params, run.base.config, run.base.tokenizer, run.source
+
+
+def restore_run(workdir: str, iteration: Optional[int], load_base, mesh,
+                dtype=None) -> RunWeights:
+  """The weights of a run checkpoint, unmerged. Without an iteration: the newest
+  accepted checkpoint that verifies; when that is not the newest accepted one, a note
+  on stderr says which is used instead."""
   ckpt = Checkpointer(workdir, log=_note, read_only=True)
   try:
     if iteration is None:
@@ -98,5 +120,5 @@ def load_run(workdir: str, iteration: Optional[int], load_base, mesh, dtype=None
     trained, _ = ckpt.restore_params(iteration, abstract)
   finally:
     ckpt.close()
-  params = lora_lib.model_params_fn(base.params, lora)(trained)
-  return params, base.config, base.tokenizer, f"{workdir}@{iteration}"
+  return RunWeights(base=base, lora=lora, trained=trained, source=f"{workdir}@{iteration}",
+                    base_spec=saved["model"])
