@@ -45,6 +45,12 @@ def base_config() -> ml_collections.ConfigDict:
   # 'raw': as plain text, for base (not instruction-tuned) models.
   c.prompt_format = "chat"
   c.prompt_template = "{prompt}"      # 'raw' only: the text sent, e.g. few-shot + "{prompt}"
+  # 'chat' only: a system turn before each prompt ('' = none beyond what the template
+  # itself adds). Like prompt_template and the prompts, it is inserted as text.
+  c.system_prompt = ""
+  # Variables for the chat template, "name=value,..." (e.g. "enable_thinking=false" for
+  # Qwen3): a string, so --config.chat_template_kwargs=... and the CLI flag both work.
+  c.chat_template_kwargs = ""
   # Recompute each block's activations in the backward pass of the train step: less
   # memory, and on a GPU also faster (SmolLM2-135M, H100: 229k vs 200k tokens/s,
   # benchmarks/RESULTS.md); on a CPU it only costs time.
@@ -379,6 +385,12 @@ def validate(config) -> None:
     raise UserError(f"prompt_template={config.prompt_template!r} must contain {{prompt}} once")
   if config.prompt_format == "chat" and config.prompt_template != "{prompt}":
     raise UserError("prompt_template is used with prompt_format='raw' only")
+  if not isinstance(config.system_prompt, str):
+    raise UserError(f"system_prompt={config.system_prompt!r} must be a string")
+  if config.system_prompt and config.prompt_format == "raw":
+    raise UserError("system_prompt is used with prompt_format='chat' only (a raw prompt has "
+                    "no turns: put the text in prompt_template)")
+  template_kwargs(config.chat_template_kwargs)
   if config.dtype not in ("float32", "bfloat16"):
     raise UserError(f"dtype={config.dtype!r} is not one of float32, bfloat16")
   if not isinstance(config.model, str) or not config.model:
@@ -398,6 +410,39 @@ def validate(config) -> None:
   if config.select.min_pass_rate > config.select.max_pass_rate:
     raise UserError(f"select.min_pass_rate={config.select.min_pass_rate} is above "
                     f"select.max_pass_rate={config.select.max_pass_rate}")
+
+
+_RENDER_ARGS = frozenset((
+    "conversation", "messages", "tools", "documents", "chat_template", "add_generation_prompt",
+    "continue_final_message", "tokenize", "padding", "truncation", "max_length",
+    "return_tensors", "return_dict", "return_assistant_tokens_mask", "tokenizer_kwargs"))
+
+
+def template_kwargs(text) -> dict:
+  """'enable_thinking=false,n=2' -> {'enable_thinking': False, 'n': 2}: true/false are
+  booleans, numbers numbers, anything else a string (no commas inside values)."""
+  if not isinstance(text, str):
+    raise UserError(f"chat_template_kwargs={text!r} must be a string 'name=value,...'")
+  out: dict = {}
+  for item in (i.strip() for i in text.split(",")):
+    if not item:
+      continue
+    name, sep, value = (x.strip() for x in item.partition("="))
+    if not sep or not name.isidentifier():
+      raise UserError(f"chat_template_kwargs={text!r}: {item!r} is not name=value "
+                      f"(name a Python identifier)")
+    if name in _RENDER_ARGS:   # apply_chat_template's own arguments, not template variables
+      raise UserError(f"chat_template_kwargs={text!r}: {name!r} is an argument of "
+                      f"apply_chat_template, not a template variable")
+    if value.lower() in ("true", "false"):
+      out[name] = value.lower() == "true"
+    else:
+      try:
+        number = ast.literal_eval(value)
+        out[name] = number if isinstance(number, (int, float)) else value
+      except (ValueError, SyntaxError):
+        out[name] = value
+  return out
 
 
 def stage_seed(config, iteration: int, stage: str, step: int = 0) -> int:

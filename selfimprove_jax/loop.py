@@ -304,12 +304,11 @@ class Setup:
 
 def _set_up(config, workdir: str, log) -> Setup:
   # heavy imports (transformers) kept local to the run
-  from selfimprove_jax.weights import load, without_chat_template
+  from selfimprove_jax.weights import load
   algorithm = algorithms.ALGORITHMS[config.loop.algorithm]
   mesh = sharding_lib.make_mesh(dict(config.mesh))
-  base = load(config.model, mesh=mesh, dtype=config.dtype)
-  if config.prompt_format == "raw":
-    base = without_chat_template(base, config.prompt_template)
+  base = load(config.model, mesh=mesh, dtype=config.dtype,
+              prompt_format=settings_lib.prompt_format(config))
   if base.tokenizer is None:
     raise UserError(f"model {config.model!r} has no tokenizer; the loop needs one")
   try:

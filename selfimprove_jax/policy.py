@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 from selfimprove_jax.records import Sample
-from selfimprove_jax.sampling import SamplingParams, encode_prompts
+from selfimprove_jax.sampling import SamplingParams, encode_prompts, encode_text
 
 GenerateFn = Callable[[Sequence[str], SamplingParams, int, int], list]   # -> list[list[Sample]]
 
@@ -45,10 +45,12 @@ class ModelPolicy:
     return out
 
   def target(self, prompt: str, text: str) -> Sample:
-    """`text` as a completion of `prompt`: its tokens followed by the end-of-turn token
-    a sampled reply ends with (the sampler's first EOS id); no log-probs (not sampled)."""
+    """`text` as a completion of `prompt`: its tokens, as text (a marker spelled in a
+    reference is characters, not a turn boundary), followed by the end-of-turn token a
+    sampled reply ends with (the sampler's first EOS id, the one control token a
+    target adds); no log-probs (not sampled)."""
     eos = list(self.sampler.eos_ids[:1])
-    tokens = [int(t) for t in self.tokenizer.encode(text, add_special_tokens=False)] + eos
+    tokens = encode_text(self.tokenizer, text) + eos
     return Sample(prompt=prompt, prompt_tokens=encode_prompts(self.tokenizer, [prompt])[0],
                   completion=text, completion_tokens=tokens, num_tokens=len(tokens))
 

@@ -22,7 +22,7 @@ from selfimprove_jax.evaluate import rules as rules_lib
 from selfimprove_jax.optimize import batches as batches_lib
 from selfimprove_jax.optimize import phase as phase_lib
 from selfimprove_jax.refine import strategies as refine_lib
-from selfimprove_jax.sampling import SamplingParams
+from selfimprove_jax.sampling import PromptFormat, SamplingParams
 from selfimprove_jax.select import filters as select_lib
 
 
@@ -31,6 +31,15 @@ def sampling(config, max_new_tokens: int) -> SamplingParams:
   sp = config.sampling
   return SamplingParams(temperature=sp.temperature, top_k=sp.top_k, top_p=sp.top_p,
                         stop_sequences=tuple(sp.stop_sequences), max_new_tokens=max_new_tokens)
+
+
+def prompt_format(config) -> PromptFormat:
+  """How the run's prompts become token ids: prompt_format, prompt_template,
+  system_prompt and chat_template_kwargs (the loop's model and the eval command)."""
+  kwargs = config_lib.template_kwargs(config.chat_template_kwargs)
+  return PromptFormat(chat=config.prompt_format == "chat", template=config.prompt_template,
+                      system_prompt=config.system_prompt,
+                      template_kwargs=tuple(sorted(kwargs.items())))
 
 
 def strategy(config, sample: SamplingParams) -> refine_lib.StrategyConfig:

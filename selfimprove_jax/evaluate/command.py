@@ -26,7 +26,8 @@ FLAG_KEYS = {"task": "task.name", "n": "task.heldout_size", "test_n": "task.test
              "max_new_tokens": "evaluate.max_new_tokens",
              "temperature": "sampling.temperature", "seed": "seed",
              "strategies": "evaluate.strategies", "strategy_n": "refine.n",
-             "refine_rounds": "refine.rounds"}
+             "refine_rounds": "refine.rounds", "system_prompt": "system_prompt",
+             "chat_template_kwargs": "chat_template_kwargs"}
 
 
 def eval_config(spec: str, flags: dict, task_options: dict):
@@ -61,7 +62,7 @@ def evaluate_model(spec: str, flags: dict, task_options: dict, progress: bool = 
     task = get_task(config.task.name, **config.task.options.to_dict())
   except UserError as e:
     raise UserError(f"--task {config.task.name}: {e}") from None
-  model = load(spec)
+  model = load(spec, prompt_format=settings_lib.prompt_format(config))   # the run's
   if model.tokenizer is None:
     raise UserError(f"model {spec!r} has no tokenizer to build prompts with")
   iteration = int(model.source.rpartition("@")[2]) if is_run else 0

@@ -1,8 +1,21 @@
-"""Text in, text out: chat-templated prompts through a `Sampler`, decoded back."""
+"""Text in, text out: prompts through a `Sampler`, decoded back.
+
+Text stays text. A prompt, an answer or a completion may spell a chat template's
+markers (`<|im_end|>`, `<end_of_turn>`, `</s>`): web text and code do. Encoded with the
+tokenizer's defaults such a string becomes the control token itself, a forged turn
+boundary. So every text -> ids conversion goes through `encode_text` (special tokens
+spelled in the text are encoded as characters) or `encode_prompts`, which renders the
+chat template with placeholders for the contents: the template's own structure is
+encoded with its control tokens, each content with `encode_text`.
+"""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
+import re
+import weakref
 from typing import Optional, Sequence
 
 from selfimprove_jax.errors import UserError
@@ -10,20 +23,152 @@ from selfimprove_jax.sampling.params import Completion, SamplingParams
 from selfimprove_jax.sampling.sampler import Sampler
 
 
+@dataclasses.dataclass(frozen=True)
+class PromptFormat:
+  """How a prompt text becomes the model's input. chat: one user turn of the
+  tokenizer's chat template (after a system turn when `system_prompt` is set), with
+  `template_kwargs` passed to the template (e.g. enable_thinking=False for Qwen3);
+  else raw: `template` with {prompt} replaced, as text (BOS when the tokenizer adds
+  one). Every part is inserted literally: nothing in it is evaluated as Jinja."""
+  chat: bool = True
+  template: str = "{prompt}"
+  system_prompt: str = ""
+  template_kwargs: tuple = ()   # ((name, value), ...): hashable, like the rest
+
+  def __post_init__(self):
+    if self.template.count("{prompt}") != 1:
+      raise UserError(f"prompt_template={self.template!r} must contain {{prompt}} exactly once")
+    if self.system_prompt and not self.chat:
+      raise UserError("system_prompt needs prompt_format='chat' (a raw prompt has no "
+                      "turns: put the text in prompt_template)")
+
+
+# The format travels on (a shallow copy of) the tokenizer, so every caller that holds
+# the tokenizer -- the policy, the loop's prompt checks, test doubles -- encodes alike.
+_FORMAT_ATTR = "_selfimprove_prompt_format"
+# Stands for a message's content while the template is rendered; plain letters, so no
+# template filter (trim, capitalisation of roles) or tokenizer special-cases it.
+_MARK = "SIJCONTENTMARK{}X"
+
+
+def with_prompt_format(tokenizer, fmt: PromptFormat):
+  """A shallow copy of `tokenizer` whose prompts are encoded in format `fmt`; the
+  caller's tokenizer is unchanged. A template that cannot render `fmt` is a
+  UserError naming the keys, raised here (before any weights are read)."""
+  tok = copy.copy(tokenizer)
+  setattr(tok, _FORMAT_ATTR, fmt)
+  encode_prompts(tok, ["probe"])
+  return tok
+
+
+def prompt_format_of(tokenizer) -> PromptFormat:
+  return getattr(tokenizer, _FORMAT_ATTR, None) or PromptFormat()
+
+
+def encode_text(tokenizer, text: str) -> list[int]:
+  """`text` as ordinary text: a special token's string spelled in it is encoded as its
+  characters, never as the control token (no BOS/EOS added either)."""
+  if not text:
+    return []
+  ids = tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+  return [int(t) for t in ids]
+
+
+# tokenizer -> a regex of its special tokens' strings, longest first (one alternation)
+_SPECIALS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _special_pattern(tokenizer):
+  """The special (control) tokens' strings, longest first, or None when it has none."""
+  try:
+    return _SPECIALS[tokenizer]
+  except (KeyError, TypeError):
+    pass
+  words = sorted({t.content for t in tokenizer.added_tokens_decoder.values() if t.special},
+                 key=len, reverse=True)
+  pattern = re.compile("|".join(map(re.escape, words))) if words else None
+  try:
+    _SPECIALS[tokenizer] = pattern
+  except TypeError:   # not weak-referenceable: recomputed per call
+    pass
+  return pattern
+
+
+def _render(tokenizer, fmt: PromptFormat, contents: Sequence[str]) -> str:
+  roles = ["system", "user"] if fmt.system_prompt else ["user"]
+  messages = [{"role": r, "content": c} for r, c in zip(roles, contents)]
+  try:
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+                                         **dict(fmt.template_kwargs))
+  except Exception as e:  # jinja2 errors, raise_exception() in the template, TypeErrors
+    raise UserError(f"the tokenizer's chat template fails with system_prompt="
+                    f"{fmt.system_prompt!r}, chat_template_kwargs="
+                    f"{dict(fmt.template_kwargs)!r}: {type(e).__name__}: "
+                    f"{' '.join(str(e).split())[:200]}") from None
+
+
+def _chat_ids(tokenizer, fmt: PromptFormat, text: str) -> list[int]:
+  """One user turn (after the system turn) with the generation prompt, the template's
+  structure as control tokens and each content as text. The content the template
+  writes is taken from a render with the real content (so its filters, e.g. Gemma's
+  trim, apply) between the placeholder render's surrounding text; when a template
+  branches on the content so that the surroundings differ, the content is used as
+  given."""
+  contents = [fmt.system_prompt, text] if fmt.system_prompt else [text]
+  marks = [_MARK.format(i) for i in range(len(contents))]
+  skeleton = _render(tokenizer, fmt, marks)
+  pieces: list = [skeleton]   # str: template text; int: index of a content
+  for i, mark in enumerate(marks):
+    pieces = [q for p in pieces for q in (_split(p, mark, i) if isinstance(p, str) else [p])]
+  written = []
+  for i, (mark, content) in enumerate(zip(marks, contents)):
+    before, _, after = skeleton.partition(mark)
+    real = _render(tokenizer, fmt, [content if j == i else m for j, m in enumerate(marks)])
+    fits = (skeleton.count(mark) == 1 and len(real) >= len(before) + len(after)
+            and real.startswith(before) and real.endswith(after))
+    written.append(real[len(before):len(real) - len(after)] if fits else content)
+  # As the tokenizer itself does: cut at the template's control tokens and encode the
+  # text between them in one piece, contents included, so a content's first token
+  # merges with the template text before it exactly as in apply_chat_template (only
+  # the cut points differ: none inside a content).
+  pattern = _special_pattern(tokenizer)
+  ids: list[int] = []
+  run = ""
+  for p in pieces:
+    if isinstance(p, int):
+      run += written[p]
+      continue
+    pos = 0
+    for m in (pattern.finditer(p) if pattern is not None else ()):
+      ids += encode_text(tokenizer, run + p[pos:m.start()])
+      ids.append(int(tokenizer.convert_tokens_to_ids(m.group())))
+      run, pos = "", m.end()
+    run += p[pos:]
+  return ids + encode_text(tokenizer, run)
+
+
+def _split(text: str, mark: str, index: int) -> list:
+  parts = text.split(mark)
+  out: list = [parts[0]]
+  for part in parts[1:]:
+    out += [index, part]
+  return [p for p in out if p != ""]
+
+
 def encode_prompts(tokenizer, prompts: Sequence[str], chat: bool = True) -> list[list[int]]:
-  """Token ids per prompt: the tokenizer's chat template with the generation prompt
-  appended (one user turn), or plain encoding when `chat` is False or the tokenizer
-  has no template."""
+  """Token ids per prompt in the tokenizer's `PromptFormat` (default: the chat
+  template's user turn with the generation prompt appended). Plain text when `chat`
+  is False, the format is raw, or the tokenizer has no template. Control tokens come
+  only from the template's structure (and a BOS the tokenizer adds to raw text)."""
+  fmt = prompt_format_of(tokenizer)
   out = []
   for text in prompts:
-    if chat and getattr(tokenizer, "chat_template", None):
-      ids = tokenizer.apply_chat_template([{"role": "user", "content": text}],
-                                          add_generation_prompt=True, tokenize=True)
-      if hasattr(ids, "keys"):  # transformers >= 5 returns a BatchEncoding
-        ids = ids["input_ids"]
+    if chat and fmt.chat and getattr(tokenizer, "chat_template", None):
+      out.append(_chat_ids(tokenizer, fmt, text))
     else:
-      ids = tokenizer.encode(text)
-    out.append([int(t) for t in ids])
+      before, after = fmt.template.split("{prompt}")
+      ids = tokenizer(before + text + after, split_special_tokens=True)["input_ids"]
+      out.append([int(t) for t in ids])
   return out
 
 

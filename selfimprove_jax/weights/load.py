@@ -10,7 +10,6 @@ file plus one parameter.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import os
 from typing import Any, Optional
@@ -24,6 +23,8 @@ from selfimprove_jax.errors import UserError
 from selfimprove_jax.model.config import PRESETS, ModelConfig, get_preset
 from selfimprove_jax.model.params import init_params, param_shardings
 from selfimprove_jax.runtime import sharding as sharding_lib
+from selfimprove_jax.sampling.text import PromptFormat
+from selfimprove_jax.sampling.text import with_prompt_format as with_tokenizer_format
 from selfimprove_jax.weights import gguf_file, hf, hub, run_dir, tokenizer as tokenizer_lib
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -66,30 +67,13 @@ def resolve(spec: str) -> tuple[str, str]:
 
 
 def without_chat_template(loaded: LoadedModel, template: str = "{prompt}") -> LoadedModel:
-  """The same model whose prompts are sent as plain text, for base models: BOS, then
-  `template` with {prompt} replaced by the prompt (e.g. a few-shot prefix ending in
-  "Q: {prompt}\nA:"). Every stage encodes prompts through the tokenizer's chat
-  template (`encode_prompts`), so the template is installed as that: none for
-  "{prompt}" (plain encoding), else a Jinja template that inserts the user text
-  verbatim between the literal parts. The tokenizer is a shallow copy, so the
-  caller's keeps its own template."""
-  tok = loaded.tokenizer
-  if tok is None:
+  """The same model whose prompts are sent as plain text, for base models: BOS (when
+  the tokenizer adds one), then `template` with {prompt} replaced by the prompt (e.g.
+  a few-shot prefix ending in "Q: {prompt}\nA:"), all encoded as text."""
+  if loaded.tokenizer is None:
     return loaded
-  if template.count("{prompt}") != 1:
-    raise UserError(f"prompt_template {template!r} must contain {{prompt}} exactly once")
-  tok = copy.copy(tok)
-  if template == "{prompt}":
-    tok.chat_template = None
-  else:
-    before, after = template.split("{prompt}")
-    literal = lambda s: "{% raw %}" + s + "{% endraw %}" if s else ""
-    # BOS exactly when the tokenizer's own encode adds it (Gemma: yes; SmolLM2: no).
-    adds_bos = tok.bos_token_id is not None and tok.encode("a")[:1] == [tok.bos_token_id]
-    bos = "{{ bos_token }}" if adds_bos else ""
-    tok.chat_template = (bos + literal(before) + "{{ messages[-1]['content'] }}"
-                         + literal(after))
-  return dataclasses.replace(loaded, tokenizer=tok)
+  fmt = PromptFormat(chat=False, template=template)
+  return dataclasses.replace(loaded, tokenizer=with_tokenizer_format(loaded.tokenizer, fmt))
 
 
 def params_from_tensors(tensors, config: ModelConfig, mesh: Mesh):
@@ -130,21 +114,25 @@ def _check_finite(params, source: str) -> None:
 
 
 def load(spec: str, *, mesh: Optional[Mesh] = None, dtype: Optional[str] = None,
-         seed: int = 0, check_finite: bool = True) -> LoadedModel:
+         seed: int = 0, check_finite: bool = True,
+         prompt_format: Optional[PromptFormat] = None) -> LoadedModel:
   """Loads a model from `spec`: a preset name (random init with `seed`), an HF
   directory (config.json + safetensors), a Hub id in the local HF cache
   ("Qwen/Qwen2.5-0.5B-Instruct"; never downloaded), a .gguf file,
   "smollm2-135m-instruct", or a run's workdir ("DIR": its last accepted checkpoint; "DIR@K": iteration K).
   `dtype` ("float32"/"bfloat16") overrides the compute dtype; params stay fp32.
   Params are sharded on `mesh` (default: one device) by the rule table. Weights with
-  a NaN or inf are refused (`check_finite`)."""
+  a NaN or inf are refused (`check_finite`). `prompt_format` (sampling.PromptFormat)
+  is installed on the tokenizer and tried before the weights are read."""
   mesh = mesh or sharding_lib.single_device_mesh()
+  fmt = lambda tok: (with_tokenizer_format(tok, prompt_format)
+                     if tok is not None and prompt_format is not None else tok)
   run = run_dir.parse_run_spec(spec)
   if run is not None:
     params, config, tok, source = run_dir.load_run(run[0], run[1], load, mesh, dtype)
     if check_finite:
       _check_finite(params, f"checkpoint {source}")
-    return LoadedModel(params=params, config=config, tokenizer=tok, source=source)
+    return LoadedModel(params=params, config=config, tokenizer=fmt(tok), source=source)
   kind, where = resolve(spec)
   if kind == "preset":
     config, tensors = get_preset(where), None
@@ -165,6 +153,7 @@ def load(spec: str, *, mesh: Optional[Mesh] = None, dtype: Optional[str] = None,
   else:
     tok = tokenizer_lib.from_gguf(where) if tensors.has_tokenizer else None
   tokenizer_lib.check_vocab(tok, config, where)
+  tok = fmt(tok)
 
   if kind == "preset":
     params = init_params(config, seed, mesh)
