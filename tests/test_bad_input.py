@@ -36,6 +36,27 @@ def files(tmp_path_factory):
                         b'{"prompt": "2+2", "answer": "4"}\n')
   f["prompts_not_utf8"] = write("prompts.jsonl", b'{"prompt": "\xff\xfe"}\n')
   f["prompts_no_key"] = write("prompts2.jsonl", b'{"text": "hi"}\n')
+  # public layouts (tasks/layouts.py): the first record sets the layout, a later one breaks it
+  ok_gsm8k = b'{"question": "1+1?", "answer": "#### 2"}\n'
+  f["gsm8k_ok"] = write("gsm8k_ok.jsonl", ok_gsm8k + b'{"question": "2+2?", "answer": "#### 4"}\n')
+  f["gsm8k_no_hashes"] = write("gsm8k.jsonl", ok_gsm8k + b'{"question": "2+2?", "answer": "4"}\n')
+  f["math_no_boxed"] = write("math.jsonl", b'{"problem": "1+1?", "solution": "$\\\\boxed{2}$"}\n'
+                             b'{"problem": "2+2?", "solution": "it is 4"}\n')
+  f["no_layout"] = write("nolayout.jsonl", b'{"query": "1+1?", "response": "2"}\n')
+  f["chat_multiturn"] = write("chat.jsonl", b'{"prompt": [{"role": "user", "content": "hi"}, '
+                              b'{"role": "assistant", "content": "yo"}], "answer": "1"}\n')
+  ok_mbpp = (b'{"text": "Add.", "code": "def add(a, b): return a + b", '
+             b'"test_list": ["assert add(1, 2) == 3"], "test_setup_code": ""}\n')
+  f["mbpp_no_tests"] = write("mbpp.jsonl", ok_mbpp + b'{"text": "Sub.", "test_list": []}\n')
+  f["mbpp_no_function"] = write("mbpp2.jsonl", ok_mbpp + b'{"text": "Len.", "code": "", '
+                                b'"test_list": ["assert len([1]) == 1"]}\n')
+  ok_he = (b'{"prompt": "def f(x):\\n    \\"\\"\\"x\\"\\"\\"\\n", "entry_point": "f", '
+           b'"test": "def check(c):\\n    assert c(1) == 1\\n"}\n')
+  f["humaneval_no_test"] = write("he.jsonl", ok_he + b'{"prompt": "def g(x):\\n  pass\\n", '
+                                 b'"entry_point": "g", "test": ""}\n')
+  f["humaneval_no_stub"] = write("he2.jsonl", ok_he + b'{"prompt": "Write g.", '
+                                 b'"entry_point": "g", "test": "def check(c): pass"}\n')
+  f["bad_parquet"] = write("bad.parquet", b"PAR1 not parquet")
   f["cfg_none"] = write("none_config.py", b"def get_config():\n  return None\n")
   f["cfg_syntax"] = write("syntax_config.py", b"def get_config(:\n")
   f["cfg_nofn"] = write("nofn_config.py", b"X = 1\n")
@@ -175,6 +196,22 @@ CASES = [
     (_run("--config.task.name=code_jsonl:{not_utf8}"), "{not_utf8}"),
     (_run("--config.task.name=code_jsonl:{no_answer}"), "{no_answer}"),
     (_run("--config.task.name=code_jsonl:/nonexistent/code.jsonl"), "/nonexistent/code.jsonl"),
+    # ---- public layouts (tasks/layouts.py): malformed records and options
+    (_run("--config.task.name=jsonl:{gsm8k_no_hashes}"), "{gsm8k_no_hashes}:2"),
+    (_run("--config.task.name=jsonl:{math_no_boxed}"), "{math_no_boxed}:2"),
+    (_run("--config.task.name=jsonl:{no_layout}"), "prompt_field="),
+    (_run("--config.task.name=jsonl:{chat_multiturn}"), "{chat_multiturn}:1"),
+    (_run("--config.task.name=jsonl:{bad_parquet}"), "{bad_parquet}"),
+    (_run("--config.task.name=code_jsonl:{mbpp_no_tests}"), "{mbpp_no_tests}:2"),
+    (_run("--config.task.name=code_jsonl:{mbpp_no_function}"), "{mbpp_no_function}:2"),
+    (_run("--config.task.name=code_jsonl:{humaneval_no_test}"), "{humaneval_no_test}:2"),
+    (_run("--config.task.name=code_jsonl:{humaneval_no_stub}"), "{humaneval_no_stub}:2"),
+    (_run("--config.task.name=code_jsonl:{no_layout}"), "format="),
+    (["eval", "--task", "jsonl:{gsm8k_ok}", "--task_option", "format=csv"], "format"),
+    (["eval", "--task", "code_jsonl:{humaneval_no_stub}", "--task_option", "format=gsm8k"],
+     "format"),
+    (["eval", "--task", "jsonl:{gsm8k_ok}", "--task_option", "test_path=/nonexistent/t.jsonl"],
+     "test_path: /nonexistent/t.jsonl"),
     # ---- model specs
     (_run("--config.model=/nonexistent/model_dir"), "/nonexistent/model_dir"),
     (["generate", "--model", "no_such_preset", "--prompt", "hi"], "no_such_preset"),
