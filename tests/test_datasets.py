@@ -163,7 +163,8 @@ MBPP_SANITIZED = [
      "test_imports": ["import math"],
      "test_list": ["assert math.isclose(circle_area(1), 3.14159, rel_tol=1e-4)",
                    "assert math.isclose(circle_area(2), 12.56637, rel_tol=1e-4)"]},
-    {"source_file": "mine.py", "task_id": 4, "prompt": "Write a function to join words with dashes.",
+    {"source_file": "mine.py", "task_id": 4,
+     "prompt": "Write a function to join words with dashes.",
      "code": "def dashed(words):\n  return '-'.join(words)", "test_imports": [],
      "test_list": ["assert dashed(['a', 'b']) == 'a-b'", "assert dashed([]) == ''"]},
 ]

@@ -5,8 +5,9 @@ is accepted instead of "answer"); blank lines are skipped, a repeated prompt kee
 first answer. Public layouts load as they are (GSM8K, MATH, MATH-500, chat-message
 prompts; .jsonl, .jsonl.gz or .parquet; options `format`, `prompt_field`,
 `answer_field`): see layouts.py. `test_path` names a separate file in the same layout
-that is the test split (evaluate/splits.py); its twins in `path` never train. The prompt is used as written, followed by the `instruction` option when
-one is given (e.g. "Give your final answer after '####'.").
+that is the test split (evaluate/splits.py); its twins in `path` never train.
+The prompt is used as written, followed by the `instruction` option when one is given
+(e.g. "Give your final answer after '####'.").
 
 Rows without an answer, for label-free training (`loop.algorithm=ttrl`): a row may give
 `hidden_answer` instead, or nothing. A hidden answer is withheld from training: a
