@@ -8,6 +8,9 @@
   code:<family>               write a Python function (list_ops, string_ops); the
                               sandbox runs hidden tests, reward = fraction passed
   code_jsonl:<path>           a user's MBPP/HumanEval-style problems with their tests
+The file tasks read public layouts as they are (GSM8K, MATH, MATH-500, chat prompts,
+HumanEval, MBPP; .jsonl, .jsonl.gz, .parquet; options format=, prompt_field=,
+answer_field=, test_path=): layouts.py.
 Every task follows the `Task` protocol of `problem.py` (deterministic training streams,
 a disjoint fixed held-out split, a declared answer extraction, `score` in [0, 1]).
 """
