@@ -11,6 +11,12 @@ Each manifest entry is also written alone to `manifest.d/<iteration>.json`, so a
 or corrupt manifest is rebuilt from the checkpoints that verify against them.
 Hashing reads only regular files inside the workdir (files.py): a checkpoint file
 swapped for a symlink to a device fails verification instead of hanging.
+
+Hashing is parallel (files.hash_tree), and an entry keeps each file's hash with the
+size, mtime_ns and inode it had when this machine hashed it. Verify trusts a file whose
+three fields still match, and whose recorded mtime is older than the entry file by
+RACY_NS, without reading it (see `verify`); SELFIMPROVE_JAX_VERIFY=full reads every
+file. Entries written before this (no "files") are verified by content, as before.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import re
 import shutil
 import signal
 import threading
+import time
 from typing import Any, Callable, Optional
 
 import jax
@@ -30,14 +37,23 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from selfimprove_jax.errors import UserError
-from selfimprove_jax.runtime.files import (LOCK_FILE, UnreadableFile, hash_path, read_json,
-                                           tree_bytes, write_json_atomic)
+from selfimprove_jax.runtime.files import (HASH_FORMAT, LOCK_FILE, UnreadableFile, hash_path,
+                                           hash_tree, read_json, tree_bytes, tree_digest,
+                                           write_json_atomic)
 
 MANIFEST = "manifest.json"
 # One file per saved checkpoint with the same entry as the manifest: if manifest.json
 # is lost or corrupt, it is rebuilt from the entries whose checkpoints still verify.
 ENTRIES = "manifest.d"
 FAULT_ENV = "SELFIMPROVE_JAX_FAULT"
+# "full": verify reads every checkpoint file, trusting no recorded stat
+VERIFY_ENV = "SELFIMPROVE_JAX_VERIFY"
+# A file modified within one timestamp tick of being hashed can keep its mtime (ext4
+# stamps with a jiffy-coarse clock; ext3 and HFS+ with whole seconds, FAT with two), so
+# a file whose recorded mtime is this close to the entry file's mtime (written right
+# after hashing) is never trusted. Only files written in the last 2 s before the hash
+# finished pay for this: a large save is hashed for longer than that.
+RACY_NS = 2_000_000_000
 _NOT_IN_MANIFEST = "not in the manifest (the run stopped between save and manifest update)"
 
 
@@ -124,7 +140,18 @@ def _quiet_orbax_errors():
 
 def _entry_ok(entry) -> bool:
   return (isinstance(entry, dict) and isinstance(entry.get("sha256"), str)
-          and isinstance(entry.get("accepted"), bool))
+          and isinstance(entry.get("accepted"), bool)
+          and (isinstance(entry.get("files"), dict) or "files" not in entry))
+
+
+def full_verify_requested() -> bool:
+  """Whether SELFIMPROVE_JAX_VERIFY asks verify to read every file ("full"); "quick"
+  or unset trusts matching stats. Anything else is refused in one line."""
+  want = os.environ.get(VERIFY_ENV, "").strip().lower()
+  if want not in ("", "quick", "full"):
+    raise UserError(f"{VERIFY_ENV}={os.environ[VERIFY_ENV]!r} is not one of: quick, full "
+                    f"(full re-reads every checkpoint file on resume)")
+  return want == "full"
 
 
 class Checkpointer:
@@ -233,9 +260,11 @@ class Checkpointer:
     if not self.is_primary:   # the manifest is process 0's; no need to read it all back
       return ""
     step_dir = self.step_dir(iteration)
-    digest = hash_path(step_dir, root=self.workdir)
+    files = hash_tree(step_dir, root=self.workdir)
+    digest = tree_digest(files)
     self._update_manifest(iteration, {"sha256": digest, "accepted": bool(accepted),
                                       "bytes": tree_bytes(step_dir, root=self.workdir),
+                                      "hash": HASH_FORMAT, "files": files,
                                       "records": records or {}})
     return digest
 
@@ -293,27 +322,58 @@ class Checkpointer:
     return sorted(self._manager.all_steps())
 
   def verify(self, iteration: int) -> Optional[str]:
-    """None when the checkpoint matches its manifest hash, else what is wrong."""
+    """None when the checkpoint matches its manifest hash, else what is wrong.
+
+    The trust rule: a file whose size, mtime_ns and inode equal those recorded when
+    this machine last hashed it (at save, or at a verify that read it) is taken to
+    hold the recorded bytes, unread. A copy to another disk or machine, a restore from
+    backup or any write changes the inode or mtime and the file is read again; bytes
+    changed under a restored mtime (os.utime) or flipped by the disk itself are only
+    found by a full verify: SELFIMPROVE_JAX_VERIFY=full."""
     entry = self.manifest()["checkpoints"].get(str(iteration))
     if entry is None:
       return _NOT_IN_MANIFEST
-    return self._problem(iteration, entry)
+    return self._problem(iteration, entry, refresh=True)
 
-  def _problem(self, iteration: int, entry: dict) -> Optional[str]:
+  def _problem(self, iteration: int, entry: dict, refresh: bool = False) -> Optional[str]:
     """What is wrong with checkpoint `iteration` against `entry`: its size first (a
-    cheap stat), then its hash; only regular files inside the workdir are read."""
+    cheap stat), then its hash; only regular files inside the workdir are read. With
+    `refresh`, a checkpoint that verified after re-reading files has their new stat
+    fields written back to the manifest (so a copied run pays the full read once)."""
     step_dir = self.step_dir(iteration)
     try:
       if "bytes" in entry and tree_bytes(step_dir, root=self.workdir) != entry["bytes"]:
         return f"size differs from the manifest ({entry['bytes']} bytes recorded)"
-      actual = hash_path(step_dir, root=self.workdir)
+      if "files" not in entry:   # a manifest from before per-file hashes: by content
+        files, actual = None, hash_path(step_dir, root=self.workdir)
+      else:
+        before = self._entry_mtime_ns(iteration) - RACY_NS
+        files = hash_tree(step_dir, root=self.workdir, trusted=None
+                          if full_verify_requested() else entry["files"],
+                          trust_before_ns=before)
+        actual = tree_digest(files)
     except UnreadableFile as e:
       return str(e)
     except OSError as e:
       return f"unreadable ({e.strerror}: {e.filename})"
     if actual != entry["sha256"]:
       return f"content hash mismatch (manifest {entry['sha256'][:12]}, on disk {actual[:12]})"
+    # written back when a file was read for want of trust that a new stamp now gives:
+    # its stat changed (a copy), or it was too close to the old stamp (RACY_NS)
+    settled = time.time_ns() - RACY_NS
+    if (refresh and files is not None and self.is_primary and not self.read_only
+        and (files != entry["files"] or any(
+            before <= f.get("mtime_ns", -1) < settled for f in files.values()))):
+      self._update_manifest(iteration, {**entry, "files": files})
     return None
+
+  def _entry_mtime_ns(self, iteration: int) -> int:
+    """When the entry was last written, by the workdir file system's clock (the
+    clock that stamped the files); 0 (trust nothing) when it is missing."""
+    try:
+      return os.lstat(self._entry_path(iteration)).st_mtime_ns
+    except OSError:
+      return 0
 
   def restore(self, iteration: int, abstract_state: Any) -> tuple[Any, dict]:
     """Restores iteration `iteration` into the shapes/shardings of `abstract_state`."""
@@ -364,7 +424,8 @@ class Checkpointer:
       entry = manifest.get(str(it))
       if only_accepted and entry is not None and not entry["accepted"]:
         continue
-      problem = self._problem(it, entry) if entry is not None else _NOT_IN_MANIFEST
+      problem = (self._problem(it, entry, refresh=True) if entry is not None
+                 else _NOT_IN_MANIFEST)
       if problem is None:
         return it
       log(f"checkpoint {self.step_dir(it)}: {problem}; falling back to an earlier one")
