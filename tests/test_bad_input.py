@@ -260,6 +260,9 @@ CASES = [
     (["export", "--model", "tiny", "--out", "{nonempty_dir}"], "{nonempty_dir}"),
     (["export", "--model", "/nonexistent/weights.gguf", "--out", "{dir}/e"],
      "/nonexistent/weights.gguf"),
+    (["export", "--model", "tiny", "--out", "{dir}/e16", "--dtype", "int8"], "--dtype"),
+    # adapters asked of a model that has none (not a LoRA run)
+    (["export", "--model", "tiny", "--out", "{dir}/ep", "--peft"], "--peft"),
 ]
 
 

@@ -38,7 +38,8 @@ def cast_tensors(tensors: dict[str, np.ndarray], dtype: str) -> dict[str, np.nda
   out = {}
   for name in list(tensors):
     x = tensors.pop(name)
-    y = np.asarray(x).astype(DTYPES[dtype], copy=False)
+    with np.errstate(over="ignore"):   # an overflow is reported below, by name
+      y = np.asarray(x).astype(DTYPES[dtype], copy=False)
     if dtype != "float32" and not np.all(np.isfinite(y.astype(np.float32))):
       raise UserError(f"tensor {name!r} does not fit in {dtype} (|max| = "
                       f"{float(np.max(np.abs(x))):.4g}); export as bfloat16 or float32")
