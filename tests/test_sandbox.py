@@ -223,7 +223,8 @@ def test_scratch_is_deleted_after_a_result_too_deep_to_parse(tmp_path, monkeypat
   try:
     reply = w.call({"job": "exec", "args": {"source": bomb}, "limits": LIMITS.to_json()},
                    10.0, 1 << 20)
-    assert reply["status"] == "error" and "RecursionError" in reply["detail"], reply
+    # an exec job's verdict is its exit status: what it writes to fd 3 is never read
+    assert reply["status"] == "ok", reply
     (root,) = tmp_path.iterdir()
     assert root.name.startswith("sij_sandbox_") and list(root.iterdir()) == []
     reply = w.call({"job": "exec", "args": {"source": "print(1)"},
@@ -247,3 +248,135 @@ def test_fallback_level_warns_and_still_limits():
       p.close()
   finally:
     sandbox.isolation.detect.cache_clear()
+
+
+# ----------------------------------------------------------------------------- forged verdicts
+# A wrong solution (f(x) = x + 1 where x * 2 is expected) behind each way of forging a
+# result; each attack, had it worked, would score 1.0 on these tests.
+
+WRONG = "def f(x):\n  return x + 1\n"
+INPUTS, OUTPUTS = [[2], [5]], [4, 10]
+ASSERTS = ["assert f(2) == 4", "assert f(5) == 10"]
+FORGED = {"asserts": b'{"value": {"results": [{"passed": true}, {"passed": true}]}}',
+          "call_tests": b'{"value": {"results": [{"value": 4}, {"value": 10}]}}'}
+
+
+def _forgeries(forged: bytes) -> dict:
+  """name -> wrong solution source that tries to pass with `forged` (a whole result)."""
+  frame = f"struct.pack('>I', {len(forged)}) + {forged!r}"
+  return {
+      "fd3": f"import os\ntry:\n  os.write(3, {forged!r})\nexcept OSError:\n  pass\n"
+             + WRONG,
+      "every_fd": (f"import os, struct\nfor fd in range(3, 1024):\n  for b in ({forged!r}, "
+                   f"{frame}):\n    try:\n      os.write(fd, b)\n    except OSError:\n"
+                   f"      pass\n" + WRONG),
+      "parent_fds": ("import os\nfor fd in range(64):\n  for kind in ('fd', 'mem'):\n"
+                     "    try:\n      p = f'/proc/{os.getppid()}/{kind}' + "
+                     "(f'/{fd}' if kind == 'fd' else '')\n"
+                     f"      with open(p, 'wb') as h:\n        h.write({forged!r})\n"
+                     "    except OSError:\n      pass\n" + WRONG),
+      "patch_harness": (
+          "import builtins, gc, json, os, sys\n"
+          f"F = {forged!r}\n"
+          "def fake(*a, **k):\n  return F\n"
+          "for m in list(sys.modules.values()):\n"
+          "  for n in ('write_msg', 'read_msg', 'normalize', 'encode', 'decode', '_answer',"
+          " 'job_asserts', 'job_call_tests', 'dumps', 'loads', 'write', '_exit', 'exit'):\n"
+          "    try:\n      setattr(m, n, fake)\n    except Exception:\n      pass\n"
+          "for o in gc.get_objects():\n"
+          "  if isinstance(o, dict) and 'asserts' in o:\n    o['asserts'] = ['pass']\n"
+          "builtins.AssertionError = type('Nope', (Exception,), {})\n" + WRONG),
+      "print_then_os_exit": (f"import os, sys\ndef f(x):\n  sys.stdout.write({forged!r}"
+                             f".decode())\n  sys.stdout.flush()\n  os._exit(0)\n"),
+      "system_exit": "def f(x):\n  raise SystemExit(0)\n",
+      "always_equal": ("class Eq:\n  def __eq__(self, o): return True\n"
+                       "  def __ne__(self, o): return False\n  __hash__ = object.__hash__\n"
+                       "def f(x):\n  return Eq()\n"),
+      "bool_true_everywhere": ("class T(int):\n  def __eq__(self, o): return True\n"
+                               "  __hash__ = int.__hash__\ndef f(x):\n  return T(x + 1)\n"),
+  }
+
+
+def _score(job: str, result: sandbox.Result) -> float:
+  """The reward code_task would give (fraction of tests passed; 0 unless ok)."""
+  if not result.ok:
+    return 0.0
+  if job == "asserts":
+    checks = sandbox.AssertsValue.from_value(result.value).checks
+    return sum(c.passed for c in checks) / len(ASSERTS)
+  got = sandbox.CallTestsValue.from_value(result.value)
+  from selfimprove_jax.sandbox.worker import normalize
+  return sum(c.returned and c.value == normalize(o)
+             for c, o in zip(got.calls, OUTPUTS)) / len(OUTPUTS)
+
+
+def _args(job: str, source: str) -> dict:
+  if job == "asserts":
+    return {"source": source, "asserts": ASSERTS}
+  return {"source": source, "entry_point": "f", "inputs": INPUTS}
+
+
+@pytest.mark.parametrize("job", ["asserts", "call_tests"])
+def test_a_wrong_solution_cannot_forge_its_verdict(pool, job):
+  attacks = _forgeries(FORGED[job])
+  correct = ["def f(x):\n  return x * 2\n",
+             "import math\nprint('noise')\ndef f(x):\n  return int(math.sqrt(x * x)) * 2\n",
+             "def helper(x):\n  return 2 * x\ndef f(x):\n  return helper(x)\n"]
+  sources = list(attacks.values()) + correct
+  results = sandbox.run_jobs(job, [_args(job, s) for s in sources], LIMITS, pool)
+  scores = {name: _score(job, r) for name, r in zip(list(attacks) + ["correct"] * 3, results)}
+  for name, r in zip(attacks, results):
+    assert _score(job, r) == 0.0, f"{name} forged a verdict: {r}"
+  for r in results[len(attacks):]:
+    assert _score(job, r) == 1.0, (r, scores)
+
+
+def test_asserts_run_on_values_not_on_the_solutions_objects(pool):
+  """Types survive the boundary (a tuple is no list), built-in exceptions keep their
+  type, a check(candidate) function sees the solution's function, and a test that
+  expects a built-in exception still passes."""
+  src = ("def f(x):\n  if x < 0:\n    raise ValueError('negative')\n"
+         "  return (x, [x], {x: {x}}, 0.5, float('inf'), b'x', None)\n")
+  tests = ["assert f(1) == (1, [1], {1: {1}}, 0.5, float('inf'), b'x', None)",
+           "assert f(1) != [1, [1], {1: {1}}, 0.5, float('inf'), b'x', None]",
+           "def check(candidate):\n  assert candidate(2)[0] == 2\n"
+           "  try:\n    candidate(-1)\n  except ValueError as e:\n"
+           "    assert str(e) == 'negative'\n  else:\n    assert False\ncheck(f)",
+           "assert f(-1) == 0"]
+  (r,) = sandbox.run_jobs("asserts", [{"source": src, "asserts": tests}], LIMITS, pool)
+  checks = sandbox.AssertsValue.from_value(r.value).checks
+  assert [c.passed for c in checks] == [True, True, True, False], checks
+  assert checks[3].error == "ValueError: negative"
+
+
+def test_hostile_results_fail_only_their_item():
+  """A nested-JSON bomb sent where the judge reads replies, a value nested 10**5 deep
+  and an item that fills the scratch file system leave the worker as it found it: the
+  next correct program writes a 1 MB file and passes."""
+  p = sandbox.Pool(workers=1).start()
+  limits = sandbox.Limits(timeout_s=5.0, memory_mb=256)
+  bomb = b'{"value": ' + b"[" * 100000
+  items = [
+      ("call_tests", "bomb", "import os, struct\n"
+       f"b = {bomb!r}\nfor fd in range(3, 64):\n  try:\n"
+       "    os.write(fd, struct.pack('>I', len(b)) + b)\n  except OSError:\n    pass\n"
+       + WRONG),
+      ("call_tests", "deep", "def f(x):\n  a = []\n  for _ in range(10**5):\n    a = [a]\n"
+       "  return a\n"),
+      ("exec", "fill", "i = 0\nwhile True:\n  open(f'f{i}', 'wb').write(b'x' * (8 << 20 - 1))"
+       "\n  i += 1\n"),
+      ("call_tests", "one_mb", "def f(x):\n  open('one_mb', 'wb').write(b'x' * (1 << 20))\n"
+       "  return len(open('one_mb', 'rb').read()) // (1 << 19) * x\n"),
+  ]
+  try:
+    got = {}
+    for job, name, src in items:   # one at a time, on the one worker
+      (r,) = sandbox.run_jobs(job, [_args(job, src)], limits, p)
+      got[name] = r
+    assert got["bomb"].status == "error" and "unreadable reply" in got["bomb"].stderr, \
+        got["bomb"]
+    assert got["deep"].ok and _score("call_tests", got["deep"]) == 0.0
+    assert got["fill"].status == "error" and "No space left" in got["fill"].stderr, got["fill"]
+    assert _score("call_tests", got["one_mb"]) == 1.0, got["one_mb"]
+  finally:
+    p.close()

