@@ -1,5 +1,5 @@
 """Model configurations: one frozen dataclass and named presets for the two decoder
-families, Llama (Llama 2/3, SmolLM2, Qwen2) and Gemma 3 (text).
+families, Llama (Llama 2/3, SmolLM2, Qwen2, Qwen3, Mistral) and Gemma 3 (text).
 
 The families share one decoder (model/llama.py); a Gemma 3 config differs only in the
 fields of the "Gemma 3" group below, each defaulting to the Llama behaviour.
@@ -56,11 +56,12 @@ class ModelConfig:
   mlp_activation: str = "silu"      # GeGLU uses "gelu_tanh" (tanh-approximate GELU)
   norm_scale_offset: float = 0.0    # RMSNorm scale is (offset + w): Gemma stores w around 0
   post_norms: bool = False          # RMSNorm on the attention and MLP outputs too
-  qk_norm: bool = False             # RMSNorm over head_dim on queries and keys
+  qk_norm: bool = False             # RMSNorm over head_dim on queries and keys (Qwen3 too)
   embed_scale: bool = False         # embeddings times sqrt(embed_dim)
   query_pre_attn_scalar: Optional[float] = None  # scores * this**-0.5 (None: head_dim)
   sliding_window: Optional[int] = None  # local layers see the last `sliding_window` keys
-  sliding_window_pattern: int = 0   # every N-th layer is global, the others local
+  sliding_window_pattern: int = 0   # every N-th layer is global, the others local (0: all
+                                    # local, Mistral v0.1's window on every layer)
   rope_local_theta: Optional[float] = None  # RoPE base of the local layers
 
   def __post_init__(self):
@@ -101,6 +102,14 @@ class ModelConfig:
     return emb + l * per_layer + d
 
 
+# What every dense Qwen3 shares (their config.json: no q/k/v bias, RMSNorm on q and k
+# per head, head_dim 128 whatever the width, theta 1e6, 40960 positions, tied
+# embeddings up to 4B; eos is <|im_end|>).
+_QWEN3 = dict(
+    vocab_size=151936, head_dim=128, num_kv_heads=8, rope_theta=1_000_000.0, norm_eps=1e-6,
+    qk_norm=True, tie_embeddings=True, max_position_embeddings=40960,
+    bos_token_id=151643, eos_token_id=151645, architecture="Qwen3ForCausalLM")
+
 # What every Gemma 3 text model shares (HF Gemma3TextConfig defaults).
 _GEMMA3 = dict(
     rope_theta=1_000_000.0, rope_local_theta=10_000.0, norm_eps=1e-6, tie_embeddings=True,
@@ -138,6 +147,19 @@ PRESETS: dict[str, ModelConfig] = {
         head_dim=64, mlp_dim=4864, rope_theta=1000000.0, norm_eps=1e-6,
         tie_embeddings=True, qkv_bias=True, max_position_embeddings=32768,
         bos_token_id=None, eos_token_id=151645, architecture="Qwen2ForCausalLM"),
+    "qwen3_0_6b": ModelConfig(num_layers=28, embed_dim=1024, num_heads=16, mlp_dim=3072,
+                              **_QWEN3),
+    "qwen3_1_7b": ModelConfig(num_layers=28, embed_dim=2048, num_heads=16, mlp_dim=6144,
+                              **_QWEN3),
+    "qwen3_4b": ModelConfig(num_layers=36, embed_dim=2560, num_heads=32, mlp_dim=9728,
+                            **_QWEN3),
+    # Mistral 7B v0.3: Llama's layout, untied, no sliding window (v0.1's 4096 window is
+    # read from its config.json as sliding_window with pattern 0).
+    "mistral_7b_v0_3": ModelConfig(
+        vocab_size=32768, num_layers=32, embed_dim=4096, num_heads=32, num_kv_heads=8,
+        head_dim=128, mlp_dim=14336, rope_theta=1_000_000.0, norm_eps=1e-5,
+        tie_embeddings=False, max_position_embeddings=32768,
+        bos_token_id=1, eos_token_id=2, architecture="MistralForCausalLM"),
     # Gemma 3: eos is <eos> (1) and <end_of_turn> (106), as in its generation_config.
     "gemma3_270m": ModelConfig(
         vocab_size=262144, num_layers=18, embed_dim=640, num_heads=4, num_kv_heads=1,

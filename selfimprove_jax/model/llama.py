@@ -1,7 +1,9 @@
-"""Flax Linen decoder for the Llama family (Llama 2/3, SmolLM2, Qwen2) and Gemma 3.
+"""Flax Linen decoder for the Llama family (Llama 2/3, SmolLM2, Qwen2, Qwen3, Mistral)
+and Gemma 3.
 
 RMSNorm, RoPE (with optional Llama-3 frequency scaling), grouped-query attention,
-SwiGLU MLP, tied or untied embeddings, optional q/k/v bias. Gemma 3 is the same
+SwiGLU MLP, tied or untied embeddings, optional q/k/v bias (Qwen2), per-head q/k
+RMSNorm (Qwen3), a sliding window on every layer (Mistral v0.1). Gemma 3 is the same
 decoder with the switches of its ModelConfig group: GeGLU (tanh GELU), RMSNorm scale
 (1 + w), norms after attention and MLP as well as before, q/k RMSNorm, embeddings
 times sqrt(D), and local sliding-window layers (own RoPE base) between global ones.

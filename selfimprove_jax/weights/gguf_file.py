@@ -6,6 +6,8 @@ interleaved layout, convert_hf_to_gguf.py `LlamaModel.permute`); reading undoes 
 the weights match HF and our rotate-half `apply_rope`. Qwen2 is stored unpermuted.
 Llama-3 RoPE scaling is stored as a `rope_freqs` tensor of per-frequency divisors; we
 recover the RopeScaling it was computed from and check that it reproduces them.
+Qwen3 (`qwen3`) is Qwen2 without the q/k/v bias and with per-head q/k RMSNorm weights
+(`attn_q_norm`, `attn_k_norm`), also unpermuted.
 Gemma 3 (`gemma3`): the converter stores every RMSNorm weight as 1 + w (llama.cpp
 multiplies by the weight alone), so reading subtracts 1 back to HF's w, as
 transformers' own GGUF loader does; what GGUF does not record (five local layers per
@@ -26,7 +28,7 @@ from selfimprove_jax.model.llama import rope_inv_freq
 
 # GGUF general.architecture -> HF architecture
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM",
-                 "gemma3": "Gemma3ForCausalLM"}
+                 "qwen3": "Qwen3ForCausalLM", "gemma3": "Gemma3ForCausalLM"}
 
 _GLOBAL = {"token_embd.weight": "model.embed_tokens.weight",
            "output_norm.weight": "model.norm.weight", "output.weight": "lm_head.weight"}
@@ -44,6 +46,10 @@ _GEMMA3_LAYER = dict(_LAYER, **{
     "ffn_norm.weight": "pre_feedforward_layernorm.weight",
     "post_attention_norm.weight": "post_attention_layernorm.weight",
     "post_ffw_norm.weight": "post_feedforward_layernorm.weight",
+    "attn_q_norm.weight": "self_attn.q_norm.weight",
+    "attn_k_norm.weight": "self_attn.k_norm.weight"})
+# Qwen3: Llama's names plus the per-head q/k norms (stored unpermuted, like Qwen2).
+_QWEN3_LAYER = dict(_LAYER, **{
     "attn_q_norm.weight": "self_attn.q_norm.weight",
     "attn_k_norm.weight": "self_attn.k_norm.weight"})
 _BLOCK = re.compile(r"blk\.(\d+)\.(.+)")
@@ -86,7 +92,7 @@ class GGUFTensors:
     self.has_tokenizer = _field(reader, "tokenizer.ggml.model") is not None
     self.data_offset = int(reader.data_offset)  # header + metadata (tokenizer) bytes
     self._tensors = {}
-    layer = _GEMMA3_LAYER if arch == "gemma3" else _LAYER
+    layer = {"gemma3": _GEMMA3_LAYER, "qwen3": _QWEN3_LAYER}.get(arch, _LAYER)
     for t in reader.tensors:
       hf = _GLOBAL.get(t.name)
       m = _BLOCK.fullmatch(t.name)
@@ -167,7 +173,7 @@ def read_gguf(path: str) -> tuple[ModelConfig, GGUFTensors]:
   if arch == "gemma3":
     H = int(meta("attention.key_length"))
     gemma = dict(mlp_activation="gelu_tanh", norm_scale_offset=1.0, post_norms=True,
-                 qk_norm=True, embed_scale=True, query_pre_attn_scalar=float(H),
+                 embed_scale=True, query_pre_attn_scalar=float(H),
                  sliding_window=int(meta("attention.sliding_window")),
                  sliding_window_pattern=6, rope_local_theta=10_000.0)
   config = ModelConfig(
@@ -179,7 +185,7 @@ def read_gguf(path: str) -> tuple[ModelConfig, GGUFTensors]:
       rope_theta=float(meta("rope.freq_base", 10000.0)),
       norm_eps=float(meta("attention.layer_norm_rms_epsilon", 1e-5)),
       tie_embeddings="output.weight" not in names,
-      qkv_bias=arch == "qwen2",
+      qkv_bias=arch == "qwen2", qk_norm=arch in ("qwen3", "gemma3"),
       max_position_embeddings=int(meta("context_length", 2048)),
       bos_token_id=_field(reader, "tokenizer.ggml.bos_token_id"),
       # Gemma 3 chat turns end with <end_of_turn> (106), a second eos as in its

@@ -19,9 +19,8 @@ import numpy as np
 from selfimprove_jax.errors import UserError
 from selfimprove_jax.model.config import ModelConfig, RopeScaling
 
-ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "Gemma3ForCausalLM")
-_MODEL_TYPES = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2",
-                "Gemma3ForCausalLM": "gemma3_text"}
+ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM",
+                 "MistralForCausalLM", "Gemma3ForCausalLM")
 
 # ----------------------------------------------------------------------------- config
 
@@ -36,8 +35,10 @@ def _rope(cfg: dict, path: str) -> tuple[float, RopeScaling | None]:
   kind = spec.get("rope_type", spec.get("type", "default"))
   if kind in (None, "default"):
     return float(theta), None
-  if kind != "llama3":
-    raise UserError(f"{path}: unsupported rope scaling type {kind!r} (supported: llama3)")
+  if kind != "llama3":   # yarn, linear, dynamic, longrope: other frequency maths
+    field = "rope_scaling" if scaling else "rope_parameters"
+    raise UserError(f"{path}: unsupported {field} rope_type {kind!r} (supported: default, "
+                    f"llama3)")
   try:
     return float(theta), RopeScaling(
         factor=float(spec["factor"]), low_freq_factor=float(spec["low_freq_factor"]),
@@ -95,20 +96,28 @@ def config_from_hf(cfg: dict, path: str) -> ModelConfig:
     return _gemma3_config(cfg, path)
   if cfg.get("hidden_act", "silu") != "silu":
     raise UserError(f"{path}: unsupported hidden_act {cfg['hidden_act']!r} (supported: silu)")
-  if arch == "LlamaForCausalLM" and (cfg.get("attention_bias") or cfg.get("mlp_bias")):
-    raise UserError(f"{path}: Llama attention_bias/mlp_bias are not supported")
+  for key in ("attention_bias", "mlp_bias"):   # Qwen2's q/k/v bias is implied, not a key
+    if arch != "Qwen2ForCausalLM" and cfg.get(key):
+      raise UserError(f"{path}: {key}={cfg[key]!r} is not supported for {arch}")
+  for key in ("num_experts", "num_local_experts"):   # a dense name on an MoE config
+    if cfg.get(key):
+      raise UserError(f"{path}: {key}={cfg[key]!r}: mixture-of-experts models are not "
+                      f"supported")
   if cfg.get("use_sliding_window"):
-    raise UserError(f"{path}: sliding-window attention is not supported")
+    raise UserError(f"{path}: use_sliding_window=true is not supported (Qwen's sliding "
+                    f"window on the top layers)")
   try:
     D, N = int(cfg["hidden_size"]), int(cfg["num_attention_heads"])
     theta, scaling = _rope(cfg, path)
+    window = _mistral_window(cfg, path, scaling) if arch == "MistralForCausalLM" else None
     return ModelConfig(
         vocab_size=int(cfg["vocab_size"]), num_layers=int(cfg["num_hidden_layers"]),
         embed_dim=D, num_heads=N, num_kv_heads=int(cfg.get("num_key_value_heads") or N),
         head_dim=int(cfg.get("head_dim") or D // N), mlp_dim=int(cfg["intermediate_size"]),
         rope_theta=theta, rope_scaling=scaling, norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
         tie_embeddings=bool(cfg.get("tie_word_embeddings", arch == "LlamaForCausalLM")),
-        qkv_bias=arch == "Qwen2ForCausalLM",
+        qkv_bias=arch == "Qwen2ForCausalLM", qk_norm=arch == "Qwen3ForCausalLM",
+        sliding_window=window,
         max_position_embeddings=int(cfg.get("max_position_embeddings", 2048)),
         bos_token_id=cfg.get("bos_token_id"), eos_token_id=_ids(cfg.get("eos_token_id")),
         architecture=arch)
@@ -116,6 +125,22 @@ def config_from_hf(cfg: dict, path: str) -> ModelConfig:
     raise UserError(f"{path}: config.json lacks {e.args[0]!r}") from None
   except (TypeError, ValueError) as e:
     raise UserError(f"{path}: invalid config.json ({e})") from None
+
+
+def _mistral_window(cfg: dict, path: str, scaling) -> int | None:
+  """Mistral v0.1's sliding window: every layer sees its last `sliding_window` keys
+  (our pattern 0; v0.2 and later set it to null). Our local layers never scale RoPE,
+  so a window together with rope_scaling is refused rather than computed wrong."""
+  window = cfg.get("sliding_window")
+  if window is None:
+    return None
+  if cfg.get("layer_types") and set(cfg["layer_types"]) != {"sliding_attention"}:
+    raise UserError(f"{path}: Mistral layer_types mixing full and sliding attention are "
+                    f"not supported")
+  if scaling is not None:
+    raise UserError(f"{path}: Mistral sliding_window together with rope_scaling is not "
+                    f"supported")
+  return int(window)
 
 
 def _gemma3_config(cfg: dict, path: str) -> ModelConfig:
@@ -164,6 +189,12 @@ def config_to_hf(config: ModelConfig) -> dict:
                               original_max_position_embeddings=s.original_max_position_embeddings)
   if config.architecture == "LlamaForCausalLM":
     hf = transformers.LlamaConfig(head_dim=config.head_dim, **kw)
+  elif config.architecture == "Qwen3ForCausalLM":
+    hf = transformers.Qwen3Config(head_dim=config.head_dim, attention_bias=False,
+                                  use_sliding_window=False, **kw)
+  elif config.architecture == "MistralForCausalLM":
+    hf = transformers.MistralConfig(head_dim=config.head_dim,
+                                    sliding_window=config.sliding_window, **kw)
   elif config.architecture == "Qwen2ForCausalLM":
     if config.head_dim * config.num_heads != config.embed_dim:
       raise UserError(f"Qwen2 needs head_dim*num_heads == embed_dim, got {config.head_dim}"
