@@ -72,6 +72,7 @@ def files(tmp_path_factory):
   f["locked"] = str(d / "locked_run")
   os.makedirs(f["locked"])
   f["nan_model"] = _nan_model(str(d / "nan_model"))
+  f["no_system_role"] = _no_system_role(f["nan_model"], str(d / "no_system_role"))
   f["dir"] = str(d)
   return f
 
@@ -86,6 +87,17 @@ def _nan_model(out):
   tensors[name] = tensors[name].copy()
   tensors[name].flat[0] = np.nan
   save_file(tensors, path, metadata={"format": "pt"})
+  return out
+
+
+def _no_system_role(model, out):
+  """`model` with a chat template that refuses a system turn (as some templates do);
+  its NaN weights show that the template is tried before the weights are read."""
+  import shutil
+  shutil.copytree(model, out)
+  with open(os.path.join(out, "chat_template.jinja"), "w") as f:
+    f.write("{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not "
+            "supported') }}{% endif %}{% for m in messages %}{{ m['content'] }}{% endfor %}")
   return out
 
 
@@ -174,6 +186,13 @@ CASES = [
     (_run("--config.lora.rank=-1"), "lora.rank"),
     (_run("--config.lora.rank=4", "--config.lora.dropout=0.5"), "lora.dropout"),
     (_run("--config.prompt_format=plain"), "prompt_format"),
+    (_run("--config.prompt_format=raw", "--config.prompt_template=Q: prompt A:"),
+     "prompt_template"),
+    (_run("--config.prompt_format=raw", "--config.system_prompt=Be brief."), "system_prompt"),
+    (_run("--config.chat_template_kwargs=enable_thinking"), "chat_template_kwargs"),
+    (_run("--config.chat_template_kwargs=tokenize=false"), "chat_template_kwargs"),
+    (_run("--config.model={no_system_role}", "--config.system_prompt=Be brief."),
+     "system_prompt"),
     (_run("--config.mesh.data=0"), "mesh.data"),
     (_run("--config.mesh.data=3"), "mesh"),
     (_run("--config.seed"), "--config.seed"),
@@ -248,6 +267,11 @@ CASES = [
     (["generate", "--prompts_file", "{prompts_no_key}"], "{prompts_no_key}"),
     (["generate", "--prompts_file", "/nonexistent/prompts.jsonl"], "/nonexistent/prompts.jsonl"),
     (["generate"], "--prompt"),
+    (["generate", "--prompt", "hi", "--chat_template_kwargs", "=1"], "chat_template_kwargs"),
+    (["generate", "--prompt", "hi", "--raw", "--system_prompt", "Be brief."], "system_prompt"),
+    (["generate", "--model", "{no_system_role}", "--prompt", "hi", "--system_prompt", "Be."],
+     "system_prompt"),
+    (["eval", "--chat_template_kwargs", "a b=1"], "chat_template_kwargs"),
     (["eval", "--k", "0"], "--k"),
     (["eval", "--n", "0"], "--n"),
     (["eval", "--temperature", "nan"], "--temperature"),
