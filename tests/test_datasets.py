@@ -212,9 +212,7 @@ HUMANEVAL = [
     {"task_id": "Mine/1", "entry_point": "shout",
      "prompt": "def shout(s: str) -> str:\n    \"\"\" s in capitals with a '!' added. \"\"\"\n",
      "canonical_solution": "    return s.upper() + '!'\n",
-     "test": "def check(candidate):\n    assert candidate('hi') == 'HI!'\n"
-             # plain Python semantics: the annotations are classes, not strings
-             "    assert candidate.__annotations__['s'] is str\n"},
+     "test": "def check(candidate):\n    assert candidate('hi') == 'HI!'\n"},
 ]
 
 
@@ -230,7 +228,12 @@ def test_humaneval_body_only_and_whole_function(tmp_path):
   cases = [(evens, body, 1.0), (evens, _fenced(alone), 1.0), (evens, _fenced(flush_left), 1.0),
            (evens, "    return len(xs)\n", 0.0), (evens, "I cannot.", 0.0),
            (shout, HUMANEVAL[1]["prompt"] + HUMANEVAL[1]["canonical_solution"], 1.0),
-           (shout, "    return s.upper()\n", 0.0)]
+           (shout, "    return s.upper()\n", 0.0),
+           # plain Python semantics, no __future__ flag of the harness: annotations are
+           # classes, not strings
+           (shout, _fenced("def shout(s: str) -> str:\n"
+                           "    ok = shout.__annotations__['s'] is str\n"
+                           "    return s.upper() + '!' if ok else ''"), 1.0)]
   verdicts = verify(task, [c[0] for c in cases], [c[1] for c in cases])
   assert [v.reward for v in verdicts] == [c[2] for c in cases]
 

@@ -241,9 +241,13 @@ def code_row(row: dict, fmt: str, where: str, prompt_field: str = "") -> dict:
     if entry is None:
       raise UserError(f"{where}: cannot tell which function 'test_list' calls (layout mbpp)")
     shown = "\n".join(row["test_list"][:MBPP_SHOWN_TESTS])
+    preamble = "\n".join([*imports, setup]).strip()
+    # before the reply (which may use the imports) and before each assert, which may
+    # run apart from the reply's namespace (the sandbox's judge sees only its functions)
+    asserts = [f"{preamble}\n{t}" if preamble else t for t in row["test_list"]]
     return {"prompt": f"{text.strip()}\nYour code should pass these tests:\n\n{shown}",
-            "entry_point": entry, "asserts": list(row["test_list"]),
-            "preamble": "\n".join([*imports, setup]).strip(), "completes_prompt": False,
+            "entry_point": entry, "asserts": asserts,
+            "preamble": preamble, "completes_prompt": False,
             "reference": code if isinstance(code, str) else ""}
   pf = prompt_field or "prompt"
   prompt, entry = row.get(pf), row.get("entry_point")
