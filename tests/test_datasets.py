@@ -259,7 +259,9 @@ def test_real_humaneval_canonical_solutions_pass_in_both_conventions():
   """All 164 canonical solutions pass as the body only (prompt + completion, the
   benchmark's convention) and as the target function alone in a code block (what chat
   models write; four need helpers or imports that only the prompt defines); an empty
-  body passes none. 5.8 s for the three passes on the shared 2-core dev machine."""
+  body passes none of the first 20. On the shared 2-core dev machine: 5.8 s with the
+  fork-per-item sandbox worker (three passes of 164), 12 s with the judge-process
+  harness (two passes of 164, one of 20)."""
   path = _humaneval_file()
   with gzip.open(path, "rt") as f:
     rows = [json.loads(line) for line in f if line.strip()]
@@ -276,4 +278,4 @@ def test_real_humaneval_canonical_solutions_pass_in_both_conventions():
     failed = [(r["task_id"], v) for r, v in zip(rows, verify(task, ps, completions))
               if v.reward != 1.0]
     assert not failed, (convention, failed[:3])
-  assert sum(v.reward for v in verify(task, ps, ["    pass\n"] * 164)) == 0.0
+  assert sum(v.reward for v in verify(task, ps[:20], ["    pass\n"] * 20)) == 0.0
