@@ -358,6 +358,8 @@ def main(argv=None) -> int:
   prog = f"selfimprove-jax {args.command}"
   try:
     args.overrides = _config_overrides(extra) if accepts else []
+    from selfimprove_jax.runtime import compile_cache
+    compile_cache.enable()   # before anything compiles: a second start loads, not compiles
     return int(args.fn(args) or 0)
   except UserError as e:
     print(f"{prog}: error: {' '.join(str(e).split())}", file=sys.stderr)
