@@ -8,14 +8,20 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# One persistent compilation cache for the session, inherited by the subprocess runs
-# of the loop tests: the same tiny-model programs are compiled by many tests (each
-# Sampler / train step is a new jit object), and CPU compile time dominates them.
+# One persistent compilation cache, inside the checkout (.jax_cache/, ignored by git)
+# and kept between sessions, inherited by the subprocess runs of the loop tests: the
+# same tiny-model programs are compiled by many tests (each Sampler / train step is a
+# new jit object), and CPU compile time dominates them. A hit cannot hide a failure:
+# the key covers the program's HLO, compile options, XLA flags and jax/jaxlib versions,
+# so changed code is a miss, and host code is never cached. xdist workers share it
+# safely because a size limit makes JAX lock each entry's read and write
+# (runtime/compile_cache.py); an unreadable entry is recompiled.
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-  import tempfile
-  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="sij_jax_cache_")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = os.path.join(
+      os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".jax_cache")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 << 30))
 
 import jax  # noqa: E402
 
