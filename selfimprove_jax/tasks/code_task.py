@@ -19,9 +19,10 @@ else the text from its first `def`/`import` on) runs in the sandbox under `timeo
 and `memory_mb` for all of a problem's tests together; a program that hangs, crashes or
 hits a limit scores 0 and its record says why (`Verdict.status`). Input/output tests
 send only the inputs into the sandbox and compare the returned values outside it, so
-the model's code cannot see or forge the expected outputs; assert-style tests run next
-to the model's code, which a hostile program could tamper with (their reward is then
-only as trustworthy as the program).
+the model's code cannot see or forge the expected outputs. Assert-style tests run in a
+process apart from the model's code, on the plain values its functions return
+(sandbox/judge.py), so no program can make a failing assert pass; the assert lines
+themselves are readable by the program, as if the prompt showed them.
 
 Held-out: as for every task, a fixed hash partition of problem ids (procedural), or the
 smallest id hashes of the file (code_jsonl).
