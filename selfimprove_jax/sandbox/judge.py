@@ -45,6 +45,7 @@ import builtins
 import ctypes
 import json
 import math
+import operator
 import os
 import signal
 import struct
@@ -164,6 +165,8 @@ def encode(value, strict: bool, depth: int = 0):
     return {"o": value.text}
   if strict:
     raise TypeError(f"a {type(value).__name__} cannot be passed to the solution")
+  if hasattr(type(value), "__index__"):   # an integer of another library (numpy.int64)
+    return int(operator.index(value))
   return {"o": repr(value)[:1000]}
 
 
