@@ -355,3 +355,21 @@ def test_disk_errors_name_the_path(monkeypatch, capfd):
   err = capfd.readouterr().err.strip().splitlines()
   assert len(err) == 1
   assert "/runs/x/checkpoints/3" in err[0] and "No space left on device" in err[0]
+
+
+def test_bad_environment_variables_are_one_line(files, tmp_path, monkeypatch, capfd):
+  """Environment variables are input too: SELFIMPROVE_JAX_COMPILATION_CACHE naming a
+  file, SELFIMPROVE_JAX_VERIFY naming no mode; one line naming the variable."""
+  monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+  monkeypatch.setenv("SELFIMPROVE_JAX_COMPILATION_CACHE", files["a_file"])
+  assert _call(["export", "--model", "tiny", "--out", f"{files['dir']}/env"]) == 2
+  err = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
+  assert len(err) == 1 and "SELFIMPROVE_JAX_COMPILATION_CACHE" in err[0], err
+  monkeypatch.setenv("SELFIMPROVE_JAX_COMPILATION_CACHE", "off")
+  from selfimprove_jax.runtime.checkpoint import Checkpointer
+  Checkpointer(str(tmp_path / "run")).save(0, {"w": np.zeros(3, np.float32)},
+                                            {"config": {}}, accepted=True)
+  monkeypatch.setenv("SELFIMPROVE_JAX_VERIFY", "sometimes")
+  code = _call(["export", "--model", str(tmp_path / "run"), "--out", str(tmp_path / "e")])
+  err = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
+  assert code == 2 and len(err) == 1 and "SELFIMPROVE_JAX_VERIFY" in err[0], err
