@@ -380,3 +380,23 @@ def test_hostile_results_fail_only_their_item():
     assert _score("call_tests", got["one_mb"]) == 1.0, got["one_mb"]
   finally:
     p.close()
+
+
+def test_a_scorer_result_of_the_wrong_shape_is_an_error(pool):
+  """countdown's scorer hands the answer to sympy's parse_expr, which evals it: an
+  answer can run code in the scorer's child. What it writes as the result is checked
+  for shape (a reward in [0, 1]), so the host never receives a value it cannot read.
+  (A well-formed forged reward is not caught: a scorer that evals the text it scores
+  cannot be judged apart from that text. An open hole.)"""
+  import reasoning_gym
+  entry = dict(reasoning_gym.create_dataset("countdown", seed=0, size=1)[0])
+  def forging(result: bytes) -> str:
+    return f"__import__('os').write(3, {result!r}) and __import__('os')._exit(0)"
+  answers = [forging(b'{"value": {"reward": 1e9}}'), forging(b'{"value": {"reward": "1"}}'),
+             forging(b'{"value": [1]}'), forging(b'{"value": ' + b"[" * 10000),
+             entry["answer"]]
+  results = sandbox.run_jobs("rg_score", [{"generator": "countdown", "config": {},
+                                           "answer": a, "entry": entry} for a in answers],
+                             LIMITS, pool)
+  assert [r.status for r in results] == ["error"] * 4 + ["ok"], results
+  assert sandbox.ScoreValue.from_value(results[-1].value).reward == 1.0

@@ -137,6 +137,16 @@ def job_math_verify(args: dict):
 JOBS = {"exec": job_exec, "call_tests": job_call_tests, "asserts": job_asserts,
         "rg_score": job_rg_score, "math_verify": job_math_verify}
 PREPARE = {"rg_score": prepare_rg_score, "math_verify": prepare_math_verify}
+# The shape of an ok value of the jobs whose child runs a scorer on model text in its
+# own process (a scorer that evals the text hands the child to it): anything else is an
+# error for that item, never a value the host has to survive. A well-formed forged value
+# still passes: see judge.py for the jobs whose verdicts cannot be forged.
+RESULT_SHAPES = {
+    "rg_score": lambda v: type(v) is dict and set(v) == {"reward"}
+    and type(v["reward"]) in (int, float) and 0.0 <= v["reward"] <= 1.0,
+    "math_verify": lambda v: type(v) is dict and set(v) == {"equal"}
+    and type(v["equal"]) is bool,
+}
 
 
 # ----------------------------------------------------------------------------- the child
@@ -459,6 +469,8 @@ def _reply(req: dict, child: _Child) -> dict:
       value = json.loads(bytes(child.out["result"]))["value"]
     except (ValueError, KeyError, TypeError, RecursionError):   # an exec program's bomb
       value = None
+  if value is not None and not RESULT_SHAPES.get(req["job"], lambda v: True)(value):
+    value = None      # reported as "no result"
   status, code, detail = _status(child.wait_status, child.timed_out, child.over_output,
                                  value if req["job"] != "exec" else 0)
   if req["job"] == "exec" and status == "ok":
