@@ -18,6 +18,12 @@ EXPECTED_PARAMS = {
     "gemma3_270m": 268_098_176,   # Gemma 3 270M as published (the GGUF's count too)
     "gemma3_1b": 999_885_952,
     "gemma3_tiny": 3_257_248,
+    # Qwen3 and Mistral: checked against their published config.json files in
+    # tests/test_qwen3_mistral.py
+    "qwen3_0_6b": 596_049_920,
+    "qwen3_1_7b": 1_720_574_976,
+    "qwen3_4b": 4_022_468_096,
+    "mistral_7b_v0_3": 7_248_023_552,
 }
 
 
