@@ -361,6 +361,10 @@ def test_hostile_results_fail_only_their_item():
        f"b = {bomb!r}\nfor fd in range(3, 64):\n  try:\n"
        "    os.write(fd, struct.pack('>I', len(b)) + b)\n  except OSError:\n    pass\n"
        + WRONG),
+      ("call_tests", "unhashable", "import os, struct\nb = b'{\"value\": {\"s\": [[1]]}}'\n"
+       "def f(x):\n  for fd in range(3, 64):\n    try:\n"
+       "      os.write(fd, struct.pack('>I', len(b)) + b)\n    except OSError:\n      pass\n"
+       "  import time\n  time.sleep(0.5)\n"),
       ("call_tests", "deep", "def f(x):\n  a = []\n  for _ in range(10**5):\n    a = [a]\n"
        "  return a\n"),
       ("exec", "fill", "i = 0\nwhile True:\n  open(f'f{i}', 'wb').write(b'x' * (8 << 20 - 1))"
@@ -375,6 +379,8 @@ def test_hostile_results_fail_only_their_item():
       got[name] = r
     assert got["bomb"].status == "error" and "unreadable reply" in got["bomb"].stderr, \
         got["bomb"]
+    assert got["unhashable"].status == "error" and "no value" in got["unhashable"].stderr, \
+        got["unhashable"]
     assert got["deep"].ok and _score("call_tests", got["deep"]) == 0.0
     assert got["fill"].status == "error" and "No space left" in got["fill"].stderr, got["fill"]
     assert _score("call_tests", got["one_mb"]) == 1.0, got["one_mb"]

@@ -269,7 +269,7 @@ class Solution:
     if type(reply) is dict and set(reply) == {"value"}:
       try:
         return decode(reply["value"])
-      except (ValueError, RecursionError, MemoryError):
+      except (ValueError, TypeError, RecursionError, MemoryError):   # TypeError: {[1]}
         self.gone("a reply that is no value")
     if type(reply) is dict and set(reply) == {"error"} and type(reply["error"]) is list \
         and len(reply["error"]) == 2 and all(type(x) is str for x in reply["error"]):
