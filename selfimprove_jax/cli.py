@@ -138,6 +138,10 @@ def _add_distributed(p):
   g.add_argument("--process_id", type=int, default=None,
                  help="this process's index in [0, num_processes) (default: JAX_PROCESS_ID "
                  "or detected)")
+  g.add_argument("--lost_process_timeout", type=float, default=None, metavar="SECONDS",
+                 help="a process silent this long counts as lost: the others stop with one "
+                 "line naming it and exit 69 (default 30; a liveness heartbeat, not a stage "
+                 "deadline)")
 
 
 def _cmd_run(args) -> int:
@@ -146,9 +150,15 @@ def _cmd_run(args) -> int:
   from selfimprove_jax.runtime import distributed
   config = config_lib.load_config(args.config, args.overrides)
   # before anything touches devices: the mesh then spans every process's devices
-  distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
-  state = loop.run(config, args.workdir, override_config=args.override_config,
-                   adopt_workdir=args.adopt_workdir)
+  timeout = args.lost_process_timeout
+  distributed.initialize(args.coordinator_address, args.num_processes, args.process_id,
+                         distributed.DEFAULT_LOST_PROCESS_TIMEOUT if timeout is None else timeout)
+  try:
+    state = loop.run(config, args.workdir, override_config=args.override_config,
+                     adopt_workdir=args.adopt_workdir)
+  except Exception:
+    distributed.after_failure()   # a lost peer, not this error, is then what is reported
+    raise
   return EXIT_INTERRUPTED if state.get("preempted") else 0
 
 

@@ -9,6 +9,15 @@ checkpoint is the newest good one?) must be the same on every process, or the
 processes call different collectives and hang. `broadcast_json` sends process 0's
 answer to everyone; `barrier` waits for all.
 
+A lost process (a pod host preempted, a SIGKILL) must not leave the others waiting
+in a collective forever, and a pod has no parent process to stop them: each process
+notices by itself. `initialize` starts a watchdog (`_Watchdog`) that heartbeats
+through JAX's coordination service and, when a peer's heartbeat stops for
+`lost_process_timeout` seconds, prints one line naming it and exits with
+EXIT_PROCESS_LOST. Its deadline is on liveness, not on how long a stage takes: the
+heartbeat comes from its own thread, so a long compile or sampling stage is never
+cut short.
+
 Call `initialize` before anything touches devices (`jax.devices()`, a jit, an array).
 """
 
@@ -16,6 +25,9 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+import threading
+import time
 from typing import Any, Optional
 
 import numpy as np
@@ -27,6 +39,15 @@ from selfimprove_jax.errors import UserError
 ENV_ADDRESS = "JAX_COORDINATOR_ADDRESS"
 ENV_NUM_PROCESSES = "JAX_NUM_PROCESSES"
 ENV_PROCESS_ID = "JAX_PROCESS_ID"
+
+# Exit code of a process that stopped because another process of the run was lost
+# (sysexits' EX_UNAVAILABLE): every process must be relaunched to resume.
+EXIT_PROCESS_LOST = 69
+# Seconds without a peer's heartbeat before it counts as lost (`--lost_process_timeout`).
+DEFAULT_LOST_PROCESS_TIMEOUT = 30.0
+# JAX's own heartbeat timeout is ours plus this: its verdict ends a process with a C++
+# fatal error and a stack dump, so ours (one line, our exit code) must come first.
+_JAX_HEARTBEAT_MARGIN = 30
 
 
 def _env_int(name: str) -> Optional[int]:
@@ -62,16 +83,22 @@ def _cluster_detected() -> Optional[str]:
 
 
 def initialize(coordinator_address: Optional[str] = None, num_processes: Optional[int] = None,
-               process_id: Optional[int] = None) -> bool:
+               process_id: Optional[int] = None,
+               lost_process_timeout: float = DEFAULT_LOST_PROCESS_TIMEOUT) -> bool:
   """Starts `jax.distributed` when this is one of several processes; returns whether it did.
 
   Explicit arguments win, then the environment (JAX_COORDINATOR_ADDRESS,
   JAX_NUM_PROCESSES, JAX_PROCESS_ID), then automatic detection (Cloud TPU, Slurm,
   Open MPI). One process (num_processes 1, or nothing set and nothing detected) is a
-  no-op, so single-machine runs never open a port. Safe to call twice."""
+  no-op, so single-machine runs never open a port. Safe to call twice. With several
+  processes, a peer silent for `lost_process_timeout` seconds stops this one (module
+  docstring)."""
   import jax
   if jax.distributed.is_initialized():
     return True
+  if not lost_process_timeout > 0:
+    raise UserError(f"--lost_process_timeout must be > 0 seconds, got {lost_process_timeout}")
+  heartbeat = int(lost_process_timeout) + _JAX_HEARTBEAT_MARGIN
   address = coordinator_address or os.environ.get(ENV_ADDRESS) or None
   count = num_processes if num_processes is not None else _env_int(ENV_NUM_PROCESSES)
   index = process_id if process_id is not None else _env_int(ENV_PROCESS_ID)
@@ -87,7 +114,8 @@ def initialize(coordinator_address: Optional[str] = None, num_processes: Optiona
     if "jax_cpu_collectives_implementation" in jax.config.values:
       jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=address, num_processes=count,
-                               process_id=index)
+                               process_id=index, heartbeat_timeout_seconds=heartbeat)
+    _Watchdog.start(lost_process_timeout)
     return True
   detected = _cluster_detected()
   if any(explicit) and detected is None:
@@ -99,8 +127,11 @@ def initialize(coordinator_address: Optional[str] = None, num_processes: Optiona
   if detected is None:
     return False
   jax.distributed.initialize(coordinator_address=address, num_processes=count,
-                             process_id=index)
-  return jax.process_count() > 1
+                             process_id=index, heartbeat_timeout_seconds=heartbeat)
+  if jax.process_count() == 1:
+    return False
+  _Watchdog.start(lost_process_timeout)
+  return True
 
 
 def process_index() -> int:
@@ -143,3 +174,126 @@ def broadcast_json(obj: Any) -> Any:
   buf = data if data is not None else np.zeros((n,), np.uint8)
   out = multihost_utils.broadcast_one_to_all(buf)
   return json.loads(np.asarray(out, np.uint8).tobytes().decode())
+
+
+# ------------------------------------------------------------------ lost-process watchdog
+
+_PREFIX = "selfimprove_jax/liveness/"   # keys in the coordination service's key-value store
+
+
+def _now() -> float:
+  return time.monotonic()
+
+
+class _Watchdog:
+  """Heartbeats through the coordination service and stops this process when a peer's stop.
+
+  Two daemon threads: `_beat` writes this process's counter and reads everyone's
+  (round trips that may block while the coordinator is unreachable); `_judge` makes
+  no calls, so a blocked round trip cannot stall the verdict. A peer whose counter
+  has not moved for `timeout` seconds while the coordinator answers is lost; no
+  answer from the coordinator (process 0) for `timeout` seconds means process 0 is.
+  The first process to judge publishes its verdict, so the others name the same
+  peer; process 0 then waits a moment before leaving, since its exit takes the
+  coordination service (and the verdict) with it. JAX's own heartbeat verdict comes
+  `_JAX_HEARTBEAT_MARGIN` later, as a backstop."""
+
+  current: Optional["_Watchdog"] = None
+
+  @classmethod
+  def start(cls, timeout: float) -> None:
+    import jax
+    from jax._src import distributed as jax_distributed   # the client JAX connected
+    if cls.current is None:
+      cls.current = cls(jax_distributed.global_state.client, jax.process_index(),
+                        jax.process_count(), timeout)
+
+  def __init__(self, client, index: int, count: int, timeout: float):
+    self.client, self.index, self.count, self.timeout = client, index, count, timeout
+    self.interval = min(1.0, timeout / 10)
+    self.lock = threading.Lock()
+    self.stopped = threading.Event()   # set by `after_failure`: this process stops by itself
+    start = _now()
+    self.last_ok = start                # last answer from the coordinator
+    self.seen = {p: (None, start) for p in range(count) if p != index}   # counter, when moved
+    self.verdict: Optional[dict] = None   # published by whichever process judged first
+    for fn in (self._beat, self._judge):
+      threading.Thread(target=fn, name=f"selfimprove-watchdog{fn.__name__}", daemon=True).start()
+
+  def _beat(self) -> None:
+    n = 0
+    while not self.stopped.is_set():
+      n += 1
+      try:
+        self.client.key_value_set(f"{_PREFIX}alive/{self.index}", str(n), allow_overwrite=True)
+        entries = self.client.key_value_dir_get(_PREFIX)
+      except Exception:   # no answer: `_judge` counts the silence
+        entries = None
+      if entries is not None:
+        now = _now()
+        with self.lock:
+          self.last_ok = now
+          for key, value in entries:
+            name = key[len(_PREFIX):] if key.startswith(_PREFIX) else key
+            if name == "lost":
+              self.verdict = json.loads(value)
+            elif name.startswith("alive/") and int(name[6:]) in self.seen:
+              peer = int(name[6:])
+              if self.seen[peer][0] != value:
+                self.seen[peer] = (value, now)
+      self.stopped.wait(self.interval)
+
+  def silent_peers(self) -> dict:
+    """{peer: seconds since its heartbeat last moved, or since the coordinator last answered}."""
+    now = _now()
+    with self.lock:
+      if self.index != 0 and now - self.last_ok > self.timeout:
+        return {0: now - self.last_ok}
+      return {p: now - t for p, (_, t) in self.seen.items() if now - t > self.timeout}
+
+  def _judge(self) -> None:
+    while not self.stopped.wait(self.interval):
+      with self.lock:
+        verdict = self.verdict
+      if verdict is None:
+        silent = self.silent_peers()
+        if not silent:
+          continue
+        peer = min(silent)
+        how = "no answer from it, the coordinator," if peer == 0 and self.index != 0 else "no heartbeat"
+        verdict = dict(process=peer, why=f"{how} for {silent[peer]:.0f} s")
+        if peer != 0 or self.index == 0:
+          try:   # so the others name the same process
+            self.client.key_value_set(f"{_PREFIX}lost", json.dumps(verdict), allow_overwrite=True)
+          except Exception:
+            pass
+      if self.stopped.is_set():
+        return
+      print(f"selfimprove-jax: process {verdict['process']} of {self.count} was lost "
+            f"({verdict['why']}); stopping (exit {EXIT_PROCESS_LOST}) - relaunch every "
+            f"process to resume", file=sys.stderr, flush=True)
+      sys.stdout.flush()
+      if self.index == 0:   # the others read the verdict from this process's service
+        time.sleep(3 * self.interval + 1)
+      os._exit(EXIT_PROCESS_LOST)
+
+
+def after_failure() -> None:
+  """Call when the run raised on this process, before reporting the error.
+
+  With several processes a peer's death surfaces here first, as a failed collective
+  (gloo: "Connection reset by peer"): if a peer is lost, the watchdog says so and
+  exits this process (EXIT_PROCESS_LOST) within its timeout. If every peer is still
+  heartbeating, the error is this process's own: the watchdog stops, so the peers,
+  which wait for this process in a collective, see it silent and stop in turn."""
+  w = _Watchdog.current
+  if w is None:
+    return
+  start = _now()
+  while _now() - start < w.timeout + 5 * w.interval:
+    with w.lock:
+      alive = all(t > start + 2 * w.interval for _, t in w.seen.values())
+    if alive and (w.index == 0 or _now() - w.last_ok < 2 * w.interval):
+      break
+    time.sleep(w.interval)
+  w.stopped.set()
