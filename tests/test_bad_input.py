@@ -73,8 +73,32 @@ def files(tmp_path_factory):
   os.makedirs(f["locked"])
   f["nan_model"] = _nan_model(str(d / "nan_model"))
   f["no_system_role"] = _no_system_role(f["nan_model"], str(d / "no_system_role"))
+  f.update(_unsupported_configs(d))
   f["dir"] = str(d)
   return f
+
+
+def _unsupported_configs(d):
+  """HF directories whose config.json names a variant the decoder does not compute
+  (refused while reading config.json, before any weights)."""
+  import json
+  qwen3 = {"architectures": ["Qwen3ForCausalLM"], "hidden_size": 64, "num_hidden_layers": 2,
+           "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
+           "intermediate_size": 128, "vocab_size": 128}
+  mistral = dict(qwen3, architectures=["MistralForCausalLM"], sliding_window=4096)
+  variants = {
+      "qwen3_bias": dict(qwen3, attention_bias=True),
+      "qwen3_yarn": dict(qwen3, rope_scaling={"rope_type": "yarn", "factor": 4.0}),
+      "qwen3_moe": dict(qwen3, architectures=["Qwen3MoeForCausalLM"], num_experts=8),
+      "mistral_window_rope": dict(mistral, rope_scaling={
+          "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+          "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}),
+  }
+  for name, cfg in variants.items():
+    os.makedirs(d / name)
+    with open(d / name / "config.json", "w") as fh:
+      json.dump(cfg, fh)
+  return {name: str(d / name) for name in variants}
 
 
 def _nan_model(out):
@@ -241,6 +265,13 @@ CASES = [
     # a Hub id absent from the local HF cache: never downloaded, one line naming it
     (["generate", "--model", "no-such-org/no-such-model", "--prompt", "hi"],
      "no-such-org/no-such-model"),
+    # Qwen3 / Mistral variants the decoder does not compute name their config field
+    (["generate", "--model", "{qwen3_bias}", "--prompt", "hi"],
+     "{qwen3_bias}/config.json: attention_bias"),
+    (["generate", "--model", "{qwen3_yarn}", "--prompt", "hi"], "rope_scaling rope_type 'yarn'"),
+    (["eval", "--model", "{qwen3_moe}"], "Qwen3MoeForCausalLM"),
+    (["export", "--model", "{mistral_window_rope}", "--out", "{dir}/e2"],
+     "{mistral_window_rope}/config.json: Mistral sliding_window together with rope_scaling"),
     # ---- config files
     (_run(config="/nonexistent/config.py"), "/nonexistent/config.py"),
     (_run(config="{cfg_none}"), "{cfg_none}"),
