@@ -90,7 +90,9 @@ def config_from_hf(cfg: dict, path: str) -> ModelConfig:
   archs = cfg.get("architectures") or []
   arch = next((a for a in archs if a in ARCHITECTURES), None)
   if arch is None:
-    raise UserError(f"{path}: unsupported architecture {archs or cfg.get('model_type')!r} "
+    field = (f"architectures={archs!r}" if archs
+             else f"model_type={cfg.get('model_type')!r}")   # the field that said so
+    raise UserError(f"{path}: unsupported architecture ({field}) "
                     f"(supported: {', '.join(ARCHITECTURES)})")
   if arch == "Gemma3ForCausalLM":
     return _gemma3_config(cfg, path)
