@@ -144,13 +144,19 @@ def test_execution_feedback_training_targets():
 class _HostileTokenizer:
   """The model's tokenizer, except that every decoded completion is a hostile answer."""
 
-  ANSWERS = ("#### 9**9**9", "#### exit()", "#### __import__('os')._exit(0)", "#### 1")
+  # each line ended: a reply cut off at its budget (the random tiny model's usually are)
+  # is scored on the marked answers it finished (tasks/answers.py: finished_part)
+  ANSWERS = ("#### 9**9**9\n", "#### exit()\n", "#### __import__('os')._exit(0)\n",
+             "#### 1\n")
 
   def __init__(self, tokenizer):
     self._tok, self._n = tokenizer, 0
 
   def __getattr__(self, name):
     return getattr(self._tok, name)
+
+  def __call__(self, *args, **kw):   # encoding: a dunder that __getattr__ does not reach
+    return self._tok(*args, **kw)
 
   def decode(self, ids, **kw):
     self._n += 1
