@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import threading
 import time
 from typing import Any, Optional
@@ -213,6 +212,7 @@ class _Watchdog:
     self.interval = min(1.0, timeout / 10)
     self.lock = threading.Lock()
     self.stopped = threading.Event()   # set by `after_failure`: this process stops by itself
+    self.judged = threading.Event()    # a peer was judged lost: this process is exiting
     start = _now()
     self.last_ok = start                # last answer from the coordinator
     self.seen = {p: (None, start) for p in range(count) if p != index}   # counter, when moved
@@ -269,10 +269,11 @@ class _Watchdog:
             pass
       if self.stopped.is_set():
         return
-      print(f"selfimprove-jax: process {verdict['process']} of {self.count} was lost "
-            f"({verdict['why']}); stopping (exit {EXIT_PROCESS_LOST}) - relaunch every "
-            f"process to resume", file=sys.stderr, flush=True)
-      sys.stdout.flush()
+      self.judged.set()
+      # one write call: no buffer that a forked child or another thread could repeat
+      os.write(2, (f"selfimprove-jax: process {verdict['process']} of {self.count} was lost "
+                   f"({verdict['why']}); stopping (exit {EXIT_PROCESS_LOST}) - relaunch every "
+                   f"process to resume\n").encode())
       if self.index == 0:   # the others read the verdict from this process's service
         time.sleep(3 * self.interval + 1)
       os._exit(EXIT_PROCESS_LOST)
@@ -290,7 +291,10 @@ def after_failure() -> None:
   if w is None:
     return
   start = _now()
-  while _now() - start < w.timeout + 5 * w.interval:
+  while _now() - start < w.timeout + 5 * w.interval or w.judged.is_set():
+    if w.judged.is_set():   # the watchdog is exiting this process: report nothing more
+      time.sleep(w.interval)
+      continue
     with w.lock:
       alive = all(t > start + 2 * w.interval for _, t in w.seen.values())
     if alive and (w.index == 0 or _now() - w.last_ok < 2 * w.interval):
