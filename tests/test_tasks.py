@@ -235,6 +235,34 @@ def test_reasoning_gym_wraps_generator_and_its_scorer():
   assert task.can_solve(p.prompt) is None
 
 
+def test_reasoning_gym_answers_that_could_run_code_are_refused_before_scoring():
+  """countdown's scorer hands the answer to sympy's parse_expr, which evals it, in the
+  process that reports the reward: an answer that runs code there could report 1.0.
+  Every answer that could run code (calls of non-math names, attributes, dunders) is
+  refused with reward 0 before a scorer sees it; a real answer still scores."""
+  _reasoning_gym_installed()
+  from selfimprove_jax.tasks.reasoning_gym_task import code_in_answer
+  task = get_task("reasoning_gym:countdown")
+  p = task.problem(0, 0)
+  forged = b'{"value": {"reward": 1.0}}'
+  attacks = [
+      f"__import__('os').write(3, {forged!r}) and __import__('os')._exit(0)",
+      f"open('/proc/self/fd/3', 'wb').write({forged!r})",
+      "exec(\"import os; os._exit(0)\")",
+      "S(\"1\").func",
+      "sympify('x')",
+      "(lambda: 1)()",
+      "().real",
+  ]
+  verdicts = task.verify_batch([p] * len(attacks), [f"#### {a}" for a in attacks])
+  assert [v.reward for v in verdicts] == [0.0] * len(attacks)
+  assert all(v.status == "refused" and "could run as code" in v.detail for v in verdicts)
+  assert task.score(p, f"#### {p.reference}") == 1.0
+  for fine in ("(3 + 5) * 2 - 1", "sqrt(2)*x**2 + sin(x)", "f(x) = 3.5 * x", "[1, 2.5]",
+               "factorial(5) / 2"):
+    assert code_in_answer(fine) is None, fine
+
+
 def test_reasoning_gym_multiline_answers():
   _reasoning_gym_installed()
   task = get_task("reasoning_gym:sudoku")

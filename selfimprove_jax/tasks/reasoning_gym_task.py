@@ -22,6 +22,11 @@ attempt), and keep train and held-out disjoint by the same id partition as every
 (training skips held-out ids, the held-out split takes only them, from a fixed seed).
 Extra options are passed to the generator's config (e.g. `min_terms=2`).
 
+An answer that could run code in a scorer that evaluates it (a call of a name that is
+no math function, an attribute access, a dunder, `lambda`, `import`) scores 0 with
+status `refused` before any scorer sees it: code run inside a scorer reports whatever
+reward it likes (`code_in_answer`).
+
 Scoring runs in the sandbox, always. Several upstream scorers execute the answer (Python
 `eval` in n_queens or spiral_matrix, `sympy.parse_expr` in countdown or the integration
 tasks) with no limit: `9**9**9` would hang the run, `exit()` would kill it, at every
@@ -32,6 +37,7 @@ made in a sandbox worker (which imports reasoning-gym once) under `score_timeout
 
 from __future__ import annotations
 
+import re
 from typing import Any, Optional
 
 from selfimprove_jax import sandbox
@@ -43,6 +49,36 @@ from selfimprove_jax.tasks.problem import Problem, Verdict
 # Some generators precompute per-item state for `size` items, so datasets stay small.
 CHUNK = 256
 INSTRUCTION = "Give your final answer after '####'."
+
+# Answers a scorer could run as code. Several scorers `eval` or `sympy.parse_expr` the
+# answer inside the process that reports the reward, so code in the answer can report
+# any reward it likes (the sandbox contains it, but cannot tell a forged reward from a
+# real one). What such code needs, Python evaluates from calls, attribute access or
+# dunders; an answer with one of those is refused before any scorer sees it, except a
+# call of a math function an answer may state (sin(x), sqrt(2), factorial(5)).
+_MATH_CALLS = frozenset("""sin cos tan cot sec csc asin acos atan acot asec acsc atan2 sinh
+    cosh tanh coth asinh acosh atanh exp log ln sqrt cbrt root Abs abs sign floor ceiling
+    factorial binomial gamma erf Max Min max min gcd lcm re im conjugate arg""".split())
+_CALL = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\s*\(")
+_ATTRIBUTE = re.compile(r"(?<![0-9])\.\s*[A-Za-z_]")
+_KEYWORD = re.compile(r"__|\b(?:lambda|import)\b")
+
+
+def code_in_answer(answer: str) -> Optional[str]:
+  """Why `answer` could run code in a scorer that evaluates it (None: it could not):
+  a call of a name that is no math function (a single letter is a variable: f(x)), an
+  attribute access, a dunder, `lambda` or `import`."""
+  m = _KEYWORD.search(answer)
+  if m:
+    return f"the answer holds {m.group(0)!r}"
+  for m in _CALL.finditer(answer):
+    name = m.group(1)
+    if name not in _MATH_CALLS and not re.fullmatch(r"[a-z]", name):
+      return f"the answer calls {name}(...)"
+  m = _ATTRIBUTE.search(answer)
+  if m:
+    return f"the answer reads an attribute ({m.group(0).strip()!r})"
+  return None
 
 
 def _import_reasoning_gym():
@@ -189,7 +225,10 @@ class ReasoningGymTask:
     todo = []
     for i, (p, c) in enumerate(zip(problems, completions)):
       answer = self.extract_answer(c, p)
-      if answer is not None:
+      refused = code_in_answer(answer) if answer is not None else None
+      if refused:
+        verdicts[i] = Verdict(0.0, "refused", f"{refused}, which a scorer could run as code")
+      elif answer is not None:
         todo.append((i, {"generator": self.generator, "config": self.config,
                          "answer": answer, "entry": {
                              "question": p.metadata.get("question", p.prompt),
