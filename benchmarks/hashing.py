@@ -59,6 +59,9 @@ def main() -> None:
   p.add_argument("--gb", type=float, default=15.0)
   p.add_argument("--dir", default="/tmp/selfimprove_jax_hash_bench")
   p.add_argument("--keep", action="store_true", help="leave the files for another run")
+  p.add_argument("--repeat", type=int, default=1,
+                 help="rounds of all rows, interleaved; each row reports its fastest "
+                 "(on a shared machine the least disturbed by other jobs)")
   args = p.parse_args()
   total = int(args.gb * 1e9)
   cpus = len(os.sched_getaffinity(0))
@@ -68,20 +71,23 @@ def main() -> None:
   gb = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(args.dir)
            for f in fs) / 1e9
   try:
-    rows = []
-    secs, _ = timed(lambda: hash_path(args.dir))
-    rows.append(("stream (before: save, and again every verify)", secs))
-    secs, one = timed(lambda: hash_tree(args.dir, threads=1))
-    rows.append(("tree, 1 thread", secs))
-    secs, many = timed(lambda: hash_tree(args.dir, threads=cpus))
-    rows.append((f"tree, {cpus} threads (after: save)", secs))
-    assert tree_digest(one) == tree_digest(many)
-    stamp = time.time_ns() + 10**10   # as if the entry was written well after the files
-    secs, quick = timed(lambda: hash_tree(args.dir, trusted=many, trust_before_ns=stamp))
-    rows.append(("quick check, stats trusted (after: verify)", secs))
-    assert quick == many
-    secs, _ = timed(lambda: hash_path(args.dir))
-    rows.append(("stream again (page-cache check)", secs))
+    best: dict = {}
+    for _ in range(args.repeat):
+      rows = []
+      secs, _ = timed(lambda: hash_path(args.dir))
+      rows.append(("stream (before: save, and again every verify)", secs))
+      secs, one = timed(lambda: hash_tree(args.dir, threads=1))
+      rows.append(("tree, 1 thread", secs))
+      secs, many = timed(lambda: hash_tree(args.dir, threads=cpus))
+      rows.append((f"tree, {cpus} threads (after: save)", secs))
+      assert tree_digest(one) == tree_digest(many)
+      stamp = time.time_ns() + 10**10   # as if the entry was written well after the files
+      secs, quick = timed(lambda: hash_tree(args.dir, trusted=many, trust_before_ns=stamp))
+      rows.append(("quick check, stats trusted (after: verify)", secs))
+      assert quick == many
+      for name, secs in rows:
+        best[name] = min(secs, best.get(name, secs))
+    rows = list(best.items())
     print(f"\n{gb:.2f} GB, {cpus} CPUs\n\n| hashing | seconds | GB/s |\n|---|---|---|")
     for name, secs in rows:
       print(f"| {name} | {secs:.2f} | {gb / secs:.2f} |" if secs > 0.05 else
