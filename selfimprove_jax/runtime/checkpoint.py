@@ -29,7 +29,6 @@ import re
 import shutil
 import signal
 import threading
-import time
 from typing import Any, Callable, Optional
 
 import jax
@@ -51,8 +50,9 @@ VERIFY_ENV = "SELFIMPROVE_JAX_VERIFY"
 # A file modified within one timestamp tick of being hashed can keep its mtime (ext4
 # stamps with a jiffy-coarse clock; ext3 and HFS+ with whole seconds, FAT with two), so
 # a file whose recorded mtime is this close to the entry file's mtime (written right
-# after hashing) is never trusted. Only files written in the last 2 s before the hash
-# finished pay for this: a large save is hashed for longer than that.
+# after hashing) is never trusted: files written in the last 2 s before their hash
+# finished are read on every verify (a small checkpoint; a large one is hashed for
+# longer than that on this 2-core machine).
 RACY_NS = 2_000_000_000
 _NOT_IN_MANIFEST = "not in the manifest (the run stopped between save and manifest update)"
 
@@ -358,12 +358,11 @@ class Checkpointer:
       return f"unreadable ({e.strerror}: {e.filename})"
     if actual != entry["sha256"]:
       return f"content hash mismatch (manifest {entry['sha256'][:12]}, on disk {actual[:12]})"
-    # written back when a file was read for want of trust that a new stamp now gives:
-    # its stat changed (a copy), or it was too close to the old stamp (RACY_NS)
-    settled = time.time_ns() - RACY_NS
-    if (refresh and files is not None and self.is_primary and not self.read_only
-        and (files != entry["files"] or any(
-            before <= f.get("mtime_ns", -1) < settled for f in files.values()))):
+    # written back only when a stat changed (a copy, a restore): a file that is read
+    # only for being too close to its stamp (RACY_NS) keeps being read, so verifying
+    # an untouched run never rewrites its manifest
+    if (refresh and files is not None and files != entry["files"] and self.is_primary
+        and not self.read_only):
       self._update_manifest(iteration, {**entry, "files": files})
     return None
 
