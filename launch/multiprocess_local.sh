@@ -8,10 +8,13 @@
 #
 # Environment: NUM_PROCESSES (default 2), DEVICES_PER_PROCESS (CPU devices each,
 # default 4), PORT (coordinator port, default a free one), PYTHON (default .venv's or
-# python3), LOG_DIR (per-process logs, default <workdir>/logs).
+# python3), LOG_DIR (per-process logs, default <workdir>.logs: beside the workdir, since
+# `run` refuses a new workdir that already holds files).
 # Process 0's output goes to the terminal (only it prints); every process also logs to
 # LOG_DIR/process_<i>.log. If one process fails, the others are stopped. Re-running the
-# same command resumes, as with one process.
+# same command resumes, as with one process. A pod has no such parent: there each
+# process stops by itself when a peer is lost (exit 69 after --lost_process_timeout
+# seconds without its heartbeat; see the README's multi-host section).
 set -euo pipefail   # needs bash >= 5.1 (wait -n -p)
 
 cd "$(dirname "$0")/.."
@@ -34,7 +37,7 @@ if [[ -z "$workdir" ]]; then
   echo "usage: $0 --config CONFIG --workdir DIR [run flags...]" >&2
   exit 2
 fi
-LOG_DIR="${LOG_DIR:-$workdir/logs}"
+LOG_DIR="${LOG_DIR:-${workdir%/}.logs}"
 mkdir -p "$LOG_DIR"
 
 export JAX_PLATFORMS=cpu
@@ -71,7 +74,10 @@ while ((${#live[@]})); do
     status=75
   elif ((code != 0 && (status == 0 || status == 75))); then
     status=$code
-    echo "a process exited with $code (logs: $LOG_DIR); stopping the others" >&2
+    for ((i = 0; i < ${#pids[@]}; i++)); do [[ "${pids[i]}" == "$done" ]] && break; done
+    how="exited with $code"
+    ((code > 128)) && how="was killed by signal $((code - 128))"
+    echo "process $i of $NUM_PROCESSES $how (logs: $LOG_DIR); stopping the others" >&2
     stop_all
   fi
 done

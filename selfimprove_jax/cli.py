@@ -159,6 +159,7 @@ def _cmd_run(args) -> int:
   except Exception:
     distributed.after_failure()   # a lost peer, not this error, is then what is reported
     raise
+  distributed.finished()   # from here this process only waits for the others to finish
   return EXIT_INTERRUPTED if state.get("preempted") else 0
 
 

@@ -185,17 +185,21 @@ def _now() -> float:
 
 
 class _Watchdog:
-  """Heartbeats through the coordination service and stops this process when a peer's stop.
+  """Heartbeats through the coordination service; stops this process when a peer stops.
 
   Two daemon threads: `_beat` writes this process's counter and reads everyone's
-  (round trips that may block while the coordinator is unreachable); `_judge` makes
-  no calls, so a blocked round trip cannot stall the verdict. A peer whose counter
-  has not moved for `timeout` seconds while the coordinator answers is lost; no
-  answer from the coordinator (process 0) for `timeout` seconds means process 0 is.
+  keys (round trips that may block while the coordinator is unreachable); `_judge`
+  makes no calls, so a blocked round trip cannot stall the verdict. A peer whose
+  counter has not moved for `timeout` seconds while the coordinator answers is lost;
+  no answer from the coordinator (process 0) for `timeout` seconds means process 0
+  is. A peer that raised (`after_failure`) while this process did not raise within
+  `timeout` seconds is treated as lost too: this process would wait for it forever.
   The first process to judge publishes its verdict, so the others name the same
   peer; process 0 then waits a moment before leaving, since its exit takes the
   coordination service (and the verdict) with it. JAX's own heartbeat verdict comes
-  `_JAX_HEARTBEAT_MARGIN` later, as a backstop."""
+  `_JAX_HEARTBEAT_MARGIN` later, as a backstop. A process that is done (`finished`,
+  or `after_failure`) stops judging and is not judged: it leaves through JAX's
+  shutdown barrier, where its round trips no longer answer."""
 
   current: Optional["_Watchdog"] = None
 
@@ -211,18 +215,21 @@ class _Watchdog:
     self.client, self.index, self.count, self.timeout = client, index, count, timeout
     self.interval = min(1.0, timeout / 10)
     self.lock = threading.Lock()
-    self.stopped = threading.Event()   # set by `after_failure`: this process stops by itself
-    self.judged = threading.Event()    # a peer was judged lost: this process is exiting
+    self.failed = False   # this process raised (`after_failure`)
+    self.judged = threading.Event()   # a verdict was reached: this process is exiting
+    self.done = threading.Event()     # this process is leaving through JAX's shutdown
+    self.peer_done: set = set()
     start = _now()
-    self.last_ok = start                # last answer from the coordinator
+    self.last_ok = start   # last answer from the coordinator
     self.seen = {p: (None, start) for p in range(count) if p != index}   # counter, when moved
+    self.peer_failed: dict = {}   # peer -> when this process first saw its failure
     self.verdict: Optional[dict] = None   # published by whichever process judged first
     for fn in (self._beat, self._judge):
       threading.Thread(target=fn, name=f"selfimprove-watchdog{fn.__name__}", daemon=True).start()
 
   def _beat(self) -> None:
     n = 0
-    while not self.stopped.is_set():
+    while not self.done.is_set():
       n += 1
       try:
         self.client.key_value_set(f"{_PREFIX}alive/{self.index}", str(n), allow_overwrite=True)
@@ -234,49 +241,76 @@ class _Watchdog:
         with self.lock:
           self.last_ok = now
           for key, value in entries:
-            name = key[len(_PREFIX):] if key.startswith(_PREFIX) else key
-            if name == "lost":
+            kind, _, who = (key[len(_PREFIX):] if key.startswith(_PREFIX) else key).partition("/")
+            if kind == "lost":
               self.verdict = json.loads(value)
-            elif name.startswith("alive/") and int(name[6:]) in self.seen:
-              peer = int(name[6:])
-              if self.seen[peer][0] != value:
+            elif kind in ("alive", "failed", "done") and who.isdigit() and int(who) in self.seen:
+              peer = int(who)
+              if kind == "done":
+                self.peer_done.add(peer)
+              elif kind == "failed":
+                self.peer_failed.setdefault(peer, now)
+              elif self.seen[peer][0] != value:
                 self.seen[peer] = (value, now)
-      self.stopped.wait(self.interval)
+      time.sleep(self.interval)
 
-  def silent_peers(self) -> dict:
-    """{peer: seconds since its heartbeat last moved, or since the coordinator last answered}."""
+  def publish(self, name: str, value: str) -> None:
+    try:
+      self.client.key_value_set(f"{_PREFIX}{name}", value, allow_overwrite=True)
+    except Exception:   # the coordinator is gone: the others judge by themselves
+      pass
+
+  def _find_lost(self) -> Optional[dict]:
     now = _now()
     with self.lock:
+      if self.verdict is not None:
+        return self.verdict
       if self.index != 0 and now - self.last_ok > self.timeout:
-        return {0: now - self.last_ok}
-      return {p: now - t for p, (_, t) in self.seen.items() if now - t > self.timeout}
+        return dict(process=0, why=f"no answer from it, the coordinator, for "
+                                   f"{now - self.last_ok:.0f} s")
+      silent = {p: now - t for p, (_, t) in self.seen.items()
+                if now - t > self.timeout and p not in self.peer_done}
+      if silent:
+        peer = min(silent)
+        return dict(process=peer, why=f"no heartbeat for {silent[peer]:.0f} s")
+      failed = [p for p, t in self.peer_failed.items() if now - t > self.timeout]
+      if failed and not self.failed:
+        peer = min(failed)
+        return dict(process=peer, why=f"it stopped on an error {now - self.peer_failed[peer]:.0f}"
+                                      f" s ago; its own output says which", failed=True)
+    return None
 
   def _judge(self) -> None:
-    while not self.stopped.wait(self.interval):
-      with self.lock:
-        verdict = self.verdict
+    while not self.done.wait(self.interval):
+      verdict = self._find_lost()
       if verdict is None:
-        silent = self.silent_peers()
-        if not silent:
-          continue
-        peer = min(silent)
-        how = "no answer from it, the coordinator," if peer == 0 and self.index != 0 else "no heartbeat"
-        verdict = dict(process=peer, why=f"{how} for {silent[peer]:.0f} s")
-        if peer != 0 or self.index == 0:
-          try:   # so the others name the same process
-            self.client.key_value_set(f"{_PREFIX}lost", json.dumps(verdict), allow_overwrite=True)
-          except Exception:
-            pass
-      if self.stopped.is_set():
+        continue
+      if self.done.is_set():
         return
       self.judged.set()
+      if verdict["process"] != 0 or self.index == 0:   # so the others name the same process
+        self.publish("lost", json.dumps(verdict))
       # one write call: no buffer that a forked child or another thread could repeat
       os.write(2, (f"selfimprove-jax: process {verdict['process']} of {self.count} was lost "
                    f"({verdict['why']}); stopping (exit {EXIT_PROCESS_LOST}) - relaunch every "
                    f"process to resume\n").encode())
+      if verdict.get("failed"):   # it waits in JAX's shutdown barrier: let it leave cleanly
+        try:
+          self.client.shutdown()
+        except Exception:
+          pass
       if self.index == 0:   # the others read the verdict from this process's service
         time.sleep(3 * self.interval + 1)
       os._exit(EXIT_PROCESS_LOST)
+
+
+def finished() -> None:
+  """Call when the run returned on this process: it now leaves through JAX's shutdown
+  barrier, waiting there for the others, so its silence is no longer a loss."""
+  w = _Watchdog.current
+  if w is not None and not w.done.is_set():
+    w.publish(f"done/{w.index}", "1")
+    w.done.set()
 
 
 def after_failure() -> None:
@@ -285,8 +319,9 @@ def after_failure() -> None:
   With several processes a peer's death surfaces here first, as a failed collective
   (gloo: "Connection reset by peer"): if a peer is lost, the watchdog says so and
   exits this process (EXIT_PROCESS_LOST) within its timeout. If every peer is still
-  heartbeating, the error is this process's own: the watchdog stops, so the peers,
-  which wait for this process in a collective, see it silent and stop in turn."""
+  heartbeating, the error is this process's own: it is published, so that peers that
+  do not raise the same error (and would wait for this process in a collective) stop
+  after the timeout instead of waiting, and the caller reports it."""
   w = _Watchdog.current
   if w is None:
     return
@@ -297,7 +332,10 @@ def after_failure() -> None:
       continue
     with w.lock:
       alive = all(t > start + 2 * w.interval for _, t in w.seen.values())
-    if alive and (w.index == 0 or _now() - w.last_ok < 2 * w.interval):
+    if alive:
       break
     time.sleep(w.interval)
-  w.stopped.set()
+  with w.lock:
+    w.failed = True
+  w.publish(f"failed/{w.index}", "1")
+  finished()
