@@ -318,6 +318,8 @@ CASES = [
     (["export", "--model", "tiny", "--out", "{dir}/e16", "--dtype", "int8"], "--dtype"),
     # adapters asked of a model that has none (not a LoRA run)
     (["export", "--model", "tiny", "--out", "{dir}/ep", "--peft"], "--peft"),
+    # the lost-process watchdog needs a positive deadline
+    (_run("--lost_process_timeout", "0"), "--lost_process_timeout"),
 ]
 
 
