@@ -331,7 +331,8 @@ def after_failure() -> None:
       time.sleep(w.interval)
       continue
     with w.lock:
-      alive = all(t > start + 2 * w.interval for _, t in w.seen.values())
+      alive = all(t > start + 2 * w.interval or p in w.peer_done
+                  for p, (_, t) in w.seen.items())
     if alive:
       break
     time.sleep(w.interval)
