@@ -206,10 +206,12 @@ class _Watchdog:
   @classmethod
   def start(cls, timeout: float) -> None:
     import jax
-    from jax._src import distributed as jax_distributed   # the client JAX connected
-    if cls.current is None:
-      cls.current = cls(jax_distributed.global_state.client, jax.process_index(),
-                        jax.process_count(), timeout)
+    # the client JAX connected: jax keeps it in a private module (checked on jax 0.10.2);
+    # without it, JAX's own heartbeat timeout (a C++ fatal error) is all that stops us
+    from jax._src import distributed as jax_distributed
+    client = getattr(jax_distributed.global_state, "client", None)
+    if cls.current is None and client is not None:
+      cls.current = cls(client, jax.process_index(), jax.process_count(), timeout)
 
   def __init__(self, client, index: int, count: int, timeout: float):
     self.client, self.index, self.count, self.timeout = client, index, count, timeout
