@@ -1,7 +1,7 @@
 """Learning with real signal: the loop raises the tiny model's held-out score.
 
 A random tiny model never answers anything right, so the test first gives it a weak
-start (6 SFT steps on 8 training prompts of a trivially learnable JSONL task), exports
+start (10 SFT steps on 8 training prompts of a trivially learnable JSONL task), exports
 it as an HF directory, and hands that to the loop as its model. From there everything
 is the loop's own work: sample, keep what the verifier accepts, fine-tune, evaluate on
 held-out prompts the pre-training never saw."""
@@ -24,7 +24,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _weak_start(task, out_dir):
-  """The tiny preset after a few SFT steps toward answering '7' (p(right) ~ 0.1-0.2)."""
+  """The tiny preset after a few SFT steps toward answering '7' and ending its turn
+  (p(right) ~ 0.1-0.2 on held-out prompts)."""
   m = weights.load("tiny", seed=0)
   tok = m.tokenizer
   answer = tok.encode("7", add_special_tokens=False) + [tok.convert_tokens_to_ids("<|im_end|>")]
@@ -36,7 +37,9 @@ def _weak_start(task, out_dir):
   mesh = single_device_mesh()
   state = opt.create_train_state(m.config, cfg, m.params, mesh)
   step = opt.make_train_step(m.config, cfg, mesh)
-  for _ in range(6):
+  # 10 steps: the first few teach the '7' before they teach the end of turn after it,
+  # and a reply cut off at its budget states no answer (tasks/answers.py)
+  for _ in range(10):
     state, _ = step(state, batch)
   weights.export(state.params, m.config, tok, out_dir)
 
