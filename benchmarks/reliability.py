@@ -446,8 +446,9 @@ def sandbox_cases(m: Matrix) -> None:
       f.write(json.dumps({"prompt": f"Write f(x) returning 2 * x ({kind}).",
                           "entry_point": "f", **tests}) + "\n")
   task = get_task(f"code_jsonl:{path}", timeout_s=3.0, memory_mb=256)
-  problems = task.heldout() + [p for p in [task.problem(0, i) for i in range(4)]]
-  problems = list({p.id: p for p in problems}.values())
+  # both problems: the held-out one and the training one (ids de-duplicated)
+  problems = list({p.id: p for p in task.heldout() + [task.problem(0, i) for i in range(4)]}
+                  .values())
   reply = lambda src: f"```python\n{src}```"
   for name, src in HOSTILE.items():
     def check(src=src):
@@ -499,23 +500,18 @@ def main(argv=None) -> int:
     print(f"reference: configs/tiny.py, {len(results(ref)) - 1} iterations, "
           f"{ref_seconds:.1f} s warm", flush=True)
   rng = random.Random(args.seed)
+  run_section = {
+      "kills": lambda: kills(m, ref, ref_seconds, args.kills, rng),
+      "saves": lambda: saves(m, ref),
+      "corruption": lambda: corruption(m, ref),
+      "bad_input": lambda: bad_input(m),
+      "user_files": lambda: user_files(m, ref),
+      "lost_process": lambda: lost_process(m, ref),
+      "devices": lambda: devices(m, ref),
+      "sandbox": lambda: sandbox_cases(m),
+  }
   for section in only:
-    if section == "kills":
-      kills(m, ref, ref_seconds, args.kills, rng)
-    elif section == "saves":
-      saves(m, ref)
-    elif section == "corruption":
-      corruption(m, ref)
-    elif section == "bad_input":
-      bad_input(m)
-    elif section == "user_files":
-      user_files(m, ref)
-    elif section == "lost_process":
-      lost_process(m, ref)
-    elif section == "devices":
-      devices(m, ref)
-    elif section == "sandbox":
-      sandbox_cases(m)
+    run_section[section]()
   held = sum(r[2] for r in m.rows)
   print(f"\n{held} of {len(m.rows)} held ({time.monotonic() - started:.0f} s)")
   for section in only:
