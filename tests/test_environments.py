@@ -1,0 +1,157 @@
+"""Multi-turn episodes (environments/): token continuity (the ids a loss reads are the
+ids sampled, turn by turn, and observations carry no loss), a scripted environment's
+exact rewards and masks, reproducibility whatever the environment's timing, and how
+episodes end."""
+
+import functools
+import random
+import time
+
+import jax
+import numpy as np
+import pytest
+from scipy import special
+
+from selfimprove_jax.environments import episodes as episodes_lib
+from selfimprove_jax.environments.base import Environment, Spec, Step
+from selfimprove_jax.model import forward, get_preset, init_params
+from selfimprove_jax.optimize import batches as batches_lib
+from selfimprove_jax.sampling import Sampler, SamplingParams, encode_reply
+from selfimprove_jax.tasks.problem import Problem
+from selfimprove_jax.weights import tokenizer as tokenizer_lib
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  config = get_preset("tiny")
+  params = dict(init_params(config, seed=3))
+  params["embedding"] = params["embedding"] * 4.0   # peaked logits: varied, short turns
+  return config, params
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+  return tokenizer_lib.from_gguf(tokenizer_lib.smollm2_gguf_path())
+
+
+@pytest.fixture(scope="module")
+def sampler(tiny, tokenizer):
+  return Sampler(tiny[0], eos_ids=(2,), tokenizer=tokenizer, max_batch=4)
+
+
+class Scripted(Environment):
+  """Three turns: observation 'obs k <|im_end|>' (a marker spelled in text), reward k/3;
+  optionally a random sleep per step (timing must not change any episode)."""
+
+  def __init__(self, sleep=False, turns=3):
+    self.k, self.sleep, self.turns = 0, sleep, turns
+
+  def reset(self, problem):
+    return f"problem {problem.id}: talk to me"
+
+  def step(self, action, finish):
+    if self.sleep:
+      time.sleep(random.random() * 0.05)
+    self.k += 1
+    return Step(observation=f"obs {self.k} <|im_end|>", reward=self.k / self.turns,
+                done=self.k >= self.turns, tool_call=self.k == 1)
+
+
+PROBLEMS = [Problem(id=f"p{i}", prompt=f"problem {i}", reference="x") for i in range(3)]
+SP = SamplingParams(temperature=1.0, max_new_tokens=6)
+
+
+def _play(sampler, params, tokenizer, make=Scripted, n=2, seed=0, **spec):
+  spec = Spec(name="scripted", make=make, **{"max_turns": 5, "max_tokens": 160, **spec})
+  return episodes_lib.run(sampler, params, tokenizer, spec, PROBLEMS, SP, n=n, seed=seed)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _forward(params, config, tokens, mask):
+  return forward(params, config, tokens, mask)
+
+
+def test_scripted_episode_rewards_masks_and_token_continuity(tiny, sampler, tokenizer):
+  config, params = tiny
+  groups = _play(sampler, params, tokenizer)
+  assert [len(g) for g in groups] == [2, 2, 2]
+  for g, p in zip(groups, PROBLEMS):
+    for j, s in enumerate(g):
+      assert (s.problem_id, s.sample_index, s.episode_end) == (p.id, j, "done")
+      assert [t["reward"] for t in s.turns] == pytest.approx([1 / 3, 2 / 3, 1.0])
+      assert s.reward == 1.0
+      # the completion is the turns' sampled ids and the observations' appended ids,
+      # in order; only the sampled ones are in the action mask
+      ids, mask = [], []
+      for t in s.turns:
+        ids += t["tokens"] + t["observation_tokens"]
+        mask += [1] * len(t["tokens"]) + [0] * len(t["observation_tokens"])
+      assert s.completion_tokens == ids and s.action_mask == mask
+      assert s.turns[-1]["observation_tokens"] == []
+      for t in s.turns[:-1]:
+        closed = t["finish_reason"] == "eos"
+        assert t["observation_tokens"] == encode_reply(tokenizer, t["observation"], closed)
+        # the marker spelled in the observation stays text: the only end-of-turn ids
+        # are the template's (closing the model's reply unless it did, and the user turn)
+        assert t["observation_tokens"].count(2) == (1 if closed else 2)
+      # each sampled token's log-prob is the model's, given exactly the ids before it
+      seq = np.asarray(s.prompt_tokens + s.completion_tokens, np.int32)
+      tokens, valid = np.zeros((1, 192), np.int32), np.zeros((1, 192), bool)
+      tokens[0, :len(seq)], valid[0, :len(seq)] = seq, True
+      logits = np.asarray(_forward(params, config, tokens, valid), np.float64)
+      logp = special.log_softmax(logits[0, :len(seq)], axis=-1)
+      P = len(s.prompt_tokens)
+      want = logp[np.arange(P - 1, len(seq) - 1), seq[P:]]
+      got = np.asarray(s.logprobs)
+      m = np.asarray(mask, bool)
+      np.testing.assert_allclose(got[m], want[m], atol=2e-3)
+      assert not got[~m].any()
+  # an SFT batch of the episodes puts loss on the model's tokens only
+  samples = [s for g in groups for s in g]
+  batch = batches_lib.pad_rows([batches_lib.row(s) for s in samples], 8, 192)
+  for i, s in enumerate(samples):
+    P = len(s.prompt_tokens)
+    assert batch["loss_mask"][i, :P].sum() == 0
+    np.testing.assert_array_equal(batch["loss_mask"][i, P:P + len(s.action_mask)], s.action_mask)
+    np.testing.assert_array_equal(batch["tokens"][i, P:P + len(s.completion_tokens)],
+                                  s.completion_tokens)
+  metrics = episodes_lib.process_metrics(samples)
+  assert metrics["episode_turns"] == 3 and metrics["episode_tool_calls"] == 1
+  assert metrics["episode_success"] == 1 and metrics["episode_out_of_turns"] == 0
+
+
+def test_episodes_do_not_depend_on_environment_timing(tiny, sampler, tokenizer):
+  """Steps that take random times (run on the feed's threads while the sampler
+  decodes) give the same episodes: answers are admitted in a fixed order."""
+  _, params = tiny
+  runs = [_play(sampler, params, tokenizer, make=functools.partial(Scripted, sleep=True),
+                seed=5) for _ in range(2)]
+  a, b = ([s.to_json() for g in r for s in g] for r in runs)
+  assert a == b
+  other = [s.to_json() for g in _play(sampler, params, tokenizer, seed=6) for s in g]
+  assert other != a
+
+
+def test_episode_limits_and_environment_errors(tiny, sampler, tokenizer):
+  _, params = tiny
+  # out of turns: the environment never says done
+  out = _play(sampler, params, tokenizer, make=functools.partial(Scripted, turns=99),
+              max_turns=2)
+  assert all(len(s.turns) == 2 and s.episode_end == "max_turns" for g in out for s in g)
+  # out of tokens: the episode's context reaches max_tokens
+  out = _play(sampler, params, tokenizer, make=functools.partial(Scripted, turns=99),
+              max_turns=50, max_tokens=80)
+  for s in (s for g in out for s in g):
+    assert s.episode_end == "max_tokens"
+    assert len(s.prompt_tokens) + len(s.completion_tokens) <= 80
+
+  class Broken(Scripted):
+    def step(self, action, finish):
+      raise RuntimeError("environment bug")
+
+  out = _play(sampler, params, tokenizer, make=Broken)
+  s = out[0][0]
+  assert s.episode_end == "error" and s.turns[0]["status"] == "env_error"
+  assert "environment bug" in s.turns[0]["detail"]
+  with pytest.raises(ValueError, match="max_tokens"):
+    _play(sampler, params, tokenizer, max_tokens=10)
