@@ -98,6 +98,16 @@ def base_config() -> ml_collections.ConfigDict:
   c.acquire.rationalize = False
   c.acquire.self_instruct_share = 0.0  # fraction of each iteration's prompts the model proposes
 
+  # Multi-turn environments (environments/): with a name, every sample is an episode in
+  # which the model acts and the environment answers (a sandboxed tool, test feedback on
+  # a program, a game); the environment's reward replaces the verifier's. '' = one
+  # prompt, one reply.
+  c.environment = ml_collections.ConfigDict()
+  c.environment.name = ""              # '' | python_tool | code_feedback | guess_number
+  c.environment.max_turns = 4          # model turns per episode at most
+  c.environment.max_tokens = 512       # an episode's tokens from its first observation on
+  c.environment.options = ml_collections.ConfigDict()  # the environment's own options
+
   # Inference refinement strategies (refine/strategies.py): acquisition and evaluate.strategies
   c.refine = ml_collections.ConfigDict()
   c.refine.n = 8                       # best_of_n candidates / self_consistency votes
@@ -353,7 +363,45 @@ def _known(key: str, value, known: tuple, what: str) -> None:
     raise UserError(f"{key}={value!r}: {e}") from None
 
 
+# environments/__init__.py registers exactly these (a test checks)
+ENVIRONMENT_NAMES = ("python_tool", "code_feedback", "guess_number")
+# the algorithms whose batches read an episode's action mask (the others' samples are
+# their own: proposals, targets, pseudo-labels)
+ENVIRONMENT_ALGORITHMS = ("sft", "grpo", "dpo")   # grpo with optim.loss rloo, dr_grpo too
+
+
+def _check_environment(config) -> None:
+  e = config.environment
+  if not isinstance(e.name, str):
+    raise UserError(f"environment.name={e.name!r} must be a string")
+  if not e.name:
+    return
+  if e.name not in ENVIRONMENT_NAMES:
+    raise UserError(f"environment.name={e.name!r} is not one of "
+                    f"{', '.join(ENVIRONMENT_NAMES)}")
+  for key, low in (("max_turns", 1), ("max_tokens", 2)):
+    value = e[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+      raise UserError(f"environment.{key}={value!r} must be an integer >= {low}")
+  if config.loop.algorithm not in ENVIRONMENT_ALGORITHMS:
+    raise UserError(f"environment.name={e.name!r} trains with loop.algorithm one of "
+                    f"{', '.join(ENVIRONMENT_ALGORITHMS)}, not {config.loop.algorithm!r}")
+  a = config.acquire
+  for key, on in (("acquire.refine_strategy", a.refine_strategy),
+                  ("acquire.label_free", a.label_free), ("acquire.rationalize", a.rationalize),
+                  ("acquire.self_instruct_share", a.self_instruct_share > 0),
+                  ("judge.use_as_reward", config.judge.use_as_reward)):
+    if on:
+      raise UserError(f"{key} does not apply to environment episodes "
+                      f"(environment.name={e.name!r}): the environment scores them")
+  if e.max_tokens > config.train.max_seq_len:
+    raise UserError(f"environment.max_tokens={e.max_tokens} is above train.max_seq_len="
+                    f"{config.train.max_seq_len}: longer episodes would be trained on cut "
+                    f"short; raise train.max_seq_len or lower environment.max_tokens")
+
+
 def _check_acquire(config) -> None:
+  _check_environment(config)
   a = config.acquire
   if a.label_free and a.refine_strategy != "self_consistency":
     raise UserError(f"acquire.label_free needs acquire.refine_strategy=self_consistency "

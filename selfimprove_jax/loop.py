@@ -331,7 +331,7 @@ def _set_up(config, workdir: str, log) -> Setup:
   reporter = Reporter(workdir, tensorboard=config.log.tensorboard, plot=config.log.plot,
                       progress=config.log.progress, log=log)
   reporter.write_config(config.to_dict())
-  stages = settings_lib.stages(config, algorithm)
+  stages = settings_lib.stages(config, algorithm, task)
   training = _training(config, algorithm, base.config, mesh)
   weights = phase_lib.Weights(stages.phase, training, base.params, config.seed,
                               reread=lambda k, shapes: ckpt.restore_params(k, shapes)[0])
@@ -376,7 +376,7 @@ def _steered(s: Setup, adjust: dict) -> Setup:
     return s
   config = settings_lib.steered(s.config, adjust)
   algorithm = algorithms.ALGORITHMS[config.loop.algorithm]
-  stages = dataclasses.replace(settings_lib.stages(config, algorithm),
+  stages = dataclasses.replace(settings_lib.stages(config, algorithm, s.task),
                                evaluate=s.stages.evaluate, gate=s.stages.gate)
   optim = algorithms.optimizer_config(config, algorithm)
   training = s.training

@@ -4,13 +4,14 @@
 interface through which acquisition, evaluation, the judge, refinement strategies and
 self-instruct call a model, so each can be tested with a scripted generator;
 `model_generate` is the real one: encode (chat template) -> sample -> decode, written
-once here.
+once here; its `episodes` plays multi-turn episodes in an environment.
 """
 
 from __future__ import annotations
 
 from typing import Callable, Sequence
 
+from selfimprove_jax.environments import episodes as episodes_lib
 from selfimprove_jax.records import Sample
 from selfimprove_jax.sampling import SamplingParams, encode_prompts, encode_text
 
@@ -43,6 +44,12 @@ class ModelPolicy:
           logprobs=[float(x) for x in c.logprobs], finish_reason=c.finish_reason,
           num_tokens=int(c.num_tokens), sample_index=int(c.sample_index)))
     return out
+
+  def episodes(self, spec, problems, sp, n, seed) -> list:
+    """n multi-turn episodes per problem in environment `spec` (environments/), as
+    Samples grouped by problem, in sample order."""
+    return episodes_lib.run(self.sampler, self.params, self.tokenizer, spec, problems, sp,
+                            n, seed, progress=self.progress)
 
   def target(self, prompt: str, text: str) -> Sample:
     """`text` as a completion of `prompt`: its tokens, as text (a marker spelled in a

@@ -72,6 +72,16 @@ class Sample:
   # pseudo-label (the majority answer; None when no answer reached the vote share)
   answer: Optional[str] = None
   pseudo_label: Optional[str] = None
+  # multi-turn episodes (environments/episodes.py): the completion is the whole episode
+  # after its first observation, the model's turns and the environment's answers as
+  # sampled and appended (never re-tokenized); `action_mask` is 1 at the model's tokens,
+  # the only ones a loss reads, and 0 at the observations' (whose log-probs are 0);
+  # `turns` holds one dict per model turn (environments.episodes.TURN_FIELDS); the
+  # reward is the last step's; `episode_end` says why the episode ended ('done',
+  # 'max_turns', 'max_tokens', 'error')
+  action_mask: Optional[list] = None
+  turns: Optional[list] = None
+  episode_end: Optional[str] = None
 
   @property
   def logprob(self) -> float:

@@ -9,11 +9,12 @@ ConfigDict, so a stage's signature says what it reads. Comma lists of names
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Optional
 
 from selfimprove_jax.acquire import rounds as acquire_lib
 from selfimprove_jax.acquire import self_instruct as self_instruct_lib
 from selfimprove_jax import config as config_lib
+from selfimprove_jax import environments
 from selfimprove_jax.config import names
 from selfimprove_jax.errors import UserError
 from selfimprove_jax.evaluate import gate as gate_lib
@@ -59,8 +60,19 @@ def judge_needed(config) -> bool:
           or (config.acquire.refine_strategy == "best_of_n" and config.refine.scorer == "judge"))
 
 
-def acquire(config) -> acquire_lib.Settings:
-  """One acquisition round's knobs (config.loop, sampling, judge, acquire, refine)."""
+def environment(config, task) -> Optional[environments.Spec]:
+  """The multi-turn environment config.environment names, for `task`'s problems (None:
+  single-turn samples)."""
+  e = config.environment
+  if not e.name:
+    return None
+  return environments.make(e.name, task, max_turns=e.max_turns, max_tokens=e.max_tokens,
+                           options=e.options.to_dict())
+
+
+def acquire(config, env: Optional[environments.Spec] = None) -> acquire_lib.Settings:
+  """One acquisition round's knobs (config.loop, sampling, judge, acquire, refine), with
+  the environment its samples are episodes of (`environment`)."""
   a, j = config.acquire, config.judge
   sample = sampling(config, config.sampling.max_new_tokens)
   return acquire_lib.Settings(
@@ -70,7 +82,7 @@ def acquire(config) -> acquire_lib.Settings:
       strategy=strategy(config, sample), min_vote_share=a.min_vote_share,
       label_free=a.label_free, rationalize=a.rationalize,
       reward_threshold=config.select.reward_threshold,
-      judge_threshold=config.select.judge_threshold)
+      judge_threshold=config.select.judge_threshold, environment=env)
 
 
 def select(config) -> select_lib.Settings:
@@ -84,11 +96,12 @@ def select(config) -> select_lib.Settings:
       replay=c.replay)
 
 
-def evaluate(config) -> evaluation.Settings:
-  """What held-out evaluation does besides greedy pass@1 (config.evaluate, sampling)."""
+def evaluate(config, env: Optional[environments.Spec] = None) -> evaluation.Settings:
+  """What held-out evaluation does besides greedy pass@1 (config.evaluate, sampling); with
+  an environment (`environment`) it scores episodes."""
   e = config.evaluate
   sample = sampling(config, e.max_new_tokens)
-  return evaluation.Settings(maj_k=e.maj_k, sample=sample,
+  return evaluation.Settings(maj_k=e.maj_k, sample=sample, environment=env,
                              strategies=refine_lib.check_strategies(names(e.strategies)),
                              strategy=strategy(config, sample))
 
@@ -170,9 +183,12 @@ class Stages:
   paradigm: Any          # the algorithm's own sections (Algorithm.settings)
 
 
-def stages(config, algorithm) -> Stages:
-  """Every stage's settings from the config, once."""
-  return Stages(acquire=acquire(config), select=select(config), evaluate=evaluate(config),
+def stages(config, algorithm, task=None) -> Stages:
+  """Every stage's settings from the config (and, for an environment, the task its
+  episodes start from), once."""
+  env = environment(config, task)
+  return Stages(acquire=acquire(config, env), select=select(config),
+                evaluate=evaluate(config, env),
                 self_instruct=self_instruct(config), batches=batches(config),
                 phase=phase(config, algorithm), gate=gate(config), rules=rules(config),
                 paradigm=algorithm.settings(config))

@@ -1,4 +1,5 @@
-"""Acquire: G samples per problem from the current model, scored by the task's verifier,
+"""Acquire: G samples per problem from the current model, scored by the task's verifier
+(or, with an environment, G multi-turn episodes per problem, scored by the environment),
 with the judge's scores, a refinement strategy's training targets and STaR's
 rationalizations where the config asks for them. In label-free mode
 (`acquire.label_free`) no reference answer is read here: the verifier never runs, and a
@@ -14,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Optional, Sequence
 
+from selfimprove_jax.environments import episodes as episodes_lib
 from selfimprove_jax.policy import GenerateFn
 from selfimprove_jax.records import Sample, pass_rate
 from selfimprove_jax.refine import strategies as refine_lib
@@ -30,6 +32,18 @@ def sample(generate: GenerateFn, problems: Sequence, sp: SamplingParams, n: int,
   groups = generate([p.prompt for p in problems], sp, n, seed)
   return [s.replace(problem_id=p.id, iteration=int(iteration), verifier_status="unverified")
           for p, group in zip(problems, groups) for s in group]
+
+
+def episodes(generate: GenerateFn, spec, problems: Sequence, sp: SamplingParams, n: int,
+             seed: int, iteration: int) -> list[Sample]:
+  """n multi-turn episodes per problem in environment `spec` (environments/), grouped by
+  problem; the environment scores them (an episode's reward is its last step's), so no
+  verifier runs here. `generate` must be able to play them (ModelPolicy.episodes)."""
+  play = getattr(generate, "episodes", None)
+  if play is None:
+    raise TypeError(f"{type(generate).__name__} cannot play episodes (needs .episodes)")
+  return [s.replace(iteration=int(iteration))
+          for group in play(spec, problems, sp, n, seed) for s in group]
 
 
 def acquire(generate: GenerateFn, task, problems: Sequence, sp: SamplingParams, n: int,
@@ -61,6 +75,7 @@ class Settings:
   strategy: Optional[refine_lib.StrategyConfig] = None
   min_vote_share: float = 0.0            # self_consistency targets: the vote share needed
   label_free: bool = False               # no reference read: reward = majority agreement
+  environment: Any = None                # an environments.Spec: samples are episodes
   rationalize: bool = False              # STaR: failed problems answered again with a hint
   reward_threshold: float = 1.0          # a sample at or above it is right (rationalize)
   judge_threshold: float = 0.6           # a judge score at or above it says right (agreement)
@@ -87,7 +102,10 @@ def acquire_round(r: Round, problems: Sequence) -> list[Sample]:
   samples: judge scores (judge.py), a refinement strategy's training targets
   (refine.py), label-free rewards, and STaR's rationalizations."""
   st = r.settings
-  if st.label_free:
+  if st.environment is not None:
+    samples = episodes(r.generate, st.environment, problems, st.sample, st.n, r.seed,
+                       r.iteration)
+  elif st.label_free:
     samples = sample(r.generate, problems, st.sample, st.n, r.seed, r.iteration)
   else:
     samples = acquire(r.generate, r.task, problems, st.sample, st.n, r.seed, r.iteration)
@@ -124,4 +142,6 @@ def summary(samples: Sequence[Sample], st: Settings) -> dict:
                                   if targets else float("nan"))
   if st.rationalize:
     row["rationalized"] = sum(bool(x.rationalized) for x in samples)
+  if st.environment is not None:
+    row.update(episodes_lib.process_metrics(samples))
   return {**row, **judge_lib.agreement(samples, st.judge_threshold, st.reward_threshold)}

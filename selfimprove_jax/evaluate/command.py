@@ -70,7 +70,7 @@ def evaluate_model(spec: str, flags: dict, task_options: dict, progress: bool = 
                             config.task.difficulty)
   sampler = make_sampler(model, max_batch=config.sampling.max_batch)
   generate = model_generate(sampler, model.params, model.tokenizer, progress)
-  st = settings_lib.evaluate(config)
+  st = settings_lib.evaluate(config, settings_lib.environment(config, task))
   seed = lambda split: config_lib.stage_seed(config, iteration, split)
   out = {"model": model.source or spec, "task": config.task.name, "settings": source,
          "validation": len(splits.validation),

@@ -13,11 +13,11 @@ The `eval` command (evaluate/command.py) builds its settings the way the loop do
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from selfimprove_jax.acquire.rounds import acquire
+from selfimprove_jax.acquire.rounds import acquire, episodes
 from selfimprove_jax.policy import GenerateFn
 from selfimprove_jax.records import group_by_problem, majority
 from selfimprove_jax.refine import strategies as refine
@@ -34,6 +34,7 @@ class Settings:
   sample: SamplingParams = SamplingParams(temperature=1.0, max_new_tokens=48)
   strategies: tuple = ()                 # refinement strategies scored beside greedy
   strategy: refine.StrategyConfig = refine.StrategyConfig()
+  environment: Any = None                # an environments.Spec: problems are played as episodes
 
 
 def evaluate(generate: GenerateFn, task, problems: Sequence, settings: Settings, seed: int,
@@ -50,6 +51,9 @@ def results(generate: GenerateFn, task, problems: Sequence, settings: Settings, 
   reward; with maj_k > 1 the k sampled answers and rewards and their majority's
   verdict; per refinement strategy its final answer and reward. `summarize` turns the
   rows into the metrics, so a run that reads them back reports the same numbers."""
+  if settings.environment is not None:
+    return _episodes(generate, settings.environment, problems, settings.maj_k,
+                     settings.sample, seed)
   rows = _greedy_and_sampled(generate, task, problems, settings.maj_k, settings.sample, seed)
   if settings.strategies:   # inference compute's value, beside greedy
     ctx = refine.Context(generate, task, problems, judge=judge or generate)
@@ -71,10 +75,13 @@ def summarize(rows: Sequence[dict], settings: Settings) -> dict:
   if all("num_tokens" in r for r in rows):   # greedy completions' length and truncation
     metrics["mean_length"] = float(np.mean([r["num_tokens"] for r in rows]))
     metrics["truncated"] = float(np.mean([r["finish_reason"] == "length" for r in rows]))
+  if all("episode_end" in r for r in rows):   # episodes: what the greedy ones did
+    metrics.update(_process(rows))
   k = settings.maj_k
-  if k > 1:
+  if k > 1 and all("majority" in r for r in rows):
     metrics[f"maj@{k}"] = float(np.mean([r["majority"] is not None
                                          and r["majority_reward"] >= 1.0 for r in rows]))
+  if k > 1 and all("samples" in r for r in rows):
     metrics[f"pass@{k}"] = float(np.mean([any(x["reward"] >= 1.0 for x in r["samples"])
                                           for r in rows]))
     # Mean reward of the sampled answers: moves smoothly with the probability of a right
@@ -84,6 +91,52 @@ def summarize(rows: Sequence[dict], settings: Settings) -> dict:
   if settings.strategies:
     metrics.update(refine.heldout_summary([r["strategies"] for r in rows]))
   return metrics
+
+
+def _episodes(generate: GenerateFn, spec, problems: Sequence, k: int,
+              sample: SamplingParams, seed: int) -> list[dict]:
+  """Per-problem rows of one greedy episode each (its reward is pass@1; its turns, tool
+  calls, tool errors, invalid actions and end for the process measures) and, with
+  k > 1, the rewards of k sampled episodes (pass@k; no majority vote: an episode's
+  answer is whatever its environment scored)."""
+  greedy = SamplingParams(greedy=True, max_new_tokens=sample.max_new_tokens,
+                          stop_sequences=sample.stop_sequences)
+  g = episodes(generate, spec, problems, greedy, 1, seed, -1)
+  rows = []
+  for p, s in zip(problems, g):
+    turns = s.turns or []
+    rows.append({
+        "problem_id": p.id, "prompt": p.prompt, "completion": s.completion,
+        "reward": s.reward, "verifier_status": s.verifier_status,
+        "num_tokens": sum(s.action_mask or []), "finish_reason": s.finish_reason,
+        "episode_end": s.episode_end, "turns": len(turns),
+        "tool_calls": sum(bool(t.get("tool_call")) for t in turns),
+        "tool_errors": sum(bool(t.get("tool_call")) and t.get("status") not in ("ok", "invalid")
+                           for t in turns),
+        "invalid": sum(t.get("status") == "invalid" for t in turns),
+        "optimal_turns": spec.optimal_turns(p)})
+  if k > 1:
+    groups = group_by_problem(episodes(generate, spec, problems, sample, k, seed + 1, -1))
+    for row, p in zip(rows, problems):
+      row["samples"] = [{"reward": s.reward, "turns": len(s.turns or [])}
+                        for s in groups[p.id]]
+  return rows
+
+
+def _process(rows: Sequence[dict]) -> dict:
+  """Process measures of greedy episodes: turns used, tool calls, tool errors and invalid
+  actions per episode, the share that ran out of turns, and (where the environment
+  knows the optimum) the solved episodes' turns over the fewest possible."""
+  out = {"turns": float(np.mean([r["turns"] for r in rows])),
+         "tool_calls": float(np.mean([r["tool_calls"] for r in rows])),
+         "tool_errors": float(np.mean([r["tool_errors"] for r in rows])),
+         "invalid_actions": float(np.mean([r["invalid"] for r in rows])),
+         "out_of_turns": float(np.mean([r["episode_end"] == "max_turns" for r in rows]))}
+  solved = [r for r in rows if r["reward"] >= 1.0 and r.get("optimal_turns")]
+  if solved:
+    out["turns_over_optimal"] = float(np.mean([r["turns"] / r["optimal_turns"]
+                                               for r in solved]))
+  return out
 
 
 def heldout_scores(generate: GenerateFn, task, problems: Sequence, k: int,

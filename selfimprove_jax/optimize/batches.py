@@ -32,23 +32,28 @@ class Settings:
   row_unit: int = 1                  # the step's micro-batch (or accumulation) rows
 
 
-def pad_rows(rows: list[tuple[list[int], int]], batch_size: int, max_len: int) -> dict:
-  """rows of (tokens, prompt_len) -> right-padded numpy batch with a completion mask."""
+def pad_rows(rows: list[tuple], batch_size: int, max_len: int) -> dict:
+  """rows of (tokens, prompt_len[, completion mask]) -> right-padded numpy batch whose
+  loss mask covers the completion (where the optional mask, one entry per completion
+  token, is 1: a multi-turn episode's own tokens, not its observations')."""
   B = max(batch_size, len(rows))
   tokens = np.zeros((B, max_len), np.int32)
   input_mask = np.zeros((B, max_len), np.int32)
   loss_mask = np.zeros((B, max_len), np.int32)
-  for i, (toks, plen) in enumerate(rows):
+  for i, (toks, plen, *mask) in enumerate(rows):
     toks = toks[:max_len]
     tokens[i, :len(toks)] = toks
     input_mask[i, :len(toks)] = 1
     loss_mask[i, plen:len(toks)] = 1
+    if mask and mask[0] is not None:
+      loss_mask[i, plen:len(toks)] = np.asarray(mask[0], np.int32)[:max(0, len(toks) - plen)]
   return {"tokens": tokens, "input_mask": input_mask, "loss_mask": loss_mask}
 
 
-def row(s: Sample) -> tuple[list[int], int]:
-  """A sample as (prompt + completion tokens, prompt length)."""
-  return s.prompt_tokens + s.completion_tokens, len(s.prompt_tokens)
+def row(s: Sample) -> tuple[list[int], int, Optional[list]]:
+  """A sample as (prompt + completion tokens, prompt length, completion mask: the
+  episode's action mask, None for a single-turn sample)."""
+  return s.prompt_tokens + s.completion_tokens, len(s.prompt_tokens), s.action_mask
 
 
 def epochs(n: int, batch_size: int, num_epochs: int, seed: int):

@@ -17,9 +17,10 @@ those ids; the same text produced through a different tokenisation is not caught
 """
 
 from selfimprove_jax.sampling.decode import CHOOSERS, Choice, DecodeState, make_choice
-from selfimprove_jax.sampling.params import FINISH_REASONS, Completion, SamplingParams
+from selfimprove_jax.sampling.params import (FINISH_REASONS, Completion, Feed, Request,
+                                             SamplingParams)
 from selfimprove_jax.sampling.sampler import BATCHING, Sampler, bucket_length
-from selfimprove_jax.sampling.text import (PromptFormat, encode_prompts, encode_text,
-                                           eos_ids_for, generate_text, make_sampler,
-                                           prompt_format_of, read_prompts,
+from selfimprove_jax.sampling.text import (PromptFormat, encode_prompts, encode_reply,
+                                           encode_text, eos_ids_for, generate_text,
+                                           make_sampler, prompt_format_of, read_prompts,
                                            with_prompt_format)

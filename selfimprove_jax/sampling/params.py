@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional, Union
+from typing import Any, Optional, Protocol, Sequence, Union
 
 import numpy as np
 
@@ -97,3 +97,33 @@ class Completion:
             "text": self.text, "num_tokens": self.num_tokens,
             "sum_logprob": float(np.sum(self.logprobs, dtype=np.float64)),
             "finish_reason": self.finish_reason}
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+  """One continuation `Sampler.serve` is asked for: `tokens` (a context given as ids,
+  never re-tokenized) continued by at most `max_new` tokens. (stream, index) names it
+  and its PRNG key: an episode and its turn, unique within one `serve` call."""
+  stream: int
+  index: int
+  tokens: Sequence[int]
+  max_new: int
+
+
+class Feed(Protocol):
+  """Where `Sampler.serve` gets its work and returns its results: requests appear
+  while earlier ones finish (an episode's next turn after its environment answered).
+
+  take(k, flush): up to k waiting requests. With flush=False it must not wait for work
+  handed over by the latest `done` (that work runs while the sampler decodes); with
+  flush=True (nothing is decoding) it waits for all of it, and returns [] only when no
+  request will ever come. Which requests a call returns must depend on nothing but
+  the order of calls (not on timing), so a run is reproducible.
+  done(results): the requests that finished in the latest decode chunk, as
+  (request, completion) pairs in slot order."""
+
+  def take(self, k: int, flush: bool) -> list[Request]:
+    ...
+
+  def done(self, results: list) -> None:
+    ...

@@ -36,7 +36,8 @@ from selfimprove_jax.model.params import param_shardings
 from selfimprove_jax.runtime import sharding as sharding_lib
 from selfimprove_jax.sampling import continuous as continuous_lib
 from selfimprove_jax.sampling import decode as decode_lib
-from selfimprove_jax.sampling.params import FINISH_REASONS, Completion, SamplingParams
+from selfimprove_jax.sampling.params import (FINISH_REASONS, Completion, Feed, Request,
+                                             SamplingParams)
 
 _FINISH_NAMES = {decode_lib.EOS: "eos", decode_lib.STOP: "stop",
                  decode_lib.LENGTH: "length"}
@@ -387,6 +388,107 @@ class Sampler:
         row_sample=self._put(row_sample), row_limit=self._put(work.limits[row_prompt]))
     return self._admit(params, state, new, work.seed, config=self.config, group=group,
                        mesh=self.mesh)
+
+  # --------------------------------------------------------------------------- serving
+
+  def serve(self, params, feed: Feed, sp: SamplingParams, max_context: int, seed: int = 0,
+            progress=None) -> None:
+    """Continuous batching over work that appears as earlier work finishes: multi-turn
+    episodes, whose next turn exists only once the environment has answered the last.
+
+    Keeps `max_batch` slots busy: takes requests from `feed`, prefills them into free
+    slots, decodes until a quarter of the running rows (at most an eighth of the slots)
+    have finished, hands the finished ones to
+    `feed.done` and takes more. The feed works on what it was handed (an environment
+    step, a sandboxed tool call) while the next chunk decodes, and its answers are
+    admitted after that chunk, so a slow tool holds back only its own episode, and the
+    schedule (hence every sample) depends on the order of events, not their timing.
+
+    A request's context is at most `max_context` tokens and its budget at most
+    sp.max_new_tokens (the ring cache is sized from the two). Its tokens are reproducible
+    from (seed, request.stream, request.index). `progress`: called with the number of
+    requests finished after each chunk."""
+    if not isinstance(sp, SamplingParams):
+      sp = SamplingParams.from_config(sp)
+    if max_context < 1:
+      raise UserError(f"max_context must be >= 1, got {max_context}")
+    table, valid = self._stop_table(sp)
+    params = jax.device_put(params, self._param_shardings)
+    choice = decode_lib.make_choice(sp.is_greedy, sp.top_k, sp.top_p, self.config.vocab_size)
+    controls = continuous_lib.Controls(
+        eos_ids=jnp.asarray(self.eos_ids or (-1,), jnp.int32), stop_table=jnp.asarray(table),
+        stop_valid=jnp.asarray(valid), temperature=jnp.float32(sp.temperature or 1.0),
+        top_p=jnp.float32(sp.top_p))
+    slots = _next_pow2(self.max_batch)
+    if slots > self.max_batch:
+      slots //= 2
+    refill = max(1, slots // _REFILL_SHARE)
+    M = sp.max_new_tokens
+    t_max = bucket_length(max_context, self.min_bucket)
+    # Results are written by slot (row = slot) and read after every chunk, before a
+    # freed slot is handed on, so the buffers need only one row per slot.
+    state = self._init_slots(config=self.config, slots=slots, cache_len=t_max + M, rows=slots,
+                             max_new=M, stop_width=table.shape[1], mesh=self.mesh)
+    held: list = [None] * slots          # the request each slot decodes
+    seed32 = jnp.uint32(seed % (1 << 32))
+    while True:
+      free = [i for i in range(slots) if held[i] is None]
+      requests = feed.take(len(free), flush=len(free) == slots)
+      if not requests and len(free) == slots:
+        break
+      for r in requests:
+        if not 0 < len(r.tokens) <= max_context or not 0 < r.max_new <= M:
+          raise ValueError(f"request ({r.stream}, {r.index}): {len(r.tokens)} context tokens "
+                           f"and a budget of {r.max_new} outside max_context={max_context}, "
+                           f"max_new_tokens={M}")
+      checked = self._check_prompts([r.tokens for r in requests])
+      for start in range(0, len(requests), refill):
+        part = list(range(start, min(start + refill, len(requests))))
+        taken = free[start:start + len(part)]
+        state = self._admit_requests(params, state, [requests[i] for i in part],
+                                     [checked[i] for i in part], taken, refill, seed32)
+        for i, slot in zip(part, taken):
+          held[slot] = requests[i]
+      # decode until a quarter of the running rows (at most a refill's worth) is done
+      running = sum(h is not None for h in held)
+      need = slots - running + max(1, min(refill, running // 4))
+      state = self._run(params, state, jnp.int32(need), controls, config=self.config,
+                        choice=choice, mesh=self.mesh)
+      now_free = self._fetch(state.free).astype(bool)
+      ended = [i for i in range(slots) if held[i] is not None and now_free[i]]
+      if ended:
+        out = self._fetch({k: getattr(state, k) for k in _OUTPUTS})
+        results = []
+        for i in ended:
+          r = held[i]
+          results.append((r, self._completion(out, i, r.stream, r.index)))
+          held[i] = None
+        feed.done(results)
+        if progress is not None:
+          progress(len(results))
+    self.decode_steps += int(state.step)
+
+  def _admit_requests(self, params, state, requests, prompts, taken, R, seed):
+    """Prefill `requests` (their checked `prompts`, padded to R rows) into `taken`."""
+    slots = state.free.shape[0]
+    Tb = bucket_length(max(len(p) for p in prompts), self.min_bucket)
+    tokens = np.full((R, Tb), self.pad_id, np.int32)
+    mask = np.zeros((R, Tb), bool)
+    slot = np.full((R,), slots, np.int32)      # `slots`: a dropped padding row
+    stream = np.zeros((R,), np.int32)
+    index = np.zeros((R,), np.int32)
+    limit = np.ones((R,), np.int32)
+    for i in range(R):
+      p = prompts[i if i < len(prompts) else 0]
+      tokens[i, Tb - len(p):] = p
+      mask[i, Tb - len(p):] = True
+    for i, (r, s) in enumerate(zip(requests, taken)):
+      slot[i], stream[i], index[i], limit[i] = s, r.stream, r.index, r.max_new
+    new = continuous_lib.Admission(
+        tokens=self._put(tokens), prompt_mask=self._put(mask), slot=self._put(slot),
+        row=self._put(slot), row_prompt=self._put(stream), row_sample=self._put(index),
+        row_limit=self._put(limit))
+    return self._admit(params, state, new, seed, config=self.config, group=1, mesh=self.mesh)
 
   # --------------------------------------------------------------------------- results
 

@@ -127,10 +127,15 @@ def _chat_ids(tokenizer, fmt: PromptFormat, text: str) -> list[int]:
     fits = (skeleton.count(mark) == 1 and len(real) >= len(before) + len(after)
             and real.startswith(before) and real.endswith(after))
     written.append(real[len(before):len(real) - len(after)] if fits else content)
-  # As the tokenizer itself does: cut at the template's control tokens and encode the
-  # text between them in one piece, contents included, so a content's first token
-  # merges with the template text before it exactly as in apply_chat_template (only
-  # the cut points differ: none inside a content).
+  return _encode_pieces(tokenizer, pieces, written)
+
+
+def _encode_pieces(tokenizer, pieces: Sequence, written: Sequence[str]) -> list[int]:
+  """Template text (str pieces) with contents (int pieces: an index into `written`).
+  As the tokenizer itself does: cut at the template's control tokens and encode the
+  text between them in one piece, contents included, so a content's first token
+  merges with the template text before it exactly as in apply_chat_template (only
+  the cut points differ: none inside a content)."""
   pattern = _special_pattern(tokenizer)
   ids: list[int] = []
   run = ""
@@ -145,6 +150,38 @@ def _chat_ids(tokenizer, fmt: PromptFormat, text: str) -> list[int]:
       run, pos = "", m.end()
     run += p[pos:]
   return ids + encode_text(tokenizer, run)
+
+
+def encode_reply(tokenizer, text: str, closed: bool) -> list[int]:
+  """The ids that follow a model's reply to answer it with `text` as the next user
+  turn and prompt the model's next reply: the rest of the template's assistant turn
+  (without its end-of-turn token when the reply already ended with it: `closed`), the
+  user turn, the generation prompt. Multi-turn episodes append these to the ids they
+  sampled, so the history is never re-tokenized. `text` is inserted as text. Without
+  a chat template (or with a raw prompt format): the text on lines of its own."""
+  fmt = prompt_format_of(tokenizer)
+  if not (fmt.chat and getattr(tokenizer, "chat_template", None)):
+    return encode_text(tokenizer, "\n" + text + "\n")
+  first, reply, answer = (_MARK.format(i) for i in range(3))
+  messages = [{"role": "user", "content": first}, {"role": "assistant", "content": reply},
+              {"role": "user", "content": answer}]
+  if fmt.system_prompt:
+    messages.insert(0, {"role": "system", "content": fmt.system_prompt})
+  try:
+    skeleton = tokenizer.apply_chat_template(messages, tokenize=False,
+                                             add_generation_prompt=True,
+                                             **dict(fmt.template_kwargs))
+  except Exception as e:
+    raise UserError(f"the tokenizer's chat template cannot render a multi-turn episode: "
+                    f"{type(e).__name__}: {' '.join(str(e).split())[:200]}") from None
+  if skeleton.count(reply) != 1 or skeleton.count(answer) != 1:
+    raise UserError("the tokenizer's chat template does not write each turn's content "
+                    "once; multi-turn episodes need one that does")
+  after = skeleton.split(reply, 1)[1]
+  eos = getattr(tokenizer, "eos_token", None)
+  if closed and eos and after.lstrip(" ").startswith(eos):
+    after = after.lstrip(" ")[len(eos):]
+  return _encode_pieces(tokenizer, _split(after, answer, 0), [text])
 
 
 def _split(text: str, mark: str, index: int) -> list:
