@@ -1,0 +1,160 @@
+"""`python_tool`: arithmetic with a Python tool run in the sandbox (self-taught tool use).
+
+The model sees an `arithmetic` problem and a short description of a tool: it may write
+`<tool>CODE</tool>`, an expression or a short program. The turn ends at the stop
+sequence `</tool>`; the code runs in the sandbox (`sandbox.run_python_batch` with
+`sandbox.Limits`: short wall and CPU clock, small address space, capped output) and its
+result comes back as `<output>RESULT</output>`: an expression's value (a program whose
+last statement is an expression prints it, as a notebook cell does), else the
+program's stdout, cut to `max_output_chars`. A turn that ends with end-of-turn is the
+final answer, graded by the task's own verifier (reward 1 or 0, done); a turn cut off
+by its token budget is graded the same way (by what it finished stating).
+
+Toolformer (Schick et al. 2023) teaches a model to call an API by keeping the calls
+that helped; here the loop keeps the episodes whose tool call led to a right answer,
+and trains on the model's own tokens only (the tool's output carries no loss).
+
+Why this syntax, measured on SmolLM2-135M-Instruct (see the report in the commit log
+and benchmarks/EFFICACY.md): a tag pair it can copy from one worked example in the
+description, and the output returned 'inline' by default (straight after `</tool>`,
+inside the model's own turn, so it continues its reply with the number in view); the
+`observation` option puts it in a new user turn instead.
+
+Step statuses: 'ok' (an answer, or a tool call that ran), 'invalid' (a call with no
+code, or code that does not parse), or the sandbox's 'error', 'timeout', 'memory',
+'output_limit', 'killed' for a tool call that hit a limit; the detail says what
+happened and the observation shows the model the error's last line.
+"""
+
+from __future__ import annotations
+
+import ast
+
+from selfimprove_jax import sandbox
+from selfimprove_jax.environments.base import Environment, Spec, Step
+from selfimprove_jax.errors import UserError
+
+OPEN, CLOSE = "<tool>", "</tool>"
+
+# option -> (default, type, low, high)
+OPTIONS = {
+    "timeout_s": (2.0, float, 0.1, 30.0),       # a tool call's wall clock (and CPU) limit
+    "memory_mb": (64, int, 16, 4096),           # a tool call's address space
+    "max_output_chars": (200, int, 1, 10_000),  # what the model sees of the output
+    "output_bytes": (4096, int, 64, 1 << 20),   # a call printing more is stopped
+    "observation": ("inline", str, None, None),  # 'inline' | 'user' (module docstring)
+    "few_shot": (True, bool, None, None),       # a worked example in the description
+}
+
+_DESCRIPTION = (
+    "You can use a Python calculator tool. Write the calculation inside "
+    f"{OPEN}...{CLOSE} and its result comes back inside <output>...</output>. "
+    "Then reply with just the final number.")
+_EXAMPLE = (
+    "\n\nExample:\nWhat is 1234 * 5678 - 42?\n"
+    f"{OPEN}1234 * 5678 - 42{CLOSE}<output>7006610</output>\n7006610")
+
+# Runs the model's code inside the sandbox: the last statement, when an expression, is
+# evaluated and printed (None is not), the rest executed as a program.
+_RUNNER = """\
+import ast
+tree = ast.parse({source!r})
+last = tree.body.pop() if tree.body and isinstance(tree.body[-1], ast.Expr) else None
+scope = {{"__name__": "__main__"}}
+exec(compile(tree, "<tool>", "exec"), scope)
+if last is not None:
+  value = eval(compile(ast.Expression(last.value), "<tool>", "eval"), scope)
+  if value is not None:
+    print(value)
+"""
+
+
+def spec(task, options: dict, max_turns: int, max_tokens: int) -> Spec:
+  """The environment for `task` (arithmetic only); a bad option is a UserError."""
+  if getattr(task, "name", None) != "arithmetic":
+    raise UserError(f"python_tool plays the arithmetic task, not "
+                    f"{getattr(task, 'name', task)!r}")
+  opts = _options(options)
+  limits = sandbox.Limits(timeout_s=opts["timeout_s"], memory_mb=opts["memory_mb"],
+                          output_bytes=opts["output_bytes"], max_procs=4)
+  return Spec(name="python_tool",
+              make=lambda: PythonTool(task, limits, opts),
+              max_turns=max_turns, max_tokens=max_tokens, stop_sequences=(CLOSE,),
+              observation=opts["observation"], optimal_turns=lambda problem: 1)
+
+
+def _options(options: dict) -> dict:
+  unknown = sorted(set(options) - set(OPTIONS))
+  if unknown:
+    raise UserError(f"options.{unknown[0]} is not an option; known: {', '.join(OPTIONS)}")
+  out = {}
+  for key, (default, kind, low, high) in OPTIONS.items():
+    value = options.get(key, default)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+      value = float(value)
+    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+      raise UserError(f"options.{key}={value!r} must be a {kind.__name__}")
+    if low is not None and not low <= value <= high:
+      raise UserError(f"options.{key}={value!r} must be in [{low}, {high}]")
+    out[key] = value
+  if out["observation"] not in ("inline", "user"):
+    raise UserError(f"options.observation={out['observation']!r} must be 'inline' or 'user'")
+  return out
+
+
+def describe(prompt: str, few_shot: bool = True) -> str:
+  """The first observation: the problem's prompt, then the tool's description."""
+  return f"{prompt}\n\n{_DESCRIPTION}" + (_EXAMPLE if few_shot else "")
+
+
+class PythonTool(Environment):
+  """One episode: tool calls until the model answers (module docstring)."""
+
+  def __init__(self, task, limits: sandbox.Limits, opts: dict):
+    self.task, self.limits, self.opts = task, limits, opts
+    self.problem = None
+
+  def reset(self, problem) -> str:
+    self.problem = problem
+    return describe(problem.prompt, self.opts["few_shot"])
+
+  def step(self, action: str, finish: str) -> Step:
+    if finish != "stop":
+      return self._answer(action, truncated=finish == "length")
+    code = action.rpartition(OPEN)[2] if OPEN in action else ""
+    code = code.strip().strip("`").strip()
+    if not code:
+      return self._observe("invalid", f"no code: write {OPEN}CODE{CLOSE}",
+                           f"Error: empty tool call; write {OPEN}CODE{CLOSE}", tool=False)
+    try:
+      ast.parse(code)   # parsing runs nothing; only the sandbox executes
+    except (SyntaxError, ValueError, RecursionError, MemoryError) as e:
+      line = f"{type(e).__name__}: {getattr(e, 'msg', e)}"
+      return self._observe("invalid", f"code does not parse: {line}"[:300],
+                           f"Error: {line}", tool=True)
+    r = sandbox.run_python_batch([_RUNNER.format(source=code)], limits=self.limits)[0]
+    if r.ok:
+      return self._observe("ok", "", r.stdout.strip(), tool=True)
+    last = _last_line(r.stderr) or r.detail or r.status
+    detail = f"{r.detail}: {last}" if r.detail and last != r.detail else last
+    return self._observe(r.status, detail[:300], f"Error: {last}", tool=True)
+
+  def _observe(self, status: str, detail: str, output: str, tool: bool) -> Step:
+    shown = output[:self.opts["max_output_chars"]]
+    if len(output) > len(shown):
+      shown += " ..."
+    text = f"<output>{shown}</output>"
+    if self.opts["observation"] == "inline":
+      text += "\n"
+    return Step(observation=text, reward=0.0, done=False, status=status, detail=detail,
+                tool_call=tool)
+
+  def _answer(self, text: str, truncated: bool) -> Step:
+    from selfimprove_jax import tasks   # the registry imports every task; on use only
+    v = tasks.verify(self.task, [self.problem], [text], truncated=[truncated])[0]
+    return Step(reward=float(v.reward), done=True, status=v.status, detail=v.detail)
+
+
+def _last_line(text: str) -> str:
+  lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+  return lines[-1] if lines else ""
