@@ -301,34 +301,36 @@ def _call(entry_point: str, inputs: list) -> str:
   return f"{entry_point}({_literal(inputs)[:200]})"
 
 
-def _io_verdict(r: sandbox.Result, p: Problem) -> Verdict:
+def _io_verdict(r: sandbox.Result, p: Problem, failures: int = 1) -> Verdict:
   tests, name = p.metadata["tests"], p.metadata["entry_point"]
   got = sandbox.CallTestsValue.from_value(r.value)
   if got.missing is not None:
     return Verdict(0.0, "ok", got.missing)
-  passed, detail = 0, ""
+  passed, said_lines = 0, []
   for t, c in zip(tests, got.calls):
     if c.returned and c.value == normalize(t["output"]):
       passed += 1
-    elif not detail:
+    elif len(said_lines) < failures:
       said = f"raised {c.error}" if not c.returned else f"returned {c.value!r}"[:200]
-      detail = f"{_call(name, t['input'])} {said}; expected {t['output']!r}"[:400]
-  return Verdict(passed / len(tests), "ok", detail)
+      said_lines.append(f"{_call(name, t['input'])} {said}; expected {t['output']!r}"[:400])
+  return Verdict(passed / len(tests), "ok", "\n".join(said_lines))
 
 
-def _assert_verdict(r: sandbox.Result, p: Problem) -> Verdict:
+def _assert_verdict(r: sandbox.Result, p: Problem, failures: int = 1) -> Verdict:
   checks = sandbox.AssertsValue.from_value(r.value).checks
   passed = sum(1 for c in checks if c.passed)
   failed = [(t, c) for t, c in zip(p.metadata["asserts"], checks) if not c.passed]
-  detail = ""
-  if failed:
-    t, c = failed[0]
-    detail = f"failed: {t.strip().splitlines()[-1][:200]} ({c.error})"[:400]
+  detail = "\n".join(f"failed: {t.strip().splitlines()[-1][:200]} ({c.error})"[:400]
+                     for t, c in failed[:failures])
   return Verdict(passed / len(p.metadata["asserts"]), "ok", detail)
 
 
-def verify_code(task, problems: list, completions: list, limits: sandbox.Limits) -> list[Verdict]:
-  """Runs each completion's code against its problem's tests, all in parallel."""
+def verify_code(task, problems: list, completions: list, limits: sandbox.Limits,
+                failures: int = 1, error_lines: int = 1) -> list[Verdict]:
+  """Runs each completion's code against its problem's tests, all in parallel. A
+  Verdict's detail describes the first `failures` failing tests (one a line), or a
+  program that did not run to its end by the last `error_lines` lines of its error
+  output (environments/code_feedback.py shows the model more than one)."""
   verdicts: list = [Verdict(0.0, "ok", "no Python code found in the reply")] * len(problems)
   jobs = {"call_tests": [], "asserts": []}
   for i, (p, c) in enumerate(zip(problems, completions)):
@@ -347,11 +349,12 @@ def verify_code(task, problems: list, completions: list, limits: sandbox.Limits)
     results = sandbox.run_jobs(job, [a for _, a in items], limits)
     for (i, _), r in zip(items, results):
       if not r.ok:
-        tail = r.stderr.strip().splitlines()[-1:] or [""]
-        verdicts[i] = Verdict(0.0, r.status, f"{r.detail}: {tail[0]}".strip(": ")[:400])
+        tail = "\n".join(r.stderr.strip().splitlines()[-error_lines:]).strip()
+        verdicts[i] = Verdict(0.0, r.status,
+                              f"{r.detail}: {tail}".strip(": ")[:400 * error_lines])
       elif job == "call_tests":
-        verdicts[i] = _io_verdict(r, problems[i])
+        verdicts[i] = _io_verdict(r, problems[i], failures)
       else:
-        verdicts[i] = _assert_verdict(r, problems[i])
+        verdicts[i] = _assert_verdict(r, problems[i], failures)
   return verdicts
 
