@@ -3,6 +3,8 @@
 `get_task(spec, **options)` builds one by name:
   arithmetic                  add/sub/mul of n-digit integers, difficulty levels 1-8
   countdown                   reach a target from numbers with + - * /, levels 1-5
+  guess_number                find a hidden number in [1, N] told higher / lower, a
+                              game for the guess_number environment; N by level 1-7
   reasoning_gym:<generator>   any reasoning-gym generator, scored by its score_answer
   jsonl:<path>                a user's {"prompt", "answer"} lines, exact or numeric match
   code:<family>               write a Python function (list_ops, string_ops); the
@@ -25,6 +27,7 @@ from selfimprove_jax.errors import UserError
 from selfimprove_jax.tasks.arithmetic import ArithmeticTask
 from selfimprove_jax.tasks.code_task import CodeJsonlTask, CodeTask
 from selfimprove_jax.tasks.countdown import CountdownTask
+from selfimprove_jax.tasks.guess_number import GuessNumberTask
 from selfimprove_jax.tasks.jsonl_task import JsonlTask
 from selfimprove_jax.tasks.problem import Problem, Task, Verdict, make_problem, problem_id
 from selfimprove_jax.tasks.reasoning_gym_task import ReasoningGymTask
@@ -34,6 +37,7 @@ from selfimprove_jax.tasks.reasoning_gym_task import ReasoningGymTask
 TASKS: dict[str, Callable[..., Task]] = {
     "arithmetic": ArithmeticTask,
     "countdown": CountdownTask,
+    "guess_number": GuessNumberTask,
 }
 TASK_FAMILIES: dict[str, Callable[..., Task]] = {
     "reasoning_gym": ReasoningGymTask,
@@ -103,5 +107,5 @@ def get_task(spec: str, **options: Any) -> Task:
 
 __all__ = ["Problem", "Task", "Verdict", "get_task", "verify", "make_problem", "problem_id", "task_specs",
            "TASKS", "TASK_FAMILIES", "ArithmeticTask", "CodeJsonlTask", "CodeTask",
-           "CountdownTask", "JsonlTask",
+           "CountdownTask", "GuessNumberTask", "JsonlTask",
            "ReasoningGymTask"]
