@@ -146,7 +146,7 @@ def _add_distributed(p):
 
 def _cmd_run(args) -> int:
   from selfimprove_jax import config as config_lib
-  from selfimprove_jax import loop
+  from selfimprove_jax import chains
   from selfimprove_jax.runtime import distributed
   config = config_lib.load_config(args.config, args.overrides)
   # before anything touches devices: the mesh then spans every process's devices
@@ -154,8 +154,8 @@ def _cmd_run(args) -> int:
   distributed.initialize(args.coordinator_address, args.num_processes, args.process_id,
                          distributed.DEFAULT_LOST_PROCESS_TIMEOUT if timeout is None else timeout)
   try:
-    state = loop.run(config, args.workdir, override_config=args.override_config,
-                     adopt_workdir=args.adopt_workdir)
+    state = chains.run(config, args.workdir, override_config=args.override_config,
+                       adopt_workdir=args.adopt_workdir)
   except Exception:
     distributed.after_failure()   # a lost peer, not this error, is then what is reported
     raise

@@ -40,6 +40,12 @@ def base_config() -> ml_collections.ConfigDict:
   # Model spec: preset name, HF directory, .gguf file, 'smollm2-135m-instruct',
   # or a workdir (its last accepted checkpoint) / 'DIR@K'.
   c.model = "smollm2-135m-instruct"
+  # Chains (chains.py): a run whose model is "parent" starts from the kept weights of its
+  # parent phase, which the same command runs first in WORKDIR/parent (a parent may have
+  # a parent of its own: WORKDIR/parent/parent).
+  c.parent = ml_collections.ConfigDict()
+  c.parent.config = ""                 # the parent phase's config file ('' = none)
+  c.parent.overrides = ()              # its overrides, e.g. ("loop.iterations=4",)
   c.dtype = "float32"                 # compute dtype: 'float32' | 'bfloat16'
   # 'chat': prompts go through the tokenizer's chat template (when it has one);
   # 'raw': as plain text, for base (not instruction-tuned) models.
@@ -199,8 +205,10 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 # Keys that do not change a run's results: a resumed run may change them freely.
+# parent.*: what the parent phase is, its own run checks (its saved config); the child
+# keeps the parent weights it started from whatever they say later (loop.py)
 NON_RESULT_KEYS = ("loop.iterations", "log.tensorboard", "log.plot", "log.progress",
-                   "sampling.max_batch")
+                   "sampling.max_batch", "parent.config", "parent.overrides")
 
 
 def load_config(path: str, overrides=()) -> ml_collections.ConfigDict:
@@ -363,6 +371,10 @@ def _known(key: str, value, known: tuple, what: str) -> None:
     raise UserError(f"{key}={value!r}: {e}") from None
 
 
+# `model` of a run that starts from its parent phase's kept weights (chains.py)
+PARENT_MODEL = "parent"
+
+
 # environments/__init__.py registers exactly these (a test checks)
 ENVIRONMENT_NAMES = ("python_tool", "code_feedback", "guess_number")
 # the algorithms whose batches read an episode's action mask (the others' samples are
@@ -414,6 +426,24 @@ def _check_acquire(config) -> None:
                     "agreement with the majority answer")
 
 
+def _check_parent(config) -> None:
+  p = config.parent
+  if not isinstance(p.config, str):
+    raise UserError(f"parent.config={p.config!r} must be a config file's path")
+  if isinstance(p.overrides, str) or not all(isinstance(o, str) and "=" in o
+                                             for o in p.overrides):
+    raise UserError(f"parent.overrides={p.overrides!r} must be a tuple of 'key=value' "
+                    f"strings")
+  if p.config and config.model != PARENT_MODEL:
+    raise UserError(f"parent.config={p.config!r}: a run with a parent phase starts from its "
+                    f"kept weights; set model={PARENT_MODEL!r}, not {config.model!r}")
+  if not p.config and config.model == PARENT_MODEL:
+    raise UserError(f"model={PARENT_MODEL!r} needs parent.config, the parent phase's config "
+                    f"file")
+  if p.overrides and not p.config:
+    raise UserError("parent.overrides apply to parent.config, which is not set")
+
+
 def validate(config) -> None:
   """One-line UserErrors for values the loop would otherwise trip over later."""
   if not isinstance(config, ml_collections.ConfigDict):
@@ -444,6 +474,7 @@ def validate(config) -> None:
   if not isinstance(config.model, str) or not config.model:
     raise UserError(f"model={config.model!r} must name a model (a preset, a path or "
                     f"smollm2-135m-instruct)")
+  _check_parent(config)
   _known("evaluate.strategies", config.evaluate.strategies, STRATEGY_NAMES,
          "refinement strategy")
   _known("acquire.refine_strategy", config.acquire.refine_strategy, STRATEGY_NAMES,

@@ -19,6 +19,10 @@ Iteration 0 evaluates the starting model (the baseline). Each later iteration:
             the test split is read by nothing that decides;
   checkpoint Orbax checkpoint and a manifest with content hashes of it and of the
             stage records (runtime/checkpoint.py).
+A run whose config.model names another run's workdir (`DIR`, `DIR@K`, or 'parent': the
+parent phase that chains.py runs first) starts from that run's kept weights; the run
+and iteration are resolved once, kept in the loop state, and written in every row and
+the summary (weights/run_dir.py `Parent`).
 Every stage reads its own settings, built once from the config (settings.py). Every
 random choice is derived from (config.seed, iteration, stage), so re-running an
 interrupted iteration reproduces it exactly; finished stages' records are reused
@@ -72,6 +76,7 @@ from selfimprove_jax.tasks.problem import Problem, Task
 
 if TYPE_CHECKING:
   from selfimprove_jax.weights import LoadedModel
+  from selfimprove_jax.weights.run_dir import Parent
 
 
 class Preempted(Exception):
@@ -91,6 +96,7 @@ class LoopState:
   ledger: dict = dataclasses.field(default_factory=dict)
   history: list = dataclasses.field(default_factory=list)
   adjust: dict = dataclasses.field(default_factory=dict)   # the rules' changes (config keys)
+  parent: Optional[dict] = None  # the run whose kept weights this one started from (its row)
 
 
 class _Signals:
@@ -171,7 +177,8 @@ def _run(config, workdir, override_config, log, signals) -> dict:
       state.best_pass1 = metrics["pass@1"]
       state.accepted_iteration = state.iteration = 0
       state.history.append(dict(iteration=0, **scores, kept=0, accepted=True,
-                                reason="baseline", difficulty=state.difficulty))
+                                reason="baseline", difficulty=state.difficulty,
+                                **s.provenance()))
       _checkpoint(run_setup, state, True, hashes)
 
     # --- iterations 1..N
@@ -245,7 +252,8 @@ def _run(config, workdir, override_config, log, signals) -> dict:
     s.ckpt.close()
     return dict(dataclasses.asdict(state), preempted=str(e))
 
-  s.reporter.finish(state.history, state.stopped, splits_lib.result(state.history))
+  s.reporter.finish(state.history, state.stopped, splits_lib.result(state.history),
+                    state.parent)
   s.ckpt.close()
   return dataclasses.asdict(state)
 
@@ -290,6 +298,7 @@ class Setup:
   stages: settings_lib.Stages    # every stage's settings, built once
   weights: phase_lib.Weights     # the kept weights and an iteration's train state
   training: phase_lib.Training   # the step functions of the config's algorithm
+  parent: Optional["Parent"]     # the run whose kept weights this one started from
   # the step functions of the rules' other algorithms and schedules, built when needed
   trainings: dict = dataclasses.field(default_factory=dict)
 
@@ -301,13 +310,19 @@ class Setup:
   def seed(self, k: int, stage: str, step: int = 0) -> int:
     return config_lib.stage_seed(self.config, k, stage, step)
 
+  def provenance(self) -> dict:
+    """The row's parent_* fields (none for a run from a model that is no run)."""
+    return self.parent.row() if self.parent else {}
+
 
 def _set_up(config, workdir: str, log) -> Setup:
   # heavy imports (transformers) kept local to the run
   from selfimprove_jax.weights import load
   algorithm = algorithms.ALGORITHMS[config.loop.algorithm]
   mesh = sharding_lib.make_mesh(dict(config.mesh))
-  base = load(config.model, mesh=mesh, dtype=config.dtype,
+  ckpt = Checkpointer(workdir, is_primary=jax.process_index() == 0, log=log)
+  parent = _parent(config, ckpt)
+  base = load(parent.spec if parent else config.model, mesh=mesh, dtype=config.dtype,
               prompt_format=settings_lib.prompt_format(config))
   if base.tokenizer is None:
     raise UserError(f"model {config.model!r} has no tokenizer; the loop needs one")
@@ -327,7 +342,6 @@ def _set_up(config, workdir: str, log) -> Setup:
     jm = load(config.judge.model, mesh=mesh, dtype=config.dtype)
     judge = model_generate(make_sampler(jm, mesh=mesh, max_batch=config.sampling.max_batch),
                            jm.params, jm.tokenizer)
-  ckpt = Checkpointer(workdir, is_primary=jax.process_index() == 0, log=log)
   reporter = Reporter(workdir, tensorboard=config.log.tensorboard, plot=config.log.plot,
                       progress=config.log.progress, log=log)
   reporter.write_config(config.to_dict())
@@ -339,8 +353,37 @@ def _set_up(config, workdir: str, log) -> Setup:
                             config.task.fresh_size, config.task.difficulty)
   if splits.note:
     reporter.log(f"evaluation splits: {splits.note}")
+  if parent:
+    reporter.log(_parent_note(config, parent))
   return Setup(config, dataclasses.replace(base, params=None), task, splits, sampler, judge,
-               ckpt, reporter, RunRecords(workdir), algorithm, stages, weights, training)
+               ckpt, reporter, RunRecords(workdir), algorithm, stages, weights, training,
+               parent)
+
+
+def _parent(config, ckpt: Checkpointer) -> Optional["Parent"]:
+  """The run this one starts from (weights/run_dir.py), None for a model that is no
+  run: once the run has a checkpoint, the parent its loop state kept (a resumed run
+  reads the weights it started from, even if the parent run went on since)."""
+  from selfimprove_jax.weights import run_dir
+  if config.model != config_lib.PARENT_MODEL and run_dir.parse_run_spec(config.model) is None:
+    return None
+  kept = None
+  if distributed.is_primary():
+    latest = ckpt.latest_good(log=lambda _: None)   # _restore reports what it finds
+    kept = ckpt.restore_meta(latest)["loop"].get("parent") if latest is not None else None
+  return run_dir.parent_of(config.model, ckpt.workdir, distributed.broadcast_json(kept))
+
+
+def _parent_note(config, parent: "Parent") -> str:
+  """The start-up line of a run with a parent: where its weights come from, and whether
+  its validation and test splits are the parent's (evaluate/splits.py)."""
+  from selfimprove_jax.weights import run_dir
+  saved = run_dir.saved_config(parent.path, parent.iteration)
+  differ = splits_lib.differences(config.to_dict(), saved)
+  return (f"starting from run {parent.spec} ({parent.path}); " + (
+      "its validation and test splits are this run's, so their scores compare"
+      if not differ else f"its splits differ from this run's ({', '.join(differ)} "
+      f"differ): its scores and this run's do not compare"))
 
 
 def _check_prompts_fit(config, task, tokenizer, n: int = 16) -> None:
@@ -394,7 +437,8 @@ def _restore(s: Setup, override_config: bool) -> "LoopState":
   `s.weights`; else the start. A fresh-optimizer run keeps (and saves) weights only;
   with optim.continue_state the whole train state."""
   config, w = s.config, s.weights
-  state = LoopState(difficulty=config.task.difficulty)
+  state = LoopState(difficulty=config.task.difficulty,
+                    parent=s.parent.row() if s.parent else None)
   kept = w.fresh()
   # process 0 picks the checkpoint (file checks could race or differ between hosts)
   latest = distributed.broadcast_json(s.ckpt.latest_good() if distributed.is_primary()
@@ -597,7 +641,7 @@ def _row(s: Setup, it: Iteration, metrics: dict, scores: dict, last: dict) -> di
     checked = counts["pseudo_labels_checked"]
     counts["pseudo_label_precision"] = (counts["pseudo_labels_right"] / checked if checked
                                         else float("nan"))
-  row = {"iteration": it.k, **scores, "kept": len(it.selected),
+  row = {"iteration": it.k, **scores, **s.provenance(), "kept": len(it.selected),
          "acquired": len(it.acquired), "train_pass_rate": pass_rate(it.acquired, thr),
          **s.weights.account.row(s.stages.batches.epochs),
          "seconds": round(time.time() - it.started, 1),

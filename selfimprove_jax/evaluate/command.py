@@ -4,7 +4,8 @@ settings built the way the loop builds them, from a config. For a run's workdir 
 the run's own saved config (task, task options, split sizes, sampling and evaluation
 settings, seed), with the iteration of the checkpoint it scores, so it prints the
 numbers the run printed for those weights; flags override single keys. For any other
-model it is the default config.
+model it is the default config. A run that started from another run's kept weights (a
+chain's phase) shows that run and iteration (`parent`, `parent_path`), as its rows do.
 """
 
 from __future__ import annotations
@@ -72,7 +73,8 @@ def evaluate_model(spec: str, flags: dict, task_options: dict, progress: bool = 
   generate = model_generate(sampler, model.params, model.tokenizer, progress)
   st = settings_lib.evaluate(config, settings_lib.environment(config, task))
   seed = lambda split: config_lib.stage_seed(config, iteration, split)
-  out = {"model": model.source or spec, "task": config.task.name, "settings": source,
+  out = {"model": model.source or spec, **(_parent(spec) if is_run else {}),
+         "task": config.task.name, "settings": source,
          "validation": len(splits.validation),
          **evaluate(generate, task, splits.validation, st, seed("evaluate"))}
   if splits.test:   # as the loop scores it: greedy, no strategies
@@ -81,3 +83,12 @@ def evaluate_model(spec: str, flags: dict, task_options: dict, progress: bool = 
         generate, task, splits.test, dataclasses.replace(st, maj_k=1, strategies=()),
         seed("evaluate_test"))))
   return out
+
+
+def _parent(spec: str) -> dict:
+  """{"parent": DIR@K, "parent_path": its absolute path} of the run checkpoint `spec`
+  when that run started from another run's kept weights, else {}."""
+  from selfimprove_jax.weights import run_dir
+  meta = run_dir.saved_meta(*run_dir.parse_run_spec(spec))
+  parent = run_dir.Parent.from_row(meta.get("loop", {}).get("parent"))
+  return {"parent": parent.spec, "parent_path": parent.path} if parent else {}

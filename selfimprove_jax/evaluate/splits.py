@@ -23,11 +23,20 @@ A file task whose held-out side is smaller than validation_size + test_size is c
 in proportion: validation keeps its share, the test split the rest (at least one each
 when there are two problems). A generator with too few held-out problems for both
 keeps validation as asked and has no test split; both cases are logged.
+
+None of this reads the run's seed: every task draws its held-out side from a fixed seed
+(tasks/problem.py), so validation and test are a function of the task, its options, the
+starting difficulty and the two sizes (`SPLIT_KEYS`). A run started from another run's
+weights (a chain's phase) whose keys match its parent's therefore scores the very same
+problems, and its baseline row repeats the parent's numbers for those weights (same
+evaluation settings); `differences` names the keys that break this. Only the fresh
+split depends on the seed, by design.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Optional, Sequence
 
 from selfimprove_jax.errors import UserError
@@ -35,6 +44,20 @@ from selfimprove_jax.tasks.problem import Problem
 
 # The row's prefix of each split's metrics (validation's metrics carry none).
 PREFIX = {"validation": "", "test": "test_", "fresh": "fresh_"}
+
+
+# The config keys the fixed splits are carved from (`carve`'s arguments and the task).
+SPLIT_KEYS = ("task.name", "task.options", "task.difficulty", "task.heldout_size",
+              "task.test_size")
+
+
+def differences(config: dict, other: dict) -> list[str]:
+  """The `SPLIT_KEYS` whose values differ between two config dicts (a run's and its
+  parent's saved one): [] when both carve the same validation and test splits."""
+  def value(c, key):
+    section, name = key.split(".")
+    return json.dumps(c.get(section, {}).get(name), sort_keys=True, default=str)
+  return [k for k in SPLIT_KEYS if value(config, k) != value(other, k)]
 
 
 @dataclasses.dataclass(frozen=True)

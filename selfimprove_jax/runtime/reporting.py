@@ -101,11 +101,15 @@ class Reporter:
 
   # ------------------------------------------------------------------ end of run
 
-  def finish(self, history: list, stopped, result: dict) -> None:
+  def finish(self, history: list, stopped, result: dict, parent: dict = None) -> None:
     """The final table and summary.json; `result` is what the run reports (the test
-    score of its last accepted weights, evaluate/splits.py)."""
+    score of its last accepted weights, evaluate/splits.py); `parent`: the run whose
+    kept weights this one started from (its parent_* fields), if any."""
     if not self.primary:
       return
+    if parent:
+      self.log(f"started from run {parent['parent_run']}@{parent['parent_iteration']} "
+               f"({parent['parent_path']})")
     self.log(summary_table(history))
     if stopped:
       self.log(f"stopped early: {stopped}")
@@ -113,7 +117,8 @@ class Reporter:
       self.log(f"result: {result['split']} pass@1 {result['pass@1']:.3f} of the weights of "
                f"iteration {result['iteration']} (validation {result['validation_pass@1']:.3f})")
     write_json_atomic(os.path.join(self.workdir, "summary.json"),
-                      {"history": history, "stopped": stopped, "result": result})
+                      {"history": history, "stopped": stopped, "result": result,
+                       **({"parent": parent} if parent else {})})
     if self._tb is not None:
       self._tb.close()
 

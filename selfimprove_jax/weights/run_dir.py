@@ -1,6 +1,11 @@
 """A run's workdir as a model: `DIR` (its last accepted, verified checkpoint) or `DIR@K`
 (iteration K). The base model named in the run's saved config supplies the
-architecture and tokenizer; the checkpoint supplies the weights."""
+architecture and tokenizer; the checkpoint supplies the weights.
+
+A run whose own model is a run's workdir has a parent (`Parent`): the run and the
+iteration whose kept weights it started from, resolved once when it starts and kept in
+its loop state, so a resumed run (and anything that loads its checkpoints) reads the
+same parent weights even after the parent run went on (chains.py)."""
 
 from __future__ import annotations
 
@@ -37,10 +42,62 @@ def parse_run_spec(spec: str) -> Optional[tuple[str, Optional[int]]]:
   return None
 
 
-def saved_config(workdir: str, iteration: Optional[int] = None) -> dict:
-  """The config a run saved with the checkpoint `load_run` loads: iteration
-  `iteration`, else the newest accepted one that verifies (a corrupt newest checkpoint
-  is passed over here as it is there, so eval's settings are the loaded weights')."""
+@dataclasses.dataclass(frozen=True)
+class Parent:
+  """The run a run started from: its workdir as the config names it, the same path
+  resolved (absolute), and the iteration whose kept weights it took."""
+  run: str
+  path: str
+  iteration: int
+
+  @property
+  def spec(self) -> str:
+    """The model spec of exactly those weights."""
+    return f"{self.run}@{self.iteration}"
+
+  def row(self) -> dict:
+    """The fields every metrics row and the loop state carry."""
+    return {"parent_run": self.run, "parent_path": self.path,
+            "parent_iteration": self.iteration}
+
+  @classmethod
+  def from_row(cls, row: Optional[dict]) -> Optional["Parent"]:
+    return None if not row else cls(row["parent_run"], row["parent_path"],
+                                     row["parent_iteration"])
+
+
+def parent_of(model: str, workdir: str, kept: Optional[dict] = None) -> Optional[Parent]:
+  """The parent of a run in `workdir` whose config.model is `model` (None when `model`
+  names no run): `kept`, the parent fields of the run's own loop state, once it has
+  started; else `model` resolved now ('parent': the parent phase in WORKDIR/parent;
+  `DIR`: its newest accepted checkpoint that verifies; `DIR@K`)."""
+  if kept:
+    return Parent.from_row(kept)
+  from selfimprove_jax.config import PARENT_MODEL
+  spec = os.path.join(workdir, "parent") if model == PARENT_MODEL else model
+  run = parse_run_spec(spec)
+  if run is None:
+    if model == PARENT_MODEL:
+      raise UserError(f"model='parent': {spec} is not a run directory (the parent phase "
+                      f"runs there first)")
+    return None
+  parent_dir, iteration = run
+  if iteration is None:
+    ckpt = Checkpointer(parent_dir, log=lambda _: None, read_only=True)
+    try:
+      iteration = ckpt.latest_good(only_accepted=True)
+    finally:
+      ckpt.close()
+    if iteration is None:
+      raise UserError(f"model={model!r}: run {parent_dir} has no verified accepted checkpoint")
+  return Parent(parent_dir, os.path.abspath(parent_dir), iteration)
+
+
+def saved_meta(workdir: str, iteration: Optional[int] = None) -> dict:
+  """The config and loop state ({"config", "loop"}) a run saved with the checkpoint
+  `load_run` loads: iteration `iteration`, else the newest accepted one that verifies
+  (a corrupt newest checkpoint is passed over here as it is there, so eval's settings
+  are the loaded weights')."""
   ckpt = Checkpointer(workdir, log=lambda _: None, read_only=True)
   try:
     steps = ckpt.steps()
@@ -54,9 +111,14 @@ def saved_config(workdir: str, iteration: Optional[int] = None) -> dict:
                       f"(have {steps})")
     elif (problem := ckpt.verify(iteration)) is not None:
       raise UserError(f"checkpoint {ckpt.step_dir(iteration)}: {problem}")
-    return ckpt.restore_meta(iteration)["config"]
+    return ckpt.restore_meta(iteration)
   finally:
     ckpt.close()
+
+
+def saved_config(workdir: str, iteration: Optional[int] = None) -> dict:
+  """The config of `saved_meta`."""
+  return saved_meta(workdir, iteration)["config"]
 
 
 def _note(msg: str) -> None:
@@ -109,8 +171,13 @@ def restore_run(workdir: str, iteration: Optional[int], load_base, mesh,
                       f"(have {ckpt.steps()})")
     elif (problem := ckpt.verify(iteration)) is not None:
       raise UserError(f"checkpoint {ckpt.step_dir(iteration)}: {problem}")
-    saved = ckpt.restore_meta(iteration)["config"]
-    base = load_base(saved["model"], mesh=mesh, dtype=dtype or saved["dtype"],
+    meta = ckpt.restore_meta(iteration)
+    saved = meta["config"]
+    # a run started from another run's weights: exactly the parent weights it started
+    # from (its loop state's), not what that run keeps now
+    parent = Parent.from_row(meta.get("loop", {}).get("parent"))
+    base_spec = parent.spec if parent else saved["model"]
+    base = load_base(base_spec, mesh=mesh, dtype=dtype or saved["dtype"],
                      check_finite=False)
     # A LoRA run's checkpoints hold adapters; the saved model spec is their base.
     lora = lora_lib.from_config(ml_collections.ConfigDict(saved["lora"])) \
@@ -121,4 +188,4 @@ def restore_run(workdir: str, iteration: Optional[int], load_base, mesh,
   finally:
     ckpt.close()
   return RunWeights(base=base, lora=lora, trained=trained, source=f"{workdir}@{iteration}",
-                    base_spec=saved["model"])
+                    base_spec=base_spec)
