@@ -53,11 +53,13 @@ def run(config, workdir: str, override_config: bool = False, log=_print,
   if not config.parent.config:
     return loop.run(config, workdir, override_config, log, adopt_workdir)
   parent = parent_config(config)
-  # the user's directory is checked before the parent phase writes into it; the child
-  # then adopts it (what it holds besides the run's own files is its parent's workdir)
-  if jax.process_index() == 0 and (why := foreign_workdir(workdir, adopt_workdir)):
-    raise UserError(why)
+  # the user's directory is checked before the parent phase writes into it (the parent's
+  # own run checks WORKDIR/parent); the child then adopts it: what it holds besides the
+  # run's own files is its parent's workdir
   parent_dir = os.path.join(workdir, PARENT_DIR)
+  others = os.path.isdir(workdir) and set(os.listdir(workdir)) - {PARENT_DIR}
+  if jax.process_index() == 0 and others and (why := foreign_workdir(workdir, adopt_workdir)):
+    raise UserError(why)
   log(f"chain: parent phase {config.parent.config} in {parent_dir}")
   state = run(parent, parent_dir, override_config, log)
   if "preempted" in state:

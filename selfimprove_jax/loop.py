@@ -65,7 +65,8 @@ from selfimprove_jax.records import Sample, pass_rate
 from selfimprove_jax.runtime import distributed
 from selfimprove_jax.runtime import memory as memory_lib
 from selfimprove_jax.runtime import sharding as sharding_lib
-from selfimprove_jax.runtime.checkpoint import Checkpointer, fault_point, foreign_workdir
+from selfimprove_jax.runtime.checkpoint import (Checkpointer, fault_point, foreign_workdir,
+                                                is_run_dir)
 from selfimprove_jax.runtime.files import WorkdirLock
 from selfimprove_jax.runtime.reporting import Reporter
 from selfimprove_jax.sampling import Sampler, encode_prompts, make_sampler
@@ -320,8 +321,7 @@ def _set_up(config, workdir: str, log) -> Setup:
   from selfimprove_jax.weights import load
   algorithm = algorithms.ALGORITHMS[config.loop.algorithm]
   mesh = sharding_lib.make_mesh(dict(config.mesh))
-  ckpt = Checkpointer(workdir, is_primary=jax.process_index() == 0, log=log)
-  parent = _parent(config, ckpt)
+  parent = _parent(config, workdir)
   base = load(parent.spec if parent else config.model, mesh=mesh, dtype=config.dtype,
               prompt_format=settings_lib.prompt_format(config))
   if base.tokenizer is None:
@@ -342,6 +342,7 @@ def _set_up(config, workdir: str, log) -> Setup:
     jm = load(config.judge.model, mesh=mesh, dtype=config.dtype)
     judge = model_generate(make_sampler(jm, mesh=mesh, max_batch=config.sampling.max_batch),
                            jm.params, jm.tokenizer)
+  ckpt = Checkpointer(workdir, is_primary=jax.process_index() == 0, log=log)
   reporter = Reporter(workdir, tensorboard=config.log.tensorboard, plot=config.log.plot,
                       progress=config.log.progress, log=log)
   reporter.write_config(config.to_dict())
@@ -360,7 +361,7 @@ def _set_up(config, workdir: str, log) -> Setup:
                parent)
 
 
-def _parent(config, ckpt: Checkpointer) -> Optional["Parent"]:
+def _parent(config, workdir: str) -> Optional["Parent"]:
   """The run this one starts from (weights/run_dir.py), None for a model that is no
   run: once the run has a checkpoint, the parent its loop state kept (a resumed run
   reads the weights it started from, even if the parent run went on since)."""
@@ -368,10 +369,15 @@ def _parent(config, ckpt: Checkpointer) -> Optional["Parent"]:
   if config.model != config_lib.PARENT_MODEL and run_dir.parse_run_spec(config.model) is None:
     return None
   kept = None
-  if distributed.is_primary():
-    latest = ckpt.latest_good(log=lambda _: None)   # _restore reports what it finds
-    kept = ckpt.restore_meta(latest)["loop"].get("parent") if latest is not None else None
-  return run_dir.parent_of(config.model, ckpt.workdir, distributed.broadcast_json(kept))
+  if distributed.is_primary() and is_run_dir(workdir):
+    # read only, and quiet: _restore opens the checkpoints and reports what it finds
+    ckpt = Checkpointer(workdir, log=lambda _: None, read_only=True)
+    try:
+      latest = ckpt.latest_good()
+      kept = ckpt.restore_meta(latest)["loop"].get("parent") if latest is not None else None
+    finally:
+      ckpt.close()
+  return run_dir.parent_of(config.model, workdir, distributed.broadcast_json(kept))
 
 
 def _parent_note(config, parent: "Parent") -> str:
