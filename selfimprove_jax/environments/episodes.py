@@ -157,6 +157,7 @@ def _step(env: Environment, text: str, finish: str) -> Step:
     return Step(status="env_error", detail=f"{type(e).__name__}: {e}"[:500])
 
 
+# size: the sampler, its params and tokenizer travel apart (as ModelPolicy holds them)
 def run(sampler, params, tokenizer, spec: Spec, problems: Sequence, sp: SamplingParams,
         n: int, seed: int, progress: bool = False, workers: int = 8) -> list[list[Sample]]:
   """n episodes per problem, as `Sample`s grouped by problem in sample order (module

@@ -179,6 +179,16 @@ class Sampler:
       valid[i, W - len(s):] = True
     return table, valid
 
+  def _controls(self, sp: SamplingParams):
+    """(static chooser, traced controls) of `sp`: how tokens are drawn and what ends a row."""
+    table, valid = self._stop_table(sp)
+    choice = decode_lib.make_choice(sp.is_greedy, sp.top_k, sp.top_p, self.config.vocab_size)
+    controls = continuous_lib.Controls(
+        eos_ids=jnp.asarray(self.eos_ids or (-1,), jnp.int32), stop_table=jnp.asarray(table),
+        stop_valid=jnp.asarray(valid), temperature=jnp.float32(sp.temperature or 1.0),
+        top_p=jnp.float32(sp.top_p))
+    return choice, controls
+
   def _check_prompts(self, prompts):
     out = []
     V = self.config.vocab_size
@@ -222,13 +232,8 @@ class Sampler:
     if not prompts:
       return []
     limits = self._limits(max_new_per_prompt, len(prompts), sp.max_new_tokens)
-    table, valid = self._stop_table(sp)
     params = jax.device_put(params, self._param_shardings)  # no-op when already placed
-    choice = decode_lib.make_choice(sp.is_greedy, sp.top_k, sp.top_p, self.config.vocab_size)
-    controls = continuous_lib.Controls(
-        eos_ids=jnp.asarray(self.eos_ids or (-1,), jnp.int32), stop_table=jnp.asarray(table),
-        stop_valid=jnp.asarray(valid), temperature=jnp.float32(sp.temperature or 1.0),
-        top_p=jnp.float32(sp.top_p))
+    choice, controls = self._controls(sp)
 
     group = min(n, self.max_batch)
     units = [_Unit(p, s, min(group, n - s)) for p in range(len(prompts))
@@ -243,7 +248,7 @@ class Sampler:
     continuous = self.schedule(ragged, len(prompts) * n) == "continuous"
     run = self._generate_continuous if continuous else self._generate_bucketed
     work = _Work(prompts=prompts, units=units, group=group, n=n, sp=sp, choice=choice,
-                 stop_width=table.shape[1], seed=jnp.uint32(seed % (1 << 32)),
+                 stop_width=controls.stop_table.shape[1], seed=jnp.uint32(seed % (1 << 32)),
                  controls=controls, limits=limits)
     results = run(params, work, bar)
     if bar is not None:
@@ -412,13 +417,8 @@ class Sampler:
       sp = SamplingParams.from_config(sp)
     if max_context < 1:
       raise UserError(f"max_context must be >= 1, got {max_context}")
-    table, valid = self._stop_table(sp)
     params = jax.device_put(params, self._param_shardings)
-    choice = decode_lib.make_choice(sp.is_greedy, sp.top_k, sp.top_p, self.config.vocab_size)
-    controls = continuous_lib.Controls(
-        eos_ids=jnp.asarray(self.eos_ids or (-1,), jnp.int32), stop_table=jnp.asarray(table),
-        stop_valid=jnp.asarray(valid), temperature=jnp.float32(sp.temperature or 1.0),
-        top_p=jnp.float32(sp.top_p))
+    choice, controls = self._controls(sp)
     slots = _next_pow2(self.max_batch)
     if slots > self.max_batch:
       slots //= 2
@@ -428,7 +428,8 @@ class Sampler:
     # Results are written by slot (row = slot) and read after every chunk, before a
     # freed slot is handed on, so the buffers need only one row per slot.
     state = self._init_slots(config=self.config, slots=slots, cache_len=t_max + M, rows=slots,
-                             max_new=M, stop_width=table.shape[1], mesh=self.mesh)
+                             max_new=M, stop_width=controls.stop_table.shape[1],
+                             mesh=self.mesh)
     held: list = [None] * slots          # the request each slot decodes
     seed32 = jnp.uint32(seed % (1 << 32))
     while True:
@@ -436,41 +437,47 @@ class Sampler:
       requests = feed.take(len(free), flush=len(free) == slots)
       if not requests and len(free) == slots:
         break
-      for r in requests:
-        if not 0 < len(r.tokens) <= max_context or not 0 < r.max_new <= M:
-          raise ValueError(f"request ({r.stream}, {r.index}): {len(r.tokens)} context tokens "
-                           f"and a budget of {r.max_new} outside max_context={max_context}, "
-                           f"max_new_tokens={M}")
-      checked = self._check_prompts([r.tokens for r in requests])
       for start in range(0, len(requests), refill):
-        part = list(range(start, min(start + refill, len(requests))))
-        taken = free[start:start + len(part)]
-        state = self._admit_requests(params, state, [requests[i] for i in part],
-                                     [checked[i] for i in part], taken, refill, seed32)
-        for i, slot in zip(part, taken):
-          held[slot] = requests[i]
+        part, taken = requests[start:start + refill], free[start:start + refill]
+        state = self._admit_requests(params, state, part, taken, refill, seed32)
+        for r, slot in zip(part, taken):
+          held[slot] = r
       # decode until a quarter of the running rows (at most a refill's worth) is done
       running = sum(h is not None for h in held)
       need = slots - running + max(1, min(refill, running // 4))
       state = self._run(params, state, jnp.int32(need), controls, config=self.config,
                         choice=choice, mesh=self.mesh)
-      now_free = self._fetch(state.free).astype(bool)
-      ended = [i for i in range(slots) if held[i] is not None and now_free[i]]
-      if ended:
-        out = self._fetch({k: getattr(state, k) for k in _OUTPUTS})
-        results = []
-        for i in ended:
-          r = held[i]
-          results.append((r, self._completion(out, i, r.stream, r.index)))
-          held[i] = None
+      results = self._finished(state, held)
+      if results:
         feed.done(results)
         if progress is not None:
           progress(len(results))
     self.decode_steps += int(state.step)
 
-  def _admit_requests(self, params, state, requests, prompts, taken, R, seed):
-    """Prefill `requests` (their checked `prompts`, padded to R rows) into `taken`."""
-    slots = state.free.shape[0]
+  def _finished(self, state, held: list) -> list:
+    """(request, completion) of each slot whose row ended in the last chunk, in slot
+    order; their slots in `held` are freed."""
+    now_free = self._fetch(state.free).astype(bool)
+    ended = [i for i in range(len(held)) if held[i] is not None and now_free[i]]
+    if not ended:
+      return []
+    out = self._fetch({k: getattr(state, k) for k in _OUTPUTS})
+    results = []
+    for i in ended:
+      r, held[i] = held[i], None
+      results.append((r, self._completion(out, i, r.stream, r.index)))
+    return results
+
+  def _admit_requests(self, params, state, requests, taken, R, seed):
+    """Prefill `requests` (padded to R rows) into the slots `taken`."""
+    slots, M = state.free.shape[0], state.tokens.shape[1]
+    room = state.cache[0][0].shape[1] - M      # the longest context the ring holds
+    for r in requests:
+      if not 0 < len(r.tokens) <= room or not 0 < r.max_new <= M:
+        raise ValueError(f"request ({r.stream}, {r.index}): {len(r.tokens)} context tokens "
+                         f"and a budget of {r.max_new} outside the {room} and {M} that "
+                         f"serve(max_context=..., sp.max_new_tokens) allow")
+    prompts = self._check_prompts([r.tokens for r in requests])
     Tb = bucket_length(max(len(p) for p in prompts), self.min_bucket)
     tokens = np.full((R, Tb), self.pad_id, np.int32)
     mask = np.zeros((R, Tb), bool)
