@@ -36,8 +36,8 @@ from selfimprove_jax import loop
 from selfimprove_jax.errors import UserError
 from selfimprove_jax.runtime.checkpoint import foreign_workdir
 
-# The parent phase's workdir, inside its child's.
-PARENT_DIR = "parent"
+# The parent phase's workdir, inside its child's (the loop reads model='parent' there).
+PARENT_DIR = config_lib.PARENT_MODEL
 
 
 def _print(msg: str) -> None:
@@ -52,6 +52,7 @@ def run(config, workdir: str, override_config: bool = False, log=_print,
   stopped it)."""
   if not config.parent.config:
     return loop.run(config, workdir, override_config, log, adopt_workdir)
+  say = log if jax.process_index() == 0 else (lambda _: None)
   parent = parent_config(config)
   # the user's directory is checked before the parent phase writes into it (the parent's
   # own run checks WORKDIR/parent); the child then adopts it: what it holds besides the
@@ -60,11 +61,11 @@ def run(config, workdir: str, override_config: bool = False, log=_print,
   others = os.path.isdir(workdir) and set(os.listdir(workdir)) - {PARENT_DIR}
   if jax.process_index() == 0 and others and (why := foreign_workdir(workdir, adopt_workdir)):
     raise UserError(why)
-  log(f"chain: parent phase {config.parent.config} in {parent_dir}")
+  say(f"chain: parent phase {config.parent.config} in {parent_dir}")
   state = run(parent, parent_dir, override_config, log)
   if "preempted" in state:
     return state
-  log(f"chain: phase {workdir}, from the kept weights of {parent_dir}")
+  say(f"chain: phase {workdir}, from the kept weights of {parent_dir}")
   return loop.run(config, workdir, override_config, log, adopt_workdir=True)
 
 

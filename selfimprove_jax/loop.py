@@ -366,7 +366,13 @@ def _parent(config, workdir: str) -> Optional["Parent"]:
   run: once the run has a checkpoint, the parent its loop state kept (a resumed run
   reads the weights it started from, even if the parent run went on since)."""
   from selfimprove_jax.weights import run_dir
-  if config.model != config_lib.PARENT_MODEL and run_dir.parse_run_spec(config.model) is None:
+  # 'parent': the parent phase, which chains.py runs first in WORKDIR/parent
+  is_phase = config.model == config_lib.PARENT_MODEL
+  spec = os.path.join(workdir, config_lib.PARENT_MODEL) if is_phase else config.model
+  if run_dir.parse_run_spec(spec) is None:
+    if is_phase:
+      raise UserError(f"model='parent': {spec} is not a run directory (the parent phase "
+                      f"runs there first: selfimprove-jax run with parent.config)")
     return None
   kept = None
   if distributed.is_primary() and is_run_dir(workdir):
@@ -377,7 +383,7 @@ def _parent(config, workdir: str) -> Optional["Parent"]:
       kept = ckpt.restore_meta(latest)["loop"].get("parent") if latest is not None else None
     finally:
       ckpt.close()
-  return run_dir.parent_of(config.model, workdir, distributed.broadcast_json(kept))
+  return run_dir.parent_of(spec, distributed.broadcast_json(kept))
 
 
 def _parent_note(config, parent: "Parent") -> str:

@@ -66,20 +66,14 @@ class Parent:
                                      row["parent_iteration"])
 
 
-def parent_of(model: str, workdir: str, kept: Optional[dict] = None) -> Optional[Parent]:
-  """The parent of a run in `workdir` whose config.model is `model` (None when `model`
-  names no run): `kept`, the parent fields of the run's own loop state, once it has
-  started; else `model` resolved now ('parent': the parent phase in WORKDIR/parent;
-  `DIR`: its newest accepted checkpoint that verifies; `DIR@K`)."""
+def parent_of(spec: str, kept: Optional[dict] = None) -> Optional[Parent]:
+  """The parent of a run whose model is `spec` (None when `spec` names no run): `kept`,
+  the parent fields of the run's own loop state, once it has started; else `spec`
+  resolved now (`DIR`: its newest accepted checkpoint that verifies; `DIR@K`)."""
   if kept:
     return Parent.from_row(kept)
-  from selfimprove_jax.config import PARENT_MODEL
-  spec = os.path.join(workdir, "parent") if model == PARENT_MODEL else model
   run = parse_run_spec(spec)
   if run is None:
-    if model == PARENT_MODEL:
-      raise UserError(f"model='parent': {spec} is not a run directory (the parent phase "
-                      f"runs there first)")
     return None
   parent_dir, iteration = run
   if iteration is None:
@@ -89,7 +83,7 @@ def parent_of(model: str, workdir: str, kept: Optional[dict] = None) -> Optional
     finally:
       ckpt.close()
     if iteration is None:
-      raise UserError(f"model={model!r}: run {parent_dir} has no verified accepted checkpoint")
+      raise UserError(f"model={spec!r}: run {parent_dir} has no verified accepted checkpoint")
   return Parent(parent_dir, os.path.abspath(parent_dir), iteration)
 
 
