@@ -146,6 +146,27 @@ def test_cut_off_reply_states_only_its_closed_marked_answer(task):
   assert whole == [1.0, 1.0, 1.0, 1.0, 0.0]
 
 
+def test_votes_and_reports_read_a_cut_off_reply_as_the_verifier_does():
+  """`answer_as_verified` (held-out rows, maj@k votes, self-instruct votes): a cut-off
+  reply states only its closed marked answer, as `verify` judges it."""
+  from selfimprove_jax.evaluate import heldout
+  from selfimprove_jax.records import Sample
+  from selfimprove_jax.tasks.answers import answer_as_verified
+  arith = tasks.get_task("arithmetic")
+  p = arith.heldout(1)[0]
+  restated = f"Let me restate it: {p.reference}"
+  assert answer_as_verified(arith, restated, p) == p.reference
+  assert answer_as_verified(arith, restated, p, truncated=True) is None
+  assert answer_as_verified(arith, f"#### {p.reference}\nchecking", p, truncated=True) == p.reference
+
+  def generate(prompts, sp, n, seed):   # every reply cut off while restating the answer
+    return [[Sample(completion=restated, finish_reason="length", num_tokens=8)
+             for _ in range(n)] for _ in prompts]
+
+  row = heldout.results(generate, arith, [p], heldout.Settings(maj_k=3), seed=0)[0]
+  assert row["answer"] is None and row["majority"] is None and row["reward"] == 0.0
+
+
 def test_arithmetic_cut_off_reply_is_never_right():
   arith = tasks.get_task("arithmetic")
   p = arith.heldout(1)[0]

@@ -28,6 +28,7 @@ from typing import Optional, Sequence
 
 from selfimprove_jax.records import jaccard, ngrams, normalise, pseudo_label
 from selfimprove_jax.sampling import SamplingParams
+from selfimprove_jax.tasks.answers import answer_as_verified
 from selfimprove_jax.tasks.problem import Problem, make_problem, problem_id, text_key
 
 PROPOSE_PROMPT = (
@@ -111,7 +112,8 @@ def check_validity(candidates: Sequence[str], task, generate=None, *, votes: int
   sample = sample or SamplingParams(max_new_tokens=48)
   out = []
   for c, group in zip(candidates, generate(list(candidates), sample, votes, seed)):
-    ans = [task.extract_answer(s.completion) for s in group]
+    ans = [answer_as_verified(task, s.completion, truncated=s.finish_reason == "length")
+           for s in group]
     best, share = pseudo_label(ans, min_vote_share)   # None on a tie or a thin majority
     ok = best is not None
     out.append((make_problem(c, best, difficulty, {"self_instruct": True}) if ok else None,

@@ -23,6 +23,7 @@ from selfimprove_jax.records import group_by_problem, majority
 from selfimprove_jax.refine import strategies as refine
 from selfimprove_jax.sampling import SamplingParams
 from selfimprove_jax.tasks import verify
+from selfimprove_jax.tasks.answers import answer_as_verified
 from selfimprove_jax.tasks.problem import derive_seed
 
 
@@ -154,7 +155,8 @@ def _greedy_and_sampled(generate: GenerateFn, task, problems: Sequence, k: int,
                           stop_sequences=sample.stop_sequences)
   g = acquire(generate, task, problems, greedy, 1, seed, -1)
   rows = [{"problem_id": p.id, "prompt": p.prompt, "completion": s.completion,
-           "answer": task.extract_answer(s.completion, p), "reward": s.reward,
+           "answer": answer_as_verified(task, s.completion, p, s.finish_reason == "length"),
+           "reward": s.reward,
            "verifier_status": s.verifier_status, "num_tokens": s.num_tokens,
            "finish_reason": s.finish_reason} for p, s in zip(problems, g)]
   if k <= 1:
@@ -162,7 +164,9 @@ def _greedy_and_sampled(generate: GenerateFn, task, problems: Sequence, k: int,
   samples = acquire(generate, task, problems, sample, k, seed + 1, -1)
   groups = group_by_problem(samples)
   # each problem's own answer format: jsonl and reasoning-gym tasks extract per problem
-  answers = [[task.extract_answer(s.completion, p) for s in groups[p.id]] for p in problems]
+  # a cut-off sample votes for what it finished stating (as the verifier reads it)
+  answers = [[answer_as_verified(task, s.completion, p, s.finish_reason == "length")
+              for s in groups[p.id]] for p in problems]
   voted = [majority(a, [s.logprob for s in groups[p.id]])[0]
            for p, a in zip(problems, answers)]
   checked = [(p, a) for p, a in zip(problems, voted) if a is not None]

@@ -60,7 +60,8 @@ def _check_hidden(task, problems, samples: list[Sample]) -> list[Sample]:
   checked = [i for i, s in enumerate(samples) if s.reference is not None]
   verdicts = verify(task, [dataclasses.replace(by_id[samples[i].problem_id],
                                                reference=samples[i].reference)
-                           for i in checked], [samples[i].completion for i in checked])
+                           for i in checked], [samples[i].completion for i in checked],
+                    truncated=[samples[i].finish_reason == "length" for i in checked])
   out = list(samples)
   for i, v in zip(checked, verdicts):
     out[i] = out[i].replace(verifier_reward=float(v.reward))

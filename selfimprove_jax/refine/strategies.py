@@ -175,7 +175,8 @@ def revise_prompt(question: str, answer: str, critique: str) -> str:
 
 
 def _verifier_scores(ctx, idx, samples, cfg, seed):
-  verdicts = verify(ctx.task, [ctx.problems[i] for i in idx], [s.completion for s in samples])
+  verdicts = verify(ctx.task, [ctx.problems[i] for i in idx], [s.completion for s in samples],
+                    truncated=[s.finish_reason == "length" for s in samples])
   return [float(v.reward) for v in verdicts]
 
 

@@ -114,7 +114,8 @@ def rationalize_records(records: Sequence[Sample], problems: Sequence, ctx: Cont
   hinted = [by_problem[group[0].problem_id] for group in failed]
   outs = ctx.generate([rationalize_prompt(p.prompt, p.reference) for p in hinted],
                       cfg.greedy, 1, seed)
-  verdicts = verify(ctx.task, hinted, [o[0].completion for o in outs])
+  verdicts = verify(ctx.task, hinted, [o[0].completion for o in outs],
+                    truncated=[o[0].finish_reason == "length" for o in outs])
   return [_as_target(group[0], o[0], v, len(group), rationalized=True)
           for group, o, v in zip(failed, outs, verdicts)
           if v.reward >= threshold and "hint" not in o[0].completion.lower()]

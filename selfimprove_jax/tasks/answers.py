@@ -74,6 +74,17 @@ def strip_thinking(text: str) -> Optional[str]:
   return None if "<think>" in text else text
 
 
+def answer_as_verified(task, completion: str, problem=None, truncated: bool = False):
+  """The answer `completion` states, read as `tasks.verify` reads it: a completion cut
+  off at its token budget (`truncated`) counts only what it finished stating, where
+  the task has that policy (its `finished_part`). For votes and reports: a majority
+  must not count an operand a cut-off reply was restating as its answer."""
+  cut = getattr(task, "finished_part", None)
+  if truncated and cut is not None:
+    completion = cut(completion)
+  return task.extract_answer(completion, problem)
+
+
 def finished_part(text: str) -> str:
   """What a reply cut off at its token budget finished stating: its last closed marked
   answer, written with its marker (so extraction reads it as before), or "" when it
