@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import sys
 from typing import Callable, Optional, Sequence
 
 from selfimprove_jax.environments.base import Environment, Spec, Step
+from selfimprove_jax.errors import UserError
 from selfimprove_jax.records import Sample
 from selfimprove_jax.runtime.checkpoint import fault_point
 from selfimprove_jax.sampling import Request, SamplingParams, encode_prompts, encode_reply
@@ -162,6 +164,12 @@ def run(sampler, params, tokenizer, spec: Spec, problems: Sequence, sp: Sampling
         n: int, seed: int, progress: bool = False, workers: int = 8) -> list[list[Sample]]:
   """n episodes per problem, as `Sample`s grouped by problem in sample order (module
   docstring). sp.max_new_tokens bounds each model turn; spec.max_tokens the episode."""
+  jax = sys.modules.get("jax")
+  if jax is not None and jax.process_count() > 1:
+    # each host would step its own environments, and a tool's time limit could end a
+    # call on one host and not another: the hosts' episodes would part
+    raise UserError(f"environment {spec.name!r}: multi-turn episodes run in one process "
+                    f"for now ({jax.process_count()} processes here)")
   if not isinstance(sp, SamplingParams):
     sp = SamplingParams.from_config(sp)
   sp = dataclasses.replace(sp, stop_sequences=tuple(sp.stop_sequences) + spec.stop_sequences)
