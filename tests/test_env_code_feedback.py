@@ -74,6 +74,10 @@ def test_right_wrong_and_missing_programs(task, problem):
   syn, = _submit(task, problem, [_block("def solve(xs)\n  return xs")])
   assert (syn.reward, syn.status) == (0.0, "error")
   assert "SyntaxError" in syn.observation and "def solve(xs)" in syn.observation
+  # an error at import: the program's own frames and message, not the harness's
+  err, = _submit(task, problem, [_block("def solve(xs):\n  return xs\nprint(solve(ys))")])
+  assert err.status == "error" and "NameError: name 'ys' is not defined" in err.observation
+  assert 'File "<solution>", line 3' in err.observation and "exec(" not in err.observation
   # a cut-off turn is still run, and the model told it was cut off
   cut, = _submit(task, problem, [_block("def solve(xs)")], finish="length")
   assert cut.status == "error" and "cut off" in cut.observation

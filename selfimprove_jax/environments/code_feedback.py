@@ -36,7 +36,8 @@ from selfimprove_jax.tasks.code_task import INSTRUCTION, CodeJsonlTask, CodeTask
 # option -> (default, smallest allowed value)
 OPTIONS = {"failing_tests": (1, 1), "error_lines": (4, 1), "max_chars": (400, 40)}
 
-ASK = "Write the corrected complete function `{name}` in a ```python code block."
+ASK = ("Write the corrected complete function `{name}` in a ```python code block "
+       "(no input(), no printing).")
 # how a sandbox status reads to the model (others: 'was stopped (<status>)')
 _STOPPED = {
     "error": "failed before it returned its results",
@@ -59,6 +60,14 @@ def _options(options: dict) -> dict:
       raise UserError(f"environment.options.{key}={value!r} must be an integer >= {low}")
     out[key] = value
   return out
+
+
+def _own_lines(detail: str) -> str:
+  """An error's lines from the program's own first frame on: the sandbox harness's
+  frame above it (judge.py's `exec`) tells the model nothing."""
+  lines = detail.split("\n")
+  first = next((i for i, line in enumerate(lines) if 'File "<solution>"' in line), 0)
+  return "\n".join(lines[first:])
 
 
 def _clip(text: str, limit: int) -> str:
@@ -97,7 +106,7 @@ class CodeFeedback(Environment):
   def _said(self, v) -> str:
     """What failed, in words: the tests passed and the failing ones, or why the program
     did not run to its end."""
-    feedback = _clip(v.detail, self.max_chars)
+    feedback = _clip(_own_lines(v.detail), self.max_chars)
     if v.status != "ok":
       return f"Your program {_STOPPED.get(v.status, f'was stopped ({v.status})')}:\n{feedback}"
     meta = self.problem.metadata
