@@ -5,7 +5,8 @@ the problem's prompt; every model turn that ends by end-of-turn is one guess, re
 task's extraction (`read_guess`: the project's numeric answer policy); the answer comes
 in a new user turn:
 - right: the episode ends, reward 1;
-- a whole number in [1, N] but wrong: "My number is higher than 50. Guess again." (or
+- a whole number in [1, N] but wrong: "My number is higher than 50. What is your next guess? Answer with
+  just the number." (or
   lower), reward 0 (see `reward` below). A guess that repeats an earlier one, or that
   the earlier replies already ruled out, is answered the same way, and its step's
   `detail` says so (what the smoke checks count: does the model use the replies?);
@@ -58,7 +59,7 @@ class GuessNumber(Environment):
     return problem.prompt
 
   def step(self, action: str, finish: str) -> Step:
-    rules = f"Reply with just your guess, a whole number between 1 and {self.high}."
+    rules = f"Guess a whole number between 1 and {self.high}. {game.ANSWER}"
     if finish == "length":
       return Step(observation=f"Your reply was too long. {rules}", status="invalid",
                   detail="reply cut off at its token budget")
@@ -80,7 +81,8 @@ class GuessNumber(Environment):
       word, self.high_left = "lower", min(self.high_left, guess - 1)
     hint = (f": it is between {self.low_left} and {self.high_left}"
             if self.range_hint else "")
-    return Step(observation=f"My number is {word} than {guess}{hint}. Guess again.",
+    return Step(observation=f"My number is {word} than {guess}{hint}. What is your next "
+                f"guess? {game.ANSWER}",
                 reward=self._partial(), detail=detail)
 
   def _partial(self) -> float:

@@ -36,15 +36,18 @@ from selfimprove_jax.tasks import problem as problem_lib
 from selfimprove_jax.tasks.problem import Problem
 
 LEVELS = {1: 10, 2: 20, 3: 50, 4: 100, 5: 200, 6: 500, 7: 1000}   # level -> N
+# "Answer with just the number." as in arithmetic's prompt: of the wordings tried, the
+# one after which SmolLM2-135M-Instruct most often replies with a bare number (others
+# drew "I'm not sure what to suggest" even greedily)
+ANSWER = "Answer with just the number."
 NAME_LETTERS = 5   # 26^5 = 11.9M games per level: the held-out tenth never runs out
 
 
 def format_prompt(game: str, high: int) -> str:
   """The task's prompt for game `game` over [1, high]."""
-  return (f"Let's play a guessing game (game {game}). I am thinking of a whole number "
-          f"between 1 and {high}. Try to find it in as few guesses as you can: after "
-          f"each guess I will tell you whether my number is higher or lower. "
-          f"Reply with just your guess.")
+  return (f"Guess my secret number (game {game}). It is a whole number between 1 and "
+          f"{high}; after each guess I will tell you if it is higher or lower. What is "
+          f"your guess? {ANSWER}")
 
 
 def hidden_number(game: str, high: int) -> int:
