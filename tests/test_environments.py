@@ -4,6 +4,7 @@ exact rewards and masks, reproducibility whatever the environment's timing, and 
 episodes end."""
 
 import functools
+import os
 import random
 import time
 
@@ -155,3 +156,45 @@ def test_episode_limits_and_environment_errors(tiny, sampler, tokenizer):
   assert "environment bug" in s.turns[0]["detail"]
   with pytest.raises(ValueError, match="max_tokens"):
     _play(sampler, params, tokenizer, max_tokens=10)
+
+
+# ----------------------------------------------------------------------------- in the loop
+
+MULTI_TURN = ("--config.task.name=guess_number", "--config.environment.name=guess_number",
+              "--config.environment.max_turns=3", "--config.environment.max_tokens=160",
+              "--config.train.max_seq_len=160")
+
+
+def _eval_turns(workdir, k):
+  """Model turns the held-out evaluation of iteration k played (greedy and sampled)."""
+  from selfimprove_jax.records import read_jsonl
+  n = 0
+  for split in ("validation", "test"):
+    for r in read_jsonl(os.path.join(workdir, "records", f"iter_{k:04d}", f"eval_{split}.jsonl")):
+      n += r["turns"] + sum(x["turns"] for x in r.get("samples", []))
+  return n
+
+
+def test_multi_turn_run_resumes_bit_identically_after_sigkill_mid_episode(cache_dir, tmp_path):
+  """configs/tiny.py playing guess_number episodes: killed between two turns of
+  iteration 1's acquisition (episodes half played), the re-run ends as an
+  uninterrupted run does: same rows, same weights, same episodes."""
+  from run_files import assert_same_state, final_state, metrics, run_cli
+  from selfimprove_jax.records import read_records
+  whole = run_cli(tmp_path / "whole", cache_dir, *MULTI_TURN)
+  assert whole.returncode == 0, whole.stderr[-3000:]
+  acquired = lambda d: [s.to_json() for s in read_records(
+      os.path.join(d, "records", "iter_0001", "acquire.jsonl"))]
+  episodes = acquired(tmp_path / "whole")
+  assert episodes and all(len(s["turns"]) >= 1 and s["action_mask"] for s in episodes)
+  assert any(len(s["turns"]) > 1 for s in episodes), "no episode took a second turn"
+  # the baseline's evaluation answers this many turns; 3 more lands inside iteration 1
+  fault = f"episode_turn@{_eval_turns(tmp_path / 'whole', 0) + 3}"
+  killed = run_cli(tmp_path / "killed", cache_dir, *MULTI_TURN, fault=fault)
+  assert killed.returncode == -9, killed.stderr[-2000:]
+  assert not os.path.exists(tmp_path / "killed" / "records" / "iter_0001" / "acquire.jsonl")
+  resumed = run_cli(tmp_path / "killed", cache_dir, *MULTI_TURN)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert metrics(tmp_path / "killed") == metrics(tmp_path / "whole")
+  assert_same_state(final_state(tmp_path / "killed"), final_state(tmp_path / "whole"))
+  assert acquired(tmp_path / "killed") == episodes
