@@ -198,3 +198,29 @@ def test_multi_turn_run_resumes_bit_identically_after_sigkill_mid_episode(cache_
   assert metrics(tmp_path / "killed") == metrics(tmp_path / "whole")
   assert_same_state(final_state(tmp_path / "killed"), final_state(tmp_path / "whole"))
   assert acquired(tmp_path / "killed") == episodes
+
+
+def test_grpo_batches_of_episodes_train_the_model_tokens_with_episode_advantages():
+  """GRPO over episodes: one row per episode, its reward the episode's, groups of the G
+  episodes of a problem, and loss (and the sampler's log-probs) only where the model
+  spoke."""
+  from selfimprove_jax.records import Sample
+  def episode(pid, j, reward, mask):
+    n = len(mask)
+    return Sample(problem_id=pid, sample_index=j, prompt_tokens=[5, 6, 7],
+                  completion_tokens=list(range(10, 10 + n)), action_mask=mask,
+                  logprobs=[-0.5 if m else 0.0 for m in mask], reward=reward, num_tokens=n,
+                  turns=[{}], episode_end="done")
+  eps = [episode("a", 0, 1.0, [1, 1, 0, 0, 1]), episode("a", 1, 0.0, [1, 0, 0, 1, 1, 1]),
+         episode("b", 0, 0.5, [1, 1, 1]), episode("b", 1, 0.5, [1, 0, 1])]
+  t = batches_lib.Settings(prompts=2, samples_per_prompt=2, max_seq_len=16)
+  (batch,) = batches_lib.rl_batches(eps, t, seed=0)
+  for i, s in enumerate(eps):
+    mask = batch["loss_mask"][i]
+    assert mask[:3].sum() == 0
+    np.testing.assert_array_equal(mask[3:3 + len(s.action_mask)], s.action_mask)
+    assert mask[3 + len(s.action_mask):].sum() == 0
+    np.testing.assert_array_equal(batch["old_logprobs"][i][mask == 1], -0.5)
+  np.testing.assert_array_equal(batch["rewards"][:4], [1.0, 0.0, 0.5, 0.5])
+  g = batch["group_ids"][:4]
+  assert g[0] == g[1] and g[2] == g[3] and g[0] != g[2]
