@@ -1,0 +1,54 @@
+"""Guess-the-number: SmolLM2-135M-Instruct learns a game with hidden state by expert iteration.
+
+Command:   selfimprove-jax run --config configs/guess_number.py --workdir runs/guess_number
+Hardware:  CPU (2 cores); the same config runs on a GPU or TPU unchanged.
+Runtime:   not yet measured (target: about 15 min on the 2-core CPU dev machine).
+Result:    not yet measured; report pass@1 (solved within 8 guesses) and the process
+           measures (turns, invalid_actions, out_of_turns, turns_over_optimal) of the
+           validation and test splits.
+
+Each episode is one game (tasks/guess_number.py, environments/guess_number.py): the
+model guesses, the game answers higher or lower in a new user turn, for up to 8 guesses.
+Each iteration plays 4 episodes of each of 32 games at temperature 1.0 and fine-tunes on
+the solved ones, with loss on the model's guesses only (SFT on successful episodes).
+N = 20 (difficulty 2, binary search needs 5 guesses at worst), not 100: the base model
+puts a bare number in only some of its turns and never reads the replies, so its
+successes are about chance, and chance in 8 guesses is ~1/3 of games at N = 20 but too
+few at N = 100 to train on.
+"""
+
+from selfimprove_jax.config import base_config
+
+
+def get_config():
+  config = base_config()
+  config.model = "smollm2-135m-instruct"
+  config.task.name = "guess_number"
+  config.task.difficulty = 2               # N = 20
+  config.task.heldout_size = 32            # validation: one greedy game each
+  config.task.test_size = 32               # test: the reported number, read by nothing
+  config.task.fresh_size = 0
+  config.environment.name = "guess_number"
+  config.environment.max_turns = 8          # T: solved within 8 guesses
+  config.environment.max_tokens = 320       # prompt ~70 tokens + 8 x (guess + reply) ~ 30
+  config.environment.options.reward = "outcome"
+  config.loop.algorithm = "sft"
+  config.loop.iterations = 4
+  config.loop.prompts_per_iteration = 32
+  config.loop.samples_per_prompt = 4
+  config.sampling.temperature = 1.0         # varied guesses: chance finds the number
+  config.sampling.max_new_tokens = 10       # a guess is a few tokens; longer is invalid
+  config.sampling.max_batch = 64
+  # every turn of a solved episode trains (its wrong guesses too): the replies that
+  # followed them are the context of the guesses that came after
+  config.select.filters = "correct,dedup"
+  config.train.epochs = 2
+  config.train.batch_size = 16
+  config.train.max_seq_len = 320            # >= environment.max_tokens (prompt included)
+  config.optim.learning_rate = 5e-5
+  config.optim.warmup_steps = 2
+  config.optim.schedule = "cosine"
+  config.evaluate.maj_k = 1
+  config.evaluate.max_new_tokens = 10
+  config.lock()
+  return config
