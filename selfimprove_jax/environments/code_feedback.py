@@ -15,9 +15,9 @@ sandbox limit gets the sandbox's status ('timeout', 'memory', 'error', ...), its
 in the record, and an observation that tells the model what happened.
 
 Failing tests are shown with their expected values, hidden tests included (as the
-`execution_feedback` refinement does). A program that hard-codes the answers it was shown
-can pass at most the tests revealed to it, `failing_tests` per turn, so with fewer
-turns than hidden tests it cannot reach reward 1 that way.
+`execution_feedback` refinement does). A program that hard-codes the values it was shown
+passes only the tests revealed to it: the prompt's examples and `failing_tests` per
+earlier turn (code:* 2 + 1 x (R - 1) of 8 by default), so it cannot reach reward 1.
 
 Options (config.environment.options):
   failing_tests  failing tests shown per turn (default 1)
