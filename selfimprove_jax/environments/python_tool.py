@@ -1,23 +1,26 @@
 """`python_tool`: arithmetic with a Python tool run in the sandbox (self-taught tool use).
 
-The model sees an `arithmetic` problem and a short description of a tool: it may write
-`<tool>CODE</tool>`, an expression or a short program. The turn ends at the stop
-sequence `</tool>`; the code runs in the sandbox (`sandbox.run_python_batch` with
-`sandbox.Limits`: short wall and CPU clock, small address space, capped output) and its
-result comes back as `<output>RESULT</output>`: an expression's value (a program whose
-last statement is an expression prints it, as a notebook cell does), else the
-program's stdout, cut to `max_output_chars`. A turn that ends with end-of-turn is the
-final answer, graded by the task's own verifier (reward 1 or 0, done); a turn cut off
-by its token budget is graded the same way (by what it finished stating).
+The model sees an `arithmetic` problem and a short description of a tool with one
+worked example: it may write a ```python code block, an expression or a short program.
+The turn ends at the stop sequence "```\n" (the closing fence); the code runs in the
+sandbox (`sandbox.run_python_batch` with `sandbox.Limits`: short wall and CPU clock,
+small address space, capped output, no network, a private scratch directory) and its
+result comes back as "Output: RESULT": an expression's value (a program whose last
+statement is an expression prints it, as a notebook cell does), else the program's
+stdout, cut to `max_output_chars`. A turn that ends with end-of-turn is the final
+answer, graded by the task's own verifier (reward 1 or 0, done); a turn cut off by its
+token budget is graded the same way (by what it finished stating).
 
 Toolformer (Schick et al. 2023) teaches a model to call an API by keeping the calls
 that helped; here the loop keeps the episodes whose tool call led to a right answer,
 and trains on the model's own tokens only (the tool's output carries no loss).
 
-Why this syntax, measured on SmolLM2-135M-Instruct (see the report in the commit log
-and benchmarks/EFFICACY.md): a tag pair it can copy from one worked example in the
-description, and the output returned 'inline' by default (straight after `</tool>`,
-inside the model's own turn, so it continues its reply with the number in view); the
+Why this syntax, measured on SmolLM2-135M-Instruct (32 problems of difficulty 6, one
+episode each at temperature 0.7): with `<tool>...</tool>` tags, in any of four
+wordings, it never called the tool (it copied the example's answer or restated the
+question); asked for a ```python block with one worked example, 0.44 of its episodes
+called the tool. The output comes back 'inline' (straight after the closing fence,
+inside the model's own turn, so it goes on to the answer with the number in view); the
 `observation` option puts it in a new user turn instead.
 
 Step statuses: 'ok' (an answer, or a tool call that ran), 'invalid' (a call with no
@@ -34,7 +37,8 @@ from selfimprove_jax import sandbox
 from selfimprove_jax.environments.base import Environment, Spec, Step
 from selfimprove_jax.errors import UserError
 
-OPEN, CLOSE = "<tool>", "</tool>"
+OPEN, CLOSE = "```python", "```\n"
+OUTPUT = "Output: {}\n"
 
 # option -> (default, type, low, high)
 OPTIONS = {
@@ -47,12 +51,10 @@ OPTIONS = {
 }
 
 _DESCRIPTION = (
-    "You can use a Python calculator tool. Write the calculation inside "
-    f"{OPEN}...{CLOSE} and its result comes back inside <output>...</output>. "
-    "Then reply with just the final number.")
-_EXAMPLE = (
-    "\n\nExample:\nWhat is 1234 * 5678 - 42?\n"
-    f"{OPEN}1234 * 5678 - 42{CLOSE}<output>7006610</output>\n7006610")
+    "You can run Python: write a ```python code block that prints the result, and you "
+    "will see its output. Then reply with just the number.")
+_EXAMPLE = "\n\nExample:\n```python\nprint(12 * 34 + 5)\n```\n" + OUTPUT.format(413) + \
+    "The answer is 413."
 
 # Runs the model's code inside the sandbox: the last statement, when an expression, is
 # evaluated and printed (None is not), the rest executed as a program.
@@ -122,10 +124,10 @@ class PythonTool(Environment):
     if finish != "stop":
       return self._answer(action, truncated=finish == "length")
     code = action.rpartition(OPEN)[2] if OPEN in action else ""
-    code = code.strip().strip("`").strip()
+    code = code.strip()
     if not code:
-      return self._observe("invalid", f"no code: write {OPEN}CODE{CLOSE}",
-                           f"Error: empty tool call; write {OPEN}CODE{CLOSE}", tool=False)
+      return self._observe("invalid", "no code in the tool call",
+                           f"Error: no code; write {OPEN}, the code, then ```", tool=False)
     try:
       ast.parse(code)   # parsing runs nothing; only the sandbox executes
     except (SyntaxError, ValueError, RecursionError, MemoryError) as e:
@@ -143,9 +145,7 @@ class PythonTool(Environment):
     shown = output[:self.opts["max_output_chars"]]
     if len(output) > len(shown):
       shown += " ..."
-    text = f"<output>{shown}</output>"
-    if self.opts["observation"] == "inline":
-      text += "\n"
+    text = OUTPUT.format(shown)
     return Step(observation=text, reward=0.0, done=False, status=status, detail=detail,
                 tool_call=tool)
 
