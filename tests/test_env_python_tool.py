@@ -96,13 +96,13 @@ def test_output_is_bounded_and_writes_stay_in_the_scratch(tmp_path):
 
 
 @pytest.mark.parametrize("options, fragment", [
-    ({"timeout": 1}, "options.timeout is not an option"),
+    ({"timeout": 1}, "environment.options.timeout is not an option"),
     ({"timeout_s": 0}, "options.timeout_s=0.0 must be in"),
-    ({"timeout_s": "fast"}, "options.timeout_s='fast' must be a float"),
-    ({"memory_mb": 1.5}, "options.memory_mb=1.5 must be a int"),
+    ({"timeout_s": "fast"}, "options.timeout_s='fast' must be of type float"),
+    ({"memory_mb": 1.5}, "options.memory_mb=1.5 must be of type int"),
     ({"max_output_chars": 0}, "options.max_output_chars=0 must be in"),
     ({"observation": "system"}, "options.observation='system' must be 'inline' or 'user'"),
-    ({"few_shot": 1}, "options.few_shot=1 must be a bool"),
+    ({"few_shot": 1}, "options.few_shot=1 must be of type bool"),
 ])
 def test_bad_options_are_one_line_errors(options, fragment):
   with pytest.raises(UserError) as e:

@@ -88,19 +88,21 @@ def spec(task, options: dict, max_turns: int, max_tokens: int) -> Spec:
 def _options(options: dict) -> dict:
   unknown = sorted(set(options) - set(OPTIONS))
   if unknown:
-    raise UserError(f"options.{unknown[0]} is not an option; known: {', '.join(OPTIONS)}")
+    raise UserError(f"environment.options.{unknown[0]} is not an option; known: "
+                    f"{', '.join(OPTIONS)}")
   out = {}
   for key, (default, kind, low, high) in OPTIONS.items():
     value = options.get(key, default)
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
       value = float(value)
     if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
-      raise UserError(f"options.{key}={value!r} must be a {kind.__name__}")
+      raise UserError(f"environment.options.{key}={value!r} must be of type {kind.__name__}")
     if low is not None and not low <= value <= high:
-      raise UserError(f"options.{key}={value!r} must be in [{low}, {high}]")
+      raise UserError(f"environment.options.{key}={value!r} must be in [{low}, {high}]")
     out[key] = value
   if out["observation"] not in ("inline", "user"):
-    raise UserError(f"options.observation={out['observation']!r} must be 'inline' or 'user'")
+    raise UserError(f"environment.options.observation={out['observation']!r} must be "
+                    f"'inline' or 'user'")
   return out
 
 
