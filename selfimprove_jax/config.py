@@ -26,7 +26,8 @@ from selfimprove_jax.optimize.config import check_optim_config, default_optim_co
 # code; tests/test_architecture.py keeps them equal to the registries. Paradigm names
 # and each paradigm's own constraints are the registry's (algorithms.algorithm, called
 # by the loop before set-up).
-FILTER_NAMES = ("correct", "pass_rate_band", "dedup", "max_length", "judge", "refined")
+FILTER_NAMES = ("correct", "pass_rate_band", "dedup", "max_length", "judge", "refined",
+                "tool_used")
 STRATEGY_NAMES = ("greedy", "best_of_n", "self_consistency", "self_refine",
                   "execution_feedback")
 SCORER_NAMES = ("verifier", "judge", "logprob")
@@ -165,7 +166,8 @@ def base_config() -> ml_collections.ConfigDict:
                                        # base model answering one line of a few-shot prompt)
 
   c.select = ml_collections.ConfigDict()
-  c.select.filters = "correct,dedup,max_length"
+  c.select.filters = "correct,dedup,max_length"   # in order; also pass_rate_band, judge,
+                                       # refined, tool_used (episodes that called a tool)
   c.select.reward_threshold = 1.0
   c.select.min_pass_rate = 0.0
   c.select.max_pass_rate = 1.0

@@ -13,6 +13,7 @@ from selfimprove_jax.runtime.files import WorkdirLock
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "configs", "tiny.py")
+TOOL = os.path.join(ROOT, "configs", "tool_arithmetic.py")
 
 
 @pytest.fixture(scope="module")
@@ -217,6 +218,14 @@ CASES = [
      "acquire.rationalize"),
     (_run("--config.environment.name=guess_number", "--config.environment.max_tokens=4096"),
      "environment.max_tokens"),
+    (_run("--config.model=tiny", "--config.environment.options.timeout_s=0",
+          config=TOOL), "environment.options.timeout_s"),
+    (_run("--config.model=tiny", "--config.environment.options.observation=tool",
+          config=TOOL), "environment.options.observation"),
+    # ---- chains: the parent run
+    (_run("--config.model={dir}/no_run@1"), "{dir}/no_run"),
+    (_run("--config.model=parent"), "parent.config"),
+    (_run("--config.model=parent", "--config.parent.config={dir}/nope.py"), "{dir}/nope.py"),
     (_run("--config.log.plot=maybe"), "log.plot"),
     (_run("--config.dtype=float16"), "dtype"),
     (_run("--config.lora.rank=-1"), "lora.rank"),

@@ -224,3 +224,14 @@ def test_grpo_batches_of_episodes_train_the_model_tokens_with_episode_advantages
   np.testing.assert_array_equal(batch["rewards"][:4], [1.0, 0.0, 0.5, 0.5])
   g = batch["group_ids"][:4]
   assert g[0] == g[1] and g[2] == g[3] and g[0] != g[2]
+
+
+def test_tool_used_filter_keeps_episodes_that_called_the_tool():
+  from selfimprove_jax.records import Sample
+  from selfimprove_jax.select import filters
+  called = Sample(problem_id="a", turns=[{"tool_call": True}, {"tool_call": False}])
+  no_call = Sample(problem_id="a", turns=[{"tool_call": False}])
+  single = Sample(problem_id="a")
+  kept, counts = filters.apply_filters([called, no_call, single],
+                                       filters.Settings(filters=("tool_used",)))
+  assert kept == [called] and counts["tool_used"] == 1

@@ -84,6 +84,12 @@ def max_length(records, cfg):
           if r.finish_reason != "length" and r.num_tokens <= cfg.max_completion_tokens]
 
 
+def tool_used(records, cfg):
+  """Self-taught tool use (Toolformer): keep the episodes in which some turn called the
+  environment's tool (environments/: `Step.tool_call`); a single-turn sample has none."""
+  return [r for r in records if any(t.get("tool_call") for t in (r.turns or ()))]
+
+
 FILTERS: dict[str, Filter] = {
     "correct": correct,
     "pass_rate_band": pass_rate_band,
@@ -91,6 +97,7 @@ FILTERS: dict[str, Filter] = {
     "max_length": max_length,
     "judge": judge,
     "refined": refined,
+    "tool_used": tool_used,
 }
 
 
