@@ -9,9 +9,9 @@ Result:    not yet measured (target of issue 27: test pass@1 +0.30 over the base
            after 4 iterations, and above configs/tool_arithmetic_no_tool.py)
 
 Each problem is an episode of at most 3 turns (environments/python_tool.py): the model
-may write a ```python block, sees its output inline, then answers. 'correct' keeps the
-right episodes; on 4-digit chains with a product a right answer without the tool is
-rare (the base model answered none of 32 in its head), so these are the tool episodes.
+may write a ```python block, sees its output inline, then answers. 'correct' and
+'tool_used' keep the right episodes that called the tool (Toolformer keeps the calls
+that helped); the base model answered none of 32 such problems in its head.
 """
 
 from selfimprove_jax.config import base_config
@@ -40,7 +40,7 @@ def get_config():
   config.sampling.temperature = 0.7
   config.sampling.max_new_tokens = 48        # per model turn
   config.sampling.max_batch = 32             # KV cache: (320 + 48) entries per slot
-  config.select.filters = "correct,dedup"
+  config.select.filters = "correct,tool_used,dedup"   # right episodes that called the tool
   config.train.epochs = 3
   config.train.batch_size = 8
   config.train.max_seq_len = 320             # >= environment.max_tokens
