@@ -91,6 +91,20 @@ EXPERIMENTS = {
                             "configs/gsm8k_sft.py", (0,)),
     "humaneval_eval": Experiment("HumanEval pass@1 and execution feedback (the baseline row)",
                                  "configs/humaneval_eval.py", (0,)),
+    # multi-turn environments (environments/): whole episodes, the model's tokens trained
+    "tool_arithmetic": Experiment("self-taught tool use (python_tool episodes, expert iteration)",
+                                  "configs/tool_arithmetic.py", (0,)),
+    "tool_arithmetic_no_tool": Experiment(
+        "the quickstart recipe on the tool row's problems, no tool",
+        "configs/tool_arithmetic_no_tool.py", (0,)),
+    "code_multiturn": Experiment(
+        "multi-turn code with test feedback (RLEF episodes, expert iteration)",
+        "configs/code_multiturn.py", (0,)),
+    "guess_number": Experiment("an interactive game (guess_number episodes)",
+                               "configs/guess_number.py", (0,)),
+    # chains (issue 28): a paradigm from the model expert iteration made
+    "chain_sft_grpo": Experiment("expert iteration, then GRPO from its kept weights",
+                                 "configs/chain_sft_grpo.py", (0,)),
 }
 
 # Why a row is still missing, when a run was tried (shown under "Not yet measured").
