@@ -3,12 +3,13 @@
 Command:   make run
            (= selfimprove-jax run --config configs/quickstart.py --workdir runs/quickstart)
 Hardware:  CPU (2 cores is enough); the same config runs on a GPU or TPU unchanged.
-Runtime:   18.9 min wall on the 2-core CPU dev machine (AMD EPYC, 24 GiB) shared with
-           unit tests, 2026-12-04; peak resident memory 4.0 GB (before the test and
-           fresh splits: 11.4 min idle, Intel Xeon).
+Runtime:   about 21 min idle on the 2-core CPU dev machine (AMD EPYC, 24 GiB): the
+           2026-12-07 rerun reached iteration 3's training in its idle first 10.5 min
+           (46.8 min in all, shared); peak resident memory 3.4 GB. Before the test and
+           fresh splits: 11.4 min idle on an Intel Xeon.
 Result:    validation greedy pass@1 (100 problems) 0.06 -> 0.32 -> 0.44 -> 0.51 -> 0.55,
            every iteration accepted (seed 0); test (100 more, read by no decision)
-           0.10 -> 0.34 -> 0.31 -> 0.35 -> 0.45 (38 up, 3 down, p = 1e-8); fresh
+           0.09 -> 0.34 -> 0.31 -> 0.35 -> 0.45 (39 up, 3 down, p = 6e-9); fresh
            problems each iteration 0.07 -> 0.34 -> 0.45 -> 0.45 -> 0.46; see
            benchmarks/EFFICACY.md
 
