@@ -135,9 +135,13 @@ def test_invalid_and_hostile_replies():
     assert (step.status, step.detail, step.reward, step.done) == ("invalid", detail, 0.0,
                                                                   False), reply
     assert "between 1 and 100" in step.observation and len(step.observation) < 120
-  # a reply cut off at its budget is not read at all, even if it shows the number
-  step = env.step(str(n), "length")
+  # a reply cut off at its budget states only the number it opened with
+  step = env.step(f"Is it {n}? Or", "length")
   assert (step.status, step.done) == ("invalid", False) and "too long" in step.observation
+  for cut in (f"{n}.5 is", f"{n}0000000000 is", f"{n},000 is"):
+    assert env.step(cut, "length").status == "invalid", cut
+  step = env.step(f"{wrong} is a whole number between 1 and", "length")
+  assert step.status == "ok" and f"than {wrong}." in step.observation
   # several numbers: the last one is the guess, so listing them cannot win
   step = env.step(f"{n} or maybe {wrong}", "eos")
   assert not step.done and f"than {wrong}." in step.observation
