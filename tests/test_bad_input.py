@@ -14,6 +14,7 @@ from selfimprove_jax.runtime.files import WorkdirLock
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "configs", "tiny.py")
 TOOL = os.path.join(ROOT, "configs", "tool_arithmetic.py")
+GAME = os.path.join(ROOT, "configs", "guess_number.py")
 
 
 @pytest.fixture(scope="module")
@@ -222,6 +223,11 @@ CASES = [
           config=TOOL), "environment.options.timeout_s"),
     (_run("--config.model=tiny", "--config.environment.options.observation=tool",
           config=TOOL), "environment.options.observation"),
+    (_run("--config.model=tiny", "--config.environment.options.reward=shaped", config=GAME),
+     "options.reward='shaped'"),
+    (_run("--config.model=tiny", "--config.task.difficulty=9", config=GAME), "difficulty"),
+    (_run("--config.model=tiny", "--config.task.name=arithmetic", config=GAME),
+     "plays only task guess_number"),
     # ---- chains: the parent run
     (_run("--config.model={dir}/no_run@1"), "{dir}/no_run"),
     (_run("--config.model=parent"), "parent.config"),
