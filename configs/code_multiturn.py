@@ -2,8 +2,11 @@
 
 Command:   selfimprove-jax run --config configs/code_multiturn.py --workdir runs/code_multiturn
 Hardware:  CPU or one GPU; programs run in the sandbox's worker pool (one per CPU).
-Runtime:   not yet measured (a smoke run, 8 prompts x 2 episodes and 10 held-out
-           problems, is in the report of the session that built it).
+Runtime:   not yet measured in full. A smoke run (10 held-out problems, no test split,
+           8 x 2 episodes) on the 2-core AMD EPYC shared with other runs (load 8-15),
+           2026-12-07: baseline evaluation 20.9 min (load and compile included),
+           acquire 11.7 min, 2 optimizer steps 1.3 min. The default test split (100
+           problems) adds 100 greedy episodes to each evaluation.
 Result:    not yet measured; compare with configs/code_rlef.py (the same task and budgets,
            single-turn: 0.42 -> 0.58 held-out greedy pass@1, execution_feedback@2 equal).
 
