@@ -404,7 +404,8 @@ def _check_environment(config) -> None:
   for key, on in (("acquire.refine_strategy", a.refine_strategy),
                   ("acquire.label_free", a.label_free), ("acquire.rationalize", a.rationalize),
                   ("acquire.self_instruct_share", a.self_instruct_share > 0),
-                  ("judge.use_as_reward", config.judge.use_as_reward)):
+                  ("judge.use_as_reward", config.judge.use_as_reward),
+                  ("evaluate.strategies", bool(names(config.evaluate.strategies)))):
     if on:
       raise UserError(f"{key} does not apply to environment episodes "
                       f"(environment.name={e.name!r}): the environment scores them")

@@ -322,10 +322,6 @@ def _set_up(config, workdir: str, log) -> Setup:
   algorithm = algorithms.ALGORITHMS[config.loop.algorithm]
   mesh = sharding_lib.make_mesh(dict(config.mesh))
   parent = _parent(config, workdir)
-  base = load(parent.spec if parent else config.model, mesh=mesh, dtype=config.dtype,
-              prompt_format=settings_lib.prompt_format(config))
-  if base.tokenizer is None:
-    raise UserError(f"model {config.model!r} has no tokenizer; the loop needs one")
   try:
     task = get_task(config.task.name, **config.task.options.to_dict())
   except UserError as e:
@@ -335,6 +331,11 @@ def _set_up(config, workdir: str, log) -> Setup:
   moves = [r.text for r in settings_lib.rules(config) if r.action in ("harder", "easier")]
   if moves and task.difficulty_range is None:
     raise UserError(f"evaluate.rules: {moves[0]!r}: task {task.name} has no difficulty knob")
+  settings_lib.environment(config, task)   # its option errors come before the weights load
+  base = load(parent.spec if parent else config.model, mesh=mesh, dtype=config.dtype,
+              prompt_format=settings_lib.prompt_format(config))
+  if base.tokenizer is None:
+    raise UserError(f"model {config.model!r} has no tokenizer; the loop needs one")
   _check_prompts_fit(config, task, base.tokenizer)
   sampler = make_sampler(base, mesh=mesh, max_batch=config.sampling.max_batch)
   judge = None

@@ -228,6 +228,10 @@ CASES = [
     (_run("--config.model=tiny", "--config.task.difficulty=9", config=GAME), "difficulty"),
     (_run("--config.model=tiny", "--config.task.name=arithmetic", config=GAME),
      "plays only task guess_number"),
+    (_run("--config.environment.name=guess_number", "--config.evaluate.strategies=best_of_n"),
+     "evaluate.strategies"),
+    (_run("--config.environment.name=code_feedback", "--config.environment.max_tokens=64"),
+     "plays code:* and code_jsonl: tasks"),
     # ---- chains: the parent run
     (_run("--config.model={dir}/no_run@1"), "{dir}/no_run"),
     (_run("--config.model=parent"), "parent.config"),

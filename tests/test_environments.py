@@ -235,3 +235,36 @@ def test_tool_used_filter_keeps_episodes_that_called_the_tool():
   kept, counts = filters.apply_filters([called, no_call, single],
                                        filters.Settings(filters=("tool_used",)))
   assert kept == [called] and counts["tool_used"] == 1
+
+
+def test_held_out_evaluation_of_episodes_reports_outcome_and_process():
+  """Greedy episodes per problem: pass@1 from the episode's reward, first-turn pass@1
+  (what one turn earns), turns, tool calls and errors, invalid actions, the share out
+  of turns, and solved episodes' turns over the optimum."""
+  from selfimprove_jax.evaluate import heldout
+  from selfimprove_jax.records import Sample
+
+  def turn(reward, status="ok", tool=False):
+    return {"reward": reward, "status": status, "tool_call": tool}
+
+  played = {  # problem -> (reward, turns, end)
+      "p0": (1.0, [turn(1.0)], "done"),
+      "p1": (1.0, [turn(0.0, tool=True), turn(0.0, "timeout", True), turn(1.0)], "done"),
+      "p2": (0.0, [turn(0.0, "invalid"), turn(0.0, "invalid")], "max_turns")}
+
+  class Policy:
+    def episodes(self, spec, problems, sp, n, seed):
+      return [[Sample(problem_id=p.id, reward=played[p.id][0], turns=played[p.id][1],
+                      episode_end=played[p.id][2], action_mask=[1, 1])
+               for _ in range(n)] for p in problems]
+
+  spec = Spec(name="scripted", make=Scripted, optimal_turns=lambda p: 1)
+  settings = heldout.Settings(maj_k=2, environment=spec)
+  m = heldout.evaluate(Policy(), None, PROBLEMS, settings, seed=0)
+  assert m["pass@1"] == pytest.approx(2 / 3) and m["pass@2"] == pytest.approx(2 / 3)
+  assert m["first_turn_pass@1"] == pytest.approx(1 / 3)
+  assert m["turns"] == pytest.approx(2.0) and m["out_of_turns"] == pytest.approx(1 / 3)
+  assert m["tool_calls"] == pytest.approx(2 / 3) and m["tool_errors"] == pytest.approx(1 / 3)
+  assert m["invalid_actions"] == pytest.approx(2 / 3)
+  assert m["turns_over_optimal"] == pytest.approx(2.0)   # (1 + 3) / 2 solved
+  assert "maj@2" not in m

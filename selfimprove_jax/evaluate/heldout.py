@@ -115,6 +115,9 @@ def _episodes(generate: GenerateFn, spec, problems: Sequence, k: int,
         "tool_errors": sum(bool(t.get("tool_call")) and t.get("status") not in ("ok", "invalid")
                            for t in turns),
         "invalid": sum(t.get("status") == "invalid" for t in turns),
+        # the first step's reward: what one turn earns, so pass@1 - first_turn_pass@1
+        # is what the environment's answers bought
+        "first_turn_reward": float(turns[0].get("reward", 0.0)) if turns else 0.0,
         "optimal_turns": spec.optimal_turns(p)})
   if k > 1:
     groups = group_by_problem(episodes(generate, spec, problems, sample, k, seed + 1, -1))
@@ -125,10 +128,11 @@ def _episodes(generate: GenerateFn, spec, problems: Sequence, k: int,
 
 
 def _process(rows: Sequence[dict]) -> dict:
-  """Process measures of greedy episodes: turns used, tool calls, tool errors and invalid
-  actions per episode, the share that ran out of turns, and (where the environment
+  """Process measures of greedy episodes: pass@1 of their first turns alone, turns used,
+  tool calls, tool errors and invalid actions per episode, the share that ran out of turns, and (where the environment
   knows the optimum) the solved episodes' turns over the fewest possible."""
-  out = {"turns": float(np.mean([r["turns"] for r in rows])),
+  out = {"first_turn_pass@1": float(np.mean([r["first_turn_reward"] >= 1.0 for r in rows])),
+         "turns": float(np.mean([r["turns"] for r in rows])),
          "tool_calls": float(np.mean([r["tool_calls"] for r in rows])),
          "tool_errors": float(np.mean([r["tool_errors"] for r in rows])),
          "invalid_actions": float(np.mean([r["invalid"] for r in rows])),
