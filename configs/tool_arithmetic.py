@@ -12,6 +12,11 @@ Each problem is an episode of at most 3 turns (environments/python_tool.py): the
 may write a ```python block, sees its output inline, then answers. 'correct' and
 'tool_used' keep the right episodes that called the tool (Toolformer keeps the calls
 that helped); the base model answered none of 32 such problems in its head.
+A probe of the base model (32 problems, one episode each at temperature 0.7, shared
+2-core AMD EPYC): 0.38 of its episodes called the tool and none was solved (it ran the
+worked example's numbers, not the problem's); with the problem after the tool's
+description, 0.09 called it and 1 of 32 was solved. So expert iteration starts from a
+few right episodes per iteration, as the quickstart did (18 kept in its first).
 """
 
 from selfimprove_jax.config import base_config
