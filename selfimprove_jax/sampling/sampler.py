@@ -244,7 +244,8 @@ class Sampler:
     if progress:
       from tqdm.auto import tqdm
       bar = tqdm(total=len(prompts) * n, desc="sampling", unit="seq")
-    ragged = bool(self.eos_ids) or len(table) > 0 or len(set(limits.tolist())) > 1
+    ragged = (bool(self.eos_ids) or controls.stop_table.shape[0] > 0
+              or len(set(limits.tolist())) > 1)
     continuous = self.schedule(ragged, len(prompts) * n) == "continuous"
     run = self._generate_continuous if continuous else self._generate_bucketed
     work = _Work(prompts=prompts, units=units, group=group, n=n, sp=sp, choice=choice,
