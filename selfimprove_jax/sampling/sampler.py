@@ -232,8 +232,8 @@ class Sampler:
     if not prompts:
       return []
     limits = self._limits(max_new_per_prompt, len(prompts), sp.max_new_tokens)
+    choice, controls = self._controls(sp)   # a bad stop sequence fails here, first
     params = jax.device_put(params, self._param_shardings)  # no-op when already placed
-    choice, controls = self._controls(sp)
 
     group = min(n, self.max_batch)
     units = [_Unit(p, s, min(group, n - s)) for p in range(len(prompts))
@@ -418,8 +418,8 @@ class Sampler:
       sp = SamplingParams.from_config(sp)
     if max_context < 1:
       raise UserError(f"max_context must be >= 1, got {max_context}")
-    params = jax.device_put(params, self._param_shardings)
     choice, controls = self._controls(sp)
+    params = jax.device_put(params, self._param_shardings)
     slots = _next_pow2(self.max_batch)
     if slots > self.max_batch:
       slots //= 2
