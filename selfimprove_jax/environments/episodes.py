@@ -219,6 +219,15 @@ def to_sample(e: _Episode, tokenizer) -> Sample:
       turns=[dict(t) for t in e.turns], episode_end=e.end or "max_tokens")
 
 
+def turn_counts(turns: Sequence[dict]) -> dict:
+  """Of these turns: tool calls, tool calls that did not run cleanly (a sandbox limit or
+  an error), and invalid actions."""
+  return {"tool_calls": sum(bool(t.get("tool_call")) for t in turns),
+          "tool_errors": sum(bool(t.get("tool_call")) and t.get("status") not in
+                             ("ok", "invalid") for t in turns),
+          "invalid": sum(t.get("status") == "invalid" for t in turns)}
+
+
 def process_metrics(samples: Sequence[Sample], spec: Optional[Spec] = None) -> dict:
   """What episodes did, beyond their reward: turns used, tool calls and tool errors
   per episode, invalid actions, the share that ran out of turns or tokens, and (where
@@ -227,14 +236,13 @@ def process_metrics(samples: Sequence[Sample], spec: Optional[Spec] = None) -> d
   if not eps:
     return {}
   n = len(eps)
-  turns = [t for s in eps for t in s.turns]
+  counts = turn_counts([t for s in eps for t in s.turns])
   out = {
       "episode_turns": sum(len(s.turns) for s in eps) / n,
       "episode_success": sum(s.reward >= 1.0 for s in eps) / n,
-      "episode_tool_calls": sum(bool(t.get("tool_call")) for t in turns) / n,
-      "episode_tool_errors": sum(bool(t.get("tool_call")) and t.get("status") not in
-                                 ("ok", "invalid") for t in turns) / n,
-      "episode_invalid": sum(t.get("status") == "invalid" for t in turns) / n,
+      "episode_tool_calls": counts["tool_calls"] / n,
+      "episode_tool_errors": counts["tool_errors"] / n,
+      "episode_invalid": counts["invalid"] / n,
       "episode_out_of_turns": sum(s.episode_end == "max_turns" for s in eps) / n,
       "episode_out_of_tokens": sum(s.episode_end == "max_tokens" for s in eps) / n,
   }

@@ -18,6 +18,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from selfimprove_jax.acquire.rounds import acquire, episodes
+from selfimprove_jax.environments.episodes import turn_counts
 from selfimprove_jax.policy import GenerateFn
 from selfimprove_jax.records import group_by_problem, majority
 from selfimprove_jax.refine import strategies as refine
@@ -111,10 +112,7 @@ def _episodes(generate: GenerateFn, spec, problems: Sequence, k: int,
         "reward": s.reward, "verifier_status": s.verifier_status,
         "num_tokens": sum(s.action_mask or []), "finish_reason": s.finish_reason,
         "episode_end": s.episode_end, "turns": len(turns),
-        "tool_calls": sum(bool(t.get("tool_call")) for t in turns),
-        "tool_errors": sum(bool(t.get("tool_call")) and t.get("status") not in ("ok", "invalid")
-                           for t in turns),
-        "invalid": sum(t.get("status") == "invalid" for t in turns),
+        **turn_counts(turns),
         # the first step's reward: what one turn earns, so pass@1 - first_turn_pass@1
         # is what the environment's answers bought
         "first_turn_reward": float(turns[0].get("reward", 0.0)) if turns else 0.0,
