@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import json
 import os
 import signal
@@ -71,6 +72,7 @@ from selfimprove_jax.runtime.files import WorkdirLock
 from selfimprove_jax.runtime.reporting import Reporter
 from selfimprove_jax.sampling import Sampler, encode_prompts, make_sampler
 from selfimprove_jax.select import filters as select_lib
+from selfimprove_jax.select.ledger import Ledger
 from selfimprove_jax.stage_cache import RunRecords
 from selfimprove_jax.tasks import get_task
 from selfimprove_jax.tasks.problem import Problem, Task
@@ -86,7 +88,10 @@ class Preempted(Exception):
 
 @dataclasses.dataclass
 class LoopState:
-  """What a checkpoint holds besides the arrays (JSON)."""
+  """What a checkpoint holds besides the weights: JSON fields in its metadata
+  (`to_json`), and, as arrays beside it (`arrays`, runtime/checkpoint.py's
+  LOOP_ARRAYS), what grows with the run: the difficulty ledger (a row per prompt ever
+  seen) and the paradigms' running summaries of earlier rounds."""
   iteration: int = -1            # last finished iteration (0 = baseline evaluated)
   accepted_iteration: int = -1   # iteration whose weights are current
   best_pass1: float = -1.0
@@ -94,10 +99,40 @@ class LoopState:
   stopped: Optional[str] = None
   difficulty: Optional[int] = None
   data_state: Optional[dict] = None   # Grain iterator state of the training prompt stream
-  ledger: dict = dataclasses.field(default_factory=dict)
   history: list = dataclasses.field(default_factory=list)
   adjust: dict = dataclasses.field(default_factory=dict)   # the rules' changes (config keys)
   parent: Optional[dict] = None  # the run whose kept weights this one started from (its row)
+  # arrays, updated in place by the iteration (select/ledger.py; Algorithm.remember)
+  ledger: Ledger = dataclasses.field(default_factory=Ledger)
+  summaries: dict = dataclasses.field(default_factory=dict)   # paradigm -> {name: array}
+
+  def to_json(self) -> dict:
+    """The fields the checkpoint's metadata holds (all but the arrays)."""
+    return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+            if f.name not in ("ledger", "summaries")}
+
+  def arrays(self) -> dict:
+    """The ledger and the summaries as named arrays (`from_checkpoint` reads them)."""
+    out = {f"ledger.{n}": a for n, a in self.ledger.arrays().items()}
+    out.update((f"summary.{name}.{n}", a) for name, summary in self.summaries.items()
+               for n, a in summary.items())
+    return out
+
+  @classmethod
+  def from_checkpoint(cls, loop: dict, arrays: dict) -> "LoopState":
+    """The state a checkpoint saved: its metadata's `loop` and its arrays. A checkpoint
+    from before the arrays holds the ledger in the metadata (read here, saved as
+    arrays from then on) and no summaries (`_summary` makes them once)."""
+    loop = dict(loop)
+    old = loop.pop("ledger", None)
+    ledger = (Ledger.from_dict(old) if old is not None else Ledger.from_arrays(
+        {n.removeprefix("ledger."): a for n, a in arrays.items() if n.startswith("ledger.")}))
+    summaries: dict = {}
+    for key, a in arrays.items():
+      if key.startswith("summary."):
+        name, part = key.removeprefix("summary.").rsplit(".", 1)
+        summaries.setdefault(name, {})[part] = a
+    return cls(**loop, ledger=ledger, summaries=summaries)
 
 
 class _Signals:
@@ -188,7 +223,7 @@ def _run(config, workdir, override_config, log, signals) -> dict:
       signals.check()
       # this iteration's settings: the run's, with what the watchers' rules changed
       s = _steered(run_setup, state.adjust)
-      it = Iteration(k, state.ledger)
+      it = Iteration(k, state.ledger, state.summaries)
       w.begin()
       prompts = PromptStream(s.task, s.config.seed, state.data_state, state.difficulty)
       proposals = _self_instruct(s, w.policy(), state.difficulty, it)
@@ -202,6 +237,7 @@ def _run(config, workdir, override_config, log, signals) -> dict:
                                 s.config.acquire.self_instruct_share)
         with _peak_memory(it, "acquire"):
           acquired = _acquire(s, w.policy(), problems, r, it)
+        _remember(s, it, acquired)
         signals.check()
         # --- select: the filters and the ledger; never a held-out prompt
         selected = _select(s, acquired, problems, r, it)
@@ -242,7 +278,7 @@ def _run(config, workdir, override_config, log, signals) -> dict:
       if accepted:
         state.accepted_iteration = k
       w.settle(accepted, state.accepted_iteration)
-      state.iteration, state.data_state, state.ledger = k, prompts.state(), it.ledger
+      state.iteration, state.data_state = k, prompts.state()
       state.history.append(row)
       state.difficulty = next_difficulty
       # --- checkpoint
@@ -302,6 +338,9 @@ class Setup:
   parent: Optional["Parent"]     # the run whose kept weights this one started from
   # the step functions of the rules' other algorithms and schedules, built when needed
   trainings: dict = dataclasses.field(default_factory=dict)
+  # finished iterations' records, each file read once per process (an iteration's
+  # records never change once it is checkpointed): stage -> {iteration: rows}
+  read_back: dict = dataclasses.field(default_factory=dict)
 
   def generate(self, params) -> GenerateFn:
     """The model with `params` (adapters merged into the base) as a GenerateFn."""
@@ -463,7 +502,11 @@ def _restore(s: Setup, override_config: bool) -> "LoopState":
       params, meta = s.ckpt.restore_params(latest, w.shapes)
       kept = kept.replace(params=params)
     _check_compatible(meta["config"], config, s.ckpt.workdir, override_config)
-    state = LoopState(**meta["loop"])
+    try:
+      state = LoopState.from_checkpoint(meta["loop"], s.ckpt.restore_loop_arrays(latest))
+    except ValueError as e:
+      raise UserError(f"checkpoint {s.ckpt.step_dir(latest)}: its loop state does not "
+                      f"load ({e}); move it aside to resume from the one before") from None
     s.reporter.log(f"resuming {s.ckpt.workdir} after iteration {state.iteration}")
     # metrics.jsonl is derived from the checkpoint's history: a kill between the save
     # and its rewrite, or a deleted file, loses no row
@@ -488,7 +531,8 @@ class Iteration:
   """One iteration's running account of its stages: what was sampled and kept, the
   files written, each stage's own numbers for the row (`_row` merges them once)."""
   k: int
-  ledger: dict                    # the difficulty ledger, updated by each select
+  ledger: Ledger                  # the loop state's difficulty ledger, updated by each select
+  summaries: dict                 # the loop state's paradigm summaries, updated by each acquire
   hashes: dict = dataclasses.field(default_factory=dict)   # stage -> records hash
   acquired: list = dataclasses.field(default_factory=list)
   selected: list = dataclasses.field(default_factory=list)
@@ -530,14 +574,17 @@ def _self_instruct(s: Setup, params, difficulty, it: Iteration) -> list[Problem]
 
 def _replay(s: Setup, state: LoopState, it: Iteration) -> list[Sample]:
   """select.replay: the selected samples of the last accepted iterations (their
-  records on disk), minus those this iteration selected again (same prompt and
-  completion)."""
+  records on disk, each file read once: the pool keeps the last select.replay
+  accepted iterations' and drops the older), minus those this iteration selected
+  again (same prompt and completion)."""
   n = s.stages.select.replay
-  accepted = [row["iteration"] for row in state.history
-              if row["accepted"] and 0 < row["iteration"] < it.k][-n:] if n else []
+  if not n:
+    return []
+  accepted = list(itertools.islice((row["iteration"] for row in reversed(state.history)
+                                    if row["accepted"] and 0 < row["iteration"] < it.k), n))
   seen = {(x.prompt, x.completion) for x in it.selected}
   out = []
-  for x in (x for k in accepted for x in s.records.read(k, "select")):
+  for x in _read_back(s, "select", accepted[::-1], s.records.read, drop_others=True):
     if (x.prompt, x.completion) not in seen:
       seen.add((x.prompt, x.completion))
       out.append(x)
@@ -546,14 +593,34 @@ def _replay(s: Setup, state: LoopState, it: Iteration) -> list[Sample]:
   return out
 
 
+def _summary(s: Setup, it: Iteration) -> Optional[dict]:
+  """What the paradigm keeps of the run's earlier rounds (`Round.earlier`): its running
+  summary (`Algorithm.remember`), None when it keeps none. The first round of a
+  paradigm in a run without one (a checkpoint from before summaries were kept, a rule
+  that switched to it) makes it from every earlier round's records, once."""
+  remember = s.algorithm.remember
+  if remember is None:
+    return None
+  if s.algorithm.name not in it.summaries:
+    it.summaries[s.algorithm.name] = remember(
+        None, s.records.earlier(it.k, "acquire") + it.acquired, s.task)
+  return it.summaries[s.algorithm.name]
+
+
+def _remember(s: Setup, it: Iteration, samples: list[Sample]) -> None:
+  """Adds a round's samples to every running summary the run keeps (the loop state's,
+  saved with the checkpoint), whichever paradigm made them."""
+  for name, summary in it.summaries.items():
+    it.summaries[name] = algorithms.ALGORITHMS[name].remember(summary, samples, s.task)
+
+
 def _acquire(s: Setup, params, problems, r: int, it: Iteration) -> list[Sample]:
   name = it.stage_name("acquire", r, s.algorithm.rounds(s.config))
   # the leak screens compare with validation's texts; the task's held-out side (test and
   # fresh included) is refused by id, so the test split's size changes no decision
   round_ = acquire_lib.Round(s.generate(params), s.judge, s.task, s.splits.validation,
                              s.stages.acquire, s.seed(it.k, "acquire", r), it.k,
-                             s.stages.paradigm,
-                             lambda: s.records.earlier(it.k, "acquire") + it.acquired)
+                             s.stages.paradigm, _summary(s, it))
   samples, it.hashes[name], cached = s.records.cached(
       it.k, name, lambda: s.algorithm.acquire(round_, problems), s.reporter.log)
   it.acquired += samples
@@ -567,7 +634,7 @@ def _acquire(s: Setup, params, problems, r: int, it: Iteration) -> list[Sample]:
 def _select(s: Setup, acquired: list[Sample], problems, r: int,
             it: Iteration) -> list[Sample]:
   st = s.stages.select
-  it.ledger = select_lib.update_ledger(it.ledger, acquired, it.k, st.reward_threshold)
+  it.ledger.update(acquired, it.k, st.reward_threshold)
   selected, counts = select_lib.apply_filters(acquired, st)
   # never train on held-out prompts, whatever a filter let through
   heldout = {p.id for p in s.splits.validation}
@@ -685,10 +752,10 @@ def _steer(s: Setup, state: LoopState, fired: list, difficulty, k: int):
 def _checkpoint(s: Setup, state: LoopState, accepted: bool, hashes: dict) -> None:
   """Saves iteration `state.iteration` (weights, and the optimizer state when it
   continues across iterations), prunes, and reports the row."""
-  meta = json.loads(json.dumps({"loop": dataclasses.asdict(state),
+  meta = json.loads(json.dumps({"loop": state.to_json(),
                                 "config": s.config.to_dict()}, default=str))
   k = state.iteration
-  s.ckpt.save(k, s.weights.saved(), meta, accepted, hashes)
+  s.ckpt.save(k, s.weights.saved(), meta, accepted, hashes, state.arrays())
   # from the loop state, not the manifest: every process must delete the same
   # checkpoints (Orbax deletes collectively) and only process 0 writes the manifest
   s.ckpt.prune({h["iteration"] for h in state.history if h["accepted"]} | {k})
@@ -697,5 +764,20 @@ def _checkpoint(s: Setup, state: LoopState, accepted: bool, hashes: dict) -> Non
 
 
 def _step_rows(s: Setup, k: int) -> list:
-  """Every optimizer step's record of iterations 1..k."""
-  return [x for j in range(1, k + 1) for x in s.records.rows(j, "steps")]
+  """Every optimizer step's record of iterations 1..k (each iteration's file read
+  once per process)."""
+  return _read_back(s, "steps", range(1, k + 1), s.records.rows)
+
+
+def _read_back(s: Setup, stage: str, ks, read, drop_others: bool = False) -> list:
+  """The records of `stage` of the finished iterations `ks`, in order, each file read
+  (`read(k, stage)`) the first time it is asked for and then kept; `drop_others`
+  forgets the other iterations' (a pool that moves on keeps only its own)."""
+  kept = s.read_back.setdefault(stage, {})
+  if drop_others:
+    for j in set(kept) - set(ks):
+      del kept[j]
+  for j in ks:
+    if j not in kept:
+      kept[j] = read(j, stage)
+  return [x for j in ks for x in kept[j]]

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from selfimprove_jax.evaluate import curriculum
+from selfimprove_jax.select.ledger import Ledger
 
 
 # ----------------------------------------------------------------------------- curriculum
@@ -19,9 +20,9 @@ def test_curriculum_moves_within_band_and_range():
   assert curriculum.step(8, 0.95, rng) == (8, None)     # already hardest
   assert curriculum.step(1, 0.0, rng) == (1, None)
   assert curriculum.step(3, None, rng) == (3, None)
-  ledger = {"a": {"attempts": 4, "successes": 4, "last_seen": 2},
-            "b": {"attempts": 4, "successes": 0, "last_seen": 2},
-            "c": {"attempts": 8, "successes": 8, "last_seen": 1}}
+  ledger = Ledger.from_dict({"a": {"attempts": 4, "successes": 4, "last_seen": 2},
+                             "b": {"attempts": 4, "successes": 0, "last_seen": 2},
+                             "c": {"attempts": 8, "successes": 8, "last_seen": 1}})
   assert curriculum.ledger_pass_rate(ledger, 2) == 0.5
   assert curriculum.ledger_pass_rate(ledger, 3) is None
 

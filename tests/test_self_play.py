@@ -127,7 +127,7 @@ def test_proposals_are_screened_and_rewarded_by_learnability():
   # (the invalid penalty, no solver samples); one that was only rejected may come back
   again = ["What is 15+30?", "What is 40 + 41?", "What is 123 + 456?"] + ["Hi."] * 5
   later = dataclasses.replace(_round(Proposing(again, right), config, heldout=heldout),
-                              earlier=lambda: samples)
+                              earlier=self_play.remember(None, samples, TASK))
   proposers = [s for s in self_play.self_play_round(later, seeds) if s.role == "proposer"]
   assert [s.proposal_status for s in proposers[:3]] == ["repeat", "repeat", "too_hard"]
   assert proposers[0].reward == -0.5 and proposers[0].solver_pass_rate is None
@@ -169,7 +169,7 @@ def test_program_proposals_run_in_the_sandbox_for_their_true_output():
   # the same program and call in a later round: a repeat, not run again for the solver
   proposals = [f"```python\n{double}```\nCall: solve([1, 2, 5])"] * 6
   later = dataclasses.replace(_round(Scripted(reply), config, task=CODE),
-                              earlier=lambda: samples)
+                              earlier=self_play.remember(None, samples, CODE))
   again = [s for s in self_play.self_play_round(later, seeds) if s.role == "proposer"]
   assert [s.proposal_status for s in again] == ["repeat"] + ["duplicate"] * 5
   judge = programs.OutputPrediction()
@@ -369,10 +369,10 @@ def test_tiny_self_play_run_resumes_after_sigkill_to_the_same_result(cache_dir, 
   for r in rows[1:]:
     assert r["optimizer_steps"] == 2 and r["self_play_proposals"] == 8
     assert r["self_play_valid_share"] > 0 and r["self_play_mean_p"] is not None
-  records = read_records(str(reference / "records" / "iter_0002" / "acquire_1.jsonl"))
+  records = read_records(str(reference / "records" / "iter_0002" / "acquire_1.parquet"))
   assert {s.role for s in records} == {"proposer", "solver"}
   # no problem is a valid proposal twice in a run, across rounds and iterations
-  valid = [s.proposal_id for path in sorted(reference.glob("records/iter_*/acquire_*.jsonl"))
+  valid = [s.proposal_id for path in sorted(reference.glob("records/iter_*/acquire_*.parquet"))
            for s in read_records(str(path)) if s.proposal_status == "valid"]
   assert valid and len(valid) == len(set(valid))
   assert all(s.proposal_status for s in records if s.role == "proposer")

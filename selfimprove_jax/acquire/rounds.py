@@ -13,7 +13,7 @@ on model output.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from selfimprove_jax.environments import episodes as episodes_lib
 from selfimprove_jax.policy import GenerateFn
@@ -92,9 +92,10 @@ class Round:
   seed: int
   iteration: int
   paradigm: Any = None                  # the paradigm's own settings (Algorithm.settings)
-  # the samples this run acquired before this round (earlier rounds and iterations,
-  # rolled-back ones included), read when called: what "new" is measured against
-  earlier: Callable[[], list] = lambda: []
+  # what the paradigm keeps of the samples this run acquired before this round (earlier
+  # rounds and iterations, rolled-back ones included): its running summary
+  # (paradigms.registry.Algorithm.remember), what "new" is measured against; None: none
+  earlier: Optional[dict] = None
 
 
 def acquire_round(r: Round, problems: Sequence) -> list[Sample]:

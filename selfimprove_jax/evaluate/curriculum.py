@@ -16,12 +16,13 @@ from __future__ import annotations
 from typing import Optional
 
 
-def ledger_pass_rate(ledger: dict, iteration: int) -> Optional[float]:
+def ledger_pass_rate(ledger, iteration: int) -> Optional[float]:
   """Successes / attempts over the ledger's prompts last seen in `iteration` (None
-  when it saw none)."""
-  rows = [e for e in ledger.values() if e["last_seen"] == iteration]
-  attempts = sum(e["attempts"] for e in rows)
-  return sum(e["successes"] for e in rows) / attempts if attempts else None
+  when it saw none). `ledger` is select.ledger's `Ledger`, read through its `seen`:
+  only that iteration's rows (no import of the select stage)."""
+  attempts, successes = ledger.seen(iteration)
+  total = int(attempts.sum())
+  return int(successes.sum()) / total if total else None
 
 
 def step(difficulty: int, pass_rate: Optional[float], difficulty_range, *,

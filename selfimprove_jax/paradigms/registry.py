@@ -58,6 +58,12 @@ class Algorithm:
   check: Callable[[Any], None] = lambda config: None
   # config -> the settings of the paradigm's own sections (acquire.Round.paradigm)
   settings: Callable[[Any], Any] = lambda config: None
+  # what its acquire reads of the run's earlier rounds (acquire.Round.earlier), as a
+  # running summary: (the summary so far or None, a round's samples, the task) -> the
+  # summary with them, a dict of numpy arrays. The loop updates it after every round
+  # and saves it with each checkpoint, so no round re-reads earlier records. None:
+  # the paradigm reads nothing of earlier rounds.
+  remember: Optional[Callable[[Optional[dict], Sequence[Sample], Any], dict]] = None
 
   def loss_name(self, config) -> str:
     if self.loss is not None:
@@ -124,7 +130,7 @@ ALGORITHMS = {
     "self_play": Algorithm("self_play", self_play.self_play_batches, on_policy=True,
                            acquire=self_play.self_play_round,
                            metrics=self_play.self_play_metrics, check=self_play.check,
-                           settings=self_play.settings),
+                           settings=self_play.settings, remember=self_play.remember),
     "spin": Algorithm("spin", spin.spin_batches, loss="dpo", rows_per_example=2,
                       reference="always", acquire=spin.spin_round, metrics=spin.spin_metrics,
                       check=spin.check),

@@ -8,8 +8,10 @@ One round:
            novelty: not empty, not a near-duplicate of an earlier proposal of the
            round (word n-grams, or the same parsed expression) nor of a shown
            example, not a problem that was a valid proposal in an earlier round or
-           iteration of the run ('repeat'; read from the records, so a resumed run
-           judges alike), not on the held-out side (self_instruct.screen); then validity:
+           iteration of the run ('repeat'; judged against `remember`'s running summary
+           of them, which the loop keeps and checkpoints, so a resumed run judges
+           alike and no round re-reads earlier records), not on the held-out side
+           (self_instruct.screen); then validity:
            the task's procedural verifier must parse and solve it (arithmetic and
            countdown: `task.parse_problem` computes the true answer) and its level
            must be within `self_play.max_level`; on `code:` tasks a proposal is a
@@ -34,7 +36,10 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-from typing import Optional, Sequence
+import hashlib
+from typing import Container, Optional, Sequence
+
+import numpy as np
 
 from selfimprove_jax import settings as settings_lib
 from selfimprove_jax.acquire import rounds as acquire_lib
@@ -110,7 +115,7 @@ def proposer_prompts(task, seeds: Sequence[str], count: int, examples: int) -> l
 
 def check_proposals(texts: Sequence[Optional[str]], task, heldout: Sequence[Problem],
                     seeds: Sequence[str], st: Settings,
-                    earlier: frozenset = frozenset()) -> list[tuple[str, Optional[Problem]]]:
+                    earlier: Container = frozenset()) -> list[tuple[str, Optional[Problem]]]:
   """(verdict, problem or None) per cleaned proposal. Validity first: the task must
   parse and solve it ('invalid'); then novelty (self_instruct.screen: 'duplicate',
   'copy', 'heldout_leak'; and no two valid proposals with the same parsed content) and
@@ -150,7 +155,7 @@ def first_problem(reply: str) -> Optional[str]:
 
 def check_programs(texts: Sequence[Optional[str]], task, heldout: Sequence[Problem],
                    seeds: Sequence[str], st: Settings,
-                   earlier: frozenset = frozenset()) -> list[tuple[str, Optional[Problem]]]:
+                   earlier: Container = frozenset()) -> list[tuple[str, Optional[Problem]]]:
   """(verdict, solver problem or None) per program proposal (the code family,
   programs.py): novelty as for `check_proposals`, then a run in the sandbox; a solver
   problem whose id falls on the task's held-out side is a 'heldout_leak' too."""
@@ -171,13 +176,64 @@ def check_programs(texts: Sequence[Optional[str]], task, heldout: Sequence[Probl
   return out
 
 
-def _earlier_keys(r: acquire_lib.Round, code: bool) -> frozenset:
-  """What the run's earlier valid proposals were: a program's solver-problem id, else
-  the parsed problem's `self_instruct.canonical` key (parsing is cheap; running programs is not)."""
-  valid = [x for x in r.earlier() if x.role == PROPOSER and x.proposal_status == "valid"]
-  if code:
-    return frozenset(x.proposal_id for x in valid)
-  return frozenset(self_instruct.canonical(r.task.parse_problem(x.proposal, canonical=True)) for x in valid)
+# ----------------------------------------------------------------------------- novelty
+
+
+class KeySet:
+  """A set of keys (strings, or None) held as the sorted first 8 bytes of their
+  SHA-256s: 8 bytes a key whatever its length, a membership test by binary search, and
+  an array to checkpoint. Two keys share a hash with probability 2^-64 per pair."""
+
+  def __init__(self, hashes: Optional[np.ndarray] = None):
+    self.hashes = np.zeros(0, np.uint64) if hashes is None else np.asarray(hashes, np.uint64)
+
+  @staticmethod
+  def hash(key: Optional[str]) -> int:
+    # None (a problem whose task records no metadata) as a byte no key's UTF-8 has
+    data = b"\xff" if key is None else key.encode("utf-8")
+    return int.from_bytes(hashlib.sha256(data).digest()[:8], "little")
+
+  def __contains__(self, key: Optional[str]) -> bool:
+    h = np.uint64(self.hash(key))
+    i = int(np.searchsorted(self.hashes, h))
+    return i < len(self.hashes) and self.hashes[i] == h
+
+  def __len__(self) -> int:
+    return len(self.hashes)
+
+  def with_keys(self, keys) -> "KeySet":
+    """This set and `keys`: the new hashes inserted in order (a copy of the array, no
+    sort of the whole)."""
+    new = np.unique(np.fromiter((self.hash(k) for k in keys), np.uint64))
+    at = np.searchsorted(self.hashes, new)
+    known = np.zeros(len(new), bool)
+    inside = at < len(self.hashes)
+    known[inside] = self.hashes[at[inside]] == new[inside]
+    return KeySet(np.insert(self.hashes, at[~known], new[~known]))
+
+
+def proposal_key(x: Sample, task) -> Optional[str]:
+  """What a valid proposal is, for 'repeat': a program's solver-problem id (its program
+  + call), else the parsed problem's `self_instruct.canonical` key (parsing is cheap;
+  running programs is not)."""
+  if is_code(task):
+    return x.proposal_id
+  return self_instruct.canonical(task.parse_problem(x.proposal, canonical=True))
+
+
+def remember(summary: Optional[dict], samples: Sequence[Sample], task) -> dict:
+  """The run's running summary for the novelty check (`Algorithm.remember`): the
+  keys of every valid proposal so far (`proposal_key`) as a `KeySet`'s array, with
+  those among `samples` added. No earlier record is read again: the work is the new
+  samples' and one copy of the array (8 bytes a key)."""
+  known = KeySet(summary["valid_proposals"] if summary else None)
+  valid = [x for x in samples if x.role == PROPOSER and x.proposal_status == "valid"]
+  return {"valid_proposals": known.with_keys(proposal_key(x, task) for x in valid).hashes}
+
+
+def _earlier_keys(r: acquire_lib.Round) -> KeySet:
+  """The keys of the run's earlier valid proposals (`Round.earlier`, `remember`'s)."""
+  return KeySet(r.earlier["valid_proposals"] if r.earlier else None)
 
 
 def is_code(task) -> bool:
@@ -201,7 +257,7 @@ def self_play_round(r: acquire_lib.Round, problems: Sequence[Problem]) -> list[S
     texts = [programs.clean(x.completion) or x.completion.strip() or None for x in replies]
   else:
     texts = [first_problem(x.completion) for x in replies]
-  earlier = _earlier_keys(r, code)
+  earlier = _earlier_keys(r)
   verdicts = (check_programs if code else check_proposals)(texts, r.task, r.heldout, seeds,
                                                            st, earlier)
   valid = [p for _, p in verdicts if p is not None]

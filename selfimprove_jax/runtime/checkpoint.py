@@ -1,16 +1,18 @@
 """Per-iteration checkpoints: the one module that talks to Orbax.
 
 A run's workdir holds `checkpoints/<iteration>/` (Orbax: a `state` pytree of arrays
-and a `meta` JSON item with the loop state and the resolved config) and
-`manifest.json`, which records for each saved iteration a SHA-256 over the files of
-its checkpoint, whether the iteration was accepted, and the hashes of the stage
-records that produced it. Orbax makes a save atomic (it writes to a temporary
-directory and renames it) but does not notice bytes flipped later on disk; the
-manifest hash does, and `latest_good` then falls back to the previous good one.
-Each manifest entry is also written alone to `manifest.d/<iteration>.json`, so a lost
-or corrupt manifest is rebuilt from the checkpoints that verify against them.
-Hashing reads only regular files inside the workdir (files.py): a checkpoint file
-swapped for a symlink to a device fails verification instead of hanging.
+and a `meta` JSON item with the loop state and the resolved config; beside them
+`loop_state.npz`, the parts of the loop state that grow with the run, such as the
+difficulty ledger, as plain arrays) and `manifest.json`, which records for each saved
+iteration a SHA-256 over the files of its checkpoint, whether the iteration was
+accepted, and the hashes of the stage records that produced it. Orbax makes a save
+atomic (it writes to a temporary directory and renames it) but does not notice bytes
+flipped later on disk; the manifest hash does, and `latest_good` then falls back to
+the previous good one. Each manifest entry is also written alone to
+`manifest.d/<iteration>.json`, so a lost or corrupt manifest is rebuilt from the
+checkpoints that verify against them. Hashing reads only regular files inside the
+workdir (files.py): a checkpoint file swapped for a symlink to a device fails
+verification instead of hanging.
 
 Hashing is parallel (files.hash_tree), and an entry keeps each file's hash with the
 size, mtime_ns and inode it had when this machine hashed it. Verify trusts a file whose
@@ -29,6 +31,7 @@ import re
 import shutil
 import signal
 import threading
+import zipfile
 from typing import Any, Callable, Optional
 
 import jax
@@ -37,10 +40,14 @@ import orbax.checkpoint as ocp
 
 from selfimprove_jax.errors import UserError
 from selfimprove_jax.runtime.files import (HASH_FORMAT, LOCK_FILE, UnreadableFile, hash_path,
-                                           hash_tree, read_json, tree_bytes, tree_digest,
-                                           write_json_atomic)
+                                           hash_tree, open_regular, read_json, tree_bytes,
+                                           tree_digest, write_json_atomic)
 
 MANIFEST = "manifest.json"
+# The loop state's arrays (the ledger, the paradigms' running summaries), written by
+# process 0 into the step directory after Orbax's save and before the hash: the
+# manifest entry that commits the checkpoint covers it like Orbax's own files
+LOOP_ARRAYS = "loop_state.npz"
 # One file per saved checkpoint with the same entry as the manifest: if manifest.json
 # is lost or corrupt, it is rebuilt from the entries whose checkpoints still verify.
 ENTRIES = "manifest.d"
@@ -237,12 +244,15 @@ class Checkpointer:
   # ------------------------------------------------------------------ save / restore
 
   def save(self, iteration: int, state: Any, meta: dict, accepted: bool,
-           records: Optional[dict] = None) -> str:
-    """Saves `state` (pytree of arrays) and `meta` (JSON) as iteration `iteration`;
-    returns the checkpoint's content hash ("" on processes other than 0). Every
-    process calls it: Orbax writes each process's shards. An OSError (disk full,
-    read-only, permissions) propagates with its path; Orbax writes to a temporary
-    directory and renames it, so the previous checkpoints stay intact."""
+           records: Optional[dict] = None,
+           arrays: Optional[dict[str, np.ndarray]] = None) -> str:
+    """Saves `state` (pytree of arrays), `meta` (JSON) and `arrays` (host numpy
+    arrays by name, `LOOP_ARRAYS`) as iteration `iteration`; returns the checkpoint's
+    content hash ("" on processes other than 0). Every process calls it: Orbax writes
+    each process's shards; process 0 writes `arrays`, which every process holds alike.
+    An OSError (disk full, read-only, permissions) propagates with its path; Orbax
+    writes to a temporary directory and renames it, so the previous checkpoints stay
+    intact, and the checkpoint counts only once its manifest entry is written."""
     self._clear_slot(iteration)
     if fault_requested("checkpoint_write", iteration):
       _kill_soon(0.05)
@@ -260,6 +270,9 @@ class Checkpointer:
     if not self.is_primary:   # the manifest is process 0's; no need to read it all back
       return ""
     step_dir = self.step_dir(iteration)
+    if arrays is not None:
+      _write_npz_atomic(os.path.join(step_dir, LOOP_ARRAYS), arrays)
+      fault_point("loop_arrays", iteration)   # crash tests: written, not yet in the manifest
     files = hash_tree(step_dir, root=self.workdir)
     digest = tree_digest(files)
     self._update_manifest(iteration, {"sha256": digest, "accepted": bool(accepted),
@@ -407,6 +420,22 @@ class Checkpointer:
         state=ocp.args.PyTreeRestore(restore_args=args), meta=ocp.args.JsonRestore()))
     return jax.tree.map(np.asarray, out["state"])
 
+  def restore_loop_arrays(self, iteration: int) -> dict[str, np.ndarray]:
+    """The arrays saved beside checkpoint `iteration` (`LOOP_ARRAYS`); {} for a
+    checkpoint written before there were any (its ledger is in the metadata). Every
+    process reads the file itself: nothing is broadcast."""
+    path = os.path.join(self.step_dir(iteration), LOOP_ARRAYS)
+    if not os.path.lexists(path):
+      return {}
+    with open_regular(path, root=self.workdir) as f:
+      try:
+        with np.load(f, allow_pickle=False) as z:
+          return {name: z[name] for name in z.files}
+      except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        raise UnreadableFile(f"{path} is not a loop-state file ({e}); move checkpoint "
+                             f"{self.step_dir(iteration)} aside to resume from the one "
+                             f"before") from None
+
   def restore_meta(self, iteration: int) -> dict:
     meta = read_json(os.path.join(self.step_dir(iteration), "meta", "metadata"),
                      root=self.workdir)
@@ -448,3 +477,17 @@ class Checkpointer:
     self._manager.close()
 
 
+def _write_npz_atomic(path: str, arrays: dict[str, np.ndarray]) -> None:
+  """An uncompressed .npz of `arrays` (no pickles), written to a temporary file,
+  fsynced and renamed over `path`."""
+  tmp = f"{path}.tmp.{os.getpid()}"
+  try:
+    with open(tmp, "wb") as f:
+      np.savez(f, **arrays)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except OSError:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise

@@ -1,4 +1,5 @@
-"""Select: keep the samples worth learning from, and the per-prompt difficulty ledger.
+"""Select: keep the samples worth learning from (the per-prompt difficulty ledger,
+updated by the same stage, is in ledger.py).
 
 Filters are small functions `(records, settings) -> records` in a registry, chosen by
 name in `Settings.filters` (config.select.filters) and applied in order. A record is one sampled completion
@@ -115,19 +116,3 @@ def apply_filters(records: list[Sample],
     records = FILTERS[name](records, settings)
     counts[name] = len(records)
   return records, counts
-
-
-# ----------------------------------------------------------------------------- ledger
-
-
-def update_ledger(ledger: dict, records: list[Sample], iteration: int, threshold: float) -> dict:
-  """Per-prompt difficulty ledger: attempts, successes, last iteration seen. Persisted
-  in the loop state, so it survives restarts and drives the curriculum."""
-  ledger = dict(ledger)
-  for pid, group in group_by_problem(records).items():
-    e = dict(ledger.get(pid, {"attempts": 0, "successes": 0, "last_seen": -1}))
-    e["attempts"] += len(group)
-    e["successes"] += sum(r.reward >= threshold for r in group)
-    e["last_seen"] = iteration
-    ledger[pid] = e
-  return ledger
