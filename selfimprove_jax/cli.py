@@ -1,6 +1,7 @@
 """The `selfimprove-jax` console script: parses flags and calls library functions.
 
-Subcommands: run (the loop), generate (inference, optional refinement), eval, export.
+Subcommands: run (the loop), generate (inference, optional refinement), eval, export,
+records export (a run's records as JSON Lines).
 Each `_cmd_*` function only turns flags into a library call; nothing runs at import.
 """
 
@@ -269,6 +270,42 @@ def _cmd_export(args) -> int:
   return 0
 
 
+def _add_records(sub):
+  p = sub.add_parser("records", help="a run's stage records (records/iter_K/)")
+  actions = p.add_subparsers(dest="action", metavar="{export}", required=True)
+  e = actions.add_parser(
+      "export", help="write a run's records as JSON Lines",
+      description="Writes every stage file of a run's records/ as OUT/iter_K/NAME.jsonl, "
+      "one JSON object per sample or row (the binary Parquet stage files as text).")
+  e.add_argument("workdir", help="the run's workdir")
+  e.add_argument("--out", default=None,
+                 help="output directory, new or empty (default: WORKDIR/records_jsonl)")
+  e.add_argument("--force", action="store_true", help="write into a non-empty --out")
+  e.add_argument("--debug", action="store_true",
+                 help="show the full traceback of an error instead of one line")
+  e.set_defaults(fn=_cmd_records_export)
+
+
+def _cmd_records_export(args) -> int:
+  from selfimprove_jax.stage_cache import RunRecords
+  records = RunRecords(args.workdir)
+  if not os.path.isdir(records.root):
+    raise UserError(f"{args.workdir} holds no records/ folder (not a run's workdir?)")
+  out = args.out or os.path.join(args.workdir, "records_jsonl")
+  real = os.path.realpath(out)
+  if real == os.path.realpath(records.root) or real.startswith(
+      os.path.realpath(records.root) + os.sep):
+    raise UserError(f"--out {out} is inside the run's records/; the run would read the "
+                    f"exported files as its own")
+  if os.path.lexists(out) and not os.path.isdir(out):
+    raise UserError(f"--out {out} exists and is not a directory")
+  if os.path.isdir(out) and os.listdir(out) and not args.force:
+    raise UserError(f"--out {out} is not empty; pass --force to write into it")
+  written = records.export_jsonl(out)
+  print(f"wrote {len(written)} files under {out}")
+  return 0
+
+
 def _check_flags(args, at_least_1=(), at_least_0=(), unit=()) -> None:
   """One-line UserErrors for numeric flags out of range (NaN and inf included)."""
   for names, ok, want in ((at_least_1, lambda v: v >= 1, ">= 1"),
@@ -298,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
   _add_generate(sub)
   _add_export(sub)
   _add_eval(sub)
+  _add_records(sub)
   for p in sub.choices.values():
     p.add_argument("--debug", action="store_true",
                    help="show the full traceback of an error instead of one line")
