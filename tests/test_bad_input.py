@@ -15,6 +15,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "configs", "tiny.py")
 TOOL = os.path.join(ROOT, "configs", "tool_arithmetic.py")
 GAME = os.path.join(ROOT, "configs", "guess_number.py")
+CODE = os.path.join(ROOT, "configs", "code_multiturn.py")
 
 
 @pytest.fixture(scope="module")
@@ -224,7 +225,9 @@ CASES = [
     (_run("--config.model=tiny", "--config.environment.options.observation=tool",
           config=TOOL), "environment.options.observation"),
     (_run("--config.model=tiny", "--config.environment.options.reward=shaped", config=GAME),
-     "options.reward='shaped'"),
+     "environment.options.reward='shaped' must be one of outcome, progress"),
+    (_run("--config.model=tiny", "--config.environment.options.max_chars=10", config=CODE),
+     "environment.options.max_chars=10 must be an integer >= 40"),
     (_run("--config.model=tiny", "--config.task.difficulty=9", config=GAME), "difficulty"),
     (_run("--config.model=tiny", "--config.task.name=arithmetic", config=GAME),
      "plays only task guess_number"),

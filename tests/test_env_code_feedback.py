@@ -120,13 +120,16 @@ def test_assert_style_tests_of_a_code_jsonl_file(tmp_path):
 
 
 def test_bad_options_and_refused_tasks(task):
-  for options, fragment in [({"failing_test": 1}, "failing_test is not an option"),
-                            ({"failing_tests": 0}, "failing_tests=0 must be an integer >= 1"),
-                            ({"max_chars": "400"}, "max_chars='400' must be an integer"),
-                            ({"error_lines": True}, "error_lines=True must be an integer")]:
-    with pytest.raises(UserError, match=fragment) as e:
+  for options, fragment in [
+      ({"failing_test": 1}, "environment.options.failing_test=1 is not an option; the "
+       "options are failing_tests, error_lines, max_chars"),
+      ({"failing_tests": 0}, "environment.options.failing_tests=0 must be an integer >= 1"),
+      ({"max_chars": 39}, "environment.options.max_chars=39 must be an integer >= 40"),
+      ({"max_chars": "400"}, "environment.options.max_chars='400' must be an integer >= 40"),
+      ({"error_lines": True}, "environment.options.error_lines=True must be an integer >= 1")]:
+    with pytest.raises(UserError) as e:
       _spec(task, **options)
-    assert "environment.name='code_feedback'" in str(e.value) and "\n" not in str(e.value)
+    assert str(e.value) == f"environment.name='code_feedback': {fragment}"
   with pytest.raises(UserError, match="plays code:\\* and code_jsonl: tasks, not 'arithmetic'"):
     _spec(get_task("arithmetic"))
 

@@ -174,9 +174,12 @@ def test_range_hint():
 # errors -------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("options, fragment", [
-    ({"reward": "shaped"}, "options.reward='shaped' is not one of outcome, progress"),
-    ({"range_hint": "yes"}, "options.range_hint='yes' must be True or False"),
-    ({"hint": True}, "unknown option 'hint'; options: reward, range_hint"),
+    ({"reward": "shaped"}, "environment.options.reward='shaped' must be one of outcome, "
+     "progress"),
+    ({"reward": 1}, "environment.options.reward=1 must be one of outcome, progress"),
+    ({"range_hint": "yes"}, "environment.options.range_hint='yes' must be True or False"),
+    ({"hint": True}, "environment.options.hint=True is not an option; the options are "
+     "reward, range_hint"),
 ])
 def test_bad_environment_options(options, fragment):
   with pytest.raises(UserError) as e:

@@ -96,13 +96,17 @@ def test_output_is_bounded_and_writes_stay_in_the_scratch(tmp_path):
 
 
 @pytest.mark.parametrize("options, fragment", [
-    ({"timeout": 1}, "environment.options.timeout is not an option"),
-    ({"timeout_s": 0}, "options.timeout_s=0.0 must be in"),
-    ({"timeout_s": "fast"}, "options.timeout_s='fast' must be of type float"),
-    ({"memory_mb": 1.5}, "options.memory_mb=1.5 must be of type int"),
-    ({"max_output_chars": 0}, "options.max_output_chars=0 must be in"),
-    ({"observation": "system"}, "options.observation='system' must be 'inline' or 'user'"),
-    ({"few_shot": 1}, "options.few_shot=1 must be of type bool"),
+    ({"timeout": 1}, "environment.options.timeout=1 is not an option; the options are "
+     "timeout_s, memory_mb, max_output_chars, output_bytes, observation, few_shot"),
+    ({"timeout_s": 0}, "environment.options.timeout_s=0 must be a number in [0.1, 30.0]"),
+    ({"timeout_s": float("nan")}, "environment.options.timeout_s=nan must be a number in"),
+    ({"timeout_s": "fast"}, "environment.options.timeout_s='fast' must be a number in"),
+    ({"memory_mb": 1.5}, "environment.options.memory_mb=1.5 must be an integer in [16, 4096]"),
+    ({"memory_mb": True}, "environment.options.memory_mb=True must be an integer in"),
+    ({"max_output_chars": 0}, "environment.options.max_output_chars=0 must be an integer in"),
+    ({"observation": "system"},
+     "environment.options.observation='system' must be one of inline, user"),
+    ({"few_shot": 1}, "environment.options.few_shot=1 must be True or False"),
 ])
 def test_bad_options_are_one_line_errors(options, fragment):
   with pytest.raises(UserError) as e:

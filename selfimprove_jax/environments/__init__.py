@@ -3,9 +3,10 @@
   spec = make("python_tool", task, max_turns=4, max_tokens=512, options={})
   groups = policy.episodes(spec, problems, sampling_params, n, seed)   # Samples
 
-`base.py` is the protocol (`Environment.reset/step`, `Spec`), `episodes.py` runs
-episodes through the continuous-batching sampler, and each environment is one module
-with a `spec(task, options, max_turns, max_tokens) -> Spec` function, registered in
+`base.py` is the protocol (`Environment.reset/step`, `Spec`) and the one reader of
+options (`Option`, `read_options`), `episodes.py` runs episodes through the
+continuous-batching sampler, and each environment is one module with an OPTIONS table
+and a `spec(task, options, max_turns, max_tokens) -> Spec` function, registered in
 ENVIRONMENTS below:
 - python_tool: arithmetic with a Python tool run in the sandbox (self-taught tool use).
 - code_feedback: code tasks; the model submits a program and sees the failing test,
@@ -40,4 +41,15 @@ def make(name: str, task, *, max_turns: int, max_tokens: int, options: dict) -> 
     raise UserError(f"environment.name={name!r}: {e}") from None
 
 
-__all__ = ["ENVIRONMENTS", "Environment", "Spec", "Step", "make"]
+def options_markdown() -> str:
+  """Every environment's options as the Markdown table the README shows, rendered from
+  their OPTIONS tables so that the two cannot drift (a test checks the README)."""
+  rows = ["| environment | option | default | allowed | what it sets |",
+          "|---|---|---|---|---|"]
+  for name, module in ENVIRONMENTS.items():
+    for key, o in importlib.import_module(module).OPTIONS.items():
+      rows.append(f"| `{name}` | `{key}` | `{o.default!r}` | {o.allowed()} | {o.help} |")
+  return "\n".join(rows)
+
+
+__all__ = ["ENVIRONMENTS", "Environment", "Spec", "Step", "make", "options_markdown"]

@@ -19,22 +19,23 @@ Failing tests are shown with their expected values, hidden tests included (as th
 passes only the tests revealed to it: the prompt's examples and `failing_tests` per
 earlier turn (code:* 2 + 1 x (R - 1) of 8 by default), so it cannot reach reward 1.
 
-Options (config.environment.options):
-  failing_tests  failing tests shown per turn (default 1)
-  error_lines    lines of the end of an error's output shown (default 4: the source
-                 line and caret of a SyntaxError, the frame and message of a traceback)
-  max_chars      the feedback (failing tests or error) cut to this many characters
-                 (default 400; ~120 tokens of the episode's max_tokens)
+Options (`environment.options`): the OPTIONS table below. Why its defaults: 4
+error_lines show the source line and caret of a SyntaxError, or the frame and message
+of a traceback; 400 max_chars are ~120 tokens of the episode's max_tokens.
 """
 
 from __future__ import annotations
 
-from selfimprove_jax.environments.base import Environment, Spec, Step
+from selfimprove_jax.environments.base import Environment, Option, Spec, Step, read_options
 from selfimprove_jax.errors import UserError
 from selfimprove_jax.tasks.code_task import INSTRUCTION, CodeJsonlTask, CodeTask, verify_code
 
-# option -> (default, smallest allowed value)
-OPTIONS = {"failing_tests": (1, 1), "error_lines": (4, 1), "max_chars": (400, 40)}
+OPTIONS = {
+    "failing_tests": Option(int, 1, "failing tests shown per turn", low=1),
+    "error_lines": Option(int, 4, "lines of the end of an error's output shown", low=1),
+    "max_chars": Option(int, 400, "the feedback (failing tests or error) cut to this "
+                        "many characters", low=40),
+}
 
 ASK = ("Write the corrected complete function `{name}` in a ```python code block "
        "(no input(), no printing).")
@@ -46,20 +47,6 @@ _STOPPED = {
     "output_limit": "printed more output than allowed",
     "killed": "was killed",
 }
-
-
-def _options(options: dict) -> dict:
-  unknown = sorted(set(options) - set(OPTIONS))
-  if unknown:
-    raise UserError(f"environment.options.{unknown[0]} is not an option of code_feedback "
-                    f"(options: {', '.join(OPTIONS)})")
-  out = {}
-  for key, (default, low) in OPTIONS.items():
-    value = options.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-      raise UserError(f"environment.options.{key}={value!r} must be an integer >= {low}")
-    out[key] = value
-  return out
 
 
 def _own_lines(detail: str) -> str:
@@ -122,7 +109,7 @@ def spec(task, options: dict, max_turns: int, max_tokens: int) -> Spec:
   if not isinstance(task, (CodeTask, CodeJsonlTask)):
     raise UserError(f"plays code:* and code_jsonl: tasks, not "
                     f"{getattr(task, 'name', type(task).__name__)!r}")
-  opts = _options(options)
+  opts = read_options(OPTIONS, options)
   return Spec(name="code_feedback", make=lambda: CodeFeedback(task, **opts),
               max_turns=max_turns, max_tokens=max_tokens, observation="user",
               optimal_turns=lambda problem: 1)

@@ -41,12 +41,16 @@ from __future__ import annotations
 import math
 import re
 
-from selfimprove_jax.environments.base import Environment, Spec, Step
+from selfimprove_jax.environments.base import Environment, Option, Spec, Step, read_options
 from selfimprove_jax.errors import UserError
 from selfimprove_jax.tasks import guess_number as game
 
-REWARDS = ("outcome", "progress")
-OPTIONS = ("reward", "range_hint")
+OPTIONS = {
+    "reward": Option(str, "outcome", "'outcome': 1 for a solved game, else 0; 'progress' "
+                     "also gives an unsolved game credit for the range it ruled out",
+                     choices=("outcome", "progress")),
+    "range_hint": Option(bool, False, "each reply also states the range still possible"),
+}
 # a reply cut off by its token budget that opens with a whole number ("7 is a whole
 # number between 1 and"), as SmolLM2-135M-Instruct's cut-off turns often do (a probe
 # of 32 episodes at N = 20): a guess stated first is stated
@@ -108,16 +112,8 @@ def spec(task, options: dict, max_turns: int, max_tokens: int) -> Spec:
   or another task is a one-line UserError."""
   if not isinstance(task, game.GuessNumberTask):
     raise UserError(f"plays only task guess_number, not {getattr(task, 'name', task)!r}")
-  unknown = sorted(set(options) - set(OPTIONS))
-  if unknown:
-    raise UserError(f"unknown option {unknown[0]!r}; options: {', '.join(OPTIONS)}")
-  reward = options.get("reward", "outcome")
-  if reward not in REWARDS:
-    raise UserError(f"options.reward={reward!r} is not one of {', '.join(REWARDS)}")
-  range_hint = options.get("range_hint", False)
-  if not isinstance(range_hint, bool):
-    raise UserError(f"options.range_hint={range_hint!r} must be True or False")
+  opts = read_options(OPTIONS, options)
   return Spec(name="guess_number",
-              make=lambda: GuessNumber(reward=reward, range_hint=range_hint),
+              make=lambda: GuessNumber(**opts),
               max_turns=max_turns, max_tokens=max_tokens, observation="user",
               optimal_turns=lambda p: game.optimal_turns(int(p.metadata["high"])))

@@ -34,20 +34,24 @@ from __future__ import annotations
 import ast
 
 from selfimprove_jax import sandbox
-from selfimprove_jax.environments.base import Environment, Spec, Step
+from selfimprove_jax.environments.base import Environment, Option, Spec, Step, read_options
 from selfimprove_jax.errors import UserError
 
 OPEN, CLOSE = "```python", "```\n"
 OUTPUT = "Output: {}\n"
 
-# option -> (default, type, low, high)
 OPTIONS = {
-    "timeout_s": (2.0, float, 0.1, 30.0),       # a tool call's wall clock (and CPU) limit
-    "memory_mb": (64, int, 16, 4096),           # a tool call's address space
-    "max_output_chars": (200, int, 1, 10_000),  # what the model sees of the output
-    "output_bytes": (4096, int, 64, 1 << 20),   # a call printing more is stopped
-    "observation": ("inline", str, None, None),  # 'inline' | 'user' (module docstring)
-    "few_shot": (True, bool, None, None),       # a worked example in the description
+    "timeout_s": Option(float, 2.0, "a tool call's wall-clock (and CPU) limit, seconds",
+                        low=0.1, high=30.0),
+    "memory_mb": Option(int, 64, "a tool call's address space, MiB", low=16, high=4096),
+    "max_output_chars": Option(int, 200, "what the model sees of a call's output, "
+                               "characters", low=1, high=10_000),
+    "output_bytes": Option(int, 4096, "a tool call printing more bytes is stopped",
+                           low=64, high=1 << 20),
+    "observation": Option(str, "inline", "where the output goes: after the closing fence "
+                          "in the model's turn, or in a new user turn",
+                          choices=("inline", "user")),
+    "few_shot": Option(bool, True, "a worked example in the tool's description"),
 }
 
 _DESCRIPTION = (
@@ -76,34 +80,13 @@ def spec(task, options: dict, max_turns: int, max_tokens: int) -> Spec:
   if getattr(task, "name", None) != "arithmetic":
     raise UserError(f"python_tool plays the arithmetic task, not "
                     f"{getattr(task, 'name', task)!r}")
-  opts = _options(options)
+  opts = read_options(OPTIONS, options)
   limits = sandbox.Limits(timeout_s=opts["timeout_s"], memory_mb=opts["memory_mb"],
                           output_bytes=opts["output_bytes"], max_procs=4)
   return Spec(name="python_tool",
               make=lambda: PythonTool(task, limits, opts),
               max_turns=max_turns, max_tokens=max_tokens, stop_sequences=(CLOSE,),
               observation=opts["observation"], optimal_turns=lambda problem: 1)
-
-
-def _options(options: dict) -> dict:
-  unknown = sorted(set(options) - set(OPTIONS))
-  if unknown:
-    raise UserError(f"environment.options.{unknown[0]} is not an option; known: "
-                    f"{', '.join(OPTIONS)}")
-  out = {}
-  for key, (default, kind, low, high) in OPTIONS.items():
-    value = options.get(key, default)
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-      value = float(value)
-    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
-      raise UserError(f"environment.options.{key}={value!r} must be of type {kind.__name__}")
-    if low is not None and not low <= value <= high:
-      raise UserError(f"environment.options.{key}={value!r} must be in [{low}, {high}]")
-    out[key] = value
-  if out["observation"] not in ("inline", "user"):
-    raise UserError(f"environment.options.observation={out['observation']!r} must be "
-                    f"'inline' or 'user'")
-  return out
 
 
 def describe(prompt: str, few_shot: bool = True) -> str:
