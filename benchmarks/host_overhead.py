@@ -103,12 +103,38 @@ class Shape:
     return max(1, self.samples // self.per_prompt)
 
 
+class Clock:
+  """Seconds per stage: wall clock, and this process's CPU time (all its threads; the
+  sandbox's workers are other processes). On a shared machine the wall clock counts
+  other jobs' time slices too; the CPU time is what the host work itself took."""
+
+  def __init__(self):
+    self.wall: dict = {}
+    self.cpu: dict = {}
+
+  def add(self, stage: str, wall: float, cpu: float) -> None:
+    self.wall[stage] = self.wall.get(stage, 0.0) + wall
+    self.cpu[stage] = self.cpu.get(stage, 0.0) + cpu
+
+  def time(self, stage: str, fn: Callable):
+    """fn(), its time added to `stage`."""
+    t, c = time.perf_counter(), time.process_time()
+    out = fn()
+    self.add(stage, time.perf_counter() - t, time.process_time() - c)
+    return out
+
+  def take(self, stage: str) -> tuple[float, float]:
+    """(wall, cpu) of `stage`, removed."""
+    return self.wall.pop(stage), self.cpu.pop(stage)
+
+
 @dataclasses.dataclass
 class Result:
   """One iteration's stage seconds and what each stage produced."""
   task: str
   samples: int
-  seconds: dict            # stage -> seconds
+  seconds: dict            # stage -> wall seconds
+  cpu: dict                # stage -> CPU seconds of this process
   counts: dict             # what the stages made (prompts, right, selected, batches, ...)
   tokens: int              # completion tokens sampled
   workers: int = 0         # sandbox workers, for the sandboxed verifiers
@@ -116,6 +142,10 @@ class Result:
   @property
   def host(self) -> float:
     return sum(self.seconds.values())
+
+  @property
+  def host_cpu(self) -> float:
+    return sum(self.cpu.values())
 
   @property
   def generation(self) -> float:
@@ -202,13 +232,10 @@ class TimedPolicy:
   def __init__(self, sampler: ScriptedSampler):
     self.sampler = sampler
     self.policy = model_generate(sampler, None, sampler.tokenizer)
-    self.seconds = 0.0
+    self.clock = Clock()
 
   def __call__(self, prompts, sp, n, seed):
-    t = time.perf_counter()
-    out = self.policy(prompts, sp, n, seed)
-    self.seconds += time.perf_counter() - t
-    return out
+    return self.clock.time("policy", lambda: self.policy(prompts, sp, n, seed))
 
 
 # ----------------------------------------------------------------------------- tasks
@@ -276,13 +303,6 @@ def warm_sandbox(name: str, task, problems) -> int:
 # ----------------------------------------------------------------------------- one iteration
 
 
-def timed(seconds: dict, stage: str, fn: Callable):
-  t = time.perf_counter()
-  out = fn()
-  seconds[stage] = seconds.get(stage, 0.0) + time.perf_counter() - t
-  return out
-
-
 # size: one iteration, stage by stage, in the loop's order (the benchmark's table of contents)
 def iteration(name: str, shape: Shape, workdir: str, tokenizer, vocab: np.ndarray,
               log: Callable[[str], None] = lambda _: None) -> Result:
@@ -292,11 +312,11 @@ def iteration(name: str, shape: Shape, workdir: str, tokenizer, vocab: np.ndarra
   task = get_task(spec)
   algorithm = algorithms.ALGORITHMS[config.loop.algorithm]
   stages = settings_lib.stages(config, algorithm, task)
-  seconds: dict = {}
+  clock = Clock()
   k = 1
   # --- acquire: the prompt stream, the policy (scripted sampler), the verifier
-  problems = timed(seconds, "prompts",
-                   lambda: PromptStream(task, config.seed, None, None).take(shape.prompts))
+  problems = clock.time("prompts",
+                        lambda: PromptStream(task, config.seed, None, None).take(shape.prompts))
   sampler = ScriptedSampler(tokenizer, vocab)
   sampler.draw(problems, answer_kind(name), shape)
   workers = warm_sandbox(name, task, problems)
@@ -304,33 +324,36 @@ def iteration(name: str, shape: Shape, workdir: str, tokenizer, vocab: np.ndarra
   round_ = acquire_lib.Round(policy, None, task, [], stages.acquire,
                              config_lib.stage_seed(config, k, "acquire"), k,
                              stages.paradigm)
-  inside: dict = {}   # the acquire round's own time, within the cached stage
-
+  # the cached stage runs the round, then writes its records: the round's own time
+  # (the policy's, the rest is verify) is taken out of the stage's
   records = RunRecords(workdir)
-  samples, _, from_disk = timed(seconds, "acquire stage", lambda: records.cached(
-      k, "acquire", lambda: timed(inside, "round", lambda: algorithm.acquire(round_, problems)),
+  samples, _, from_disk = clock.time("acquire stage", lambda: records.cached(
+      k, "acquire", lambda: clock.time("round", lambda: algorithm.acquire(round_, problems)),
       log))
-  seconds["records write"] = seconds.pop("acquire stage") - inside["round"]
-  seconds["policy"] = policy.seconds
-  seconds["verify"] = inside["round"] - policy.seconds
+  (stage_wall, stage_cpu), (round_wall, round_cpu) = clock.take("acquire stage"), clock.take(
+      "round")
+  (policy_wall, policy_cpu) = policy.clock.take("policy")
+  clock.add("records write", stage_wall - round_wall, stage_cpu - round_cpu)
+  clock.add("policy", policy_wall, policy_cpu)
+  clock.add("verify", round_wall - policy_wall, round_cpu - policy_cpu)
   assert not from_disk, "the work dir must be new"
   intended = sampler.intended
   # --- select: the ledger, the filters and the held-out guard, the select records
   st = stages.select
-  timed(seconds, "ledger", lambda: Ledger().update(samples, k, st.reward_threshold))
-  selected, _ = timed(seconds, "filters", lambda: select_lib.apply_filters(samples, st))
-  selected = timed(seconds, "filters", lambda: [
+  clock.time("ledger", lambda: Ledger().update(samples, k, st.reward_threshold))
+  selected, _ = clock.time("filters", lambda: select_lib.apply_filters(samples, st))
+  selected = clock.time("filters", lambda: [
       x for x in selected if not task.is_heldout(x.problem_id)])
-  timed(seconds, "records write", lambda: records.write(k, "select", selected))
+  clock.time("records write", lambda: records.write(k, "select", selected))
   # --- optimize: the host batches
-  batches = timed(seconds, "batches", lambda: algorithm.batches(
+  batches = clock.time("batches", lambda: algorithm.batches(
       selected, stages.batches, config_lib.stage_seed(config, k, "batches")))
   # --- the records' hashes once more, and the acquire stage read back as on resume
   files = record_files(records.iteration_dir(k))
-  timed(seconds, "hash", lambda: [hash_path(f) for f in files])
+  clock.time("hash", lambda: [hash_path(f) for f in files])
   del samples, sampler, policy, round_
   gc.collect()
-  again, _, from_disk = timed(seconds, "resume read", lambda: RunRecords(workdir).cached(
+  again, _, from_disk = clock.time("resume read", lambda: RunRecords(workdir).cached(
       k, "acquire", _must_not_run, log))
   assert from_disk, "the finished acquire stage was not read back"
   counts = dict(prompts=len(problems), acquired=len(again),
@@ -339,8 +362,8 @@ def iteration(name: str, shape: Shape, workdir: str, tokenizer, vocab: np.ndarra
                 selected=len(selected), batches=len(batches), files=len(files),
                 bytes=sum(os.path.getsize(f) for f in files), resumed=len(again))
   tokens = sum(x.num_tokens for x in again)
-  return Result(name, len(again), {s: seconds.get(s, 0.0) for s in STAGES}, counts, tokens,
-                workers)
+  return Result(name, len(again), {s: clock.wall.get(s, 0.0) for s in STAGES},
+                {s: clock.cpu.get(s, 0.0) for s in STAGES}, counts, tokens, workers)
 
 
 def _must_not_run():
@@ -356,11 +379,14 @@ def record_files(folder: str) -> list[str]:
 # ----------------------------------------------------------------------------- report
 
 
-def row(r: Result) -> str:
-  """One Markdown row: stage seconds, host total, us/sample, generation, host share."""
-  cells = [r.task, f"{r.samples:,}"] + [f"{r.seconds[s]:.2f}" for s in STAGES]
-  cells += [f"**{r.host:.2f}**", f"{1e6 * r.host / r.samples:.0f}", f"{r.generation:.1f}",
-            f"**{r.host / r.generation:.1%}**"]
+def row(r: Result, clock: str = "wall") -> str:
+  """One Markdown row of the `clock` ('wall' or 'cpu') seconds: per stage, the host
+  total, microseconds per sample, the projected generation and the host's share of it."""
+  seconds = r.seconds if clock == "wall" else r.cpu
+  host = sum(seconds.values())
+  cells = [r.task, f"{r.samples:,}"] + [f"{seconds[s]:.2f}" for s in STAGES]
+  cells += [f"**{host:.2f}**", f"{1e6 * host / r.samples:.0f}", f"{r.generation:.1f}",
+            f"**{host / r.generation:.1%}**"]
   return "| " + " | ".join(cells) + " |"
 
 
@@ -371,14 +397,17 @@ def header() -> str:
 
 
 def linearity(results: list[Result]) -> list[str]:
-  """Per task, the host total's growth between consecutive sizes over the samples'."""
+  """Per task, the host total's growth between consecutive sizes over the samples'
+  (wall clock, and this process's CPU time)."""
   lines = []
   for task in dict.fromkeys(r.task for r in results):
     rs = sorted((r for r in results if r.task == task), key=lambda r: r.samples)
     for a, b in zip(rs, rs[1:]):
+      grow = b.samples / a.samples
       lines.append(f"{task}: host {b.host:.2f} s at {b.samples:,} / {a.host:.2f} s at "
-                   f"{a.samples:,} = {b.host / a.host:.2f}x for {b.samples / a.samples:.0f}x "
-                   f"the samples (linearity {b.host / a.host / (b.samples / a.samples):.2f})")
+                   f"{a.samples:,} = {b.host / a.host:.2f}x for {grow:.0f}x the samples "
+                   f"(linearity {b.host / a.host / grow:.2f}; CPU "
+                   f"{b.host_cpu / a.host_cpu / grow:.2f})")
   return lines
 
 
@@ -412,8 +441,11 @@ def main() -> None:
                     right=args.right)
       results.append(run_one(name, shape, tokenizer, vocab, args.dir, args.profile))
       print(notes(results[-1]), flush=True)
-  print(f"\n{machine()}\n\n{header()}")
-  print("\n".join(row(r) for r in results))
+  print(f"\n{machine()}")
+  for clock, what in (("wall", "wall clock"), ("cpu", "CPU time of this process")):
+    print(f"\nSeconds by {what}:\n\n{header()}")
+    print("\n".join(row(r, clock) for r in results))
+  print()
   for line in linearity(results):
     print(line)
 

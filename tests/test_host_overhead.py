@@ -41,7 +41,7 @@ def test_scripted_iteration_runs_every_stage(name, tmp_path, tokenizer, vocab):
   assert c["batches"] == 2 * math.ceil(c["selected"] / 16)
   assert c["files"] >= 2 and c["bytes"] > 200 * 256   # acquire and select records
   assert 200 * 200 < r.tokens < 200 * shape.max_new
-  assert set(r.seconds) == set(bench.STAGES)
+  assert set(r.seconds) == set(r.cpu) == set(bench.STAGES)
   assert all(s > 0 for s in r.seconds.values()), r.seconds
   assert r.workers == 0   # neither verifier is sandboxed
   # the iteration wrote only under its work dir
@@ -70,14 +70,18 @@ def test_scripted_completions_end_as_the_task_reads_them(tokenizer, vocab):
 
 def test_report_rows_and_linearity():
   seconds = dict.fromkeys(bench.STAGES, 0.1)
-  small = bench.Result("arithmetic", 1000, seconds, {}, 256_000)
-  large = bench.Result("arithmetic", 10000, {s: 1.0 for s in bench.STAGES}, {}, 2_560_000)
+  small = bench.Result("arithmetic", 1000, seconds, seconds, {}, 256_000)
+  cpu = {s: 0.5 for s in bench.STAGES}
+  large = bench.Result("arithmetic", 10000, {s: 1.0 for s in bench.STAGES}, cpu, {},
+                       2_560_000)
   assert large.host == pytest.approx(9.0)
   assert large.generation == pytest.approx(2_560_000 / bench.H100_TOKENS_PER_S)
   assert bench.row(large).startswith("| arithmetic | 10,000 | 1.00 |")
   assert "| 900 |" in bench.row(large)   # us per sample
+  assert bench.row(large, "cpu").startswith("| arithmetic | 10,000 | 0.50 |")
+  assert "| 450 |" in bench.row(large, "cpu")
   (line,) = bench.linearity([large, small])
-  assert "10.00x for 10x the samples (linearity 1.00)" in line
+  assert "10.00x for 10x the samples (linearity 1.00; CPU 0.50)" in line
 
 
 def test_unknown_task_is_one_line(tmp_path):
