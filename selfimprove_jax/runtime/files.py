@@ -1,17 +1,20 @@
 """The plain files of a run's workdir: guarded reads, atomic writes, content hashes,
-and the lock that keeps one run per workdir.
+and the lock that keeps one run per workdir; and the one JSON Lines reader (task files,
+prompts files).
 
 A workdir is input a user (or a crash, or a hostile neighbour) can change. Every read
-here first checks what the path is: a symlink that leaves the workdir, a device, a
-FIFO or a socket is refused with one line instead of hanging (hashing `/dev/zero`
-never ends; opening a FIFO blocks until a writer appears), and JSON files larger than
-`MAX_JSON_BYTES` are refused before they are read.
+of a workdir file here first checks what the path is: a symlink that leaves the
+workdir, a device, a FIFO or a socket is refused with one line instead of hanging
+(hashing `/dev/zero` never ends; opening a FIFO blocks until a writer appears), and
+JSON files larger than `MAX_JSON_BYTES` are refused before they are read. A JSON Lines
+file is one a user named on purpose and is read as named (a prompts file may be a pipe).
 """
 
 from __future__ import annotations
 
 import errno
 import fcntl
+import gzip
 import hashlib
 import json
 import os
@@ -84,6 +87,44 @@ def read_json(path: str, default: Any = None, root: Optional[str] = None) -> Any
   except (UnicodeDecodeError, ValueError) as e:
     raise UnreadableFile(f"{path} is not valid JSON ({type(e).__name__}: "
                          f"{str(e).splitlines()[0][:120]})") from None
+
+
+# what a line that is no object holds, in the words of the JSON spec
+_JSON_KINDS = ((bool, "true or false"), (list, "an array"), (str, "a string"),
+               ((int, float), "a number"), (type(None), "null"))
+
+
+def read_jsonl(path: str, what: str, record: str = "a JSON object") -> list[tuple[int, dict]]:
+  """(line number, object) for each non-blank line of a JSON Lines file (gzipped when
+  the name ends in `.gz`): the one reader of the task files and the prompts files. A
+  UserError names the file, and the line, when the file cannot be read or is not
+  UTF-8, a line is not JSON, or a line is not `record` (the caller checks the fields
+  it names). `what` says what the file is for ('task jsonl:data.jsonl',
+  '--prompts_file'). Lines are split at '\n' only, as JSON Lines defines them: a JSON
+  string may hold U+2028 and other characters at which `str.splitlines` would split."""
+  try:
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as f:
+      lines = f.read().decode("utf-8").split("\n")
+  except UnicodeDecodeError as e:
+    raise UserError(f"{path}: not UTF-8 text (byte {e.start}); {what} must be UTF-8 "
+                    f"JSON Lines") from None
+  except (OSError, EOFError) as e:   # gzip.BadGzipFile is an OSError
+    raise UserError(f"{path}: cannot read ({getattr(e, 'strerror', None) or e}); "
+                    f"{what}") from None
+  rows = []
+  for lineno, line in enumerate(lines, 1):
+    if not line.strip():
+      continue
+    try:
+      row = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+    if not isinstance(row, dict):
+      kind = next(name for types, name in _JSON_KINDS if isinstance(row, types))
+      raise UserError(f"{path}:{lineno}: expected {record}, got {kind}")
+    rows.append((lineno, row))
+  return rows
 
 
 def write_json_atomic(path: str, obj: Any) -> None:

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import re
 import weakref
 from typing import Optional, Sequence
 
 from selfimprove_jax.errors import UserError
+from selfimprove_jax.runtime import files
 from selfimprove_jax.sampling.params import Completion, SamplingParams
 from selfimprove_jax.sampling.sampler import Sampler
 
@@ -245,26 +245,14 @@ def generate_text(loaded, prompts: Sequence[str], sp: SamplingParams, n: int = 1
 def read_prompts(prompts: Optional[Sequence[str]] = None,
                  prompts_file: Optional[str] = None) -> list[str]:
   """Prompt strings from a JSONL file (one {"prompt": ...} per line, blank lines
-  skipped) followed by the given ones; a malformed line is a UserError naming it."""
+  skipped; read by `runtime.files.read_jsonl`, as task files are) followed by the
+  given ones; a malformed line is a UserError naming it."""
   out: list[str] = []
   if prompts_file:
-    try:
-      with open(prompts_file, "rb") as f:
-        lines = f.read().decode("utf-8").splitlines()
-    except UnicodeDecodeError as e:
-      raise UserError(f"{prompts_file}: not UTF-8 text (byte {e.start}); --prompts_file "
-                      f"must be UTF-8 JSONL") from None
-    except OSError as e:
-      raise UserError(f"{prompts_file}: cannot read prompts file ({e.strerror})") from None
-    for i, line in enumerate(lines, 1):
-      if not line.strip():
-        continue
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise UserError(f"{prompts_file}:{i}: not valid JSON ({e.msg})") from None
-      if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
-        raise UserError(f'{prompts_file}:{i}: expected an object with a string "prompt"')
+    record = 'an object with a string "prompt"'
+    for lineno, row in files.read_jsonl(prompts_file, "--prompts_file", record):
+      if not isinstance(row.get("prompt"), str):
+        raise UserError(f"{prompts_file}:{lineno}: expected {record}")
       out.append(row["prompt"])
   out += list(prompts or [])
   if not out:

