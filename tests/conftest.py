@@ -22,6 +22,10 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 << 30))
+# Dequantised GGUF weights (weights/gguf_cache.py) in the same place, never the user's
+# home: .jax_cache/weights/ (JAX's eviction only touches its own *-cache files there).
+os.environ.setdefault("SELFIMPROVE_JAX_WEIGHTS_CACHE", os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".jax_cache", "weights"))
 
 import jax  # noqa: E402
 

@@ -440,3 +440,11 @@ def test_bad_environment_variables_are_one_line(files, tmp_path, monkeypatch, ca
   code = _call(["export", "--model", str(tmp_path / "run"), "--out", str(tmp_path / "e")])
   err = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
   assert code == 2 and len(err) == 1 and "SELFIMPROVE_JAX_VERIFY" in err[0], err
+
+
+def test_bad_weights_cache_variable_is_one_line(files, monkeypatch, capfd):
+  """SELFIMPROVE_JAX_WEIGHTS_CACHE naming a file: one line, before the weights are read."""
+  monkeypatch.setenv("SELFIMPROVE_JAX_WEIGHTS_CACHE", files["a_file"])
+  assert _call(["generate", "--model", "smollm2-135m-instruct", "--prompt", "hi"]) == 2
+  err = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
+  assert len(err) == 1 and "SELFIMPROVE_JAX_WEIGHTS_CACHE" in err[0], err

@@ -30,9 +30,15 @@ _UNREADABLE = ("Error reading persistent compilation cache entry",)
 _folding = False
 
 
-def default_dir() -> str:
+def cache_root() -> str:
+  """The per-user directory of this package's caches: $XDG_CACHE_HOME/selfimprove_jax,
+  else ~/.cache/selfimprove_jax (compiled programs in jax/, GGUF weights in weights/)."""
   base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-  return os.path.join(base, "selfimprove_jax", "jax")
+  return os.path.join(base, "selfimprove_jax")
+
+
+def default_dir() -> str:
+  return os.path.join(cache_root(), "jax")
 
 
 def chosen_dir() -> Optional[str]:

@@ -104,6 +104,15 @@ class GGUFTensors:
   def names(self):
     return self._tensors.keys()
 
+  @property
+  def block_quantised(self) -> bool:
+    """True when some tensor is stored in quantised blocks (Q4_1, Q8_0, K-quants...),
+    whose dequantisation is worth caching (weights/gguf_cache.py)."""
+    import gguf
+    plain = (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16,
+             gguf.GGMLQuantizationType.BF16)
+    return any(t.tensor_type not in plain for t in self._tensors.values())
+
   def origin(self, name: str) -> str:
     return self.path
 

@@ -25,7 +25,8 @@ from selfimprove_jax.model.params import init_params, param_shardings
 from selfimprove_jax.runtime import sharding as sharding_lib
 from selfimprove_jax.sampling.text import PromptFormat
 from selfimprove_jax.sampling.text import with_prompt_format as with_tokenizer_format
-from selfimprove_jax.weights import gguf_file, hf, hub, run_dir, tokenizer as tokenizer_lib
+from selfimprove_jax.weights import gguf_cache, hf, hub, run_dir
+from selfimprove_jax.weights import tokenizer as tokenizer_lib
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 # Real weights shipped in packages: spec -> path function. The hyphenated spec is the
@@ -139,7 +140,7 @@ def load(spec: str, *, mesh: Optional[Mesh] = None, dtype: Optional[str] = None,
   elif kind == "hf_dir":
     config, tensors = hf.read_config_json(where), None
   else:
-    config, tensors = gguf_file.read_gguf(where)
+    config, tensors = gguf_cache.read_gguf(where)   # the file's cache entry, if it has one
   if dtype is not None:
     if dtype not in ("float32", "bfloat16"):
       raise UserError(f"dtype must be 'float32' or 'bfloat16', got {dtype!r}")
@@ -160,6 +161,8 @@ def load(spec: str, *, mesh: Optional[Mesh] = None, dtype: Optional[str] = None,
   else:
     if kind == "hf_dir":
       tensors = hf.SafetensorsDir(where)
+    else:   # dequantised once per file, then read back (weights/gguf_cache.py)
+      tensors = gguf_cache.dequantised(tensors, config)
     params = params_from_tensors(tensors, config, mesh)
   if check_finite:
     _check_finite(params, where)
