@@ -236,3 +236,35 @@ def test_least_recently_used_entries_go_past_the_cap(tmp_path, cache, monkeypatc
   (entry_b,) = _entries(cache)
   assert entry_b != entry_a
   assert sorted(os.listdir(cache)) == sorted([entry_b.name, "hashes"])
+
+
+def test_a_cached_gguf_tokenizer_loads_without_torch_as_autotokenizer_would():
+  """The converted tokenizer is read back through its own class, not AutoTokenizer
+  (which imports torch): a fresh process imports no torch, and the tokenizer encodes,
+  templates and names its special tokens exactly as AutoTokenizer's does."""
+  import subprocess
+  import sys
+  import transformers
+  from selfimprove_jax.weights import tokenizer as tokenizer_lib
+  path = tokenizer_lib.smollm2_gguf_path()
+  ours = tokenizer_lib.from_gguf(path)   # converted and cached here if it was not
+  code = ("import sys; from selfimprove_jax.weights import tokenizer as t; "
+          "tok = t.from_gguf(t.smollm2_gguf_path()); "
+          "print(type(tok).__name__, 'torch' in sys.modules, len(tok))")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert out.stdout.split() == ["TokenizersBackend", "False", "49152"], out.stdout
+  auto = transformers.AutoTokenizer.from_pretrained(tokenizer_lib.gguf_cache_dir(path))
+  assert type(ours) is type(auto)
+  chat = [{"role": "system", "content": "Be concise."},
+          {"role": "user", "content": "What is 7 times 8? ü ∑ 🙂"}]
+  for tok_kw in (dict(tokenize=False), dict(tokenize=True)):
+    assert (ours.apply_chat_template(chat, add_generation_prompt=True, **tok_kw)
+            == auto.apply_chat_template(chat, add_generation_prompt=True, **tok_kw))
+  for text in ("hello world", "<|im_start|>user\n12+30=<|im_end|>", "  def f(x):\n\treturn x"):
+    assert ours(text)["input_ids"] == auto(text)["input_ids"]
+    assert ours.decode(auto(text)["input_ids"]) == auto.decode(auto(text)["input_ids"])
+  assert ours.get_vocab() == auto.get_vocab() and ours.all_special_ids == auto.all_special_ids
+  assert (ours.bos_token_id, ours.eos_token_id, ours.pad_token_id) == \
+      (auto.bos_token_id, auto.eos_token_id, auto.pad_token_id)

@@ -20,16 +20,20 @@ import ml_collections
 
 from selfimprove_jax.errors import UserError
 from selfimprove_jax.model import lora as lora_lib
-from selfimprove_jax.runtime.checkpoint import ENTRIES, MANIFEST, Checkpointer, is_run_dir
 
+# runtime.checkpoint (and with it Orbax, 0.3-0.6 s of imports) is imported where a run
+# directory is read: a spec that names no directory never needs it
 _AT = re.compile(r"^(?P<dir>.+)@(?P<it>\d+)$")
 
 
 def parse_run_spec(spec: str) -> Optional[tuple[str, Optional[int]]]:
   """(workdir, iteration or None) when `spec` names a run's workdir, else None."""
+  m = _AT.match(spec)
+  if not m and not os.path.isdir(spec):
+    return None   # a preset, a file or a Hub id: no run, and no Orbax import
+  from selfimprove_jax.runtime.checkpoint import ENTRIES, MANIFEST, is_run_dir
   if is_run_dir(spec):   # a run whose own name has '@' ("runs/exp@1") is that run
     return spec, None
-  m = _AT.match(spec)
   workdir, it = (m["dir"], int(m["it"])) if m else (spec, None)
   if is_run_dir(workdir):
     return workdir, it
@@ -77,6 +81,7 @@ def parent_of(spec: str, kept: Optional[dict] = None) -> Optional[Parent]:
     return None
   parent_dir, iteration = run
   if iteration is None:
+    from selfimprove_jax.runtime.checkpoint import Checkpointer
     ckpt = Checkpointer(parent_dir, log=lambda _: None, read_only=True)
     try:
       iteration = ckpt.latest_good(only_accepted=True)
@@ -92,6 +97,7 @@ def saved_meta(workdir: str, iteration: Optional[int] = None) -> dict:
   `load_run` loads: iteration `iteration`, else the newest accepted one that verifies
   (a corrupt newest checkpoint is passed over here as it is there, so eval's settings
   are the loaded weights')."""
+  from selfimprove_jax.runtime.checkpoint import Checkpointer
   ckpt = Checkpointer(workdir, log=lambda _: None, read_only=True)
   try:
     steps = ckpt.steps()
@@ -151,6 +157,7 @@ def restore_run(workdir: str, iteration: Optional[int], load_base, mesh,
   """The weights of a run checkpoint, unmerged. Without an iteration: the newest
   accepted checkpoint that verifies; when that is not the newest accepted one, a note
   on stderr says which is used instead."""
+  from selfimprove_jax.runtime.checkpoint import Checkpointer
   ckpt = Checkpointer(workdir, log=_note, read_only=True)
   try:
     if iteration is None:

