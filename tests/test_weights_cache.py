@@ -268,3 +268,19 @@ def test_a_cached_gguf_tokenizer_loads_without_torch_as_autotokenizer_would():
   assert ours.get_vocab() == auto.get_vocab() and ours.all_special_ids == auto.all_special_ids
   assert (ours.bos_token_id, ours.eos_token_id, ours.pad_token_id) == \
       (auto.bos_token_id, auto.eos_token_id, auto.pad_token_id)
+
+
+def test_the_one_program_finiteness_check_names_the_bad_tensors():
+  """load's finiteness check runs one program over every tensor (start-up compiles it
+  once) and still names the first bad one and how many there are."""
+  import jax.numpy as jnp
+  load_module = __import__("selfimprove_jax.weights.load", fromlist=["_check_finite"])
+  params = {"embedding": jnp.ones((4, 3)), "layers": {"q": jnp.zeros((2, 3, 2)),
+                                                       "k": jnp.ones((2, 3), jnp.int32)}}
+  load_module._check_finite(params, "here")   # all finite: no error
+  params["layers"]["q"] = params["layers"]["q"].at[1, 2, 0].set(jnp.inf)
+  with pytest.raises(UserError, match=r"here: .*in 1 of 3 tensors, e\.g\. layers\.q\)"):
+    load_module._check_finite(params, "here")
+  params["embedding"] = params["embedding"].at[0, 0].set(jnp.nan)
+  with pytest.raises(UserError, match=r"in 2 of 3 tensors, e\.g\. embedding\)"):
+    load_module._check_finite(params, "here")

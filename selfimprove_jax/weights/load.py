@@ -103,12 +103,18 @@ def params_from_tensors(tensors, config: ModelConfig, mesh: Mesh):
   return params
 
 
+# One program for every tensor: one tensor at a time compiled a program per shape, 2-3 s
+# of a cold start-up on the CPU (benchmarks/RESULTS.md, "Start-up").
+_all_finite = jax.jit(lambda xs: jnp.stack([jnp.all(jnp.isfinite(x)) for x in xs]))
+
+
 def _check_finite(params, source: str) -> None:
   """UserError naming `source` and the first tensors holding NaN or inf: such weights
   (a diverged run, a corrupt file) must not be sampled from, scored or exported."""
   flat = jax.tree_util.tree_flatten_with_path(params)[0]
-  bad = [jax.tree_util.keystr(path, simple=True, separator=".") for path, x in flat
-         if not bool(jnp.all(jnp.isfinite(x)))]
+  finite = np.asarray(_all_finite([x for _, x in flat])) if flat else []
+  bad = [jax.tree_util.keystr(path, simple=True, separator=".")
+         for (path, _), ok in zip(flat, finite) if not ok]
   if bad:
     raise UserError(f"{source}: weights contain non-finite values (in {len(bad)} of "
                     f"{len(flat)} tensors, e.g. {bad[0]}); refusing to use them")
