@@ -9,7 +9,7 @@ import os
 import pytest
 
 from selfimprove_jax.errors import UserError
-from selfimprove_jax.records import Sample
+from selfimprove_jax.records import Sample, read_records
 from selfimprove_jax.refine import strategies as refine
 from selfimprove_jax.refine import targets as refine_targets
 from selfimprove_jax.refine.strategies import Context, StrategyConfig
@@ -186,8 +186,8 @@ def test_loop_survives_hostile_scorer_answers_and_resumes(tmp_path, monkeypatch)
   config.task.options = {"score_timeout_s": 0.5}
   config.lock()
   loop.run(config, str(tmp_path))
-  records = [json.loads(line) for line in
-             open(tmp_path / "records" / "iter_0001" / "acquire.jsonl")]
+  records = [s.to_json() for s in
+             read_records(str(tmp_path / "records" / "iter_0001" / "acquire.parquet"))]
   hangs = [r for r in records if "9**9**9" in r["completion"]]
   exits = [r for r in records if "exit" in r["completion"]]
   assert hangs and exits

@@ -184,7 +184,7 @@ def test_multi_turn_run_resumes_bit_identically_after_sigkill_mid_episode(cache_
   whole = run_cli(tmp_path / "whole", cache_dir, *MULTI_TURN)
   assert whole.returncode == 0, whole.stderr[-3000:]
   acquired = lambda d: [s.to_json() for s in read_records(
-      os.path.join(d, "records", "iter_0001", "acquire.jsonl"))]
+      os.path.join(d, "records", "iter_0001", "acquire.parquet"))]
   episodes = acquired(tmp_path / "whole")
   assert episodes and all(len(s["turns"]) >= 1 and s["action_mask"] for s in episodes)
   assert any(len(s["turns"]) > 1 for s in episodes), "no episode took a second turn"
@@ -192,7 +192,7 @@ def test_multi_turn_run_resumes_bit_identically_after_sigkill_mid_episode(cache_
   fault = f"episode_turn@{_eval_turns(tmp_path / 'whole', 0) + 3}"
   killed = run_cli(tmp_path / "killed", cache_dir, *MULTI_TURN, fault=fault)
   assert killed.returncode == -9, killed.stderr[-2000:]
-  assert not os.path.exists(tmp_path / "killed" / "records" / "iter_0001" / "acquire.jsonl")
+  assert not os.path.exists(tmp_path / "killed" / "records" / "iter_0001" / "acquire.parquet")
   resumed = run_cli(tmp_path / "killed", cache_dir, *MULTI_TURN)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert metrics(tmp_path / "killed") == metrics(tmp_path / "whole")

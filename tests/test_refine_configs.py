@@ -7,6 +7,8 @@ import os
 
 import pytest
 
+from selfimprove_jax.records import read_records
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ["model=tiny", "loop.iterations=1", "loop.prompts_per_iteration=4",
          "loop.samples_per_prompt=2", "task.heldout_size=4", "sampling.max_new_tokens=8",
@@ -31,7 +33,7 @@ def test_self_rewarding_dpo_one_tiny_iteration(tmp_path):
   row = state["history"][1]
   assert 0.0 <= row["judge_unparsed"] <= 1.0          # logged every iteration
   assert "judge_agreement" in row
-  recs = [json.loads(l) for l in open(tmp_path / "records/iter_0001/acquire.jsonl")]
+  recs = [s.to_json() for s in read_records(str(tmp_path / "records/iter_0001/acquire.parquet"))]
   # every sample judged (an unparsed judgment has a reply and no score)
   assert len(recs) == 8 and all("judge_reply" in r for r in recs)
 
@@ -53,7 +55,7 @@ def test_refine_then_train_one_tiny_iteration(tmp_path):
     assert {"best_of_n@2", "self_consistency@2"} <= set(row)
     assert row["best_of_n@2"] >= row["pass@1"]       # candidate 0 is the greedy answer
   assert "refined" in state["history"][1]
-  recs = [json.loads(l) for l in open(tmp_path / "records/iter_0001/acquire.jsonl")]
+  recs = [s.to_json() for s in read_records(str(tmp_path / "records/iter_0001/acquire.parquet"))]
   assert all("refined" in r and "vote_share" in r for r in recs)
 
 

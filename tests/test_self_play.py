@@ -369,10 +369,10 @@ def test_tiny_self_play_run_resumes_after_sigkill_to_the_same_result(cache_dir, 
   for r in rows[1:]:
     assert r["optimizer_steps"] == 2 and r["self_play_proposals"] == 8
     assert r["self_play_valid_share"] > 0 and r["self_play_mean_p"] is not None
-  records = read_records(str(reference / "records" / "iter_0002" / "acquire_1.jsonl"))
+  records = read_records(str(reference / "records" / "iter_0002" / "acquire_1.parquet"))
   assert {s.role for s in records} == {"proposer", "solver"}
   # no problem is a valid proposal twice in a run, across rounds and iterations
-  valid = [s.proposal_id for path in sorted(reference.glob("records/iter_*/acquire_*.jsonl"))
+  valid = [s.proposal_id for path in sorted(reference.glob("records/iter_*/acquire_*.parquet"))
            for s in read_records(str(path)) if s.proposal_status == "valid"]
   assert valid and len(valid) == len(set(valid))
   assert all(s.proposal_status for s in records if s.role == "proposer")

@@ -48,8 +48,8 @@ def test_dpo_trains_only_on_selected_samples_never_on_heldout_prompts(monkeypatc
   leaked = task.heldout(config.task.heldout_size, config.task.difficulty)
   loop.run(config, str(tmp_path), log=lambda *_: None)
   rec = tmp_path / "records" / "iter_0001"
-  acquired = read_records(str(rec / "acquire.jsonl"))
-  selected = read_records(str(rec / "select.jsonl"))
+  acquired = read_records(str(rec / "acquire.parquet"))
+  selected = read_records(str(rec / "select.parquet"))
   held = {p.id for p in leaked}
   assert any(s.problem_id in held for s in acquired)        # the leak reached acquire
   assert len(selected) < len(acquired)
@@ -102,8 +102,8 @@ def test_replay_trains_on_earlier_accepted_iterations_selected_samples(monkeypat
                               "log.plot=false"])
   state = loop.run(config, str(tmp_path), log=lambda *_: None)
   assert [r["accepted"] for r in state["history"]] == [True, True, True]
-  first = read_records(str(tmp_path / "records" / "iter_0001" / "select.jsonl"))
-  second = read_records(str(tmp_path / "records" / "iter_0002" / "select.jsonl"))
+  first = read_records(str(tmp_path / "records" / "iter_0001" / "select.parquet"))
+  second = read_records(str(tmp_path / "records" / "iter_0002" / "select.parquet"))
   assert seen[0] == first and "replayed" not in state["history"][1]
   own = {(x.prompt, x.completion) for x in second}
   again = [x for x in first if (x.prompt, x.completion) not in own]

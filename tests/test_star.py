@@ -97,8 +97,8 @@ def test_star_trains_on_rationalizations_without_the_hint(monkeypatch, tmp_path)
                                       "select.filters=correct,dedup,max_length"])
   state = loop.run(config, str(tmp_path), log=lambda *_: None)
   rec = tmp_path / "records" / "iter_0001"
-  acquired = read_records(str(rec / "acquire.jsonl"))
-  selected = read_records(str(rec / "select.jsonl"))
+  acquired = read_records(str(rec / "acquire.parquet"))
+  selected = read_records(str(rec / "select.parquet"))
   rational = [s for s in acquired if s.rationalized]
   failed = {s.problem_id: int(_answer(s.prompt)) for s in acquired
             if int(_answer(s.prompt)) % 3 != 0}
@@ -183,8 +183,8 @@ def test_label_free_reads_no_reference_when_choosing_training_data(monkeypatch, 
                                         config.task.difficulty)}
   assert task.scored and set(task.scored) <= heldout
   rec = tmp_path / "records" / "iter_0001"
-  selected = read_records(str(rec / "select.jsonl"))
-  distinct = {s.problem_id for s in read_records(str(rec / "acquire.jsonl"))}
+  selected = read_records(str(rec / "select.parquet"))
+  distinct = {s.problem_id for s in read_records(str(rec / "acquire.parquet"))}
   assert sorted(s.problem_id for s in selected) == sorted(distinct)   # one majority each
   assert all(s.reference is None and s.verifier_status == "unverified" for s in selected)
   assert all(s.majority_answer == _answer(s.prompt) for s in selected)
@@ -201,7 +201,7 @@ def test_label_free_reports_pseudo_label_precision(monkeypatch, tmp_path):
   config = load_config(TINY, LABEL_FREE)
   state = loop.run(config, str(tmp_path), log=lambda *_: None)
   row = state["history"][1]
-  acquired = read_records(str(tmp_path / "records" / "iter_0001" / "acquire.jsonl"))
+  acquired = read_records(str(tmp_path / "records" / "iter_0001" / "acquire.parquet"))
   answers = {s.problem_id: int(_answer(s.prompt)) for s in acquired}
   even = sum(a % 2 == 0 for a in answers.values())
   assert 0 < even < len(answers)
