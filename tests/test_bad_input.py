@@ -77,8 +77,21 @@ def files(tmp_path_factory):
   f["nan_model"] = _nan_model(str(d / "nan_model"))
   f["no_system_role"] = _no_system_role(f["nan_model"], str(d / "no_system_role"))
   f.update(_unsupported_configs(d))
+  f["records_run"], f["bad_records_run"] = _records_runs(d)
   f["dir"] = str(d)
   return f
+
+
+def _records_runs(d):
+  """Two workdirs with records/: one whose stage file reads, one whose does not."""
+  from selfimprove_jax.records import Sample
+  from selfimprove_jax.stage_cache import RunRecords
+  good, bad = str(d / "records_run"), str(d / "bad_records_run")
+  RunRecords(good).write(1, "acquire", [Sample(problem_id="p")])
+  RunRecords(bad).write(1, "acquire", [Sample(problem_id="p")])
+  with open(os.path.join(bad, "records", "iter_0001", "acquire.parquet"), "wb") as fh:
+    fh.write(b"PAR1 cut short")
+  return good, bad
 
 
 def _unsupported_configs(d):
@@ -352,6 +365,15 @@ CASES = [
     (["export", "--model", "tiny", "--out", "{dir}/e16", "--dtype", "int8"], "--dtype"),
     # adapters asked of a model that has none (not a LoRA run)
     (["export", "--model", "tiny", "--out", "{dir}/ep", "--peft"], "--peft"),
+    # ---- records export: a run's stage files as JSON Lines
+    (["records", "export", "/nonexistent/run"], "/nonexistent/run"),
+    (["records", "export"], "workdir"),
+    (["records", "export", "{records_run}", "--out", "{nonempty_dir}"], "{nonempty_dir}"),
+    (["records", "export", "{records_run}", "--out", "{a_file}"], "{a_file}"),
+    (["records", "export", "{records_run}", "--out", "{records_run}/records/x"],
+     "{records_run}/records/x is inside the run's records/"),
+    (["records", "export", "{bad_records_run}", "--out", "{dir}/rx"],
+     "{bad_records_run}/records/iter_0001/acquire.parquet"),
     # the lost-process watchdog needs a positive deadline
     (_run("--lost_process_timeout", "0"), "--lost_process_timeout"),
 ]
