@@ -37,11 +37,15 @@ class ModelPolicy:
     for c in self.sampler.generate(self.params, ids, sp, n=n, seed=seed,
                                    progress=self.progress):
       i = c.prompt_index
+      # the arrays as they are: transformers' decode lists an array in C where it
+      # checks a list's every element in Python (a fifth of the decode), and tolist
+      # makes the same Python ints and floats as a loop over the elements, faster
+      # (benchmarks/host_overhead.py)
       out[i].append(Sample(
-          completion=tok.decode(c.content_tokens.tolist(), skip_special_tokens=True),
+          completion=tok.decode(c.content_tokens, skip_special_tokens=True),
           prompt=prompts[i], prompt_tokens=ids[i],
-          completion_tokens=[int(t) for t in c.tokens],
-          logprobs=[float(x) for x in c.logprobs], finish_reason=c.finish_reason,
+          completion_tokens=c.tokens.tolist(),
+          logprobs=c.logprobs.tolist(), finish_reason=c.finish_reason,
           num_tokens=int(c.num_tokens), sample_index=int(c.sample_index)))
     return out
 

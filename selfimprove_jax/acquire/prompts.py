@@ -22,7 +22,12 @@ class PromptStream:
   def __init__(self, task, seed: int, saved: Optional[dict], difficulty):
     ds = grain.MapDataset.range(0, 1 << 31).map(
         lambda i: task.problem(seed, int(i), difficulty))
-    self._it = iter(ds.to_iter_dataset())
+    # read in this thread, nothing ahead: drawing a problem is Python (threads gain
+    # nothing under the GIL), and the default prefetch drew 500 problems past the
+    # iteration's and polled its whole buffer at every element (about 1 ms a prompt,
+    # benchmarks/host_overhead.py). The iterator state is the same {"next_index": n}.
+    self._it = iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=0,
+                                                         prefetch_buffer_size=0)))
     if saved:
       self._it.set_state(saved)
     self._proposals: list[Problem] = []

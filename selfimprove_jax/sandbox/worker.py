@@ -105,6 +105,25 @@ def job_rg_score(args: dict):
   return {"reward": reward if math.isfinite(reward) else 0.0}
 
 
+def job_rg_score_many(args: dict):
+  """`job_rg_score` of each of `items` ({answer, entry}) in turn, in one child: the
+  answers of one batch, screened by the host (reasoning_gym_task.code_in_answer) so
+  that none can run code in a scorer that evaluates it. An answer whose scoring raised,
+  or gave a reward `job_rg_score` could not report, gets None: the host scores it again
+  alone, for its own status and detail."""
+  scorer = _SCORERS[(args["generator"], json.dumps(args["config"], sort_keys=True))]
+  rewards = []
+  for item in args["items"]:
+    try:
+      reward = float(scorer.score_answer(item["answer"], item["entry"]))
+    except Exception:  # pylint: disable=broad-except
+      rewards.append(None)
+      continue
+    reward = reward if math.isfinite(reward) else 0.0
+    rewards.append(reward if 0.0 <= reward <= 1.0 else None)
+  return {"rewards": rewards}
+
+
 _MATH_VERIFY: dict = {}
 
 
@@ -135,8 +154,10 @@ def job_math_verify(args: dict):
 
 
 JOBS = {"exec": job_exec, "call_tests": job_call_tests, "asserts": job_asserts,
-        "rg_score": job_rg_score, "math_verify": job_math_verify}
-PREPARE = {"rg_score": prepare_rg_score, "math_verify": prepare_math_verify}
+        "rg_score": job_rg_score, "rg_score_many": job_rg_score_many,
+        "math_verify": job_math_verify}
+PREPARE = {"rg_score": prepare_rg_score, "rg_score_many": prepare_rg_score,
+           "math_verify": prepare_math_verify}
 # The shape of an ok value of the jobs whose child runs a scorer on model text in its
 # own process (a scorer that evals the text hands the child to it): anything else is an
 # error for that item, never a value the host has to survive. A well-formed forged value
@@ -144,6 +165,9 @@ PREPARE = {"rg_score": prepare_rg_score, "math_verify": prepare_math_verify}
 RESULT_SHAPES = {
     "rg_score": lambda v: type(v) is dict and set(v) == {"reward"}
     and type(v["reward"]) in (int, float) and 0.0 <= v["reward"] <= 1.0,
+    "rg_score_many": lambda v: type(v) is dict and set(v) == {"rewards"}
+    and type(v["rewards"]) is list and all(
+        r is None or (type(r) in (int, float) and 0.0 <= r <= 1.0) for r in v["rewards"]),
     "math_verify": lambda v: type(v) is dict and set(v) == {"equal"}
     and type(v["equal"]) is bool,
 }

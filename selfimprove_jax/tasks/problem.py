@@ -228,6 +228,7 @@ class FileSplits:
              gradable: Optional[Callable[[Problem], bool]] = None,
              test: Sequence[Problem] = ()) -> None:
     self._stream = stream
+    self._orders: dict = {}   # (seed, epoch) -> that epoch's shuffle (_epoch_order)
     self._test = list(test) if test else None
     test_keys = {text_key(p.prompt) for p in test}
     self.test_twins = sum(text_key(p.prompt) in test_keys for p in problems)
@@ -256,9 +257,21 @@ class FileSplits:
   def problem(self, seed: int, index: int, difficulty: Optional[int] = None) -> Problem:
     """Training problem `index`: epoch `index // n` is a fresh shuffle of the training rows."""
     epoch, pos = divmod(index, len(self._train))
-    order = list(range(len(self._train)))
-    random.Random(derive_seed(seed, self._stream, epoch)).shuffle(order)
-    return self._train[order[pos]]
+    return self._train[self._epoch_order(seed, epoch)[pos]]
+
+  def _epoch_order(self, seed: int, epoch: int) -> list[int]:
+    """The shuffle of epoch `epoch` of stream `seed`, made once: shuffled again for each
+    problem, a draw of n problems cost n x the file's rows (12,500 prompts from a
+    7,500-row file: about a minute; benchmarks/host_overhead.py). The last few epochs
+    are kept (a stream reads one, or two across a boundary); the dict is replaced,
+    never changed, so threads that draw problems only ever see a whole one."""
+    orders = self._orders
+    order = orders.get((seed, epoch))
+    if order is None:
+      order = list(range(len(self._train)))
+      random.Random(derive_seed(seed, self._stream, epoch)).shuffle(order)
+      self._orders = {**dict(list(orders.items())[-3:]), (seed, epoch): order}
+    return order
 
   def train_problems(self, seed: int, count: int, difficulty: Optional[int] = None,
                      start: int = 0) -> list[Problem]:

@@ -32,7 +32,10 @@ Scoring runs in the sandbox, always. Several upstream scorers execute the answer
 tasks) with no limit: `9**9**9` would hang the run, `exit()` would kill it, at every
 resume. Upstream code changes, so no generator is trusted: every `score_answer` call is
 made in a sandbox worker (which imports reasoning-gym once) under `score_timeout_s` and
-`score_memory_mb`; an answer that hits a limit scores 0 and its record says why.
+`score_memory_mb`; an answer that hits a limit scores 0 and its record says why. The
+screened answers go to the sandbox in batches (a child scores up to `SCORE_BATCH`): an
+answer whose batch hit a limit or raised is scored again alone, so its record is what
+scoring it alone says.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from selfimprove_jax.tasks.problem import Problem, Verdict
 
 # Some generators precompute per-item state for `size` items, so datasets stay small.
 CHUNK = 256
+SCORE_BATCH = 64   # answers scored by one sandboxed child (verify_batch)
 INSTRUCTION = "Give your final answer after '####'."
 
 # Answers a scorer could run as code. Several scorers `eval` or `sympy.parse_expr` the
@@ -220,7 +224,11 @@ class ReasoningGymTask:
 
   def verify_batch(self, problems: list, completions: list) -> list[Verdict]:
     """The generator's own `score_answer` on each extracted answer, in the sandbox, in
-    parallel; clipped to [0, 1]. A limit hit or a crash of the scorer scores 0."""
+    parallel; clipped to [0, 1]. A limit hit or a crash of the scorer scores 0.
+
+    The screened answers are scored up to `SCORE_BATCH` to a sandboxed child
+    (`_score_batches`); an answer whose batch did not end well is scored again alone
+    (`rg_score`), so its verdict, status and detail are what scoring it alone gives."""
     verdicts: list = [Verdict(0.0, "ok", "no answer found")] * len(problems)
     todo = []
     for i, (p, c) in enumerate(zip(problems, completions)):
@@ -229,19 +237,45 @@ class ReasoningGymTask:
       if refused:
         verdicts[i] = Verdict(0.0, "refused", f"{refused}, which a scorer could run as code")
       elif answer is not None:
-        todo.append((i, {"generator": self.generator, "config": self.config,
-                         "answer": answer, "entry": {
-                             "question": p.metadata.get("question", p.prompt),
-                             "answer": p.reference,
-                             "metadata": p.metadata.get("rg_metadata", {})}}))
-    results = sandbox.run_jobs("rg_score", [a for _, a in todo], self.score_limits)
-    for (i, _), r in zip(todo, results):
+        todo.append((i, {"answer": answer, "entry": {
+            "question": p.metadata.get("question", p.prompt), "answer": p.reference,
+            "metadata": p.metadata.get("rg_metadata", {})}}))
+    rewards = self._score_batches([item for _, item in todo])
+    for (i, _), reward in zip(todo, rewards):
+      if reward is not None:
+        verdicts[i] = Verdict(min(max(reward, 0.0), 1.0))
+    alone = [(i, item) for (i, item), reward in zip(todo, rewards) if reward is None]
+    results = sandbox.run_jobs(
+        "rg_score", [{"generator": self.generator, "config": self.config, **item}
+                     for _, item in alone], self.score_limits)
+    for (i, _), r in zip(alone, results):
       if r.ok:
         verdicts[i] = Verdict(min(max(sandbox.ScoreValue.from_value(r.value).reward, 0.0), 1.0))
       else:   # the scorer chokes on malformed or hostile output: that output is wrong
         tail = r.stderr.strip().splitlines()[-1:] or [""]
         verdicts[i] = Verdict(0.0, r.status, f"{r.detail} {tail[0]}".strip()[:300])
     return verdicts
+
+  def _score_batches(self, items: list) -> list[Optional[float]]:
+    """Each item's ({answer, entry}) reward, scored in batches (worker `rg_score_many`),
+    or None where its batch did not end well (a limit hit, a scorer that raised or
+    exited): those are scored alone. A batch has the time and memory limits of one
+    answer, enough for dozens of ordinary answers, so an answer that hangs costs its
+    batch's limit once more. Batches, not one child per answer: a child (fork, limits,
+    clean-up) cost a worker 14-48 ms, against well under 1 ms for most scorers, which
+    held scoring to 42-139 answers/s on two workers (benchmarks/RESULTS.md, "Host
+    overhead per iteration"). The answers are screened (`code_in_answer`) before any
+    scorer sees them, so none can run code that reaches the others in its batch."""
+    size = min(SCORE_BATCH, max(1, -(-len(items) // 16)))   # >= 16 batches: every worker busy
+    chunks = [items[k:k + size] for k in range(0, len(items), size)]
+    results = sandbox.run_jobs(
+        "rg_score_many", [{"generator": self.generator, "config": self.config, "items": c}
+                          for c in chunks], self.score_limits)
+    rewards: list = []
+    for chunk, r in zip(chunks, results):
+      got = r.value["rewards"] if r.ok else []
+      rewards += got if len(got) == len(chunk) else [None] * len(chunk)
+    return rewards
 
   def score(self, problem: Problem, completion: str) -> float:
     """`verify_batch` of one completion: its reward."""
