@@ -3,6 +3,9 @@ same weights, in one run.
 
   python benchmarks/sampling.py                          # CPU: batch 1,4; prompt 64; 32 new; fp32
   python benchmarks/sampling.py --batch 1,16,64,256 --new_tokens 256 --dtype bfloat16  # GPU shape
+  python benchmarks/sampling.py --batch 100 --prompt_len 46 --shared_prefix 36 --new_tokens 16
+      # the quickstart's shape: chat prompts whose first 36 tokens (system prompt) agree;
+      # also times our whole-prompt prefill (share_prefix=False) for the ratio
 
 Both sides run the smollm2_135m architecture with the same random weights (ours are
 copied into a transformers LlamaForCausalLM), random prompts of exactly --prompt_len
@@ -30,19 +33,21 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 
-def _prompts(config, batch: int, prompt_len: int, seed: int = 0):
+def _prompts(config, batch: int, prompt_len: int, seed: int = 0, shared: int = 0):
   import numpy as np
   rs = np.random.RandomState(seed)
   # Avoid ids 0-2 (pad/bos/eos in the SmolLM2 vocabulary).
-  return rs.randint(3, config.vocab_size, (batch, prompt_len)).astype(np.int32)
+  out = rs.randint(3, config.vocab_size, (batch, prompt_len)).astype(np.int32)
+  out[:, :shared] = out[0, :shared]    # a common head, as a chat template's system prompt
+  return out
 
 
-def bench_jax(config, params, batch: int, args) -> dict:
+def bench_jax(config, params, batch: int, args, share_prefix: bool = True) -> dict:
   import jax
   from selfimprove_jax.sampling import Sampler, SamplingParams
-  sampler = Sampler(config, eos_ids=(), max_batch=batch)
+  sampler = Sampler(config, eos_ids=(), max_batch=batch, share_prefix=share_prefix)
   sp = SamplingParams(temperature=1.0, max_new_tokens=args.new_tokens)
-  prompts = _prompts(config, batch, args.prompt_len).tolist()
+  prompts = _prompts(config, batch, args.prompt_len, shared=args.shared_prefix).tolist()
   t0 = time.perf_counter()
   sampler.generate(params, prompts, sp, seed=0)          # compiles
   warmup_s = time.perf_counter() - t0
@@ -56,7 +61,7 @@ def bench_jax(config, params, batch: int, args) -> dict:
   seconds = min(times)
   device = jax.devices()[0]
   return {"tokens_per_s": generated / seconds, "call_s": seconds, "warmup_s": warmup_s,
-          "compilations": sampler.num_compilations,
+          "compilations": sampler.num_compilations, "shared_tokens": sampler.shared_tokens,
           "device": device.device_kind if device.platform != "cpu" else cpu_name()}
 
 
@@ -121,6 +126,8 @@ def main(argv=None):
   p.add_argument("--dtype", default=None, choices=("float32", "bfloat16"),
                  help="compute dtype (default: bfloat16 on an accelerator, float32 on CPU)")
   p.add_argument("--compare_torch", type=int, default=1, help="also time transformers")
+  p.add_argument("--shared_prefix", type=int, default=0,
+                 help="the prompts' first N tokens agree; also time whole-prompt prefill")
   args = p.parse_args(argv)
 
   import jax
@@ -139,6 +146,11 @@ def main(argv=None):
     line = (f"{args.model} batch {batch:>3} prompt {args.prompt_len} new {args.new_tokens} "
             f"{args.dtype}: jax {ours['tokens_per_s']:,.0f} tok/s "
             f"({ours['call_s']:.2f} s/call, warm-up {ours['warmup_s']:.1f} s) on {ours['device']}")
+    if args.shared_prefix:
+      whole = run["jax_whole_prompts"] = bench_jax(config, params, batch, args, False)
+      run["shared_speedup"] = ours["tokens_per_s"] / whole["tokens_per_s"]
+      line += (f" | whole-prompt prefill {whole['tokens_per_s']:,.0f} tok/s "
+               f"({whole['call_s']:.2f} s/call): shared {run['shared_speedup']:.2f}x")
     if model is not None:
       theirs = run["torch"] = bench_torch(model, config, batch, args)
       run["ratio"] = ours["tokens_per_s"] / theirs["tokens_per_s"]

@@ -120,11 +120,13 @@ class Controls(NamedTuple):
 
 
 def admit(params, state: SlotState, new: Admission, seed, *, config: ModelConfig,
-          group: int, mesh: Optional[Mesh] = None) -> SlotState:
-  """Prefills the R prompts of `new` and starts their R*group rows in their slots;
-  `seed` with a row's (prompt, sample) pair gives its PRNG key."""
+          group: int, mesh: Optional[Mesh] = None, shared: int = 0) -> SlotState:
+  """Prefills the R prompts of `new` (their first `shared` tokens once:
+  `decode.prefill_prompts`) and starts their R*group rows in their slots; `seed` with
+  a row's (prompt, sample) pair gives its PRNG key."""
   tokens, slot, row = new.tokens, new.slot, new.row
-  cache, logits, lengths = prefill_prompts(params, tokens, new.prompt_mask, config=config)
+  cache, logits, lengths = prefill_prompts(params, tokens, new.prompt_mask, config=config,
+                                           shared=shared)
   Tb = tokens.shape[1]
   S = state.cache[0][0].shape[1]
   # The prompt's last entry (index Tb-1 of the left-padded prefill) goes to ring slot

@@ -27,6 +27,7 @@ from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import Mesh, NamedSharding
 
 from selfimprove_jax.model.config import ModelConfig
@@ -166,17 +167,70 @@ def forward_step(top, layers, config: ModelConfig, cache, tok, positions, key_ma
 # ----------------------------------------------------------------------------- prefill
 
 
-def prefill_prompts(params, tokens, prompt_mask, *, config: ModelConfig):
+def prefill_prompts(params, tokens, prompt_mask, *, config: ModelConfig, shared: int = 0):
   """One forward over U left-padded prompts tokens [U,Tb]. Returns (KV cache
-  {"k","v": [L,U,Tb,K,H]}, fp32 next-token logits [U,V], real lengths [U])."""
+  {"k","v": [L,U,Tb,K,H]}, fp32 next-token logits [U,V], real lengths [U]).
+
+  shared: P > 0 when every row's first P real tokens are the same and every row has
+  more than P (`shared_prefix`; a chat template's system prompt is most of a short
+  prompt). Those P run once, for one row, and each row runs only its last Tb - P
+  slots, attending to the shared keys; the cache is then laid out as the left-padded
+  forward lays it out, so decoding is unchanged. Equal to shared=0 up to float
+  rounding (other matmul shapes). Not for sliding-window models: the window mask
+  reads slot distance as position distance, which a gap between the shared keys and
+  a short row's own does not keep."""
   U, Tb = tokens.shape
   prompt_mask = prompt_mask.astype(bool)
-  positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=-1) - 1, 0)
-  hidden, cache = Transformer(config).apply(
-      {"params": params}, tokens, positions, causal_mask(prompt_mask),
-      cache=init_cache(config, U, Tb), cache_index=0, return_hidden=True)
-  logits = project_logits(params, config, hidden[:, -1])                # [U,V]
-  return cache, logits, prompt_mask.sum(-1).astype(jnp.int32)
+  lengths = prompt_mask.sum(-1).astype(jnp.int32)
+  model = Transformer(config)
+  if not shared:
+    positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=-1) - 1, 0)
+    hidden, cache = model.apply(
+        {"params": params}, tokens, positions, causal_mask(prompt_mask),
+        cache=init_cache(config, U, Tb), cache_index=0, return_hidden=True)
+    return cache, project_logits(params, config, hidden[:, -1]), lengths
+  P, Ts = shared, Tb - shared
+  slots = jnp.arange(Tb)
+  # the shared tokens, once: row 0's first P real tokens into cache slots [0, P)
+  prefix = jax.lax.dynamic_slice_in_dim(tokens[0], Tb - lengths[0], P)[None]
+  _, cache = model.apply(
+      {"params": params}, prefix, jnp.arange(P)[None], (slots[None] <= jnp.arange(P)[:, None])[None],
+      cache=init_cache(config, 1, Tb), cache_index=0, return_hidden=True)
+  cache = jax.tree.map(lambda c: jnp.broadcast_to(c, c.shape[:1] + (U,) + c.shape[2:]), cache)
+  # each row's own tokens sit right-aligned in slots [P, Tb) of the left-padded input
+  own = jnp.arange(Ts)[None] >= (Ts - (lengths - P))[:, None]                  # [U,Ts]
+  positions = P + jnp.maximum(jnp.cumsum(own, axis=-1) - 1, 0)
+  keys = jnp.concatenate([jnp.ones((U, P), bool), own], axis=-1)               # [U,Tb]
+  mask = (slots[None] <= (P + jnp.arange(Ts))[:, None])[None] & keys[:, None, :]
+  hidden, cache = model.apply(
+      {"params": params}, tokens[:, P:], positions, mask, cache=cache, cache_index=P,
+      return_hidden=True)
+  # the shared keys move from slots [0, P) to just before the row's own (left padding)
+  start = (Tb - lengths)[:, None]
+  source = jnp.where((slots[None] >= start) & (slots[None] < start + P), slots[None] - start,
+                     slots[None])                                              # [U,Tb]
+  cache = jax.tree.map(
+      lambda c: jnp.take_along_axis(c, source[None, :, :, None, None], axis=2), cache)
+  return cache, project_logits(params, config, hidden[:, -1]), lengths
+
+
+def shared_prefix(rows, unit: int = 16) -> int:
+  """The `shared` argument of `prefill_prompts` for these token rows: how many tokens
+  all of them start with, leaving each at least one of its own, rounded down to a
+  multiple of `unit` (few distinct values: each compiles its own prefill); 0 when
+  that is less than `unit`."""
+  n = min(len(r) for r in rows) - 1
+  if n < unit:
+    return 0
+  first = np.asarray(rows[0][:n])
+  for r in rows[1:]:
+    differ = np.flatnonzero(np.asarray(r[:n]) != first)
+    if differ.size:
+      n = int(differ[0])
+      if n < unit:
+        return 0
+      first = first[:n]
+  return n // unit * unit
 
 
 def row_key_data(seed, row_prompt, row_sample):
@@ -192,16 +246,18 @@ def row_key_data(seed, row_prompt, row_sample):
 # size: a jitted kernel; its arrays and static settings are its parameters
 def prefill(params, tokens, prompt_mask, row_prompt, row_sample, row_real, row_limit, seed,
             *, config: ModelConfig, group: int, max_new: int, stop_width: int,
-            mesh: Optional[Mesh] = None) -> DecodeState:
+            mesh: Optional[Mesh] = None, shared: int = 0) -> DecodeState:
   """Runs the U left-padded prompts tokens [U,Tb] once and broadcasts each prompt's
   KV cache and next-token logits to its `group` rows (B = U * group).
 
   row_prompt/row_sample [B] name each row's (prompt, sample) pair (its PRNG key,
   `row_key_data`); row_limit [B] is its new-token budget. Padding rows (row_real
-  False) start done."""
+  False) start done. shared: the prompts' common first tokens, run once
+  (`prefill_prompts`)."""
   U, Tb = tokens.shape
   B, S = U * group, Tb + max_new
-  cache, logits, lengths = prefill_prompts(params, tokens, prompt_mask, config=config)
+  cache, logits, lengths = prefill_prompts(params, tokens, prompt_mask, config=config,
+                                           shared=shared)
 
   def widen(c):  # [L,U,Tb,K,H] -> L x [B,S,K,H]: repeat per sample, room for new tokens
     c = jnp.repeat(c, group, axis=1)

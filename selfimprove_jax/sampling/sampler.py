@@ -95,15 +95,19 @@ class Sampler:
   tokenizer: only needed to encode text stop sequences. max_batch: rows per device
   call (bucketed: larger requests are chunked and the last chunk padded;
   continuous: the number of decode slots). batching: "auto", "bucketed" or
-  "continuous" (module docstring). `num_compilations`
-  counts traces of the prefill and decode functions (each one compiles once);
-  `decode_steps` counts decode-loop iterations (each decodes one token for every
-  row or slot, running or not); `traces` lists (function, array shapes) per trace, for diagnostics and tests."""
+  "continuous" (module docstring). share_prefix: prefill the prompts' common first
+  tokens (a chat template's system prompt) once per prefill call rather than once
+  per prompt (`decode.prefill_prompts`; `shared_tokens` counts the prompt tokens
+  not recomputed). `num_compilations` counts traces of the prefill and decode
+  functions (each one compiles once); `decode_steps` counts decode-loop iterations
+  (each decodes one token for every row or slot, running or not); `traces` lists
+  (function, array shapes) per trace, for diagnostics and tests."""
 
+  # size: the sampler's settings, each a keyword with a default, and its jitted kernels
   def __init__(self, config: ModelConfig, mesh: Optional[Mesh] = None,
                eos_ids: Optional[Sequence[int]] = None, tokenizer=None,
                max_batch: int = 256, min_bucket: int = 32, pad_id: int = 0,
-               batching: str = "auto"):
+               batching: str = "auto", share_prefix: bool = True):
     self.config = config
     self.mesh = mesh or sharding_lib.single_device_mesh()
     if eos_ids is None:
@@ -124,13 +128,18 @@ class Sampler:
     self.batching = batching
     self.min_bucket = int(min_bucket)
     self.pad_id = int(pad_id)
+    # Prompts' common first tokens (a chat template's system prompt) prefilled once per
+    # prefill call, not once per prompt (`decode.prefill_prompts`); sliding-window
+    # models always prefill whole prompts.
+    self.share_prefix = bool(share_prefix) and config.sliding_window is None
+    self.shared_tokens = 0  # prompt tokens whose prefill was shared, over all calls
     self.num_compilations = 0
     self.decode_steps = 0   # decode-loop iterations run, over all calls (benchmarks)
     self.traces: list[tuple[str, tuple]] = []
     self._param_shardings = param_shardings(config, self.mesh)
     self._prefill = jax.jit(
         self._counted(decode_lib.prefill),
-        static_argnames=("config", "group", "max_new", "stop_width", "mesh"))
+        static_argnames=("config", "group", "max_new", "stop_width", "mesh", "shared"))
     # The loop state (KV cache included) is donated: its buffers become the loop's.
     self._decode = jax.jit(
         self._counted(decode_lib.decode), static_argnames=("config", "choice", "mesh"),
@@ -140,7 +149,8 @@ class Sampler:
         static_argnames=("config", "slots", "cache_len", "rows", "max_new", "stop_width",
                          "mesh"))
     self._admit = jax.jit(
-        self._counted(continuous_lib.admit), static_argnames=("config", "group", "mesh"),
+        self._counted(continuous_lib.admit),
+        static_argnames=("config", "group", "mesh", "shared"),
         donate_argnums=(1,))
     self._run = jax.jit(
         self._counted(continuous_lib.run), static_argnames=("config", "choice", "mesh"),
@@ -301,6 +311,7 @@ class Sampler:
     Tb = bucket_length(max(len(prompts[u.prompt]) for u in chunk), self.min_bucket)
     U, B = per_call, per_call * group
     tokens, mask = self._pad_prompts(prompts, chunk, U, Tb)
+    shared = self._shared([prompts[u.prompt] for u in chunk], U)
     row_prompt = np.zeros((B,), np.int32)
     row_sample = np.zeros((B,), np.int32)
     row_real = np.zeros((B,), bool)
@@ -314,9 +325,17 @@ class Sampler:
         params, self._put(tokens), self._put(mask), self._put(row_prompt),
         self._put(row_sample), self._put(row_real), self._put(work.limits[row_prompt]),
         work.seed, config=self.config, group=group, max_new=work.sp.max_new_tokens,
-        stop_width=work.stop_width, mesh=self.mesh)
+        stop_width=work.stop_width, mesh=self.mesh, shared=shared)
     return self._decode(params, state, *work.controls, config=self.config,
                         choice=work.choice, mesh=self.mesh)
+
+  def _shared(self, rows, U: int) -> int:
+    """The `shared` prefill argument for these prompts (0: whole prompts), counted."""
+    if not self.share_prefix or len(rows) < 2:   # one prompt: nothing to share
+      return 0
+    shared = decode_lib.shared_prefix(rows, self.min_bucket // 2)
+    self.shared_tokens += shared * (U - 1)
+    return shared
 
   def _pad_prompts(self, prompts, units, U, Tb):
     """Left-padded tokens [U,Tb] and mask; rows past len(units) repeat the first."""
@@ -377,6 +396,7 @@ class Sampler:
     slots, N = state.free.shape[0], state.tokens.shape[0]   # B slots, N result rows
     Tb = bucket_length(max(len(prompts[u.prompt]) for u in batch), self.min_bucket)
     tokens, mask = self._pad_prompts(prompts, batch, R, Tb)
+    shared = self._shared([prompts[u.prompt] for u in batch], R)
     slot = np.full((R * group,), slots, np.int32)       # `slots`: a dropped padding row
     row = np.full((R * group,), N, np.int32)
     row_prompt = np.zeros((R * group,), np.int32)
@@ -393,7 +413,7 @@ class Sampler:
         row=self._put(row), row_prompt=self._put(row_prompt),
         row_sample=self._put(row_sample), row_limit=self._put(work.limits[row_prompt]))
     return self._admit(params, state, new, work.seed, config=self.config, group=group,
-                       mesh=self.mesh)
+                       mesh=self.mesh, shared=shared)
 
   # --------------------------------------------------------------------------- serving
 
@@ -496,7 +516,8 @@ class Sampler:
         tokens=self._put(tokens), prompt_mask=self._put(mask), slot=self._put(slot),
         row=self._put(slot), row_prompt=self._put(stream), row_sample=self._put(index),
         row_limit=self._put(limit))
-    return self._admit(params, state, new, seed, config=self.config, group=1, mesh=self.mesh)
+    return self._admit(params, state, new, seed, config=self.config, group=1, mesh=self.mesh,
+                       shared=self._shared(prompts, R))
 
   # --------------------------------------------------------------------------- results
 
