@@ -27,7 +27,8 @@ The stages are the loop's own calls, each timed with `time.perf_counter`:
 
 Whatever the current code does is what is measured (the records format, the filters,
 the verifiers): the script only calls the stage functions. The table gives each stage's
-seconds, the host total, microseconds per sample and the host time over the projected
+seconds (wall clock, and this process's CPU time), the iteration's host total (the
+resume stages apart), microseconds per sample and the host time over the projected
 generation time of the same completion tokens at the H100 rate; with several sizes the
 linearity is the host total's ratio between consecutive sizes over the ratio of their
 sample counts (1.0 = linear). --profile prints the functions that took the time.
@@ -71,8 +72,10 @@ from selfimprove_jax.tasks import get_task, verify
 from selfimprove_jax.weights import tokenizer as tokenizer_lib
 
 H100_TOKENS_PER_S = 105_150   # RESULTS.md "Sampling": batch 256, 256 new tokens, bf16
-STAGES = ("prompts", "policy", "verify", "records write", "ledger", "filters", "batches",
-          "hash", "resume read")
+# an iteration's host work, then what a resume adds (the records checked and read back)
+ITERATION = ("prompts", "policy", "verify", "records write", "ledger", "filters", "batches")
+RESUME = ("hash", "resume read")
+STAGES = ITERATION + RESUME
 TASKS = {   # --tasks name -> (task spec or a callable of the temp dir, answer kind)
     "arithmetic": "arithmetic",
     "reasoning_gym": "reasoning_gym:leg_counting",
@@ -141,11 +144,12 @@ class Result:
 
   @property
   def host(self) -> float:
-    return sum(self.seconds.values())
+    """The iteration's host seconds (wall), resume stages left out."""
+    return sum(self.seconds[s] for s in ITERATION)
 
   @property
   def host_cpu(self) -> float:
-    return sum(self.cpu.values())
+    return sum(self.cpu[s] for s in ITERATION)
 
   @property
   def generation(self) -> float:
@@ -380,19 +384,21 @@ def record_files(folder: str) -> list[str]:
 
 
 def row(r: Result, clock: str = "wall") -> str:
-  """One Markdown row of the `clock` ('wall' or 'cpu') seconds: per stage, the host
-  total, microseconds per sample, the projected generation and the host's share of it."""
+  """One Markdown row of the `clock` ('wall' or 'cpu') seconds: the iteration's stages,
+  its host total, microseconds per sample, the projected generation and the host's
+  share of it; then the resume stages."""
   seconds = r.seconds if clock == "wall" else r.cpu
-  host = sum(seconds.values())
-  cells = [r.task, f"{r.samples:,}"] + [f"{seconds[s]:.2f}" for s in STAGES]
+  host = r.host if clock == "wall" else r.host_cpu
+  cells = [r.task, f"{r.samples:,}"] + [f"{seconds[s]:.2f}" for s in ITERATION]
   cells += [f"**{host:.2f}**", f"{1e6 * host / r.samples:.0f}", f"{r.generation:.1f}",
-            f"**{host / r.generation:.1%}**"]
+            f"**{host / r.generation:.1%}**"] + [f"{seconds[s]:.2f}" for s in RESUME]
   return "| " + " | ".join(cells) + " |"
 
 
 def header() -> str:
-  names = ["task", "samples"] + [f"{s} s" for s in STAGES] + [
-      "host s", "us/sample", "generation s (H100)", "host / generation"]
+  names = ["task", "samples"] + [f"{s} s" for s in ITERATION] + [
+      "host s", "us/sample", "generation s (H100)", "host / generation"] + [
+          f"{s} s" for s in RESUME]
   return "| " + " | ".join(names) + " |\n|" + "---|" * len(names)
 
 
