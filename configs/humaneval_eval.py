@@ -16,8 +16,8 @@ Runtime:   not measured yet.
 Result:    not measured yet.
 
 A file task always keeps one problem for training, so 163 of the 164 are scored:
-82 validation, 81 test. The one iteration the loop asks for trains on that one problem
-and is not the point of this config.
+82 validation (greedy and execution feedback), 81 test (greedy). `loop.iterations = 0`:
+the run is its baseline evaluation and nothing trains.
 """
 
 from selfimprove_jax.config import base_config
@@ -33,7 +33,7 @@ def get_config():
   config.task.heldout_size = 82
   config.task.test_size = 81
   config.loop.algorithm = "sft"
-  config.loop.iterations = 1
+  config.loop.iterations = 0                   # the baseline evaluation only
   config.loop.prompts_per_iteration = 4
   config.loop.samples_per_prompt = 2
   config.sampling.max_new_tokens = 384
