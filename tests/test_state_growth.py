@@ -9,6 +9,7 @@ import json
 import os
 import types
 
+import jax
 import numpy as np
 import pytest
 
@@ -274,3 +275,61 @@ def test_step_rows_read_each_iterations_file_once(tmp_path):
     rows = loop._step_rows(s, k)
     assert rows == [x for j in range(1, k + 1) for x in RunRecords(str(tmp_path)).rows(j, "steps")]
   assert [j for j, _ in records.reads] == list(range(1, 8))
+
+
+# ----------------------------------------------------------------------------- in the loop
+
+
+def _propose(text, max_chars=1000):
+  """The random tiny model writes no problems: its proposer replies become one-digit
+  additions, a function of the reply (as test_self_play's run maps them)."""
+  h = sum(map(ord, text or ""))
+  return f"What is {h % 10} + {h // 10 % 10}?"
+
+
+def _self_play_config(iterations):
+  return load_config(TINY, [
+      "loop.algorithm=self_play", "loop.rl_steps=2", "loop.prompts_per_iteration=4",
+      "loop.samples_per_prompt=2", "select.filters=", "self_instruct.max_new_tokens=8",
+      f"loop.iterations={iterations}", "curriculum.enabled=true", "log.tensorboard=false",
+      "log.plot=false"])
+
+
+def _saved(workdir, k):
+  ckpt = Checkpointer(str(workdir))
+  meta, arrays = ckpt.restore_meta(k), ckpt.restore_loop_arrays(k)
+  params = [np.asarray(x) for x in jax.tree.leaves(ckpt.restore_arrays(k)["params"])]
+  ckpt.close()
+  return loop.LoopState.from_checkpoint(meta["loop"], arrays), params
+
+
+def test_a_run_resumed_from_an_old_format_checkpoint_ends_as_an_uninterrupted_one(
+    monkeypatch, tmp_path):
+  """Self-play with the curriculum on: iteration 1 saved in the old form (the ledger
+  as JSON in the metadata, no loop_state.npz), then resumed by this code for
+  iteration 2 (its novelty summary rebuilt from the records, once): the same history,
+  weights, ledger and summary as a run that was never interrupted."""
+  monkeypatch.setattr(self_instruct, "clean_proposal", _propose)
+  quiet = lambda *_: None
+  loop.run(_self_play_config(2), str(tmp_path / "reference"), log=quiet)
+  old_json, old_arrays = loop.LoopState.to_json, loop.LoopState.arrays
+  with monkeypatch.context() as m:
+    m.setattr(loop.LoopState, "to_json",
+              lambda self: dict(old_json(self), ledger=self.ledger.to_dict()))
+    m.setattr(loop.LoopState, "arrays", lambda self: None)
+    loop.run(_self_play_config(1), str(tmp_path / "resumed"), log=quiet)
+  assert not os.path.exists(tmp_path / "resumed" / "checkpoints" / "1" / LOOP_ARRAYS)
+  ckpt = Checkpointer(str(tmp_path / "resumed"))
+  assert "ledger" in ckpt.restore_meta(1)["loop"]
+  ckpt.close()
+  loop.run(_self_play_config(2), str(tmp_path / "resumed"), log=quiet)
+  want, want_params = _saved(tmp_path / "reference", 2)
+  got, got_params = _saved(tmp_path / "resumed", 2)
+  drop = lambda rows: [{k: v for k, v in r.items() if k != "seconds"
+                        and not k.startswith("peak_rss")} for r in rows]
+  assert drop(got.history) == drop(want.history)
+  assert got.ledger == want.ledger and len(got.ledger) > 0
+  assert (got.summaries["self_play"]["valid_proposals"].tolist()
+          == want.summaries["self_play"]["valid_proposals"].tolist() != [])
+  for x, y in zip(got_params, want_params):
+    np.testing.assert_array_equal(x, y)

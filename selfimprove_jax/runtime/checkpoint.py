@@ -272,7 +272,6 @@ class Checkpointer:
     step_dir = self.step_dir(iteration)
     if arrays is not None:
       _write_npz_atomic(os.path.join(step_dir, LOOP_ARRAYS), arrays)
-      fault_point("loop_arrays", iteration)   # crash tests: written, not yet in the manifest
     files = hash_tree(step_dir, root=self.workdir)
     digest = tree_digest(files)
     self._update_manifest(iteration, {"sha256": digest, "accepted": bool(accepted),
