@@ -437,7 +437,13 @@ def main() -> None:
   p.add_argument("--profile", action="store_true",
                  help="print the functions that took the host time (cProfile, tottime)")
   p.add_argument("--dir", default="", help="where the records go (default: a temp dir)")
+  p.add_argument("--json", default="", help="also write the results to this file")
+  p.add_argument("--report", default="",
+                 help="comma list of --json files: print their tables, run nothing")
   args = p.parse_args()
+  if args.report:
+    report([Result(**r) for path in args.report.split(",") for r in json.load(open(path))])
+    return
   tokenizer = load_tokenizer()
   vocab = plain_ids(tokenizer)
   results = []
@@ -447,7 +453,15 @@ def main() -> None:
                     right=args.right)
       results.append(run_one(name, shape, tokenizer, vocab, args.dir, args.profile))
       print(notes(results[-1]), flush=True)
+      if args.json:   # after each size: a long run keeps what it measured
+        with open(args.json, "w") as f:
+          json.dump([dataclasses.asdict(r) for r in results], f, indent=1)
   print(f"\n{machine()}")
+  report(results)
+
+
+def report(results: list[Result]) -> None:
+  """The two tables (wall clock, CPU time) and the linearity lines."""
   for clock, what in (("wall", "wall clock"), ("cpu", "CPU time of this process")):
     print(f"\nSeconds by {what}:\n\n{header()}")
     print("\n".join(row(r, clock) for r in results))
