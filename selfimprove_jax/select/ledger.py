@@ -29,6 +29,7 @@ class Ledger:
   def __init__(self, ids: Sequence[str] = (), attempts=(), successes=(), last_seen=()):
     self.ids = list(ids)
     self._row = {pid: i for i, pid in enumerate(self.ids)}
+    self._encoded = np.zeros(0, "S1")   # ids[:len(_encoded)] as UTF-8, for `arrays`
     if len(self._row) != len(self.ids):
       raise ValueError("ledger: a problem id appears twice")
     self._cols = {name: np.asarray(values, np.int64).copy()
@@ -82,8 +83,11 @@ class Ledger:
   def arrays(self) -> dict[str, np.ndarray]:
     """The ledger as arrays (what a checkpoint stores): the ids as UTF-8 bytes and one
     int64 array per column."""
-    ids = np.array([pid.encode("utf-8") for pid in self.ids], dtype=np.bytes_)
-    return {"ids": ids if len(ids) else np.zeros(0, "S1"),
+    new = self.ids[len(self._encoded):]
+    if new:   # each id is encoded once, at the first save after it was seen
+      self._encoded = np.concatenate(
+          [self._encoded, np.array([pid.encode("utf-8") for pid in new], dtype=np.bytes_)])
+    return {"ids": self._encoded.copy(),
             **{name: self.column(name).copy() for name in COLUMNS}}
 
   @classmethod
@@ -92,8 +96,11 @@ class Ledger:
     missing = [n for n in ("ids", *COLUMNS) if n not in arrays]
     if missing:
       raise ValueError(f"ledger: no {', '.join(missing)} array")
-    ids = [bytes(b).decode("utf-8") for b in np.asarray(arrays["ids"]).tolist()]
-    return cls(ids, *(arrays[name] for name in COLUMNS))
+    encoded = np.asarray(arrays["ids"])
+    ledger = cls([bytes(b).decode("utf-8") for b in encoded.tolist()],
+                 *(arrays[name] for name in COLUMNS))
+    ledger._encoded = encoded.astype(np.bytes_)
+    return ledger
 
   def to_dict(self) -> dict:
     """{problem id: {'attempts', 'successes', 'last_seen'}} in first-seen order."""
