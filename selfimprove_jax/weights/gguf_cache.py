@@ -163,11 +163,8 @@ def _dist_version(name: str) -> str:
 class CachedTensors:
   """The tensors of a cache entry, memory-mapped; the interface of GGUFTensors
   (names / shape / get / origin / has_tokenizer), errors still name the GGUF file.
-
-  `get` returns a private copy: on the CPU, jax places an aligned host array without
-  copying it (zero-copy device_put), and params must not live in a file's pages,
-  which a truncation elsewhere would turn into SIGBUS and a donated buffer would be
-  written through."""
+  `get` returns the mapped array itself, as GGUFTensors does for an F32 tensor:
+  load.params_from_tensors copies what it places (see `_in_memory` there)."""
 
   def __init__(self, path: str, arrays: dict, has_tokenizer: bool):
     self.path, self.has_tokenizer = path, has_tokenizer
@@ -184,7 +181,7 @@ class CachedTensors:
     return tuple(self._arrays[name].shape)
 
   def get(self, name: str) -> np.ndarray:
-    return np.array(self._arrays[name])
+    return self._arrays[name]
 
 
 def _crc(a: np.ndarray) -> int:

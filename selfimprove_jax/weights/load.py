@@ -11,6 +11,7 @@ file plus one parameter.
 from __future__ import annotations
 
 import dataclasses
+import mmap
 import os
 from typing import Any, Optional
 
@@ -77,6 +78,19 @@ def without_chat_template(loaded: LoadedModel, template: str = "{prompt}") -> Lo
   return dataclasses.replace(loaded, tokenizer=with_tokenizer_format(loaded.tokenizer, fmt))
 
 
+def _in_memory(w: np.ndarray) -> np.ndarray:
+  """`w`, copied when it lies in a file's pages (a view of a memory-mapped GGUF file or
+  weights cache entry). On the CPU jax places an aligned host array without copying
+  it (zero-copy device_put), and params must not live in a file: a truncation
+  elsewhere would turn reading them into SIGBUS."""
+  base = w
+  while base is not None:
+    if isinstance(base, mmap.mmap):
+      return np.array(w)
+    base = getattr(base, "base", None)
+  return w
+
+
 def params_from_tensors(tensors, config: ModelConfig, mesh: Mesh):
   """Our params from HF-named tensors (`tensors.names/shape/get/origin`), each
   placed sharded as soon as it is built. Missing tensors and wrong shapes are
@@ -95,8 +109,9 @@ def params_from_tensors(tensors, config: ModelConfig, mesh: Mesh):
 
   params: dict = {"layers": {}}
   for key in global_keys:
-    params[key] = sharding_lib.put_from_host(read(key, hf.GLOBAL_NAMES[key]), shardings[key])
-  for key in layer_keys:
+    params[key] = sharding_lib.put_from_host(_in_memory(read(key, hf.GLOBAL_NAMES[key])),
+                                             shardings[key])
+  for key in layer_keys:   # np.stack copies: the stacked array is the process's own
     stacked = np.stack([read(key, hf.layer_name(config, key, i))
                         for i in range(config.num_layers)])
     params["layers"][key] = sharding_lib.put_from_host(stacked, shardings["layers"][key])
