@@ -262,9 +262,9 @@ class FileSplits:
   def _epoch_order(self, seed: int, epoch: int) -> list[int]:
     """The shuffle of epoch `epoch` of stream `seed`, made once: shuffled again for each
     problem, a draw of n problems cost n x the file's rows (12,500 prompts from a
-    7,500-row file: about a minute; benchmarks/host_overhead.py). The last few epochs
-    are kept (a stream reads one, or two across a boundary); the dict is replaced,
-    never changed, so threads that draw problems only ever see a whole one."""
+    7,500-row file: 20 s of CPU, 0.1 s now; benchmarks/host_overhead.py). The last
+    few epochs are kept (a stream reads one, or two across a boundary); the dict is
+    replaced, never changed, so threads that draw problems only ever see a whole one."""
     orders = self._orders
     order = orders.get((seed, epoch))
     if order is None:
