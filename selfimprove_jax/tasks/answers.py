@@ -240,7 +240,9 @@ def marked_number(marked: str) -> Optional[str]:
   if "=" in s:
     s = s[s.rfind("=") + 1:].strip()
   for _ in range(3):   # "5\\text{ cm}." : the unit, then the trailing full stop
-    s = _UNIT.sub("", s).rstrip(".").strip() if parse_number(s) is None else s
+    if parse_number(s) is not None:   # a number now stays one: stop reading it again
+      break
+    s = _UNIT.sub("", s).rstrip(".").strip()
   m = _LATEX_FRACTION.fullmatch(s)
   if m:
     sign, num, den = m.group(1), m.group(2) or m.group(3), m.group(4) or m.group(5)
