@@ -229,6 +229,12 @@ def corruption(m: Matrix, ref: str) -> None:
     with open(path, "w") as f:
       f.writelines(lines[:-1])
 
+  def cut_in_half(path):
+    with open(path, "rb") as f:
+      data = f.read()
+    with open(path, "wb") as f:
+      f.write(data[:len(data) // 2])
+
   def foreign(w, link: bool):
     path = os.path.join(w, "checkpoints", "2")
     if link:
@@ -251,8 +257,8 @@ def corruption(m: Matrix, ref: str) -> None:
   on_killed("stage index garbage", "optimize@2",
             lambda w: _garbage(os.path.join(w, "records", "iter_0002", "stages.json")))
   on_killed("acquire records truncated", "optimize@2",
-            lambda w: drop_last_line(os.path.join(w, "records", "iter_0002",
-                                                  "acquire.jsonl")))
+            lambda w: cut_in_half(os.path.join(w, "records", "iter_0002",
+                                               "acquire.parquet")))
   on_killed("symlink where checkpoint 2 goes", "optimize@2", lambda w: foreign(w, True),
             expect="moved it to")
   on_killed("user folder where checkpoint 2 goes", "optimize@2",
@@ -386,8 +392,9 @@ def devices(m: Matrix, ref: str) -> None:
     p = m.run(w, devices=then)
     if p.returncode:
       return _ok(p)
-    tokens = lambda d: [json.loads(l)["completion_tokens"] for l in open(
-        os.path.join(d, "records", "iter_0002", "acquire.jsonl"))]
+    from selfimprove_jax.records import read_records
+    tokens = lambda d: [s.completion_tokens for s in read_records(
+        os.path.join(d, "records", "iter_0002", "acquire.parquet"))]
     if tokens(w) != tokens(ref):
       return "different sampled tokens after the resume"
     return same_run(w, ref, atol=1e-4)

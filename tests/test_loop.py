@@ -23,7 +23,7 @@ def test_end_to_end_artifacts(reference):
   assert os.listdir(os.path.join(workdir, "tensorboard"))
   for k in (1, 2):
     d = os.path.join(workdir, "records", f"iter_{k:04d}")
-    assert {"acquire.jsonl", "select.jsonl", "stages.json"} <= set(os.listdir(d))
+    assert {"acquire.parquet", "select.parquet", "stages.json"} <= set(os.listdir(d))
   rows = metrics(workdir)
   assert [r["iteration"] for r in rows] == [0, 1, 2]
   assert "pass@1" in rows[0] and "maj@2" in rows[0]

@@ -101,7 +101,7 @@ def assert_same_run(workdir, reference):
   np.testing.assert_array_equal(sa["rng"], sb["rng"])
   for x, y in zip(jax.tree.leaves(sa["params"]), jax.tree.leaves(sb["params"])):
     np.testing.assert_allclose(x, y, rtol=0, atol=PARAM_ATOL)
-  for name in ("acquire.jsonl", "select.jsonl"):   # the same samples, the same selection
+  for name in ("acquire.parquet", "select.parquet"):   # the same samples, the same selection
     path = lambda w: os.path.join(w, "records", "iter_0001", name)
     assert hash_path(path(workdir)) == hash_path(path(reference))
 
@@ -297,7 +297,8 @@ def test_one_process_helpers():
 def test_records_digest_equals_written_hash(tmp_path):
   rows = [records.Sample(problem_id="p", completion="ünïcode", logprobs=[-0.5]),
           records.Sample(problem_id="q", judge_score=0.5, judge_reply="Score: 2.5")]
-  path = str(tmp_path / "select.jsonl")
-  assert records.records_digest(path, rows) == records.write_records(path, rows)
-  assert records.records_digest(path, rows[:1]) != records.write_records(path, rows)
-  assert records.read_records(path) == rows
+  for name in ("select.parquet", "select.jsonl"):   # a stage file, and the JSONL export
+    path = str(tmp_path / name)
+    assert records.records_digest(path, rows) == records.write_records(path, rows)
+    assert records.records_digest(path, rows[:1]) != records.write_records(path, rows)
+    assert records.read_records(path) == rows

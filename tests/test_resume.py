@@ -148,7 +148,7 @@ def test_ctrl_c_stops_cleanly_and_resumes(reference, cache_dir, tmp_path):
   boundary, and re-running finishes as if uninterrupted (status 0)."""
   import signal
   proc = _start(tmp_path, cache_dir)
-  _wait_for(os.path.join(tmp_path, "records", "iter_0001", "acquire.jsonl"), proc)
+  _wait_for(os.path.join(tmp_path, "records", "iter_0001", "acquire.parquet"), proc)
   proc.send_signal(signal.SIGINT)
   stdout, stderr = proc.communicate(timeout=300)
   assert proc.returncode == 75, stderr[-3000:]
@@ -196,7 +196,7 @@ def test_a_rules_temperature_change_survives_sigkill(cache_dir, tmp_path):
   assert metrics(tmp_path / "killed") == rows
   assert_same_state(final_state(tmp_path / "killed"), final_state(tmp_path / "whole"))
   acquired = lambda d, k: [(s.completion, s.logprobs, s.num_tokens) for s in read_records(
-      os.path.join(d, "records", f"iter_{k:04d}", "acquire.jsonl"))]
+      os.path.join(d, "records", f"iter_{k:04d}", "acquire.parquet"))]
   assert acquired(tmp_path / "killed", 2) == acquired(tmp_path / "whole", 2)
   # the random model runs to its budget: 8 tokens in iteration 1, 12 in iteration 2
   assert {n for *_, n in acquired(tmp_path / "whole", 1)} == {8}
