@@ -284,3 +284,27 @@ def test_the_one_program_finiteness_check_names_the_bad_tensors():
   params["embedding"] = params["embedding"].at[0, 0].set(jnp.nan)
   with pytest.raises(UserError, match=r"in 2 of 3 tensors, e\.g\. embedding\)"):
     load_module._check_finite(params, "here")
+
+
+def test_tensorboard_events_are_written_without_importing_torch(tmp_path):
+  """tensorboardX's writer imports torch for a type annotation (2-3 s of a run's
+  start-up); the run's Reporter imports it with torch kept out, and torch can still be
+  imported afterwards."""
+  import subprocess
+  import sys
+  code = f"""
+import sys
+from selfimprove_jax.runtime.reporting import Reporter
+r = Reporter({str(tmp_path)!r}, plot=False, log=lambda m: None)
+r._tensorboard({{"iteration": 0, "pass@1": 0.5}})
+print("torch" in sys.modules)
+import torch
+print(torch.zeros(2).sum().item())
+"""
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert out.stdout.split() == ["False", "0.0"], out.stdout
+  events = os.listdir(tmp_path / "tensorboard")
+  assert len(events) == 1 and events[0].startswith("events.out.tfevents"), events
+  assert os.path.getsize(tmp_path / "tensorboard" / events[0]) > 0

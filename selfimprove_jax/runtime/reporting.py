@@ -7,11 +7,27 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 
 import jax
 from tqdm.auto import tqdm
 
 from selfimprove_jax.runtime.files import write_json_atomic
+
+def _summary_writer():
+  """tensorboardX.SummaryWriter, imported without torch: its writer module imports
+  torch (when installed) only to name a type in annotations, 2-3 s of a run's CPU
+  start-up (benchmarks/RESULTS.md, "Start-up"); scalars never need it."""
+  block = "torch" not in sys.modules
+  if block:
+    sys.modules["torch"] = None   # `import torch` raises ImportError: numpy types instead
+  try:
+    from tensorboardX import SummaryWriter
+  finally:
+    if block and sys.modules.get("torch", 0) is None:
+      del sys.modules["torch"]
+  return SummaryWriter
+
 
 class Reporter:
   """Logging and metric files for one run directory."""
@@ -75,8 +91,7 @@ class Reporter:
 
   def _writer(self):
     if self._tb is None:
-      from tensorboardX import SummaryWriter
-      self._tb = SummaryWriter(os.path.join(self.workdir, "tensorboard"))
+      self._tb = _summary_writer()(os.path.join(self.workdir, "tensorboard"))
     return self._tb
 
   def _tensorboard(self, row: dict) -> None:
