@@ -147,7 +147,7 @@ def _read_verified(rec_dir: str, name: str, log, samples: bool):
       log(f"{path}: {e}; running the stage again")
       return None
   what = (f"{paths[0]} is not the file {INDEX} recorded (changed or cut short)" if paths
-          else f"{os.path.join(rec_dir, name + SAMPLES)} is missing")
+          else f"{os.path.join(rec_dir, name)}{SAMPLES} (or {ROWS}) is missing")
   log(f"{what}; running the stage again")
   return None
 

@@ -169,6 +169,9 @@ def test_a_corrupt_parquet_stage_runs_again_with_one_log_line(tmp_path, damage):
   assert not cached and runs == 1 and got == rows and again == digest
   assert len(log) == 1 and str(path) in log[0] and "running the stage again" in log[0]
   assert hash_path(str(path)) == digest   # rewritten
+  path.unlink()   # gone while stages.json lists it
+  got, _, cached, runs = _stage(tmp_path, rows, log)
+  assert not cached and runs == 1 and len(log) == 2 and "is missing" in log[1]
 
 
 def test_an_unreadable_verified_file_runs_again(tmp_path):
