@@ -15,11 +15,11 @@ import pytest
 
 from selfimprove_jax import loop, settings
 from selfimprove_jax.acquire import rounds as acquire
+from selfimprove_jax.acquire import self_instruct
 from selfimprove_jax.config import load_config
 from selfimprove_jax.evaluate import curriculum
 from selfimprove_jax.paradigms import registry as algorithms
 from selfimprove_jax.paradigms import self_play
-from selfimprove_jax.acquire import self_instruct
 from selfimprove_jax.records import Sample
 from selfimprove_jax.runtime.checkpoint import LOOP_ARRAYS, Checkpointer
 from selfimprove_jax.runtime.files import UnreadableFile
