@@ -52,7 +52,7 @@ import shutil
 import sys
 import tempfile
 import time
-from typing import Callable, Optional
+from typing import Callable
 
 import numpy as np
 
