@@ -5,7 +5,8 @@ Iteration 0 evaluates the starting model (the baseline). Each later iteration:
             verifier, with judge scores / refinement targets where configured
             (acquire/rounds.py; records/iter_K/acquire.parquet), and the model's own
             proposed problems mixed in (acquire/self_instruct.py);
-  select    the configured filters (select/filters.py) and the difficulty ledger (select/ledger.py);
+  select    the configured filters (select/filters.py) and the difficulty ledger
+            (select/ledger.py);
             held-out prompts never pass (records/iter_K/select.parquet);
   optimize  the algorithm's batches (paradigms/registry.py) through the train step, by
             the one owner of the weights (optimize/phase.py); on-policy RL repeats
