@@ -3,14 +3,12 @@
 Command:   make run
            (= selfimprove-jax run --config configs/quickstart.py --workdir runs/quickstart)
 Hardware:  CPU (2 cores is enough); the same config runs on a GPU or TPU unchanged.
-Runtime:   about 21 min idle on the 2-core CPU dev machine (AMD EPYC, 24 GiB): the
-           2026-12-07 rerun reached iteration 3's training in its idle first 10.5 min
-           (46.8 min in all, shared); peak resident memory 3.4 GB. Before the test and
-           fresh splits: 11.4 min idle on an Intel Xeon.
+Runtime:   14.2 min on the idle 2-core CPU dev machine (Intel Xeon, 24 GiB), 2026-12-08,
+           from cold compilation and weights caches; peak resident memory 3.3 GB
 Result:    validation greedy pass@1 (100 problems) 0.06 -> 0.32 -> 0.44 -> 0.51 -> 0.55,
            every iteration accepted (seed 0); test (100 more, read by no decision)
            0.09 -> 0.34 -> 0.31 -> 0.35 -> 0.45 (39 up, 3 down, p = 6e-9); fresh
-           problems each iteration 0.07 -> 0.34 -> 0.45 -> 0.45 -> 0.46; see
+           problems each iteration 0.05 -> 0.34 -> 0.45 -> 0.45 -> 0.46; see
            benchmarks/EFFICACY.md
 
 Each iteration samples 2 answers to each of 256 problems, keeps the verified ones and
