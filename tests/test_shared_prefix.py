@@ -77,3 +77,25 @@ def test_sampling_same_tokens_with_and_without_sharing(tiny, batching):
 def test_sliding_window_models_prefill_whole_prompts():
   config = get_preset("tiny").replace(sliding_window=8)
   assert not Sampler(config, eos_ids=(), max_batch=4, batching="bucketed").share_prefix
+
+
+def test_shared_prefill_on_an_8_device_mesh(tiny):
+  """The shared tokens run for one row, replicated; the rows stay sharded over the
+  mesh and sample what one device samples."""
+  from selfimprove_jax.model import param_shardings
+  from selfimprove_jax.runtime import sharding as sharding_lib
+  config, params = tiny
+  assert len(jax.devices()) == 8
+  mesh = sharding_lib.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+  sharded = jax.device_put(params, param_shardings(config, mesh))
+  prompts = _prompts(2, prefix=33, own=(1, 4, 2, 6, 3, 1, 5, 2, 7, 1, 2, 3, 4, 8, 1, 2))
+  sp = SamplingParams(temperature=1.0, max_new_tokens=5)
+  one = Sampler(config, eos_ids=(), max_batch=32, share_prefix=False).generate(
+      params, prompts, sp, n=2, seed=7)
+  for batching in ("bucketed", "continuous"):   # continuous: 2 prompts per admission
+    s = Sampler(config, mesh=mesh, eos_ids=(), max_batch=32, batching=batching)
+    many = s.generate(sharded, prompts, sp, n=2, seed=7)
+    assert s.shared_tokens > 0
+    for x, y in zip(one, many):
+      np.testing.assert_array_equal(x.tokens, y.tokens)
+      np.testing.assert_allclose(x.logprobs, y.logprobs, atol=1e-4)
