@@ -26,7 +26,7 @@ import os
 import re
 from typing import Iterable, Optional, Sequence
 
-from selfimprove_jax.runtime.files import open_regular
+from selfimprove_jax.runtime.files import open_regular, write_atomic
 
 
 @dataclasses.dataclass
@@ -358,12 +358,7 @@ def _list_values(column) -> list:
 def _write_bytes(path: str, data: bytes) -> str:
   """Writes `data` atomically (temporary file, fsync, rename); returns its hash."""
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = f"{path}.tmp"
-  with open(tmp, "wb") as f:
-    f.write(data)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+  write_atomic(path, lambda f: f.write(data), "wb")
   return bytes_digest(path, data)
 
 

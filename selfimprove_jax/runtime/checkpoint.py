@@ -41,7 +41,7 @@ import orbax.checkpoint as ocp
 from selfimprove_jax.errors import UserError
 from selfimprove_jax.runtime.files import (HASH_FORMAT, LOCK_FILE, UnreadableFile, hash_path,
                                            hash_tree, open_regular, read_json, tree_bytes,
-                                           tree_digest, write_json_atomic)
+                                           tree_digest, write_atomic, write_json_atomic)
 
 MANIFEST = "manifest.json"
 # The loop state's arrays (the ledger, the paradigms' running summaries), written by
@@ -477,16 +477,6 @@ class Checkpointer:
 
 
 def _write_npz_atomic(path: str, arrays: dict[str, np.ndarray]) -> None:
-  """An uncompressed .npz of `arrays` (no pickles), written to a temporary file,
-  fsynced and renamed over `path`."""
-  tmp = f"{path}.tmp.{os.getpid()}"
-  try:
-    with open(tmp, "wb") as f:
-      np.savez(f, **arrays)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except OSError:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  """An uncompressed .npz of `arrays` (no pickles), written atomically
+  (`files.write_atomic`)."""
+  write_atomic(path, lambda f: np.savez(f, **arrays), "wb")

@@ -21,7 +21,7 @@ import os
 import socket
 import stat
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Optional
+from typing import IO, Any, Callable, Optional
 
 from selfimprove_jax.errors import UserError
 
@@ -127,13 +127,14 @@ def read_jsonl(path: str, what: str, record: str = "a JSON object") -> list[tupl
   return rows
 
 
-def write_json_atomic(path: str, obj: Any) -> None:
-  """Writes JSON to a temporary file, fsyncs it and renames it over `path`: a reader
-  sees the old or the new file, never half of one."""
+def write_atomic(path: str, write: Callable[[IO], None], mode: str = "w") -> None:
+  """Calls `write(f)` on a temporary file opened with `mode`, fsyncs it and renames it
+  over `path`: a reader sees the old or the new file, never half of one. The temporary
+  file is removed if writing fails."""
   tmp = f"{path}.tmp.{os.getpid()}"
   try:
-    with open(tmp, "w") as f:
-      json.dump(obj, f, indent=1, sort_keys=True)
+    with open(tmp, mode) as f:
+      write(f)
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -141,6 +142,11 @@ def write_json_atomic(path: str, obj: Any) -> None:
     if os.path.exists(tmp):
       os.remove(tmp)
     raise
+
+
+def write_json_atomic(path: str, obj: Any) -> None:
+  """Writes JSON atomically (`write_atomic`)."""
+  write_atomic(path, lambda f: json.dump(obj, f, indent=1, sort_keys=True))
 
 
 def tree_files(path: str) -> list[str]:
