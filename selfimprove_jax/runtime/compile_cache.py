@@ -46,13 +46,20 @@ def chosen_dir() -> Optional[str]:
   SELFIMPROVE_JAX_COMPILATION_CACHE that names something other than a directory."""
   if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
     return os.environ["JAX_COMPILATION_CACHE_DIR"]
-  want = os.environ.get(ENV, "").strip()
+  return dir_from_env(ENV, "JAX's compilation cache", default_dir())
+
+
+def dir_from_env(env: str, what: str, default: str) -> Optional[str]:
+  """The directory a per-user cache's variable `env` names (`default` when unset, None
+  when off); UserError naming `what` the cache holds when it names something other
+  than a directory. The compilation and weights caches read their variables so."""
+  want = os.environ.get(env, "").strip()
   if want.lower() in _OFF:
     return None
   if want and os.path.exists(want) and not os.path.isdir(want):
-    raise UserError(f"{ENV}={want} is not a directory; name a directory for JAX's "
-                    f"compilation cache, or set it to off")
-  return os.path.expanduser(want) if want else default_dir()
+    raise UserError(f"{env}={want} is not a directory; name a directory for {what}, "
+                    f"or set it to off")
+  return os.path.expanduser(want) if want else default
 
 
 def enable() -> Optional[str]:

@@ -53,7 +53,6 @@ from selfimprove_jax.runtime import compile_cache, files
 from selfimprove_jax.weights import gguf_file
 
 ENV = "SELFIMPROVE_JAX_WEIGHTS_CACHE"
-_OFF = ("off", "0", "false", "no", "none")
 FORMAT = 1
 MAX_BYTES = 8 << 30
 MIN_FREE_BYTES = 2 << 30
@@ -71,14 +70,8 @@ _CHUNK = 16 << 20
 def chosen_dir() -> Optional[str]:
   """The cache's directory, None when turned off; UserError for a
   SELFIMPROVE_JAX_WEIGHTS_CACHE that names something other than a directory."""
-  want = os.environ.get(ENV, "").strip()
-  if want.lower() in _OFF:
-    return None
-  if want and os.path.exists(want) and not os.path.isdir(want):
-    raise UserError(f"{ENV}={want} is not a directory; name a directory for the cache of "
-                    f"dequantised GGUF weights, or set it to off")
-  return os.path.expanduser(want) if want else os.path.join(compile_cache.cache_root(),
-                                                             "weights")
+  return compile_cache.dir_from_env(ENV, "the cache of dequantised GGUF weights",
+                                    os.path.join(compile_cache.cache_root(), "weights"))
 
 
 # ----------------------------------------------------------------------------- the key
